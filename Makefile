@@ -1,0 +1,35 @@
+# appproxy developer entry points.  Everything runs from a virtualenv that
+# this Makefile creates and keeps in step with the sources.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+SOURCES := $(shell find appproxy twisted -name '*.py') pyproject.toml setup.cfg
+
+.PHONY: demo test lint bench install clean
+
+$(VENV)/.installed: $(SOURCES)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(PY) -m pip install --quiet --disable-pip-version-check '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+## Run the service, a connector and a header-echo app on localhost.
+demo: install
+	$(PY) -m appproxy.demo run
+
+## Run the whole test suite (trial); the last line reads "N passed, N failed".
+test: install
+	$(PY) tools/run_tests.py
+
+lint: install
+	$(VENV)/bin/ruff check appproxy tests benchmarks tools twisted
+	$(VENV)/bin/ruff format --check appproxy tests benchmarks tools twisted
+	$(VENV)/bin/mypy
+
+bench: install
+	$(PY) benchmarks/run_all.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info _trial_temp* .demo

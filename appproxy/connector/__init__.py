@@ -1,0 +1,1 @@
+"""The appproxy connector, inside the private network."""

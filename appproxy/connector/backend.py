@@ -1,0 +1,217 @@
+"""
+The connector's HTTP client for internal applications.
+
+One L{twisted.web.client.Agent} per application, each with its own persistent
+connection pool and TLS policy (the app's CA bundle, the system trust store,
+or, only when an administrator said C{verify_backend_tls = false}, none).
+Redirects are never followed: they go back to the user, translated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+from OpenSSL import SSL
+from twisted.internet import error as ierror
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import TimeoutError as DeferredTimeoutError
+from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IReactorTime
+from twisted.internet.ssl import Certificate, CertificateOptions, trustRootFromCertificates
+from twisted.python.failure import Failure
+from twisted.web.client import (
+    Agent,
+    BrowserLikePolicyForHTTPS,
+    HTTPConnectionPool,
+    ResponseFailed,
+)
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IBodyProducer, IPolicyForHTTPS, IResponse
+from zope.interface import implementer
+
+#: Idle persistent connections kept per internal host.
+MAX_PERSISTENT_PER_HOST = 64
+#: Seconds an idle persistent connection is kept.
+IDLE_CONNECTION_TIMEOUT = 60
+#: Seconds to establish a TCP connection to the internal app.
+CONNECT_TIMEOUT = 10
+
+
+@attrs.frozen
+class BackendApp:
+    """
+    What the service told this connector about one application.
+    """
+
+    name: str
+    verify_tls: bool = True
+    ca_pem: str | None = None
+    timeout: float = 85.0
+
+
+def parse_settings(document: Any) -> dict[str, BackendApp]:
+    """
+    Parse the settings the service pushes (see
+    L{appproxy.service.tunnel.connector_settings}).
+
+    @raise ValueError: the document is not what the service sends.
+    """
+    if not isinstance(document, dict) or not isinstance(document.get("apps"), dict):
+        raise ValueError("settings must be an object with an 'apps' object")
+    apps: dict[str, BackendApp] = {}
+    for name, item in document["apps"].items():
+        if not isinstance(item, dict):
+            raise ValueError(f"settings for app {name!r} must be an object")
+        verify = item.get("verify_tls", True)
+        ca_pem = item.get("ca_pem")
+        timeout = item.get("timeout", 85.0)
+        if not isinstance(verify, bool):
+            raise ValueError(f"apps.{name}.verify_tls must be a boolean")
+        if ca_pem is not None and not isinstance(ca_pem, str):
+            raise ValueError(f"apps.{name}.ca_pem must be a string")
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
+            raise ValueError(f"apps.{name}.timeout must be a positive number")
+        apps[name] = BackendApp(name, verify, ca_pem, float(timeout))
+    return apps
+
+
+@implementer(IOpenSSLClientConnectionCreator)
+class _UnverifiedTLS:
+    """
+    TLS to an internal app whose certificate is deliberately not checked
+    (C{verify_backend_tls = false}).  SNI is still sent.
+    """
+
+    def __init__(self, hostname: bytes) -> None:
+        self._hostname = hostname
+        self._context = CertificateOptions(verify=False).getContext()
+
+    def clientConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
+        connection = SSL.Connection(self._context, None)
+        connection.set_app_data(tlsProtocol)
+        connection.set_tlsext_host_name(self._hostname)
+        connection.set_connect_state()
+        return connection
+
+
+@implementer(IPolicyForHTTPS)
+class _UnverifiedPolicy:
+    def creatorForNetloc(self, hostname: bytes, port: int) -> _UnverifiedTLS:
+        return _UnverifiedTLS(hostname)
+
+
+def _split_pem(bundle: str) -> list[bytes]:
+    marker = "-----END CERTIFICATE-----"
+    parts = [p + marker for p in bundle.split(marker) if "-----BEGIN CERTIFICATE-----" in p]
+    return [p.strip().encode("ascii") for p in parts]
+
+
+def tls_policy(app: BackendApp) -> IPolicyForHTTPS:
+    if not app.verify_tls:
+        return _UnverifiedPolicy()
+    if app.ca_pem:
+        certificates = [Certificate.loadPEM(pem) for pem in _split_pem(app.ca_pem)]
+        return BrowserLikePolicyForHTTPS(trustRoot=trustRootFromCertificates(certificates))
+    return BrowserLikePolicyForHTTPS()
+
+
+class BackendError(Exception):
+    """
+    Why an internal app could not be reached, as the user will be told.
+
+    @ivar status: 502 or 504.
+    @ivar kind: a short code for the service (C{backend-refused}, ...).
+    @ivar detail: a sentence for the error page.
+    """
+
+    def __init__(self, status: int, kind: str, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.kind = kind
+        self.detail = detail
+
+
+def classify_failure(failure: Failure, url: str, timeout: float) -> BackendError:
+    """
+    Turn a failed backend request into what the user is told.
+    """
+    exc = failure.value
+    if isinstance(exc, DeferredTimeoutError | CancelledError | ierror.TimeoutError):
+        return BackendError(504, "timeout", f"{url} did not answer within {timeout:g} seconds.")
+    if isinstance(exc, ierror.ConnectionRefusedError):
+        return BackendError(502, "backend-refused", f"{url} refused the connection.")
+    if isinstance(exc, ierror.DNSLookupError):
+        return BackendError(502, "backend-refused", f"The host name of {url} does not resolve.")
+    if isinstance(exc, ierror.ConnectError):
+        return BackendError(502, "backend-refused", f"Could not connect to {url}.")
+    reasons: list[Failure] = list(getattr(exc, "reasons", []) or [])
+    for reason in reasons:
+        if reason.check(SSL.Error):
+            return BackendError(
+                502, "backend-tls", f"The TLS certificate of {url} could not be verified."
+            )
+    if isinstance(exc, ResponseFailed) or reasons:
+        return BackendError(
+            502, "backend-reset", f"{url} closed or reset the connection before answering."
+        )
+    if isinstance(exc, SSL.Error):
+        return BackendError(502, "backend-tls", f"TLS with {url} failed.")
+    return BackendError(502, "backend-error", f"The request to {url} failed.")
+
+
+class BackendClient:
+    """
+    Makes requests to internal applications for the tunnel streams.
+    """
+
+    def __init__(self, reactor: Any) -> None:
+        self.reactor = reactor
+        self.apps: dict[str, BackendApp] = {}
+        self._agents: dict[BackendApp, tuple[Agent, HTTPConnectionPool]] = {}
+
+    def configure(self, apps: Mapping[str, BackendApp]) -> None:
+        """
+        Adopt the settings pushed by the service.  Agents of apps whose
+        settings did not change are kept, with their pooled connections.
+        """
+        self.apps = dict(apps)
+        current = set(self.apps.values())
+        for app in [a for a in self._agents if a not in current]:
+            _agent, pool = self._agents.pop(app)
+            pool.closeCachedConnections()
+
+    def _agent_for(self, app: BackendApp) -> Agent:
+        entry = self._agents.get(app)
+        if entry is None:
+            pool = HTTPConnectionPool(self.reactor, persistent=True)
+            pool.maxPersistentPerHost = MAX_PERSISTENT_PER_HOST
+            pool.cachedConnectionTimeout = IDLE_CONNECTION_TIMEOUT
+            agent = Agent(
+                self.reactor,
+                contextFactory=tls_policy(app),
+                connectTimeout=CONNECT_TIMEOUT,
+                pool=pool,
+            )
+            entry = self._agents[app] = (agent, pool)
+        return entry[0]
+
+    def request(
+        self,
+        app: BackendApp,
+        method: bytes,
+        url: bytes,
+        headers: Headers,
+        body: IBodyProducer | None,
+        clock: IReactorTime,
+    ) -> Deferred[IResponse]:
+        d = self._agent_for(app).request(method, url, headers, body)
+        d.addTimeout(app.timeout, clock)
+        return d
+
+    def close(self) -> Deferred[Any]:
+        from twisted.internet.defer import gatherResults
+
+        pools = [pool for _agent, pool in self._agents.values()]
+        self._agents.clear()
+        return gatherResults([pool.closeCachedConnections() for pool in pools])

@@ -1,0 +1,180 @@
+"""
+Pick the published application for a request: by C{Host}, then by the
+longest matching external path prefix.
+
+Pure: no reactor, no I/O.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Iterable
+from typing import Generic, Protocol, TypeVar
+
+__all__ = [
+    "RoutableApp",
+    "Router",
+    "has_dot_segments",
+    "internal_path",
+    "normalise_host",
+]
+
+
+class RoutableApp(Protocol):
+    """What the router needs of an application."""
+
+    @property
+    def external_host(self) -> str:
+        """C{host} or C{host:port}: lowercase, default port 443 elided."""
+
+    @property
+    def external_path(self) -> str:
+        """C{/} or C{/a/b/}: starts and ends with C{/}."""
+
+
+App = TypeVar("App", bound=RoutableApp)
+
+_LABEL = re.compile(r"[a-z0-9_-]{1,63}")
+_OWS = " \t"
+
+
+def normalise_host(host: str, default_port: int = 443) -> str | None:
+    """
+    Normalise a C{Host} value: lowercase, trailing dot stripped, default port
+    elided, IPv6 literal (in brackets) in its compressed form.
+
+    Accepted names are dot-separated labels of ASCII letters, digits, C{-}
+    and C{_} (1-63 characters each, 253 in all).  An empty port (C{host:}) is
+    the default port.
+
+    @return: the normalised host, or None if C{host} is malformed.
+    """
+    host = host.strip(_OWS)
+    if not host.isascii():
+        return None
+    host = host.lower()
+    if host.startswith("["):
+        close = host.find("]")
+        if close < 0:
+            return None
+        try:
+            address = ipaddress.IPv6Address(host[1:close])
+        except ValueError:
+            return None
+        if address.scope_id is not None:
+            return None
+        name = f"[{address.compressed}]"
+        rest = host[close + 1 :]
+    else:
+        name, colon, port_text = host.partition(":")
+        rest = colon + port_text
+        name = name.removesuffix(".")
+        if not name or len(name) > 253:
+            return None
+        if not all(_LABEL.fullmatch(label) for label in name.split(".")):
+            return None
+    port = default_port
+    if rest:
+        if rest[0] != ":":
+            return None
+        digits = rest[1:]
+        if digits:
+            if not (digits.isdigit() and len(digits) <= 5):
+                return None
+            port = int(digits)
+            if not 0 < port < 65536:
+                return None
+    return name if port == default_port else f"{name}:{port}"
+
+
+def _matches_prefix(path: str, prefix: str) -> bool:
+    """Does C{path} start with C{prefix}, or equal it without its trailing slash?"""
+    return path.startswith(prefix) or path == prefix[:-1]
+
+
+def internal_path(external_path_prefix: str, internal_path_prefix: str, request_path: str) -> str:
+    """
+    The request path (with its query string) for the internal application.
+
+    C{internal_path("/", "/wiki/", "/page?x=1") == "/wiki/page?x=1"};
+    C{internal_path("/wiki/", "/w/", "/wiki") == "/w/"}.
+
+    @raise ValueError: if C{request_path} is not under C{external_path_prefix}.
+    """
+    path, question, query = request_path.partition("?")
+    if path.startswith(external_path_prefix):
+        translated = internal_path_prefix + path[len(external_path_prefix) :]
+    elif path == external_path_prefix[:-1]:
+        translated = internal_path_prefix
+    else:
+        raise ValueError(f"{request_path!r} is not under {external_path_prefix!r}")
+    return translated + question + query
+
+
+_ENCODED_DOT = re.compile(r"%2e", re.IGNORECASE)
+
+
+def has_dot_segments(request_path: str) -> bool:
+    """
+    Does the path (query string ignored) have a C{.} or C{..} segment, plain
+    or percent-encoded, with C{/} or C{\\} as separator?
+
+    Browsers remove dot segments before sending a request, so such a path is
+    suspicious: forwarded as is, C{/wiki/../admin} would let a request escape
+    the published internal path prefix.  Callers should reject it (400).
+    """
+    path = request_path.partition("?")[0]
+    path = _ENCODED_DOT.sub(".", path)
+    return any(segment in (".", "..") for segment in re.split(r"[/\\]", path))
+
+
+class Router(Generic[App]):
+    """
+    Routes requests to applications by host and longest path prefix.
+
+    @raise ValueError: on construction, if an application's external host is
+        malformed, its external path does not start and end with C{/}, or two
+        applications share a host and path.
+    """
+
+    def __init__(self, apps: Iterable[App]) -> None:
+        by_host: dict[str, list[App]] = {}
+        for app in apps:
+            host = normalise_host(app.external_host)
+            if host is None:
+                raise ValueError(f"malformed external host {app.external_host!r}")
+            path = app.external_path
+            if not (path.startswith("/") and path.endswith("/")):
+                raise ValueError(f"external path {path!r} must start and end with '/'")
+            candidates = by_host.setdefault(host, [])
+            if any(other.external_path == path for other in candidates):
+                raise ValueError(f"two applications are published at {host}{path}")
+            candidates.append(app)
+        for candidates in by_host.values():
+            candidates.sort(key=lambda app: len(app.external_path), reverse=True)
+        self._by_host = by_host
+
+    def route(self, host: bytes | str | None, path: bytes | str) -> App | None:
+        """
+        The application for a request, or None.
+
+        @param host: the C{Host} header (or C{:authority}); None or malformed
+            gives None.
+        @param path: the request target, query string allowed (ignored for
+            routing); bytes are decoded as latin-1.
+        """
+        if host is None:
+            return None
+        if isinstance(host, bytes):
+            host = host.decode("latin-1")
+        normalised = normalise_host(host)
+        if normalised is None:
+            return None
+        if isinstance(path, bytes):
+            path = path.decode("latin-1")
+        path = path.partition("?")[0]
+        for app in self._by_host.get(normalised, ()):
+            if _matches_prefix(path, app.external_path):
+                return app
+        return None

@@ -1,0 +1,468 @@
+"""
+The service's public HTTP front end: a streaming L{twisted.web.http.Request}.
+
+twisted.web's own C{Request} buffers the whole request body (in memory, then a
+temporary file) before the application sees the request.  L{ProxyRequest}
+starts as soon as the headers are in (C{gotLength}, called by both the HTTP/1.1
+and the HTTP/2 channel once the header block is complete), queues the request
+for a connector, and streams the body into the tunnel with back pressure.
+twisted.web still does the parsing and refuses malformed requests (conflicting
+lengths, bad chunking, oversized or bad headers) with a 400.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from twisted.internet.interfaces import IAddress, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web import http
+from twisted.web._http2 import H2Stream
+from twisted.web.iweb import INonQueuedRequestFactory
+from zope.interface import implementer
+
+from appproxy.config import AppConfig
+from appproxy.errorpage import ROBOTS_TXT, ErrorPage, render_error, render_not_found
+from appproxy.headers import new_request_id, prepare_request_headers
+from appproxy.routing import Router, internal_path
+from appproxy.service.queue import ConnectorGroups, ExchangeStream, NoCapacity, ProxyJob
+from appproxy.translate import UrlMapping, translate_response_headers
+
+#: Request body buffered before the tunnel is ready, before reading pauses.
+BODY_BUFFER_LIMIT = 1 << 16
+#: Methods the proxy refuses outright.
+REFUSED_METHODS = frozenset({b"CONNECT", b"TRACE"})
+
+log = Logger()
+
+
+def _timestamp(clock: IReactorTime) -> str:
+    return datetime.fromtimestamp(clock.seconds(), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class FrontEnd:
+    """
+    What every request of the public listener shares: the routing table, the
+    connector groups and the clock.
+    """
+
+    def __init__(
+        self, apps: Sequence[AppConfig], groups: ConnectorGroups, clock: IReactorTime
+    ) -> None:
+        self.apps = apps
+        self.router: Router[AppConfig] = Router(apps)
+        self.groups = groups
+        self.clock = clock
+        self.mappings = {
+            app.name: UrlMapping(internal=app.internal_url, external=app.external_url)
+            for app in apps
+        }
+        self.requests_served = 0
+
+
+@implementer(INonQueuedRequestFactory)
+class ProxyRequestFactory:
+    """
+    Builds L{ProxyRequest}s bound to a L{FrontEnd}; given to the HTTP channels.
+    """
+
+    def __init__(self, frontend: FrontEnd) -> None:
+        self.frontend = frontend
+
+    def __call__(self, channel: Any, queued: object = None) -> ProxyRequest:
+        return ProxyRequest(channel, self.frontend)
+
+
+class ProxyRequest(http.Request):
+    """
+    One user request, streamed through the tunnel.
+    """
+
+    def __init__(self, channel: Any, frontend: FrontEnd) -> None:
+        super().__init__(channel)
+        self.frontend = frontend
+        self.content = None
+        self.request_id = ""
+        self.app: AppConfig | None = None
+        self._is_h2 = isinstance(channel, H2Stream)
+        self._job: ProxyJob | None = None
+        self._stream: ExchangeStream | None = None
+        self._body: deque[bytes] = deque()
+        self._body_size = 0
+        self._body_complete = False
+        self._body_flowing = False
+        self._input_paused = False
+        self._responding = False
+        self._done = False
+        self._started_at = 0.0
+
+    # -- parsing hooks (called by the channel) -----------------------------
+
+    def gotLength(self, length: int | None) -> None:
+        """
+        The header block is complete: start the request now, without waiting
+        for (or buffering) the body.
+        """
+        self.length = length
+        self._body_complete = length == 0
+        self._started_at = time.monotonic()
+        try:
+            self._begin(length)
+        except Exception:
+            log.failure("Unexpected error starting request")
+            self._respond_error_soon(500, "Internal error", "The service failed unexpectedly.")
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self._done:
+            return
+        if self._body_flowing and not self._body and self._stream is not None:
+            if not self._stream.write_body(data):
+                self._pause_input()
+            return
+        self._body.append(data)
+        self._body_size += len(data)
+        if self._body_size > BODY_BUFFER_LIMIT or self._body_flowing:
+            self._pause_input()
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        """
+        Called by the channel once the whole body is in: end the stream.
+        """
+        self._body_complete = True
+        if self._done:
+            return
+        if self._body_flowing and not self._body and self._stream is not None:
+            self._stream.end_body()
+
+    def connectionLost(self, reason: Failure) -> None:
+        already_done = self._done
+        self._done = True
+        super().connectionLost(reason)
+        if not already_done:
+            self._abandon()
+
+    # -- starting ------------------------------------------------------------
+
+    def _begin(self, length: int | None) -> None:
+        channel = self.channel
+        if self._is_h2:
+            method, uri, version = channel.command, channel.path, b"HTTP/2"
+        else:
+            method, uri, version = channel._command, channel._path, channel._version
+        self.method, self.uri, self.clientproto = method, uri, version
+        self.path = uri.split(b"?", 1)[0]
+        self.request_id = new_request_id()
+        host_values = self.requestHeaders.getRawHeaders(b"host")
+        host = host_values[0] if host_values and len(host_values) == 1 else None
+
+        if not uri.startswith(b"/"):
+            self._respond_error_soon(400, "Bad request", "The request target must be a path.")
+            return
+        app = self.frontend.router.route(host, self.path) if host is not None else None
+        if app is None:
+            shown = host.decode("latin-1") if host else ""
+            self._respond_soon(
+                404, *render_not_found(shown, self.request_id, self._now(), self._accept())
+            )
+            return
+        self.app = app
+        if self.path == b"/robots.txt":
+            self._respond_soon(200, b"text/plain; charset=utf-8", ROBOTS_TXT)
+            return
+        if method in REFUSED_METHODS:
+            self._respond_error_soon(
+                405, "Method not allowed", f"{method.decode('latin-1')} is not supported."
+            )
+            return
+
+        headers = prepare_request_headers(
+            [(name, value) for name, values in self.requestHeaders.getAllRawHeaders() for value in values],
+            client_address=self._client_address(),
+            external_host=host.decode("latin-1") if host else "",
+            request_id=self.request_id,
+            internal_netloc=app.internal_netloc,
+        )
+        target = internal_path(app.external_path, app.internal_path, uri.decode("latin-1"))
+        self._job = ProxyJob(
+            app=app,
+            method=method,
+            path=target.encode("latin-1"),
+            headers=headers,
+            request_id=self.request_id,
+            has_body=length != 0,
+            exchange=self,
+        )
+        self._enqueue(self._job)
+
+    def _enqueue(self, job: ProxyJob) -> None:
+        assert self.app is not None
+        try:
+            self.frontend.groups[self.app.connector_group].put(job, self._queue_timed_out)
+        except NoCapacity:
+            self._respond_error_soon(
+                503,
+                "Service busy",
+                f"Too many requests are waiting for the connectors of {self.app.name}.",
+                source="appproxy service",
+            )
+
+    def _queue_timed_out(self, job: ProxyJob) -> None:
+        job.cancelled = True
+        assert self.app is not None
+        self._respond_error(
+            503,
+            "No connector available",
+            f"No connector available for {self.app.name}: no connector of the group "
+            f"'{self.app.connector_group}' took the request within "
+            f"{self.frontend.groups.timeout:g} seconds.",
+            source="connector",
+        )
+
+    # -- Exchange: called by the tunnel ----------------------------------------
+
+    def stream_opened(self, stream: ExchangeStream) -> None:
+        self._stream = stream
+        if self._done:
+            stream.cancel()
+
+    def body_wanted(self, stream: ExchangeStream) -> None:
+        self._body_flowing = True
+        self._flush_body()
+
+    def body_drained(self) -> None:
+        self._flush_body()
+
+    def _flush_body(self) -> None:
+        stream = self._stream
+        if stream is None or self._done:
+            return
+        while self._body:
+            chunk = self._body.popleft()
+            self._body_size -= len(chunk)
+            if not stream.write_body(chunk):
+                return
+        if self._body_complete:
+            stream.end_body()
+        else:
+            self._resume_input()
+
+    def response_started(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        if self._done or self.app is None:
+            return
+        self._responding = True
+        if self.app.translate_urls_in_headers:
+            headers = translate_response_headers(headers, self.frontend.mappings[self.app.name])
+        self.setResponseCode(status)
+        raw = self.responseHeaders
+        for name, value in headers:
+            raw.addRawHeader(name, value)
+        assert self._stream is not None
+        self.registerProducer(self._stream, True)
+
+    def response_data(self, data: bytes) -> None:
+        if not self._done:
+            self.write(data)
+
+    def response_ended(self) -> None:
+        if self._done:
+            return
+        self.unregisterProducer()
+        if not self.startedWriting:
+            self.write(b"")
+        self._finish()
+
+    def upstream_error(self, status: int, kind: str, detail: str) -> None:
+        if self._done:
+            return
+        titles = {
+            "backend-refused": "Internal application unreachable",
+            "backend-reset": "Internal application closed the connection",
+            "backend-tls": "Internal application TLS failure",
+            "timeout": "Internal application timed out",
+            "backend-error": "Internal application error",
+            "bad-request": "Bad request",
+        }
+        self._respond_error(
+            status,
+            titles.get(kind, "Bad gateway"),
+            detail or "The internal application could not be reached.",
+            source="internal application" if kind != "bad-request" else "appproxy service",
+        )
+
+    def stream_lost(self, job: ProxyJob, reason: str) -> None:
+        self._stream = None
+        if self._done:
+            return
+        if self._responding:
+            log.info(
+                "Response to {rid} cut short: {reason}", rid=self.request_id, reason=reason
+            )
+            self._done = True
+            self.unregisterProducer()
+            self._abort_client()
+            return
+        if job.retryable():
+            log.info("Retrying {rid} on another connection: {reason}", rid=self.request_id, reason=reason)
+            self._enqueue(job)
+            return
+        self._respond_error(
+            502,
+            "Connector connection lost",
+            f"The connection to the connector was lost before the internal application "
+            f"answered ({reason}).",
+            source="connector",
+        )
+
+    # -- user side helpers ---------------------------------------------------
+
+    def _abandon(self) -> None:
+        """
+        The user went away: stop waiting and release the tunnel stream.
+        """
+        job = self._job
+        if job is not None:
+            job.cancelled = True
+            if self.app is not None:
+                self.frontend.groups[self.app.connector_group].withdraw(job)
+        if self._stream is not None:
+            stream, self._stream = self._stream, None
+            stream.cancel()
+
+    def _pause_input(self) -> None:
+        if self._input_paused or self.channel is None:
+            return
+        self._input_paused = True
+        if self._is_h2:
+            self.channel.pauseProducing()
+        elif self.transport is not None:
+            self.transport.pauseProducing()
+
+    def _resume_input(self) -> None:
+        if not self._input_paused or self.channel is None:
+            return
+        self._input_paused = False
+        if self._is_h2:
+            self.channel.resumeProducing()
+        elif self.transport is not None:
+            self.transport.resumeProducing()
+
+    def _abort_client(self) -> None:
+        if self.channel is None:
+            return
+        if self._is_h2:
+            self.channel.abortConnection()
+        elif self.transport is not None:
+            self.transport.abortConnection()
+
+    def _client_address(self) -> str:
+        address: IAddress = self.getClientAddress()
+        return str(getattr(address, "host", "unknown"))
+
+    def _accept(self) -> bytes | None:
+        values = self.requestHeaders.getRawHeaders(b"accept")
+        return b", ".join(values) if values else None
+
+    def _now(self) -> str:
+        return _timestamp(self.frontend.clock)
+
+    def _respond_soon(self, status: int, content_type: bytes, body: bytes) -> None:
+        # Never finish from inside the channel's header parsing: the HTTP/1.1
+        # channel still has work to do on this request after gotLength returns.
+        self.frontend.clock.callLater(0, self._respond, status, content_type, body)
+
+    def _respond_error_soon(
+        self, status: int, title: str, detail: str, source: str = "appproxy service"
+    ) -> None:
+        self.frontend.clock.callLater(0, self._respond_error, status, title, detail, source)
+
+    def _respond_error(
+        self, status: int, title: str, detail: str, source: str = "appproxy service"
+    ) -> None:
+        if self._done:
+            return
+        log.warn(
+            "{status} for request {rid} ({app}): {detail} [source: {source}]",
+            status=status,
+            rid=self.request_id,
+            app=self.app.name if self.app else "-",
+            detail=detail,
+            source=source,
+        )
+        page = ErrorPage(
+            status=status,
+            title=title,
+            detail=detail,
+            source=source,
+            request_id=self.request_id,
+            timestamp=self._now(),
+        )
+        self._respond(status, *render_error(page, self._accept()))
+
+    def _respond(self, status: int, content_type: bytes, body: bytes) -> None:
+        if self._done:
+            return
+        if self.producer is not None:
+            self.unregisterProducer()
+        self.setResponseCode(status)
+        headers = self.responseHeaders
+        headers.setRawHeaders(b"content-type", [content_type])
+        headers.setRawHeaders(b"content-length", [b"%d" % len(body)])
+        headers.setRawHeaders(b"cache-control", [b"no-store"])
+        headers.setRawHeaders(b"x-request-id", [self.request_id.encode("ascii")])
+        if self._job is not None:
+            self._job.cancelled = True
+        self.write(body)
+        self._finish()
+
+    def _finish(self) -> None:
+        self._done = True
+        if not self._body_complete and not self._is_h2 and self.channel is not None:
+            # The body is still arriving: this connection cannot carry another
+            # request, and what is left of the body must not be parsed as one.
+            channel = self.channel
+            channel.persistent = False
+            channel.dataReceived = lambda data: None
+        self.finish()
+
+
+class ProxyHTTPFactory(http.HTTPFactory):
+    """
+    The public listener's factory: HTTP/1.1 and HTTP/2 (by ALPN) channels
+    whose requests are L{ProxyRequest}s, with limits tightened for a proxy.
+    """
+
+    #: Idle connections are closed after this many seconds.
+    timeOut = 120
+
+    def __init__(self, frontend: FrontEnd, clock: IReactorTime) -> None:
+        super().__init__(reactor=clock)
+        self.frontend = frontend
+        self.request_factory = ProxyRequestFactory(frontend)
+
+    def buildProtocol(self, addr: IAddress) -> Any:
+        protocol = super().buildProtocol(addr)
+        protocol.requestFactory = self.request_factory
+        channel = protocol._channel
+        channel.maxHeaders = 100
+        channel.totalHeadersSize = 16384
+        return protocol
+
+    def log(self, request: Any) -> None:
+        """
+        Access log: one structured event per finished request.
+        """
+        self.frontend.requests_served += 1
+        log.info(
+            "{method} {host}{path} {status} {rid}",
+            method=request.method.decode("latin-1") if request.method else "-",
+            host=(request.getHeader(b"host") or b"-").decode("latin-1"),
+            path=(request.path or b"").decode("latin-1"),
+            status=request.code,
+            rid=getattr(request, "request_id", ""),
+            log_system="access",
+        )

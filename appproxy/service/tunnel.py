@@ -1,0 +1,415 @@
+"""
+The service's end of the tunnel: an HTTP/2 I{client} on a connection that the
+connector dialled.
+
+When a connector connects, its client certificate names its group.  The
+service first pushes the group's application settings (backend TLS, timeouts)
+on one stream, then consumes the group's queue: it keeps C{capacity - active}
+outstanding C{get()}s, where capacity is the connector's
+C{SETTINGS_MAX_CONCURRENT_STREAMS}, and opens one stream per job.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+from h2.errors import ErrorCodes
+from h2.events import (
+    ConnectionTerminated,
+    DataReceived,
+    InformationalResponseReceived,
+    ResponseReceived,
+)
+from h2.exceptions import H2Error
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IDelayedCall, IHandshakeListener, IReactorTime
+from twisted.internet.protocol import Factory
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from appproxy.config import AppConfig
+from appproxy.service.queue import ConnectorGroupQueue, ConnectorGroups, ProxyJob
+from appproxy.tls import peer_connector_identity
+from appproxy.tunnel import TunnelProtocol, TunnelStream
+
+#: Where the service pushes the group's settings to the connector.
+CONFIG_PATH = b"/.appproxy/config"
+#: Extra time the service waits beyond the app's backend timeout, which the
+#: connector enforces, before it gives up on a stream itself.
+RESPONSE_GRACE = 5.0
+#: Upper bound on streams per connection, whatever the connector offers.
+MAX_CAPACITY = 1000
+
+
+def connector_settings(apps: Sequence[AppConfig]) -> bytes:
+    """
+    The per-app settings a connector needs, as the JSON pushed to it.
+    """
+    return json.dumps(
+        {
+            "apps": {
+                app.name: {
+                    "verify_tls": app.verify_backend_tls,
+                    "ca_pem": app.backend_ca_pem.decode("ascii") if app.backend_ca_pem else None,
+                    "timeout": app.backend_timeout,
+                }
+                for app in apps
+            }
+        }
+    ).encode("utf-8")
+
+
+class ServiceStream(TunnelStream):
+    """
+    One user request travelling over the tunnel.
+    """
+
+    def __init__(self, proto: ServiceTunnelProtocol, stream_id: int, job: ProxyJob) -> None:
+        super().__init__(stream_id)
+        self.proto = proto
+        self.job = job
+        self.paused = False
+        self.unacked = 0
+        self.responded = False
+        self.finished = False
+        self.timer: IDelayedCall | None = None
+
+    # ExchangeStream: called by the user side
+
+    def write_body(self, data: bytes) -> bool:
+        self.job.body_sent = True
+        return self.proto.send_data(self, data)
+
+    def end_body(self) -> None:
+        self.proto.end_stream(self)
+
+    def cancel(self) -> None:
+        if self.finished:
+            return
+        self._done()
+        self.proto.reset_stream(self.stream_id)
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        if self.unacked:
+            unacked, self.unacked = self.unacked, 0
+            self.proto.acknowledge(self.stream_id, unacked)
+
+    def stopProducing(self) -> None:
+        self.cancel()
+
+    # TunnelStream
+
+    def outbound_drained(self) -> None:
+        self.job.exchange.body_drained()
+
+    def stream_aborted(self, reason: str) -> None:
+        if self.finished:
+            return
+        self._done()
+        self.job.exchange.stream_lost(self.job, reason)
+
+    # from the protocol
+
+    def timed_out(self) -> None:
+        self.timer = None
+        if self.finished:
+            return
+        self._done()
+        self.proto.reset_stream(self.stream_id)
+        self.job.exchange.upstream_error(
+            504,
+            "timeout",
+            f"The connector did not answer within {self.job.app.backend_timeout:g} seconds.",
+        )
+
+    def _done(self) -> None:
+        self.finished = True
+        self.closed = True
+        if self.timer is not None and self.timer.active():
+            self.timer.cancel()
+        self.timer = None
+        self.proto.stream_finished(self)
+
+
+@implementer(IHandshakeListener)
+class ServiceTunnelProtocol(TunnelProtocol):
+    """
+    The service's end of one tunnel connection.
+    """
+
+    client_side = True
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        groups: ConnectorGroups,
+        apps: Sequence[AppConfig],
+        ping_interval: float,
+        factory: ServiceTunnelFactory,
+    ) -> None:
+        super().__init__(clock, ping_interval)
+        self.groups = groups
+        self.apps = apps
+        self.factory = factory
+        self.group: ConnectorGroupQueue | None = None
+        self.connector_id = "?"
+        self.capacity = 0
+        self.ready = False
+        self.active: set[ServiceStream] = set()
+        self._gets: list[Deferred[ProxyJob]] = []
+        self._filling = False
+        self._config_stream: int | None = None
+
+    # -- connection ------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self.factory.protocols.add(self)
+
+    def handshakeCompleted(self) -> None:
+        identity = peer_connector_identity(self.transport)
+        if identity is None:
+            self.log.warn("Connector certificate names no connector group; closing")
+            self.abort()
+            return
+        self.connector_id = identity.connector_id
+        self.group = self.groups[identity.group]
+        self.group.connections.add(self)
+        peer = self.transport.getPeer() if self.transport is not None else None
+        self.log.info(
+            "Connector {connector} of group {group} connected from {peer}",
+            connector=identity.connector_id,
+            group=identity.group,
+            peer=str(getattr(peer, "host", peer)),
+        )
+        self._push_settings([a for a in self.apps if a.connector_group == identity.group])
+
+    def _push_settings(self, apps: Sequence[AppConfig]) -> None:
+        sid = self.conn.get_next_available_stream_id()
+        self._config_stream = sid
+        self.conn.send_headers(
+            sid,
+            [
+                (b":method", b"POST"),
+                (b":scheme", b"https"),
+                (b":authority", b"appproxy"),
+                (b":path", CONFIG_PATH),
+                (b"content-type", b"application/json"),
+            ],
+        )
+        stream = TunnelStream(sid)
+        self.streams[sid] = stream
+        self.send_data(stream, connector_settings(apps))
+        self.end_stream(stream)
+
+    def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:  # noqa: B008
+        self.factory.protocols.discard(self)
+        self._stop_consuming()
+        if self.group is not None:
+            self.group.connections.discard(self)
+            self.log.info(
+                "Connector {connector} of group {group} disconnected",
+                connector=self.connector_id,
+                group=self.group.name,
+            )
+        super().connectionLost(reason)
+
+    def connection_terminated(self, event: ConnectionTerminated) -> None:
+        """
+        GOAWAY from the connector: it is draining.  Streams it never processed
+        are retried elsewhere; the rest finish.
+        """
+        self._stop_consuming()
+        last = event.last_stream_id or 0
+        for stream in [s for s in self.active if s.stream_id > last]:
+            stream.job.dispatched = False
+            stream.stream_aborted("the connector is shutting down")
+        if not self.active:
+            self.transport.loseConnection()  # type: ignore[union-attr]
+
+    # -- consuming the queue ----------------------------------------------
+
+    def _stop_consuming(self) -> None:
+        self.ready = False
+        gets, self._gets = self._gets, []
+        for d in gets:
+            d.cancel()
+
+    def _fill(self) -> None:
+        if self._filling or not self.ready or self.terminated or self.group is None:
+            return
+        self._filling = True
+        try:
+            while self.ready and len(self.active) + len(self._gets) < self.capacity:
+                d = self.group.get()
+                self._gets.append(d)
+                d.addCallbacks(self._got_job, self._get_failed, callbackArgs=(d,), errbackArgs=(d,))
+        finally:
+            self._filling = False
+
+    def _get_failed(self, failure: Failure, d: Deferred[ProxyJob]) -> None:
+        failure.trap(CancelledError)
+
+    def _got_job(self, job: ProxyJob, d: Deferred[ProxyJob]) -> None:
+        try:
+            self._gets.remove(d)
+        except ValueError:
+            pass
+        if job.cancelled:
+            self._fill()
+            return
+        job.stop_timer()
+        self._open(job)
+        self._fill()
+
+    def _open(self, job: ProxyJob) -> None:
+        app = job.app
+        sid = self.conn.get_next_available_stream_id()
+        headers = [
+            (b":method", job.method),
+            (b":scheme", app.internal_scheme.encode("ascii")),
+            (b":authority", app.internal_netloc.encode("ascii")),
+            (b":path", job.path),
+            *job.headers,
+            (b"appproxy-app", app.name.encode("ascii")),
+        ]
+        if job.needs_dispatch_ack:
+            headers.append((b"appproxy-ack", b"1"))
+        stream = ServiceStream(self, sid, job)
+        try:
+            self.conn.send_headers(sid, headers, end_stream=not job.has_body)
+        except H2Error as e:
+            self.log.info("Request {rid} not forwardable: {e}", rid=job.request_id, e=str(e))
+            self.reset_stream(sid, ErrorCodes.PROTOCOL_ERROR)
+            job.cancelled = True
+            job.exchange.upstream_error(400, "bad-request", "The request cannot be forwarded.")
+            return
+        job.attempts += 1
+        self.streams[sid] = stream
+        self.active.add(stream)
+        stream.timer = self.clock.callLater(app.backend_timeout + RESPONSE_GRACE, stream.timed_out)
+        job.exchange.stream_opened(stream)
+        self.flush()
+
+    def stream_finished(self, stream: ServiceStream) -> None:
+        self.active.discard(stream)
+        self.streams.pop(stream.stream_id, None)
+        if self.terminated and not self.active and self.transport is not None:
+            self.transport.loseConnection()
+        else:
+            self._fill()
+
+    # -- events ------------------------------------------------------------
+
+    def remote_settings_changed(self) -> None:
+        self.capacity = min(self.conn.remote_settings.max_concurrent_streams, MAX_CAPACITY)
+        self._fill()
+
+    def informational_received(self, event: InformationalResponseReceived) -> None:
+        stream = self.streams.get(event.stream_id)
+        if isinstance(stream, ServiceStream) and not stream.job.dispatched:
+            stream.job.dispatched = True
+            if stream.job.has_body:
+                stream.job.exchange.body_wanted(stream)
+
+    def response_received(self, event: ResponseReceived) -> None:
+        sid = event.stream_id
+        if sid == self._config_stream:
+            status = dict(event.headers).get(b":status", b"")
+            if status == b"204":
+                self.ready = True
+                self._fill()
+            else:
+                self.log.error(
+                    "Connector {connector} refused its settings (status {status}); closing",
+                    connector=self.connector_id,
+                    status=status.decode("latin-1"),
+                )
+                self.abort()
+            return
+        stream = self.streams.get(sid)
+        if not isinstance(stream, ServiceStream) or stream.finished:
+            self.reset_stream(sid)
+            return
+        if stream.timer is not None and stream.timer.active():
+            stream.timer.cancel()
+        stream.timer = None
+        stream.job.dispatched = True
+        status = 502
+        headers: list[tuple[bytes, bytes]] = []
+        error_kind: bytes | None = None
+        error_detail = b""
+        for name, value in event.headers:
+            if name.startswith(b":"):
+                if name == b":status":
+                    status = int(value)
+            elif name.startswith(b"appproxy-"):
+                if name == b"appproxy-error":
+                    error_kind = value
+                elif name == b"appproxy-error-detail":
+                    error_detail = value
+            else:
+                headers.append((name, value))
+        if error_kind is not None:
+            stream._done()
+            self.reset_stream(sid, ErrorCodes.NO_ERROR)
+            stream.job.exchange.upstream_error(
+                status, error_kind.decode("latin-1"), error_detail.decode("latin-1")
+            )
+            return
+        stream.responded = True
+        stream.job.exchange.response_started(status, headers)
+
+    def data_received(self, event: DataReceived) -> None:
+        stream = self.streams.get(event.stream_id)
+        length = event.flow_controlled_length
+        if not isinstance(stream, ServiceStream) or stream.finished:
+            # Settings stream reply or a stream we gave up on: just reopen the window.
+            self.acknowledge(event.stream_id, length)
+            return
+        if stream.paused:
+            stream.unacked += length
+        else:
+            self.acknowledge(event.stream_id, length)
+        stream.job.exchange.response_data(event.data)
+
+    def stream_ended(self, stream_id: int) -> None:
+        if stream_id == self._config_stream:
+            self.streams.pop(stream_id, None)
+            return
+        stream = self.streams.get(stream_id)
+        if not isinstance(stream, ServiceStream) or stream.finished:
+            return
+        stream._done()
+        if stream.job.has_body and not stream.local_closed:
+            # The app answered before the whole body was sent: stop sending it.
+            self.reset_stream(stream_id, ErrorCodes.NO_ERROR)
+        stream.job.exchange.response_ended()
+
+
+class ServiceTunnelFactory(Factory):
+    """
+    Builds the service's tunnel protocols; wrap it in TLS that requires a
+    connector client certificate.
+    """
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        groups: ConnectorGroups,
+        apps: Sequence[AppConfig],
+        ping_interval: float = 15.0,
+    ) -> None:
+        self.clock = clock
+        self.groups = groups
+        self.apps = apps
+        self.ping_interval = ping_interval
+        self.protocols: set[ServiceTunnelProtocol] = set()
+
+    def buildProtocol(self, addr: object) -> ServiceTunnelProtocol:  # type: ignore[override]
+        return ServiceTunnelProtocol(self.clock, self.groups, self.apps, self.ping_interval, self)

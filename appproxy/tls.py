@@ -1,0 +1,213 @@
+"""
+TLS glue between appproxy's PEM files and Twisted/pyOpenSSL.
+
+  - L{SNIServerContextFactory}: the public HTTPS listener; one certificate per
+    SNI host name, ALPN (h2, http/1.1) on each.
+  - L{tunnel_server_context} / L{tunnel_client_options}: the mutual TLS tunnel
+    between service and connectors (h2 only, TLS 1.2+).
+  - L{peer_connector_identity} / L{negotiated_protocol}: what a handshake
+    established, read from a C{TLSMemoryBIOProtocol} transport.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from OpenSSL import SSL, crypto
+from twisted.internet.interfaces import (
+    IOpenSSLClientConnectionCreator,
+    IOpenSSLServerConnectionCreator,
+)
+from twisted.internet.ssl import (
+    Certificate,
+    CertificateOptions,
+    PrivateCertificate,
+    TLSVersion,
+    optionsForClientTLS,
+)
+from zope.interface import implementer
+
+from appproxy import pki
+
+__all__ = [
+    "SNIServerContextFactory",
+    "negotiated_protocol",
+    "peer_connector_identity",
+    "tunnel_client_options",
+    "tunnel_server_context",
+]
+
+
+def _load_chain(cert_pem: bytes, key_pem: bytes) -> tuple[list[x509.Certificate], Any]:
+    """
+    Parse a PEM certificate chain (leaf first) and its private key, checking
+    that the key belongs to the leaf.
+
+    @raise ValueError: on unparseable PEM or a key that does not match.
+    """
+    chain = x509.load_pem_x509_certificates(cert_pem)
+    key = serialization.load_pem_private_key(key_pem, password=None)
+    if key.public_key() != chain[0].public_key():
+        raise ValueError("the private key does not match the certificate")
+    return chain, key
+
+
+def _certificate_options(
+    chain: Sequence[x509.Certificate], key: Any, **kwargs: Any
+) -> CertificateOptions:
+    return CertificateOptions(
+        privateKey=crypto.PKey.from_cryptography_key(key),
+        certificate=crypto.X509.from_cryptography(chain[0]),
+        extraCertChain=[crypto.X509.from_cryptography(c) for c in chain[1:]],
+        raiseMinimumTo=TLSVersion.TLSv1_2,
+        **kwargs,
+    )
+
+
+def _dns_names(cert: x509.Certificate) -> list[str]:
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    return [name.lower().rstrip(".") for name in san.get_values_for_type(x509.DNSName)]
+
+
+@implementer(IOpenSSLServerConnectionCreator)
+class SNIServerContextFactory:
+    """
+    A TLS server connection creator that chooses among several certificates by
+    the SNI host name the client sends.
+
+    Each certificate gets its own context (built once, here), indexed by the
+    DNS names of its subject alternative names, exact and C{*.} wildcard. A
+    name matching none of them, or no SNI at all, gets the first certificate.
+    """
+
+    def __init__(
+        self,
+        certificates: Sequence[tuple[bytes, bytes]],
+        acceptable_protocols: Sequence[bytes] = (b"h2", b"http/1.1"),
+    ) -> None:
+        """
+        @param certificates: C{(cert_pem, key_pem)} pairs; C{cert_pem} may hold
+            the intermediate chain after the leaf.
+        @param acceptable_protocols: ALPN protocols, most preferred first.
+
+        @raise ValueError: if there are no certificates, or one cannot be read.
+        """
+        if not certificates:
+            raise ValueError("at least one certificate is required")
+        self._contexts: dict[str, SSL.Context] = {}
+        contexts = []
+        for cert_pem, key_pem in certificates:
+            chain, key = _load_chain(cert_pem, key_pem)
+            context = _certificate_options(
+                chain, key, acceptableProtocols=list(acceptable_protocols)
+            ).getContext()
+            contexts.append(context)
+            for name in _dns_names(chain[0]):
+                # The first certificate to claim a name keeps it.
+                self._contexts.setdefault(name, context)
+        self._default = contexts[0]
+        # Must be set before the context is used for any connection.
+        self._default.set_tlsext_servername_callback(self._select_context)
+
+    def context_for_name(self, server_name: bytes | None) -> SSL.Context:
+        """
+        The context for an SNI host name: an exact match first, then a
+        wildcard for the parent domain (one label only, per RFC 6125), then
+        the first certificate's.
+        """
+        if not server_name:
+            return self._default
+        try:
+            name = server_name.decode("ascii").lower().rstrip(".")
+        except UnicodeDecodeError:
+            return self._default
+        context = self._contexts.get(name)
+        if context is not None:
+            return context
+        label, dot, parent = name.partition(".")
+        if label and dot and parent:
+            context = self._contexts.get("*." + parent)
+            if context is not None:
+                return context
+        return self._default
+
+    def _select_context(self, connection: SSL.Connection) -> None:
+        context = self.context_for_name(connection.get_servername())
+        if context is not self._default:
+            connection.set_context(context)
+
+    def serverConnectionForTLS(self, tlsProtocol: object) -> SSL.Connection:
+        return SSL.Connection(self._default, None)
+
+
+def tunnel_server_context(
+    cert_pem: bytes, key_pem: bytes, connector_ca_pem: bytes
+) -> IOpenSSLServerConnectionCreator:
+    """
+    The service side of the tunnel: TLS 1.2+, ALPN h2 only, and a client
+    certificate signed by the connector CA is required.
+    """
+    ca_certs = x509.load_pem_x509_certificates(connector_ca_pem)
+    chain, key = _load_chain(cert_pem, key_pem)
+    options = _certificate_options(
+        chain,
+        key,
+        verify=True,
+        requireCertificate=True,
+        caCerts=[crypto.X509.from_cryptography(c) for c in ca_certs],
+        acceptableProtocols=[b"h2"],
+    )
+    # Build (and check) the context now rather than on the first connection.
+    options.getContext()
+    return options
+
+
+def tunnel_client_options(
+    service_host: str, ca_pem: bytes, cert_pem: bytes, key_pem: bytes
+) -> IOpenSSLClientConnectionCreator:
+    """
+    The connector side of the tunnel: the service's certificate must be signed
+    by C{ca_pem} and name C{service_host}; we present our connector certificate.
+    """
+    _load_chain(cert_pem, key_pem)
+    if not cert_pem.endswith(b"\n"):
+        cert_pem += b"\n"
+    return optionsForClientTLS(
+        service_host,
+        trustRoot=Certificate.loadPEM(ca_pem),
+        clientCertificate=PrivateCertificate.loadPEM(  # type: ignore[no-untyped-call]
+            cert_pem + key_pem
+        ),
+        acceptableProtocols=[b"h2"],
+        extraCertificateOptions={"raiseMinimumTo": TLSVersion.TLSv1_2},
+    )
+
+
+def peer_connector_identity(transport: Any) -> pki.ConnectorIdentity | None:
+    """
+    The connector named by the (verified) client certificate of a
+    C{TLSMemoryBIOProtocol} transport, or L{None} if there is none or it names
+    no connector.
+    """
+    try:
+        peer = transport.getPeerCertificate()
+        if peer is None:
+            return None
+        return pki.connector_identity(peer.to_cryptography())
+    except Exception:
+        return None
+
+
+def negotiated_protocol(transport: Any) -> bytes | None:
+    """The ALPN protocol negotiated on a TLS transport, or L{None}."""
+    try:
+        protocol = transport.negotiatedProtocol
+    except Exception:
+        return None
+    return protocol if isinstance(protocol, bytes) and protocol else None

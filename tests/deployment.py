@@ -1,0 +1,288 @@
+"""
+A whole appproxy deployment on loopback for integration tests: a real
+backend (twisted.web), the real service and real connectors, with real TLS
+and certificates from L{appproxy.pki}, configured through real TOML files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import treq
+from treq.client import HTTPClient
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.endpoints import TCP4ClientEndpoint, wrapClientTLS
+from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.ssl import Certificate, optionsForClientTLS
+from twisted.internet.task import deferLater
+from twisted.web import resource, server
+from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.iweb import IAgentEndpointFactory
+from zope.interface import implementer
+
+from appproxy import pki
+from appproxy.config import load_connector_config, load_service_config
+from appproxy.connector.tap import ConnectorService
+from appproxy.service.tap import AppProxyService
+
+DOMAIN = "appproxy.test"
+
+
+class Backend(resource.Resource):
+    """
+    The internal app: echoes requests as JSON and offers a few behaviours
+    the tests need.
+    """
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hits = 0
+        self.pending: list[Any] = []
+
+    def render(self, request: Any) -> Any:
+        self.hits += 1
+        path = request.path
+        if path == b"/redirect":
+            request.setResponseCode(302)
+            request.setHeader(b"location", request.args[b"to"][0])
+            return b""
+        if path == b"/cookie":
+            request.setHeader(b"set-cookie", request.args[b"c"][0])
+            return b"ok"
+        if path == b"/bytes":
+            n = int(request.args[b"n"][0])
+            request.setHeader(b"content-type", b"application/octet-stream")
+            return b"x" * n
+        if path == b"/slow":
+            delay = float(request.args[b"delay"][0])
+            call = reactor.callLater(delay, self._finish_slow, request)
+            self.pending.append(call)
+            request.notifyFinish().addErrback(lambda _: call.active() and call.cancel())
+            return server.NOT_DONE_YET
+        return self._echo(request)
+
+    def _finish_slow(self, request: Any) -> None:
+        if not request._disconnected:
+            request.write(self._echo(request))
+            request.finish()
+
+    def _echo(self, request: Any) -> bytes:
+        body = request.content.read()
+        request.setHeader(b"content-type", b"application/json")
+        return json.dumps(
+            {
+                "method": request.method.decode(),
+                "uri": request.uri.decode(),
+                "headers": [
+                    [k.decode("latin-1").lower(), v.decode("latin-1")]
+                    for k, vs in request.requestHeaders.getAllRawHeaders()
+                    for v in vs
+                ],
+                "body_length": len(body),
+                "body_sha256": hashlib.sha256(body).hexdigest(),
+            }
+        ).encode()
+
+    def cancel_pending(self) -> None:
+        for call in self.pending:
+            if call.active():
+                call.cancel()
+
+
+@implementer(IAgentEndpointFactory)
+class _LoopbackTLS:
+    """
+    Resolve every host name to 127.0.0.1:port, verifying TLS against the
+    deployment's CA with the URL's host name (as a browser would with DNS).
+    """
+
+    def __init__(self, port: int, ca_pem: bytes) -> None:
+        self.port = port
+        self.trust = Certificate.loadPEM(ca_pem)
+
+    def endpointForURI(self, uri: Any) -> IStreamClientEndpoint:
+        options = optionsForClientTLS(uri.host.decode("ascii"), trustRoot=self.trust)
+        return wrapClientTLS(options, TCP4ClientEndpoint(reactor, "127.0.0.1", self.port))
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    return json.dumps(str(value))
+
+
+class Deployment:
+    """
+    Build with C{yield Deployment.start(testcase, ...)}; everything is torn
+    down by the test's cleanups.
+    """
+
+    def __init__(self, testcase: Any, apps: list[dict[str, Any]], queue_timeout: float) -> None:
+        self.testcase = testcase
+        self.root = Path(testcase.mktemp())
+        self.root.mkdir(parents=True)
+        self.ca = pki.generate_ca("appproxy test CA")
+        self.backend = Backend()
+        self.backend_port = reactor.listenTCP(0, server.Site(self.backend), interface="127.0.0.1")
+        testcase.addCleanup(self.backend_port.stopListening)
+        testcase.addCleanup(self.backend.cancel_pending)
+        self.apps = apps
+        self.queue_timeout = queue_timeout
+        self.service: AppProxyService | None = None
+        self.connectors: list[ConnectorService] = []
+        self.public_port = 0
+        self.tunnel_port = 0
+        self._write_pki()
+
+    @property
+    def backend_url(self) -> str:
+        return f"http://127.0.0.1:{self.backend_port.getHost().port}/"
+
+    def _write(self, name: str, data: bytes) -> Path:
+        path = self.root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        return path
+
+    def _write_pki(self) -> None:
+        self._write("ca.pem", self.ca.cert_pem)
+        web = pki.issue_server_certificate(self.ca, [f"*.{DOMAIN}", DOMAIN])
+        self._write("web.pem", web.cert_pem)
+        self._write("web.key", web.key_pem)
+        tunnel = pki.issue_server_certificate(self.ca, [f"tunnel.{DOMAIN}"])
+        self._write("tunnel.pem", tunnel.cert_pem)
+        self._write("tunnel.key", tunnel.key_pem)
+
+    def write_service_config(self, public: int = 0, tunnel: int = 0) -> Path:
+        lines = [
+            "[service]",
+            f'listen = "tcp:{public}:interface=127.0.0.1"',
+            'state_dir = "state"',
+            f"queue_timeout = {self.queue_timeout!r}",
+            "[[service.certificates]]",
+            'cert = "web.pem"',
+            'key = "web.key"',
+            "[tunnel]",
+            f'listen = "tcp:{tunnel}:interface=127.0.0.1"',
+            'cert = "tunnel.pem"',
+            'key = "tunnel.key"',
+            'connector_ca = "ca.pem"',
+        ]
+        for app in self.apps:
+            lines.append("[[apps]]")
+            settings = {
+                "internal_url": self.backend_url,
+                "connector_group": "default",
+                "pre_authentication": "passthrough",
+                **app,
+            }
+            lines += [f"{key} = {_toml(value)}" for key, value in settings.items()]
+        return self._write("service.toml", "\n".join(lines).encode())
+
+    def start_service(self, public: int = 0, tunnel: int = 0) -> AppProxyService:
+        config = load_service_config(self.write_service_config(public, tunnel))
+        service = AppProxyService(config, reactor)
+        service.startService()
+        assert service.public_port is not None and service.tunnel_port is not None
+        self.public_port = service.public_port.getHost().port
+        self.tunnel_port = service.tunnel_port.getHost().port
+        self.service = service
+        self.testcase.addCleanup(self._stop_service, service)
+        return service
+
+    def _stop_service(self, service: AppProxyService) -> Deferred[None] | None:
+        if service.running:
+            return service.stopService()
+        return None
+
+    def start_connector(
+        self, group: str = "default", connections: int = 2, capacity: int = 100, name: str = ""
+    ) -> ConnectorService:
+        name = name or f"connector-{len(self.connectors) + 1}"
+        pair = pki.issue_connector_certificate(self.ca, name, group)
+        self._write(f"{name}/connector.pem", pair.cert_pem)
+        self._write(f"{name}/connector.key", pair.key_pem)
+        self._write(f"{name}/ca.pem", self.ca.cert_pem)
+        path = self._write(
+            f"{name}/connector.toml",
+            "\n".join(
+                [
+                    "[connector]",
+                    f'service_host = "tunnel.{DOMAIN}"',
+                    f"service_port = {self.tunnel_port}",
+                    'service_address = "127.0.0.1"',
+                    f"connections = {connections}",
+                    f"capacity = {capacity}",
+                    'ca = "ca.pem"',
+                    'cert = "connector.pem"',
+                    'key = "connector.key"',
+                ]
+            ).encode(),
+        )
+        connector = ConnectorService(load_connector_config(path), reactor)
+        connector.startService()
+        self.connectors.append(connector)
+        self.testcase.addCleanup(self._stop_connector, connector)
+        return connector
+
+    def _stop_connector(self, connector: ConnectorService) -> Deferred[None] | None:
+        if connector.running:
+            return connector.stopService()
+        return None
+
+    @inlineCallbacks
+    def wait_for_connections(self, count: int, group: str = "default", timeout: float = 10.0) -> Any:
+        """
+        Wait until C{count} tunnel connections of C{group} are ready.
+        """
+        assert self.service is not None
+        for _ in range(int(timeout / 0.02)):
+            ready = [c for c in self.service.groups[group].connections if c.ready]  # type: ignore[attr-defined]
+            if len(ready) >= count:
+                return
+            yield deferLater(reactor, 0.02, lambda: None)
+        raise AssertionError(f"{count} tunnel connections did not come up within {timeout} s")
+
+    def client(self) -> HTTPClient:
+        pool = HTTPConnectionPool(reactor, persistent=False)
+        agent = Agent.usingEndpointFactory(
+            reactor, _LoopbackTLS(self.public_port, self.ca.cert_pem), pool=pool
+        )
+        return HTTPClient(agent)
+
+    def url(self, app: str, path: str = "/") -> str:
+        return f"https://{app}.{DOMAIN}{path}"
+
+
+@inlineCallbacks
+def start(
+    testcase: Any,
+    apps: list[dict[str, Any]] | None = None,
+    connectors: int = 1,
+    connections: int = 2,
+    queue_timeout: float = 5.0,
+) -> Any:
+    """
+    A deployment with one app C{web} (passthrough) unless C{apps} says
+    otherwise, and C{connectors} connectors of the group C{default}.
+    """
+    if apps is None:
+        apps = [{"name": "web", "external_url": f"https://web.{DOMAIN}/"}]
+    deployment = Deployment(testcase, apps, queue_timeout)
+    deployment.start_service()
+    for _ in range(connectors):
+        deployment.start_connector(connections=connections)
+    if connectors:
+        yield deployment.wait_for_connections(connectors * connections)
+    return deployment
+
+
+__all__ = ["DOMAIN", "Backend", "Deployment", "start", "treq"]

@@ -1,0 +1,300 @@
+"""
+Tests for L{appproxy.cli}.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import stat
+import subprocess
+import sys
+import tomllib
+from contextlib import redirect_stderr, redirect_stdout
+from pathlib import Path
+
+from cryptography import x509
+from twisted.trial.unittest import SynchronousTestCase
+
+from appproxy import pki
+from appproxy.cli import main
+
+_KEYS = ["ca.key", "tls/service.key", "tls/tunnel.key", "connector/connector.key"]
+_PUBLIC = [
+    "ca.pem",
+    "tls/service.pem",
+    "tls/tunnel.pem",
+    "connector/connector.pem",
+    "connector/ca.pem",
+    "service.toml",
+    "connector/connector.toml",
+]
+
+
+def _snapshot(root: Path) -> dict[str, tuple[int, bytes | None]]:
+    """Every path under C{root}: its mode and, for files, its contents."""
+    result: dict[str, tuple[int, bytes | None]] = {}
+    for path in sorted(root.rglob("*")):
+        st = path.stat()
+        data = path.read_bytes() if path.is_file() else None
+        result[str(path.relative_to(root))] = (stat.S_IMODE(st.st_mode), data)
+    return result
+
+
+def _cert(path: Path) -> x509.Certificate:
+    return x509.load_pem_x509_certificate(path.read_bytes())
+
+
+class InitTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.base = Path(self.mktemp())
+        self.base.mkdir()
+        self.dir = self.base / "appproxy"
+
+    def run_main(self, *argv: str) -> tuple[int, str, str]:
+        out, err = io.StringIO(), io.StringIO()
+        with redirect_stdout(out), redirect_stderr(err):
+            code = main(list(argv))
+        return code, out.getvalue(), err.getvalue()
+
+    def init(self, *extra: str) -> tuple[int, str, str]:
+        return self.run_main(
+            "init", "--state-dir", str(self.dir), "--domain", "example.test", *extra
+        )
+
+    def test_files_and_modes(self) -> None:
+        code, out, err = self.init()
+        self.assertEqual((code, err), (0, ""))
+        self.assertEqual(stat.S_IMODE(self.dir.stat().st_mode), 0o700)
+        for name in _KEYS:
+            path = self.dir / name
+            self.assertEqual(stat.S_IMODE(path.stat().st_mode), 0o600, name)
+            self.assertIn(b"-----BEGIN PRIVATE KEY-----", path.read_bytes())
+        for name in _PUBLIC:
+            self.assertTrue((self.dir / name).is_file(), name)
+            self.assertIn(name, out)
+        state = self.dir / "state"
+        self.assertTrue(state.is_dir())
+        self.assertEqual(list(state.iterdir()), [])
+        self.assertEqual(
+            (self.dir / "connector/ca.pem").read_bytes(), (self.dir / "ca.pem").read_bytes()
+        )
+        self.assertIn(
+            f"twistd --nodaemon --pidfile= appproxy --config {self.dir.absolute()}/service.toml",
+            out,
+        )
+        self.assertIn(
+            "twistd --nodaemon --pidfile= appproxy-connector --config "
+            f"{self.dir.absolute()}/connector/connector.toml",
+            out,
+        )
+        self.assertIn("https://demo.example.test:8443/", out)
+
+    def test_service_toml(self) -> None:
+        self.assertEqual(self.init()[0], 0)
+        with open(self.dir / "service.toml", "rb") as f:
+            config = tomllib.load(f)
+        self.assertEqual(set(config), {"service", "tunnel", "apps"})
+        self.assertEqual(
+            config["service"],
+            {
+                "listen": "tcp:8443:interface=127.0.0.1",
+                "state_dir": "state",
+                "queue_timeout": 10,
+                "certificates": [{"cert": "tls/service.pem", "key": "tls/service.key"}],
+            },
+        )
+        self.assertEqual(
+            config["tunnel"],
+            {
+                "listen": "tcp:8444:interface=127.0.0.1",
+                "cert": "tls/tunnel.pem",
+                "key": "tls/tunnel.key",
+                "connector_ca": "ca.pem",
+            },
+        )
+        self.assertEqual(
+            config["apps"],
+            [
+                {
+                    "name": "demo",
+                    "external_url": "https://demo.example.test:8443/",
+                    "internal_url": "http://127.0.0.1:8080/",
+                    "connector_group": "default",
+                    "pre_authentication": "passthrough",
+                }
+            ],
+        )
+        # Relative paths in the file name files next to it.
+        for entry in (config["service"]["certificates"][0], config["tunnel"]):
+            for key in ("cert", "key"):
+                self.assertTrue((self.dir / entry[key]).is_file())
+        self.assertTrue((self.dir / config["tunnel"]["connector_ca"]).is_file())
+
+    def test_connector_toml(self) -> None:
+        self.assertEqual(self.init()[0], 0)
+        with open(self.dir / "connector/connector.toml", "rb") as f:
+            config = tomllib.load(f)
+        self.assertEqual(
+            config,
+            {
+                "connector": {
+                    "service_host": "tunnel.example.test",
+                    "service_port": 8444,
+                    "service_address": "127.0.0.1",
+                    "connections": 4,
+                    "capacity": 100,
+                    "ca": "ca.pem",
+                    "cert": "connector.pem",
+                    "key": "connector.key",
+                }
+            },
+        )
+        for key in ("ca", "cert", "key"):
+            self.assertTrue((self.dir / "connector" / config["connector"][key]).is_file())
+
+    def test_options(self) -> None:
+        code, _, err = self.init(
+            "--listen",
+            "tcp:443",
+            "--port",
+            "443",
+            "--tunnel-port",
+            "9444",
+            "--group",
+            "finance",
+            "--connector-id",
+            "conn-9",
+            "--internal-url",
+            "https://intranet.local:8443/wiki/",
+            "--app-name",
+            "Wiki",
+        )
+        self.assertEqual((code, err), (0, ""))
+        with open(self.dir / "service.toml", "rb") as f:
+            service = tomllib.load(f)
+        with open(self.dir / "connector/connector.toml", "rb") as f:
+            connector = tomllib.load(f)
+        self.assertEqual(service["service"]["listen"], "tcp:443")
+        self.assertEqual(service["tunnel"]["listen"], "tcp:9444:interface=127.0.0.1")
+        self.assertEqual(connector["connector"]["service_port"], 9444)
+        (app,) = service["apps"]
+        self.assertEqual(app["name"], "Wiki")
+        self.assertEqual(app["external_url"], "https://wiki.example.test/")
+        self.assertEqual(app["internal_url"], "https://intranet.local:8443/wiki/")
+        self.assertEqual(app["connector_group"], "finance")
+        self.assertEqual(
+            pki.connector_identity(_cert(self.dir / "connector/connector.pem")),
+            pki.ConnectorIdentity(connector_id="conn-9", group="finance"),
+        )
+
+    def test_port_sets_default_listen(self) -> None:
+        self.assertEqual(self.init("--port", "9443")[0], 0)
+        with open(self.dir / "service.toml", "rb") as f:
+            service = tomllib.load(f)
+        self.assertEqual(service["service"]["listen"], "tcp:9443:interface=127.0.0.1")
+        self.assertEqual(service["apps"][0]["external_url"], "https://demo.example.test:9443/")
+
+    def test_certificates(self) -> None:
+        self.assertEqual(self.init()[0], 0)
+        ca = _cert(self.dir / "ca.pem")
+        connector = _cert(self.dir / "connector/connector.pem")
+        connector.verify_directly_issued_by(ca)
+        self.assertEqual(
+            pki.connector_identity(connector),
+            pki.ConnectorIdentity(connector_id="connector-1", group="default"),
+        )
+
+        def names(path: str) -> list[str]:
+            cert = _cert(self.dir / path)
+            cert.verify_directly_issued_by(ca)
+            san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+            return san.get_values_for_type(x509.DNSName)
+
+        self.assertEqual(names("tls/tunnel.pem"), ["tunnel.example.test"])
+        self.assertEqual(names("tls/service.pem"), ["*.example.test", "example.test"])
+
+    def test_second_run_refused(self) -> None:
+        self.assertEqual(self.init()[0], 0)
+        before = _snapshot(self.dir)
+        code, out, err = self.init("--group", "other")
+        self.assertEqual(code, 1)
+        self.assertEqual(out, "")
+        self.assertEqual(err.count("\n"), 1, err)
+        self.assertTrue(err.startswith("appproxy: error: "), err)
+        self.assertIn("not empty", err)
+        self.assertEqual(_snapshot(self.dir), before)
+
+    def test_empty_existing_dir(self) -> None:
+        self.dir.mkdir(mode=0o755)
+        os.chmod(self.dir, 0o755)
+        self.assertEqual(self.init()[0], 0)
+        self.assertEqual(stat.S_IMODE(self.dir.stat().st_mode), 0o700)
+
+    def test_not_a_directory(self) -> None:
+        self.dir.write_bytes(b"x")
+        code, _, err = self.init()
+        self.assertEqual(code, 1)
+        self.assertIn("not a directory", err)
+
+    def test_bad_values(self) -> None:
+        for args in [
+            ("--domain", "not a domain"),
+            ("--domain", "bad_domain.test"),
+            ("--domain=-x.test",),
+            ("--domain", "10.0.0.1"),
+            ("--domain", "*.example.test"),
+            ("--domain", "example..test"),
+            ("--domain", "a" * 64 + ".test"),
+            ("--domain", "example.test", "--group", "bad group"),
+            ("--domain", "example.test", "--connector-id", ""),
+            ("--domain", "example.test", "--app-name", "bad name"),
+            ("--domain", "example.test", "--app-name", "under_score"),
+            ("--domain", "example.test", "--internal-url", "ftp://intranet/"),
+            ("--domain", "example.test", "--internal-url", "http://intranet/app"),
+            ("--domain", "example.test", "--internal-url", "http://intranet/?q=1"),
+        ]:
+            code, out, err = self.run_main("init", "--state-dir", str(self.dir), *args)
+            self.assertEqual(code, 1, args)
+            self.assertEqual(out, "", args)
+            self.assertTrue(err.startswith("appproxy: error: "), (args, err))
+            self.assertNotIn("Traceback", err)
+            self.assertFalse(self.dir.exists(), args)
+
+    def test_usage_errors(self) -> None:
+        code, _, err = self.run_main("init", "--domain", "example.test")
+        self.assertEqual(code, 2)
+        self.assertIn("--state-dir", err)
+        code, _, err = self.run_main(
+            "init", "--state-dir", str(self.dir), "--domain", "x.test", "--port", "0"
+        )
+        self.assertEqual(code, 2)
+        self.assertFalse(self.dir.exists())
+        code, _, err = self.run_main()
+        self.assertEqual(code, 2)
+        self.assertIn("init", err)
+
+    def test_unwritable_parent(self) -> None:
+        """An OSError is one line, not a traceback, and nothing is left behind."""
+        if os.geteuid() == 0:
+            target = Path("/proc/appproxy-test")
+        else:
+            os.chmod(self.base, 0o500)
+            self.addCleanup(os.chmod, self.base, 0o700)
+            target = self.dir
+        code, _, err = self.run_main("init", "--state-dir", str(target), "--domain", "example.test")
+        self.assertEqual(code, 1)
+        self.assertTrue(err.startswith("appproxy: error: "), err)
+        self.assertEqual(err.count("\n"), 1, err)
+        self.assertFalse(target.exists())
+
+    def test_python_m(self) -> None:
+        result = subprocess.run(
+            [sys.executable, "-m", "appproxy", "--help"],
+            capture_output=True,
+            text=True,
+            check=False,
+            cwd=Path(__file__).parent.parent,
+        )
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn("init", result.stdout)
