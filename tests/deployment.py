@@ -15,7 +15,8 @@ import treq
 from treq.client import HTTPClient
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
-from twisted.internet.endpoints import TCP4ClientEndpoint, wrapClientTLS
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol, wrapClientTLS
+from twisted.internet.protocol import Protocol
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.ssl import Certificate, optionsForClientTLS
 from twisted.internet.task import deferLater
@@ -285,4 +286,118 @@ def start(
     return deployment
 
 
-__all__ = ["DOMAIN", "Backend", "Deployment", "start", "treq"]
+
+
+class _Collect(Protocol):
+    def __init__(self) -> None:
+        self.data = b""
+        self.done: Deferred[bytes] = Deferred()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.data += data
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.done.callback(self.data)
+
+
+@inlineCallbacks
+def raw_exchange(d: Deployment, raw: bytes, host: str = f"web.{DOMAIN}", timeout: float = 10) -> Any:
+    """
+    Send C{raw} bytes over TLS to the service and return everything it sends
+    back before closing the connection (which it must do within C{timeout}).
+    """
+    endpoint = _LoopbackTLS(d.public_port, d.ca.cert_pem).endpointForURI(
+        type("U", (), {"host": host.encode()})()
+    )
+    collector = _Collect()
+    protocol = yield connectProtocol(endpoint, collector)
+    protocol.transport.write(raw)
+    result = yield collector.done.addTimeout(timeout, reactor)
+    return result
+
+
+
+
+class _H2Client(Protocol):
+    """
+    A minimal HTTP/2 browser stand-in (h2 library), for ALPN h2 tests.
+    """
+
+    def __init__(self, host: str, requests: list[tuple[str, str, bytes]]) -> None:
+        import h2.config
+        import h2.connection
+
+        self.host = host
+        self.requests = requests
+        self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        self.results: dict[int, list[Any]] = {}
+        self.order: list[int] = []
+        self.pending_body: dict[int, bytes] = {}
+        self.done: Deferred[list[tuple[int, bytes]]] = Deferred()
+
+    def connectionMade(self) -> None:
+        self.conn.initiate_connection()
+        for method, path, body in self.requests:
+            sid = self.conn.get_next_available_stream_id()
+            self.order.append(sid)
+            self.results[sid] = [0, b""]
+            headers = [(":method", method), (":scheme", "https"), (":authority", self.host),
+                       (":path", path)]
+            if body:
+                headers.append(("content-length", str(len(body))))
+            self.conn.send_headers(sid, headers, end_stream=not body)
+            if body:
+                self.pending_body[sid] = body
+        self._send_bodies()
+        self.transport.write(self.conn.data_to_send())
+
+    def _send_bodies(self) -> None:
+        for sid, body in list(self.pending_body.items()):
+            while body:
+                window = min(self.conn.local_flow_control_window(sid), self.conn.max_outbound_frame_size)
+                if window <= 0:
+                    break
+                self.conn.send_data(sid, body[:window])
+                body = body[window:]
+            if body:
+                self.pending_body[sid] = body
+            else:
+                del self.pending_body[sid]
+                self.conn.end_stream(sid)
+
+    def dataReceived(self, data: bytes) -> None:
+        import h2.events
+
+        for event in self.conn.receive_data(data):
+            if isinstance(event, h2.events.ResponseReceived):
+                self.results[event.stream_id][0] = int(dict(event.headers)[b":status"])
+            elif isinstance(event, h2.events.DataReceived):
+                self.results[event.stream_id][1] += event.data
+                self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+            elif isinstance(event, h2.events.WindowUpdated):
+                self._send_bodies()
+            elif isinstance(event, h2.events.StreamEnded):
+                if all(self.results[s][0] and s not in self.open_streams() for s in self.order):
+                    pass
+        self.transport.write(self.conn.data_to_send())
+        if not self.open_streams() and not self.done.called:
+            self.done.callback([(self.results[s][0], self.results[s][1]) for s in self.order])
+            self.transport.loseConnection()
+
+    def open_streams(self) -> list[int]:
+        return [s for s in self.order if s in self.conn.streams and not self.conn.streams[s].closed]
+
+
+@inlineCallbacks
+def h2_exchange(d: Deployment, requests: list[tuple[str, str, bytes]], app: str = "web") -> Any:
+    host = f"{app}.{DOMAIN}"
+    options = optionsForClientTLS(host, trustRoot=Certificate.loadPEM(d.ca.cert_pem),
+                                  acceptableProtocols=[b"h2"])
+    endpoint = wrapClientTLS(options, TCP4ClientEndpoint(reactor, "127.0.0.1", d.public_port))
+    client = _H2Client(host, requests)
+    yield connectProtocol(endpoint, client)
+    result = yield client.done.addTimeout(20, reactor)
+    return result
+
+
+__all__ = ["DOMAIN", "Backend", "Deployment", "h2_exchange", "raw_exchange", "start", "treq"]

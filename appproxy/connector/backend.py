@@ -146,6 +146,9 @@ def classify_failure(failure: Failure, url: str, timeout: float) -> BackendError
     if isinstance(exc, ierror.ConnectError):
         return BackendError(502, "backend-refused", f"Could not connect to {url}.")
     reasons: list[Failure] = list(getattr(exc, "reasons", []) or [])
+    if any(r.check(CancelledError, DeferredTimeoutError) for r in reasons):
+        # The Agent reports its cancellation (by our timeout) wrapped.
+        return BackendError(504, "timeout", f"{url} did not answer within {timeout:g} seconds.")
     for reason in reasons:
         if reason.check(SSL.Error):
             return BackendError(

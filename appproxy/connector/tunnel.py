@@ -15,6 +15,7 @@ import json
 from collections import deque
 from typing import Any
 
+from h2.errors import ErrorCodes
 from h2.events import DataReceived, RequestReceived
 from h2.exceptions import H2Error
 from h2.settings import SettingCodes
@@ -394,8 +395,10 @@ class ConnectorTunnelProtocol(TunnelProtocol):
 
     def request_received(self, event: RequestReceived) -> None:
         sid = event.stream_id
-        if self.factory.draining:
-            self.reset_stream(sid)
+        if self._drained is not None:
+            # Opened before the service saw our capacity drop to 0: refused,
+            # so the service knows it is safe to retry elsewhere.
+            self.reset_stream(sid, ErrorCodes.REFUSED_STREAM)
             return
         path = dict(event.headers).get(b":path")
         stream: ConnectorStream | _SettingsStream
@@ -407,6 +410,7 @@ class ConnectorTunnelProtocol(TunnelProtocol):
             return
         stream = ConnectorStream(self, sid)
         self.streams[sid] = stream
+        self.factory.streams_started += 1
         stream.start(event)
 
     def data_received(self, event: DataReceived) -> None:
@@ -430,28 +434,37 @@ class ConnectorTunnelProtocol(TunnelProtocol):
     def stream_finished(self, stream: ConnectorStream) -> None:
         self.streams.pop(stream.stream_id, None)
         if self._drained is not None and not self._busy():
-            self.transport.loseConnection()  # type: ignore[union-attr]
+            self._close()
 
     def _busy(self) -> bool:
         return any(isinstance(s, ConnectorStream) and not s.finished for s in self.streams.values())
 
     def drain(self) -> Deferred[None]:
         """
-        Say GOAWAY: the service sends no new requests on this connection;
-        those in flight finish; then the connection closes.
+        Stop taking requests, let those in flight finish, then close.
+
+        The connector advertises C{SETTINGS_MAX_CONCURRENT_STREAMS = 0} so the
+        service sends nothing new, and says GOAWAY only once idle: h2 treats
+        a connection as closed, for both ends, as soon as GOAWAY is sent.
         """
         if not self.connected:
             return succeed(None)
         if self._drained is None:
             self._drained = Deferred()
-            try:
-                self.conn.close_connection()
-            except H2Error:
-                pass
+            self.conn.update_settings({SettingCodes.MAX_CONCURRENT_STREAMS: 0})
             self.flush()
             if not self._busy():
-                self.transport.loseConnection()  # type: ignore[union-attr]
+                self._close()
         return self._drained
+
+    def _close(self) -> None:
+        try:
+            self.conn.close_connection()
+        except H2Error:
+            pass
+        self.flush()
+        if self.transport is not None:
+            self.transport.loseConnection()
 
 
 class ConnectorTunnelFactory(Factory):
@@ -472,6 +485,8 @@ class ConnectorTunnelFactory(Factory):
         self.ping_interval = ping_interval
         self.protocols: set[ConnectorTunnelProtocol] = set()
         self.draining = False
+        #: Requests taken from the service since start.
+        self.streams_started = 0
 
     def buildProtocol(self, addr: object) -> ConnectorTunnelProtocol:  # type: ignore[override]
         return ConnectorTunnelProtocol(

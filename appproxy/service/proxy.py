@@ -29,7 +29,7 @@ from zope.interface import implementer
 from appproxy.config import AppConfig
 from appproxy.errorpage import ROBOTS_TXT, ErrorPage, render_error, render_not_found
 from appproxy.headers import new_request_id, prepare_request_headers
-from appproxy.routing import Router, internal_path
+from appproxy.routing import Router, has_dot_segments, internal_path
 from appproxy.service.queue import ConnectorGroups, ExchangeStream, NoCapacity, ProxyJob
 from appproxy.translate import UrlMapping, translate_response_headers
 
@@ -162,6 +162,10 @@ class ProxyRequest(http.Request):
 
         if not uri.startswith(b"/"):
             self._respond_error_soon(400, "Bad request", "The request target must be a path.")
+            return
+        if has_dot_segments(self.path.decode("latin-1")):
+            # '..' could climb out of the published internal path.
+            self._respond_error_soon(400, "Bad request", "The path contains '.' or '..' segments.")
             return
         app = self.frontend.router.route(host, self.path) if host is not None else None
         if app is None:
@@ -450,6 +454,9 @@ class ProxyHTTPFactory(http.HTTPFactory):
         channel = protocol._channel
         channel.maxHeaders = 100
         channel.totalHeadersSize = 16384
+        # A single over-long line gets the same 400 as too many header bytes
+        # (LineReceiver would otherwise just drop the connection).
+        channel.lineLengthExceeded = lambda line: channel._respondToBadRequestAndDisconnect()
         return protocol
 
     def log(self, request: Any) -> None:

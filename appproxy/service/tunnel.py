@@ -221,8 +221,10 @@ class ServiceTunnelProtocol(TunnelProtocol):
 
     def connection_terminated(self, event: ConnectionTerminated) -> None:
         """
-        GOAWAY from the connector: it is draining.  Streams it never processed
-        are retried elsewhere; the rest finish.
+        GOAWAY from the connector.  A draining connector first shrinks its
+        capacity to 0 and says GOAWAY only once idle (h2 closes the whole
+        connection state on GOAWAY); streams it never processed are retried
+        elsewhere.
         """
         self._stop_consuming()
         last = event.last_stream_id or 0
@@ -241,11 +243,19 @@ class ServiceTunnelProtocol(TunnelProtocol):
             d.cancel()
 
     def _fill(self) -> None:
+        """
+        Wait for the next job while there is room.
+
+        One outstanding C{get()} per connection, re-issued as soon as a job is
+        taken: the queue's waiters then alternate between connections, so
+        load spreads over every connector of the group instead of filling one
+        connection's capacity first.
+        """
         if self._filling or not self.ready or self.terminated or self.group is None:
             return
         self._filling = True
         try:
-            while self.ready and len(self.active) + len(self._gets) < self.capacity:
+            while self.ready and not self._gets and len(self.active) < self.capacity:
                 d = self.group.get()
                 self._gets.append(d)
                 d.addCallbacks(self._got_job, self._get_failed, callbackArgs=(d,), errbackArgs=(d,))
@@ -308,6 +318,11 @@ class ServiceTunnelProtocol(TunnelProtocol):
 
     def remote_settings_changed(self) -> None:
         self.capacity = min(self.conn.remote_settings.max_concurrent_streams, MAX_CAPACITY)
+        if self.capacity <= len(self.active):
+            # The connector is draining (capacity 0) or shrank: stop waiting.
+            gets, self._gets = self._gets, []
+            for d in gets:
+                d.cancel()
         self._fill()
 
     def informational_received(self, event: InformationalResponseReceived) -> None:
