@@ -68,14 +68,15 @@ class HeaderEcho(resource.Resource):
             "</style></head><body><h1>Hello from the internal app</h1>"
             f"<p>{html.escape(info['method'])} {html.escape(info['uri'])}</p>"
             f"<h2>Headers received</h2><table>{rows}</table></body></html>"
-        ).encode("utf-8")
+        ).encode()
 
 
 def run_echo(port: int) -> None:
     from twisted.internet import reactor
 
-    reactor.listenTCP(port, server.Site(HeaderEcho()), interface="127.0.0.1")  # type: ignore[attr-defined]
-    reactor.run()  # type: ignore[attr-defined]
+    site: Any = server.Site(HeaderEcho())
+    reactor.listenTCP(port, site, interface="127.0.0.1")
+    reactor.run()
 
 
 def _twistd() -> list[str]:
@@ -136,7 +137,9 @@ def run_demo(state_dir: Path) -> int:
             time.sleep(0.5)
         for name, child in children.items():
             if child.poll() is not None:
-                print(f"appproxy demo: {name} exited with status {child.returncode}", file=sys.stderr)
+                print(
+                    f"appproxy demo: {name} exited with status {child.returncode}", file=sys.stderr
+                )
         return 1
     except KeyboardInterrupt:
         return 0

@@ -181,7 +181,7 @@ def tunnel_client_options(
     return optionsForClientTLS(
         service_host,
         trustRoot=Certificate.loadPEM(ca_pem),
-        clientCertificate=PrivateCertificate.loadPEM(  # type: ignore[no-untyped-call]
+        clientCertificate=PrivateCertificate.loadPEM(
             cert_pem + key_pem
         ),
         acceptableProtocols=[b"h2"],

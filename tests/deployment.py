@@ -16,8 +16,8 @@ from treq.client import HTTPClient
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol, wrapClientTLS
-from twisted.internet.protocol import Protocol
 from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.protocol import Protocol
 from twisted.internet.ssl import Certificate, optionsForClientTLS
 from twisted.internet.task import deferLater
 from twisted.web import resource, server
@@ -240,7 +240,9 @@ class Deployment:
         return None
 
     @inlineCallbacks
-    def wait_for_connections(self, count: int, group: str = "default", timeout: float = 10.0) -> Any:
+    def wait_for_connections(
+        self, count: int, group: str = "default", timeout: float = 10.0
+    ) -> Any:
         """
         Wait until C{count} tunnel connections of C{group} are ready.
         """
@@ -286,8 +288,6 @@ def start(
     return deployment
 
 
-
-
 class _Collect(Protocol):
     def __init__(self) -> None:
         self.data = b""
@@ -301,7 +301,9 @@ class _Collect(Protocol):
 
 
 @inlineCallbacks
-def raw_exchange(d: Deployment, raw: bytes, host: str = f"web.{DOMAIN}", timeout: float = 10) -> Any:
+def raw_exchange(
+    d: Deployment, raw: bytes, host: str = f"web.{DOMAIN}", timeout: float = 10
+) -> Any:
     """
     Send C{raw} bytes over TLS to the service and return everything it sends
     back before closing the connection (which it must do within C{timeout}).
@@ -314,8 +316,6 @@ def raw_exchange(d: Deployment, raw: bytes, host: str = f"web.{DOMAIN}", timeout
     protocol.transport.write(raw)
     result = yield collector.done.addTimeout(timeout, reactor)
     return result
-
-
 
 
 class _H2Client(Protocol):
@@ -341,8 +341,12 @@ class _H2Client(Protocol):
             sid = self.conn.get_next_available_stream_id()
             self.order.append(sid)
             self.results[sid] = [0, b""]
-            headers = [(":method", method), (":scheme", "https"), (":authority", self.host),
-                       (":path", path)]
+            headers = [
+                (":method", method),
+                (":scheme", "https"),
+                (":authority", self.host),
+                (":path", path),
+            ]
             if body:
                 headers.append(("content-length", str(len(body))))
             self.conn.send_headers(sid, headers, end_stream=not body)
@@ -354,7 +358,9 @@ class _H2Client(Protocol):
     def _send_bodies(self) -> None:
         for sid, body in list(self.pending_body.items()):
             while body:
-                window = min(self.conn.local_flow_control_window(sid), self.conn.max_outbound_frame_size)
+                window = min(
+                    self.conn.local_flow_control_window(sid), self.conn.max_outbound_frame_size
+                )
                 if window <= 0:
                     break
                 self.conn.send_data(sid, body[:window])
@@ -391,8 +397,9 @@ class _H2Client(Protocol):
 @inlineCallbacks
 def h2_exchange(d: Deployment, requests: list[tuple[str, str, bytes]], app: str = "web") -> Any:
     host = f"{app}.{DOMAIN}"
-    options = optionsForClientTLS(host, trustRoot=Certificate.loadPEM(d.ca.cert_pem),
-                                  acceptableProtocols=[b"h2"])
+    options = optionsForClientTLS(
+        host, trustRoot=Certificate.loadPEM(d.ca.cert_pem), acceptableProtocols=[b"h2"]
+    )
     endpoint = wrapClientTLS(options, TCP4ClientEndpoint(reactor, "127.0.0.1", d.public_port))
     client = _H2Client(host, requests)
     yield connectProtocol(endpoint, client)

@@ -112,15 +112,15 @@ class HeaderTests(TestCase):
             d.url("web", "/redirect"), params={"to": internal + "next?a=1"}, allow_redirects=False
         )
         self.assertEqual(response.code, 302)
-        self.assertEqual(
-            response.headers.getRawHeaders("location"), [d.url("web", "/next?a=1")]
-        )
+        self.assertEqual(response.headers.getRawHeaders("location"), [d.url("web", "/next?a=1")])
         response = yield client.get(
             d.url("web", "/redirect"),
             params={"to": "https://elsewhere.example/x"},
             allow_redirects=False,
         )
-        self.assertEqual(response.headers.getRawHeaders("location"), ["https://elsewhere.example/x"])
+        self.assertEqual(
+            response.headers.getRawHeaders("location"), ["https://elsewhere.example/x"]
+        )
         response = yield client.get(
             d.url("web", "/cookie"), params={"c": "sid=1; Domain=127.0.0.1; Path=/; HttpOnly"}
         )
@@ -259,19 +259,22 @@ class MalformedRequestTests(TestCase):
 
     def test_conflicting_content_length(self) -> Any:
         return self.assertRefused(
-            b"POST /echo HTTP/1.1\r\n" + self.host
+            b"POST /echo HTTP/1.1\r\n"
+            + self.host
             + b"Content-Length: 5\r\nContent-Length: 6\r\n\r\nhello!"
         )
 
     def test_content_length_and_transfer_encoding(self) -> Any:
         return self.assertRefused(
-            b"POST /echo HTTP/1.1\r\n" + self.host
+            b"POST /echo HTTP/1.1\r\n"
+            + self.host
             + b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
         )
 
     def test_bad_chunking(self) -> Any:
         return self.assertRefused(
-            b"POST /echo HTTP/1.1\r\n" + self.host
+            b"POST /echo HTTP/1.1\r\n"
+            + self.host
             + b"Transfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n"
         )
 
@@ -285,20 +288,14 @@ class MalformedRequestTests(TestCase):
         return self.assertRefused(b"GET /echo HTTP/1.1\r\n" + self.host + many + b"\r\n")
 
     def test_bare_lf(self) -> Any:
-        return self.assertRefused(
-            b"GET /echo HTTP/1.1\r\n" + self.host + b"X-A: 1\nX-B: 2\r\n\r\n"
-        )
+        return self.assertRefused(b"GET /echo HTTP/1.1\r\n" + self.host + b"X-A: 1\nX-B: 2\r\n\r\n")
 
     def test_nul_in_header(self) -> Any:
         return self.assertRefused(b"GET /echo HTTP/1.1\r\n" + self.host + b"X-A: a\x00b\r\n\r\n")
 
 
 def _busy_connectors(d: deployment.Deployment) -> list[Any]:
-    return [
-        c
-        for c in d.connectors
-        if any(p._busy() for p in c.factory.protocols)
-    ]
+    return [c for c in d.connectors if any(p._busy() for p in c.factory.protocols)]
 
 
 @inlineCallbacks

@@ -15,12 +15,10 @@ def summarise(output: str) -> tuple[int, int, int]:
     """
     Read trial's closing "PASSED (...)" / "FAILED (...)" line.
     """
-    match = None
-    for match in re.finditer(r"^(PASSED|FAILED) \(([^)]*)\)\s*$", output, re.M):
-        pass
-    if match is None:
+    matches = list(re.finditer(r"^(PASSED|FAILED) \(([^)]*)\)\s*$", output, re.M))
+    if not matches:
         return 0, 0, 0
-    counts = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", match.group(2))}
+    counts = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", matches[-1].group(2))}
     passed = counts.get("successes", 0)
     failed = counts.get("failures", 0) + counts.get("errors", 0)
     failed += counts.get("unexpectedSuccesses", 0)

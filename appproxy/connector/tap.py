@@ -81,9 +81,13 @@ class ConnectorService(MultiService):
         drains = gatherResults([p.drain() for p in list(self.factory.protocols)])
         drains.addTimeout(DRAIN_TIMEOUT, self.reactor)
         drains.addErrback(lambda f: self.log.warn("Drain incomplete: {f}", f=f.getErrorMessage()))
-        drains.addCallback(lambda _: MultiService.stopService(self))
-        drains.addCallback(lambda _: self.backend.close())
-        drains.addCallback(lambda _: None)
+
+        def stop(_: object) -> Deferred[Any]:
+            stopped = MultiService.stopService(self)
+            stopped.addCallback(lambda _: self.backend.close())
+            return stopped
+
+        drains.addCallback(stop)
         return drains  # type: ignore[return-value]
 
 

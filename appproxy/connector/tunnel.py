@@ -46,7 +46,7 @@ class StreamBodyProducer:
     only once the backend connection has taken it.
     """
 
-    def __init__(self, stream: ConnectorStream, length: int) -> None:
+    def __init__(self, stream: ConnectorStream, length: int | str) -> None:
         self.stream = stream
         self.length = length
         self._consumer: IConsumer | None = None
@@ -57,9 +57,11 @@ class StreamBodyProducer:
 
     def startProducing(self, consumer: IConsumer) -> Deferred[None]:
         self._consumer = consumer
-        self._finished = Deferred()
+        finished: Deferred[None] = Deferred()
+        self._finished = finished
+        # The whole body may be here already, firing finished right away.
         self._drain()
-        return self._finished
+        return finished
 
     def data(self, data: bytes, flow_length: int) -> None:
         if self._consumer is None or self._paused or self._buffer:
@@ -166,7 +168,7 @@ class ConnectorStream(TunnelStream):
         proto = self.proto
         pseudo: dict[bytes, bytes] = {}
         headers = Headers()
-        length = UNKNOWN_LENGTH
+        length: int | str = UNKNOWN_LENGTH
         app_name = b""
         ack = False
         for name, value in event.headers:
@@ -228,6 +230,12 @@ class ConnectorStream(TunnelStream):
         self.request_d = None
         if self.finished:
             return
+        self.proto.log.debug(
+            "Backend request to {url} failed: {failure!r} {reasons!r}",
+            url=self.url.decode("latin-1"),
+            failure=failure.value,
+            reasons=[r.value for r in getattr(failure.value, "reasons", [])],
+        )
         self.fail(classify_failure(failure, self.url.decode("latin-1"), timeout))
 
     def fail(self, error: BackendError) -> None:
@@ -488,7 +496,7 @@ class ConnectorTunnelFactory(Factory):
         #: Requests taken from the service since start.
         self.streams_started = 0
 
-    def buildProtocol(self, addr: object) -> ConnectorTunnelProtocol:  # type: ignore[override]
+    def buildProtocol(self, addr: object) -> ConnectorTunnelProtocol:
         return ConnectorTunnelProtocol(
             self.clock, self.backend, self.capacity, self.ping_interval, self
         )

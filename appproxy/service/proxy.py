@@ -149,7 +149,7 @@ class ProxyRequest(http.Request):
     # -- starting ------------------------------------------------------------
 
     def _begin(self, length: int | None) -> None:
-        channel = self.channel
+        channel: Any = self.channel
         if self._is_h2:
             method, uri, version = channel.command, channel.path, b"HTTP/2"
         else:
@@ -185,7 +185,11 @@ class ProxyRequest(http.Request):
             return
 
         headers = prepare_request_headers(
-            [(name, value) for name, values in self.requestHeaders.getAllRawHeaders() for value in values],
+            [
+                (name, value)
+                for name, values in self.requestHeaders.getAllRawHeaders()
+                for value in values
+            ],
             client_address=self._client_address(),
             external_host=host.decode("latin-1") if host else "",
             request_id=self.request_id,
@@ -303,15 +307,15 @@ class ProxyRequest(http.Request):
         if self._done:
             return
         if self._responding:
-            log.info(
-                "Response to {rid} cut short: {reason}", rid=self.request_id, reason=reason
-            )
+            log.info("Response to {rid} cut short: {reason}", rid=self.request_id, reason=reason)
             self._done = True
             self.unregisterProducer()
             self._abort_client()
             return
         if job.retryable():
-            log.info("Retrying {rid} on another connection: {reason}", rid=self.request_id, reason=reason)
+            log.info(
+                "Retrying {rid} on another connection: {reason}", rid=self.request_id, reason=reason
+            )
             self._enqueue(job)
             return
         self._respond_error(
@@ -337,31 +341,29 @@ class ProxyRequest(http.Request):
             stream, self._stream = self._stream, None
             stream.cancel()
 
+    def _input(self) -> Any:
+        """
+        What to pause to stop reading the body: the HTTP/2 stream (which then
+        stops opening its window), or the HTTP/1.1 connection's transport.
+        """
+        return self.channel if self._is_h2 else self.transport
+
     def _pause_input(self) -> None:
         if self._input_paused or self.channel is None:
             return
         self._input_paused = True
-        if self._is_h2:
-            self.channel.pauseProducing()
-        elif self.transport is not None:
-            self.transport.pauseProducing()
+        self._input().pauseProducing()
 
     def _resume_input(self) -> None:
         if not self._input_paused or self.channel is None:
             return
         self._input_paused = False
-        if self._is_h2:
-            self.channel.resumeProducing()
-        elif self.transport is not None:
-            self.transport.resumeProducing()
+        self._input().resumeProducing()
 
     def _abort_client(self) -> None:
-        if self.channel is None:
-            return
-        if self._is_h2:
-            self.channel.abortConnection()
-        elif self.transport is not None:
-            self.transport.abortConnection()
+        if self.channel is not None:
+            # An HTTP/2 stream is reset; an HTTP/1.1 connection is dropped.
+            self._input().abortConnection()
 
     def _client_address(self) -> str:
         address: IAddress = self.getClientAddress()
@@ -428,7 +430,7 @@ class ProxyRequest(http.Request):
         if not self._body_complete and not self._is_h2 and self.channel is not None:
             # The body is still arriving: this connection cannot carry another
             # request, and what is left of the body must not be parsed as one.
-            channel = self.channel
+            channel: Any = self.channel
             channel.persistent = False
             channel.dataReceived = lambda data: None
         self.finish()
@@ -448,8 +450,8 @@ class ProxyHTTPFactory(http.HTTPFactory):
         self.frontend = frontend
         self.request_factory = ProxyRequestFactory(frontend)
 
-    def buildProtocol(self, addr: IAddress) -> Any:
-        protocol = super().buildProtocol(addr)
+    def buildProtocol(self, addr: IAddress | None) -> Any:
+        protocol: Any = super().buildProtocol(addr)
         protocol.requestFactory = self.request_factory
         channel = protocol._channel
         channel.maxHeaders = 100

@@ -335,15 +335,15 @@ class ServiceTunnelProtocol(TunnelProtocol):
     def response_received(self, event: ResponseReceived) -> None:
         sid = event.stream_id
         if sid == self._config_stream:
-            status = dict(event.headers).get(b":status", b"")
-            if status == b"204":
+            settings_status = dict(event.headers).get(b":status", b"")
+            if settings_status == b"204":
                 self.ready = True
                 self._fill()
             else:
                 self.log.error(
                     "Connector {connector} refused its settings (status {status}); closing",
                     connector=self.connector_id,
-                    status=status.decode("latin-1"),
+                    status=settings_status.decode("latin-1"),
                 )
                 self.abort()
             return
@@ -426,5 +426,5 @@ class ServiceTunnelFactory(Factory):
         self.ping_interval = ping_interval
         self.protocols: set[ServiceTunnelProtocol] = set()
 
-    def buildProtocol(self, addr: object) -> ServiceTunnelProtocol:  # type: ignore[override]
+    def buildProtocol(self, addr: object) -> ServiceTunnelProtocol:
         return ServiceTunnelProtocol(self.clock, self.groups, self.apps, self.ping_interval, self)
