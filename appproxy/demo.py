@@ -80,7 +80,20 @@ def run_echo(port: int) -> None:
 
 
 def _twistd() -> list[str]:
-    return [sys.executable, "-m", "twisted", "--nodaemon", "--pidfile="]
+    """
+    twistd from this interpreter's environment (C{python -m twisted} is the
+    newer C{twist} runner, which has no --nodaemon or --pidfile).
+    """
+    script = Path(sys.executable).parent / "twistd"
+    if script.exists():
+        return [str(script), "--nodaemon", "--pidfile="]
+    return [
+        sys.executable,
+        "-c",
+        "from twisted.scripts.twistd import run; run()",
+        "--nodaemon",
+        "--pidfile=",
+    ]
 
 
 def run_demo(state_dir: Path) -> int:

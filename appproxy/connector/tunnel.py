@@ -480,6 +480,8 @@ class ConnectorTunnelFactory(Factory):
     Builds tunnel protocols for the connector's connections.
     """
 
+    noisy = False
+
     def __init__(
         self,
         clock: IReactorTime,

@@ -444,6 +444,7 @@ class ProxyHTTPFactory(http.HTTPFactory):
 
     #: Idle connections are closed after this many seconds.
     timeOut = 120
+    noisy = False
 
     def __init__(self, frontend: FrontEnd, clock: IReactorTime) -> None:
         super().__init__(reactor=clock)

@@ -144,6 +144,8 @@ class ServiceTunnelProtocol(TunnelProtocol):
 
     client_side = True
 
+    noisy = False
+
     def __init__(
         self,
         clock: IReactorTime,
@@ -412,6 +414,8 @@ class ServiceTunnelFactory(Factory):
     Builds the service's tunnel protocols; wrap it in TLS that requires a
     connector client certificate.
     """
+
+    noisy = False
 
     def __init__(
         self,
