@@ -5,10 +5,11 @@ and exit status 78 on a bad file), systemd notifications and log output.
 
 from __future__ import annotations
 
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, TypeVar
+from typing import IO, Any, TypeVar
 
 from twisted.logger import ILogObserver, jsonFileLogObserver
 
@@ -35,6 +36,24 @@ def load_or_exit(loader: Callable[[Path], T], path: str, stderr: IO[str] | None 
 
 def notify(state: bytes) -> None:
     sdnotify.notify(state)
+
+
+def use_log_format(parent: Any, log_format: str) -> None:
+    """
+    Give twistd's application the configured log observer: twistd asks the
+    application for an C{ILogObserver} when it starts logging (unless
+    C{--logger} was given, which wins).
+    """
+    if log_format == "json" and hasattr(parent, "setComponent"):
+        if parent.getComponent(ILogObserver, None) is None:
+            parent.setComponent(ILogObserver, json_observer())
+
+
+def on_sighup(reactor: Any, reload: Callable[[], object]) -> None:
+    """
+    Run C{reload} in the reactor thread on SIGHUP (C{systemctl reload}).
+    """
+    signal.signal(signal.SIGHUP, lambda signum, frame: reactor.callFromThread(reload))
 
 
 def json_observer() -> ILogObserver:

@@ -181,9 +181,7 @@ def tunnel_client_options(
     return optionsForClientTLS(
         service_host,
         trustRoot=Certificate.loadPEM(ca_pem),
-        clientCertificate=PrivateCertificate.loadPEM(
-            cert_pem + key_pem
-        ),
+        clientCertificate=PrivateCertificate.loadPEM(cert_pem + key_pem),
         acceptableProtocols=[b"h2"],
         extraCertificateOptions={"raiseMinimumTo": TLSVersion.TLSv1_2},
     )
@@ -211,3 +209,23 @@ def negotiated_protocol(transport: Any) -> bytes | None:
     except Exception:
         return None
     return protocol if isinstance(protocol, bytes) and protocol else None
+
+
+@implementer(IOpenSSLServerConnectionCreator, IOpenSSLClientConnectionCreator)
+class ReloadableTLS:
+    """
+    A TLS connection creator whose configuration can be replaced while the
+    listener or dialler keeps running (certificates renewed, reloaded on
+    SIGHUP); connections already open keep the settings they started with.
+    """
+
+    def __init__(self, current: Any) -> None:
+        self.current = current
+
+    def serverConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
+        connection: SSL.Connection = self.current.serverConnectionForTLS(tlsProtocol)
+        return connection
+
+    def clientConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
+        connection: SSL.Connection = self.current.clientConnectionForTLS(tlsProtocol)
+        return connection

@@ -437,3 +437,43 @@ class HTTP2ClientTests(TestCase):
         self.assertEqual(json.loads(body1)["uri"], "/echo?h2=1")
         self.assertEqual(status2, 200)
         self.assertEqual(json.loads(body2)["body_sha256"], hashlib.sha256(payload).hexdigest())
+
+
+class ReloadTests(TestCase):
+    timeout = 60
+
+    @inlineCallbacks
+    def test_reload_adds_app(self) -> Any:
+        """
+        After a reload an app added to the file is served, with its settings
+        pushed to the connected connector; the running connections stay.
+        """
+        d = yield deployment.start(self)
+        assert d.service is not None
+        response = yield d.client().get(d.url("added", "/echo"))
+        self.assertEqual(response.code, 404)
+        yield response.content()
+        d.apps.append({"name": "added", "external_url": f"https://added.{deployment.DOMAIN}/"})
+        d.write_service_config(d.public_port, d.tunnel_port)
+        d.service.reload()
+        yield _wait_until(lambda: "added" in d.connectors[0].backend.apps)
+        response = yield d.client().get(d.url("added", "/echo"))
+        self.assertEqual(response.code, 200)
+        self.assertEqual(json.loads((yield response.content()))["uri"], "/echo")
+
+    @inlineCallbacks
+    def test_bad_reload_keeps_running_config(self) -> Any:
+        """
+        A reload with a broken file is refused; the service keeps serving.
+        """
+        d = yield deployment.start(self)
+        assert d.service is not None
+        before = d.service.config
+        (d.root / "service.toml").write_text("[service]\nlisten = 443\n")
+        d.service.reload()
+        self.assertIs(d.service.config, before)
+        errors = self.flushLoggedErrors()
+        self.assertEqual(errors, [])
+        response = yield d.client().get(d.url("web", "/echo"))
+        self.assertEqual(response.code, 200)
+        yield response.content()

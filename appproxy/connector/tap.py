@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import attrs
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import IService, MultiService
 from twisted.internet.defer import Deferred, gatherResults
@@ -13,11 +14,11 @@ from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.logger import Logger
 from twisted.python import usage
 
-from appproxy.config import ConnectorConfig, load_connector_config
+from appproxy.config import ConfigError, ConnectorConfig, load_connector_config
 from appproxy.connector.backend import BackendClient
 from appproxy.connector.tunnel import ConnectorTunnelFactory
-from appproxy.daemon import load_or_exit, notify
-from appproxy.tls import tunnel_client_options
+from appproxy.daemon import load_or_exit, notify, on_sighup, use_log_format
+from appproxy.tls import ReloadableTLS, tunnel_client_options
 
 #: Seconds in-flight requests get to finish after GOAWAY when stopping.
 DRAIN_TIMEOUT = 60.0
@@ -50,9 +51,7 @@ class ConnectorService(MultiService):
         self.factory = ConnectorTunnelFactory(
             reactor, self.backend, config.capacity, config.ping_interval
         )
-        tls = tunnel_client_options(
-            config.service_host, config.ca_pem, config.cert.cert_pem, config.cert.key_pem
-        )
+        self.tls = tls = ReloadableTLS(self._tls(config))
         endpoint = wrapClientTLS(
             tls, HostnameEndpoint(reactor, config.service_address, config.service_port)
         )
@@ -63,6 +62,51 @@ class ConnectorService(MultiService):
                 retryPolicy=backoffPolicy(INITIAL_RETRY_DELAY, MAX_RETRY_DELAY, 2.0),
                 clock=reactor,
             ).setServiceParent(self)
+
+    @staticmethod
+    def _tls(config: ConnectorConfig) -> Any:
+        return tunnel_client_options(
+            config.service_host, config.ca_pem, config.cert.cert_pem, config.cert.key_pem
+        )
+
+    def setServiceParent(self, parent: Any) -> None:
+        super().setServiceParent(parent)
+        use_log_format(parent, self.config.log_format)
+
+    def reload(self) -> None:
+        """
+        Re-read the configuration (SIGHUP): a renewed certificate or CA is
+        used for the next connections; other changes take effect on restart.
+        A bad file is refused and the running configuration kept.
+        """
+        notify(b"RELOADING=1")
+        try:
+            config = load_connector_config(self.config.path)
+            tls = self._tls(config)
+        except (ConfigError, ValueError) as e:
+            self.log.error("Reload refused, the running configuration stays: {error}", error=str(e))
+            notify(b"READY=1")
+            return
+        self.tls.current = tls
+        old = self.config
+        later = [
+            key
+            for key in (
+                "service_address",
+                "service_port",
+                "connections",
+                "capacity",
+                "ping_interval",
+                "log_format",
+            )
+            if getattr(old, key) != getattr(config, key)
+        ]
+        self.config = attrs.evolve(config, **{key: getattr(old, key) for key in later})
+        self.log.info(
+            "Configuration reloaded; certificate and CA apply to new connections{later}",
+            later=f"; on restart: {', '.join(later)}" if later else "",
+        )
+        notify(b"READY=1")
 
     def startService(self) -> None:
         super().startService()
@@ -77,6 +121,11 @@ class ConnectorService(MultiService):
 
     def stopService(self) -> Deferred[None]:
         notify(b"STOPPING=1")
+        self.log.info(
+            "Draining {n} tunnel connections (in-flight requests finish, up to {t:g} s)",
+            n=len(self.factory.protocols),
+            t=DRAIN_TIMEOUT,
+        )
         self.factory.draining = True
         drains = gatherResults([p.drain() for p in list(self.factory.protocols)])
         drains.addTimeout(DRAIN_TIMEOUT, self.reactor)
@@ -95,4 +144,6 @@ def makeService(options: Options) -> IService:
     from twisted.internet import reactor
 
     config = load_or_exit(load_connector_config, options["config"])
-    return ConnectorService(config, reactor)
+    service = ConnectorService(config, reactor)
+    on_sighup(reactor, service.reload)
+    return service

@@ -54,15 +54,22 @@ class FrontEnd:
     def __init__(
         self, apps: Sequence[AppConfig], groups: ConnectorGroups, clock: IReactorTime
     ) -> None:
-        self.apps = apps
-        self.router: Router[AppConfig] = Router(apps)
         self.groups = groups
         self.clock = clock
+        self.requests_served = 0
+        self.set_apps(apps)
+
+    def set_apps(self, apps: Sequence[AppConfig]) -> None:
+        """
+        Publish C{apps} (at start, and on reload): requests already under way
+        keep the app they started with.
+        """
+        self.apps = apps
+        self.router: Router[AppConfig] = Router(apps)
         self.mappings = {
             app.name: UrlMapping(internal=app.internal_url, external=app.external_url)
             for app in apps
         }
-        self.requests_served = 0
 
 
 @implementer(INonQueuedRequestFactory)

@@ -16,12 +16,12 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
 from twisted.python.failure import Failure
 
-from appproxy.config import ServiceConfig, load_service_config
-from appproxy.daemon import load_or_exit, notify
+from appproxy.config import ConfigError, ServiceConfig, load_service_config
+from appproxy.daemon import load_or_exit, notify, on_sighup, use_log_format
 from appproxy.service.proxy import FrontEnd, ProxyHTTPFactory
 from appproxy.service.queue import ConnectorGroups
 from appproxy.service.tunnel import ServiceTunnelFactory
-from appproxy.tls import SNIServerContextFactory, tunnel_server_context
+from appproxy.tls import ReloadableTLS, SNIServerContextFactory, tunnel_server_context
 
 #: Seconds in-flight requests get to finish when the service stops.
 DRAIN_TIMEOUT = 30.0
@@ -51,8 +51,60 @@ class AppProxyService(Service):
         self.groups = ConnectorGroups(reactor, config.queue_timeout)
         self.frontend = FrontEnd(config.apps, self.groups, reactor)
         self.tunnel_factory = ServiceTunnelFactory(reactor, self.groups, config.apps)
+        self.public_tls = ReloadableTLS(self._public_tls(config))
+        self.tunnel_tls = ReloadableTLS(self._tunnel_tls(config))
         self.public_port: IListeningPort | None = None
         self.tunnel_port: IListeningPort | None = None
+
+    @staticmethod
+    def _public_tls(config: ServiceConfig) -> SNIServerContextFactory:
+        return SNIServerContextFactory([(c.cert_pem, c.key_pem) for c in config.certificates])
+
+    @staticmethod
+    def _tunnel_tls(config: ServiceConfig) -> Any:
+        return tunnel_server_context(
+            config.tunnel_cert.cert_pem, config.tunnel_cert.key_pem, config.connector_ca_pem
+        )
+
+    def setServiceParent(self, parent: Any) -> None:
+        super().setServiceParent(parent)
+        use_log_format(parent, self.config.log_format)
+
+    def reload(self) -> None:
+        """
+        Re-read the configuration (SIGHUP, C{systemctl reload}): apps, routing,
+        certificates and the settings pushed to connectors change at once;
+        a bad file is refused and the running configuration kept.
+        """
+        notify(b"RELOADING=1")
+        try:
+            config = load_service_config(self.config.path)
+            public_tls, tunnel_tls = self._public_tls(config), self._tunnel_tls(config)
+        except (ConfigError, ValueError) as e:
+            self.log.error("Reload refused, the running configuration stays: {error}", error=str(e))
+            notify(b"READY=1")
+            return
+        old = self.config
+        for key, before, after in [
+            ("service.listen", old.listen, config.listen),
+            ("tunnel.listen", old.tunnel_listen, config.tunnel_listen),
+            ("service.state_dir", old.state_dir, config.state_dir),
+        ]:
+            if before != after:
+                self.log.warn("{key} changed: takes effect on restart", key=key)
+        self.public_tls.current = public_tls
+        self.tunnel_tls.current = tunnel_tls
+        self.groups.timeout = config.queue_timeout
+        for group in self.groups:
+            group.timeout = config.queue_timeout
+        self.frontend.set_apps(config.apps)
+        self.tunnel_factory.set_apps(config.apps)
+        self.config = config
+        self.log.info(
+            "Configuration reloaded: apps {apps}",
+            apps=", ".join(f"{a.name} ({a.external_url})" for a in config.apps),
+        )
+        notify(b"READY=1")
 
     def _listen(self, description: str, what: str, factory: Any) -> IListeningPort:
         result: list[Any] = []
@@ -69,19 +121,17 @@ class AppProxyService(Service):
 
     def privilegedStartService(self) -> None:
         config = self.config
-        public_tls = SNIServerContextFactory([(c.cert_pem, c.key_pem) for c in config.certificates])
         self.public_port = self._listen(
             config.listen,
             "service.listen",
-            TLSMemoryBIOFactory(public_tls, False, ProxyHTTPFactory(self.frontend, self.reactor)),
-        )
-        tunnel_tls = tunnel_server_context(
-            config.tunnel_cert.cert_pem, config.tunnel_cert.key_pem, config.connector_ca_pem
+            TLSMemoryBIOFactory(
+                self.public_tls, False, ProxyHTTPFactory(self.frontend, self.reactor)
+            ),
         )
         self.tunnel_port = self._listen(
             config.tunnel_listen,
             "tunnel.listen",
-            TLSMemoryBIOFactory(tunnel_tls, False, self.tunnel_factory),
+            TLSMemoryBIOFactory(self.tunnel_tls, False, self.tunnel_factory),
         )
         super().privilegedStartService()
 
@@ -129,4 +179,6 @@ def makeService(options: Options) -> IService:
     from twisted.internet import reactor
 
     config = load_or_exit(load_service_config, options["config"])
-    return AppProxyService(config, reactor)
+    service = AppProxyService(config, reactor)
+    on_sighup(reactor, service.reload)
+    return service

@@ -150,13 +150,11 @@ class ServiceTunnelProtocol(TunnelProtocol):
         self,
         clock: IReactorTime,
         groups: ConnectorGroups,
-        apps: Sequence[AppConfig],
         ping_interval: float,
         factory: ServiceTunnelFactory,
     ) -> None:
         super().__init__(clock, ping_interval)
         self.groups = groups
-        self.apps = apps
         self.factory = factory
         self.group: ConnectorGroupQueue | None = None
         self.connector_id = "?"
@@ -165,7 +163,8 @@ class ServiceTunnelProtocol(TunnelProtocol):
         self.active: set[ServiceStream] = set()
         self._gets: list[Deferred[ProxyJob]] = []
         self._filling = False
-        self._config_stream: int | None = None
+        self._config_streams: set[int] = set()
+        self._settings_pending = False
 
     # -- connection ------------------------------------------------------
 
@@ -189,11 +188,22 @@ class ServiceTunnelProtocol(TunnelProtocol):
             group=identity.group,
             peer=str(getattr(peer, "host", peer)),
         )
-        self._push_settings([a for a in self.apps if a.connector_group == identity.group])
+        self.push_settings()
 
-    def _push_settings(self, apps: Sequence[AppConfig]) -> None:
+    def push_settings(self) -> None:
+        """
+        Send the connector the settings of its group's apps (at connect, and
+        again after a reload).  Waits for a free stream if it is at capacity.
+        """
+        if self.group is None or not self.connected:
+            return
+        if self.ready and self._open_streams() >= self.capacity:
+            self._settings_pending = True
+            return
+        self._settings_pending = False
+        apps = [a for a in self.factory.apps if a.connector_group == self.group.name]
         sid = self.conn.get_next_available_stream_id()
-        self._config_stream = sid
+        self._config_streams.add(sid)
         self.conn.send_headers(
             sid,
             [
@@ -238,6 +248,9 @@ class ServiceTunnelProtocol(TunnelProtocol):
 
     # -- consuming the queue ----------------------------------------------
 
+    def _open_streams(self) -> int:
+        return len(self.active) + len(self._config_streams)
+
     def _stop_consuming(self) -> None:
         self.ready = False
         gets, self._gets = self._gets, []
@@ -257,7 +270,7 @@ class ServiceTunnelProtocol(TunnelProtocol):
             return
         self._filling = True
         try:
-            while self.ready and not self._gets and len(self.active) < self.capacity:
+            while self.ready and not self._gets and self._open_streams() < self.capacity:
                 d = self.group.get()
                 self._gets.append(d)
                 d.addCallbacks(self._got_job, self._get_failed, callbackArgs=(d,), errbackArgs=(d,))
@@ -313,6 +326,8 @@ class ServiceTunnelProtocol(TunnelProtocol):
         self.streams.pop(stream.stream_id, None)
         if self.terminated and not self.active and self.transport is not None:
             self.transport.loseConnection()
+        elif self._settings_pending:
+            self.push_settings()
         else:
             self._fill()
 
@@ -336,7 +351,7 @@ class ServiceTunnelProtocol(TunnelProtocol):
 
     def response_received(self, event: ResponseReceived) -> None:
         sid = event.stream_id
-        if sid == self._config_stream:
+        if sid in self._config_streams:
             settings_status = dict(event.headers).get(b":status", b"")
             if settings_status == b"204":
                 self.ready = True
@@ -396,8 +411,10 @@ class ServiceTunnelProtocol(TunnelProtocol):
         stream.job.exchange.response_data(event.data)
 
     def stream_ended(self, stream_id: int) -> None:
-        if stream_id == self._config_stream:
+        if stream_id in self._config_streams:
+            self._config_streams.discard(stream_id)
             self.streams.pop(stream_id, None)
+            self._fill()
             return
         stream = self.streams.get(stream_id)
         if not isinstance(stream, ServiceStream) or stream.finished:
@@ -431,4 +448,12 @@ class ServiceTunnelFactory(Factory):
         self.protocols: set[ServiceTunnelProtocol] = set()
 
     def buildProtocol(self, addr: object) -> ServiceTunnelProtocol:
-        return ServiceTunnelProtocol(self.clock, self.groups, self.apps, self.ping_interval, self)
+        return ServiceTunnelProtocol(self.clock, self.groups, self.ping_interval, self)
+
+    def set_apps(self, apps: Sequence[AppConfig]) -> None:
+        """
+        New app settings (on reload): pushed to every connected connector.
+        """
+        self.apps = apps
+        for protocol in list(self.protocols):
+            protocol.push_settings()
