@@ -477,3 +477,68 @@ class ReloadTests(TestCase):
         response = yield d.client().get(d.url("web", "/echo"))
         self.assertEqual(response.code, 200)
         yield response.content()
+
+
+class BackendTLSTests(TestCase):
+    """
+    The connector verifies the internal app's certificate: against the
+    app's CA bundle, or the system trust store; never skipped unless the
+    administrator said so.
+    """
+
+    timeout = 60
+
+    @inlineCallbacks
+    def https_backend(self, d: deployment.Deployment) -> Any:
+        from twisted.internet.ssl import PrivateCertificate
+        from twisted.web import server
+
+        from appproxy import pki
+
+        internal_ca = pki.generate_ca("internal CA")
+        pair = pki.issue_server_certificate(internal_ca, ["localhost"])
+        (d.root / "internal-ca.pem").write_bytes(internal_ca.cert_pem)
+        options = PrivateCertificate.loadPEM(pair.cert_pem + pair.key_pem).options()
+        port = reactor.listenSSL(0, server.Site(d.backend), options, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        return f"https://localhost:{port.getHost().port}/"
+        yield
+
+    @inlineCallbacks
+    def test_verification(self) -> Any:
+        d = yield deployment.start(self, connectors=0)
+        url = yield self.https_backend(d)
+        d.apps[:] = [
+            {
+                "name": "pinned",
+                "external_url": f"https://pinned.{deployment.DOMAIN}/",
+                "internal_url": url,
+                "backend_ca": "internal-ca.pem",
+            },
+            {
+                "name": "system",
+                "external_url": f"https://system.{deployment.DOMAIN}/",
+                "internal_url": url,
+            },
+            {
+                "name": "unchecked",
+                "external_url": f"https://unchecked.{deployment.DOMAIN}/",
+                "internal_url": url,
+                "verify_backend_tls": False,
+            },
+        ]
+        assert d.service is not None
+        d.write_service_config(d.public_port, d.tunnel_port)
+        d.service.reload()
+        d.start_connector(connections=1)
+        yield d.wait_for_connections(1)
+        client = d.client()
+        response = yield client.get(d.url("pinned", "/echo"))
+        self.assertEqual(response.code, 200)
+        self.assertEqual(json.loads((yield response.content()))["uri"], "/echo")
+        response = yield client.get(d.url("system", "/echo"))
+        self.assertEqual(response.code, 502)
+        self.assertIn(b"could not be verified", (yield response.content()))
+        response = yield client.get(d.url("unchecked", "/echo"))
+        self.assertEqual(response.code, 200)
+        yield response.content()
