@@ -542,3 +542,33 @@ class BackendTLSTests(TestCase):
         response = yield client.get(d.url("unchecked", "/echo"))
         self.assertEqual(response.code, 200)
         yield response.content()
+
+
+class MethodTests(TestCase):
+    timeout = 60
+
+    @inlineCallbacks
+    def test_head(self) -> Any:
+        """
+        HEAD: the length of the GET is announced, no body follows, and the
+        connection stays usable.
+        """
+        d = yield deployment.start(self)
+        client = d.client()
+        response = yield client.head(d.url("web", "/bytes?n=1000"))
+        self.assertEqual(response.code, 200)
+        self.assertEqual(response.headers.getRawHeaders("content-length"), ["1000"])
+        self.assertEqual((yield response.content()), b"")
+        response = yield client.get(d.url("web", "/bytes?n=1000"))
+        self.assertEqual((yield response.content()), b"x" * 1000)
+
+    @inlineCallbacks
+    def test_refused_methods(self) -> Any:
+        """
+        TRACE is refused by the service and never forwarded.
+        """
+        d = yield deployment.start(self)
+        response = yield d.client().request("TRACE", d.url("web", "/echo"))
+        self.assertEqual(response.code, 405)
+        yield response.content()
+        self.assertEqual(d.backend.hits, 0)
