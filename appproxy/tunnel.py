@@ -27,7 +27,6 @@ from collections import deque
 from collections.abc import Iterable
 
 import hyperframe.frame
-
 from h2.config import H2Configuration
 from h2.connection import H2Connection
 from h2.errors import ErrorCodes
@@ -71,7 +70,7 @@ def bounded_raw_data_repr(data: bytes | None) -> str:
     return "<hex:" + r + ">"
 
 
-hyperframe.frame._raw_data_repr = bounded_raw_data_repr  # type: ignore[attr-defined]
+hyperframe.frame._raw_data_repr = bounded_raw_data_repr
 
 #: Per-stream receive window: how much DATA may be in flight, unacknowledged,
 #: on one stream.  Large enough to fill a fast loopback link, small enough that

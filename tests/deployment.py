@@ -407,4 +407,80 @@ def h2_exchange(d: Deployment, requests: list[tuple[str, str, bytes]], app: str 
     return result
 
 
-__all__ = ["DOMAIN", "Backend", "Deployment", "h2_exchange", "raw_exchange", "start", "treq"]
+class _StalledH2Download(Protocol):
+    """
+    An HTTP/2 client with a 1 GiB window that reads the response headers,
+    then stops reading from its socket until told to go on.
+    """
+
+    def __init__(self, host: str, path: str) -> None:
+        import h2.config
+        import h2.connection
+        import h2.settings
+
+        self.host, self.path = host, path
+        self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        self.settings = {h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 2**30}
+        self.received = 0
+        self.started: Deferred[None] = Deferred()
+        self.finished: Deferred[int] = Deferred()
+
+    def connectionMade(self) -> None:
+        self.conn.initiate_connection()
+        self.conn.update_settings(self.settings)
+        self.conn.increment_flow_control_window(2**30)
+        self.conn.send_headers(
+            1,
+            [
+                (":method", "GET"),
+                (":scheme", "https"),
+                (":authority", self.host),
+                (":path", self.path),
+            ],
+            end_stream=True,
+        )
+        self.transport.write(self.conn.data_to_send())
+
+    def dataReceived(self, data: bytes) -> None:
+        import h2.events
+
+        for event in self.conn.receive_data(data):
+            if isinstance(event, h2.events.ResponseReceived) and not self.started.called:
+                self.transport.pauseProducing()
+                self.started.callback(None)
+            elif isinstance(event, h2.events.DataReceived):
+                self.received += len(event.data)
+                self.conn.acknowledge_received_data(event.flow_controlled_length, 1)
+            elif isinstance(event, h2.events.StreamEnded):
+                self.finished.callback(self.received)
+                self.transport.loseConnection()
+        self.transport.write(self.conn.data_to_send())
+
+    def resume_and_finish(self) -> Deferred[int]:
+        self.transport.resumeProducing()
+        return self.finished.addTimeout(30, reactor)
+
+
+@inlineCallbacks
+def h2_stalled_download(d: Deployment, path: str, app: str = "web") -> Any:
+    host = f"{app}.{DOMAIN}"
+    options = optionsForClientTLS(
+        host, trustRoot=Certificate.loadPEM(d.ca.cert_pem), acceptableProtocols=[b"h2"]
+    )
+    endpoint = wrapClientTLS(options, TCP4ClientEndpoint(reactor, "127.0.0.1", d.public_port))
+    client = _StalledH2Download(host, path)
+    yield connectProtocol(endpoint, client)
+    yield client.started.addTimeout(10, reactor)
+    return client
+
+
+__all__ = [
+    "DOMAIN",
+    "Backend",
+    "Deployment",
+    "h2_exchange",
+    "h2_stalled_download",
+    "raw_exchange",
+    "start",
+    "treq",
+]

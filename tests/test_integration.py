@@ -16,7 +16,7 @@ from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 from tests import deployment
-from tests.deployment import h2_exchange, raw_exchange
+from tests.deployment import h2_exchange, h2_stalled_download, raw_exchange
 
 
 class RoundTripTests(TestCase):
@@ -572,3 +572,26 @@ class MethodTests(TestCase):
         self.assertEqual(response.code, 405)
         yield response.content()
         self.assertEqual(d.backend.hits, 0)
+
+
+class SlowReaderTests(TestCase):
+    timeout = 60
+
+    @inlineCallbacks
+    def test_h2_client_huge_window_not_reading(self) -> Any:
+        """
+        An HTTP/2 client that advertises a huge window and stops reading does
+        not make the service buffer the response: the tunnel stream is held
+        once about 1 MiB waits for the client.
+        """
+        d = yield deployment.start(self)
+        size = 64 * 1024 * 1024
+        client = yield h2_stalled_download(d, f"/bytes?n={size}")
+        yield deferLater(reactor, 1.5, lambda: None)
+        [tunnel_received] = [
+            p.bytes_received for p in d.service.tunnel_factory.protocols if p.bytes_received
+        ]
+        self.assertLess(tunnel_received, 8 * 1024 * 1024)
+        # Reading again, the client gets everything.
+        received = yield client.resume_and_finish()
+        self.assertEqual(received, size)

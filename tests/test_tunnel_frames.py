@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import binascii
 
+from hyperframe.frame import DataFrame
 from hypothesis import given
 from hypothesis import strategies as st
-from hyperframe.frame import DataFrame
 from twisted.trial.unittest import SynchronousTestCase
 
 import appproxy.tunnel

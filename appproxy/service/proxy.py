@@ -35,6 +35,11 @@ from appproxy.translate import UrlMapping, translate_response_headers
 
 #: Request body buffered before the tunnel is ready, before reading pauses.
 BODY_BUFFER_LIMIT = 1 << 16
+#: Response bytes queued for an HTTP/2 client above which the tunnel stream is
+#: held; it is released below a quarter of it.
+H2_QUEUE_LIMIT = 1 << 20
+#: How often a held stream checks whether the HTTP/2 client caught up.
+H2_QUEUE_POLL = 0.01
 #: Methods the proxy refuses outright.
 REFUSED_METHODS = frozenset({b"CONNECT", b"TRACE"})
 
@@ -106,6 +111,7 @@ class ProxyRequest(http.Request):
         self._input_paused = False
         self._responding = False
         self._done = False
+        self._h2_check: Any = None
         self._started_at = 0.0
 
     # -- parsing hooks (called by the channel) -----------------------------
@@ -149,6 +155,7 @@ class ProxyRequest(http.Request):
     def connectionLost(self, reason: Failure) -> None:
         already_done = self._done
         self._done = True
+        self._stop_h2_check()
         super().connectionLost(reason)
         if not already_done:
             self._abandon()
@@ -280,8 +287,37 @@ class ProxyRequest(http.Request):
         self.registerProducer(self._stream, True)
 
     def response_data(self, data: bytes) -> None:
-        if not self._done:
-            self.write(data)
+        if self._done:
+            return
+        self.write(data)
+        if self._is_h2 and self._h2_check is None and self._h2_queued() > H2_QUEUE_LIMIT:
+            # Twisted's HTTP/2 server queues response data up to the client's
+            # flow-control window, which a client may make huge and then not
+            # read: hold the tunnel stream until the queue drains.
+            assert self._stream is not None
+            self._stream.hold()
+            self._h2_check = self.frontend.clock.callLater(H2_QUEUE_POLL, self._h2_release)
+
+    def _h2_queued(self) -> int:
+        channel: Any = self.channel
+        if channel is None:
+            return 0
+        queue = channel._conn._outboundStreamQueues.get(channel.streamID, ())
+        return sum(len(chunk) for chunk in queue if isinstance(chunk, bytes))
+
+    def _h2_release(self) -> None:
+        self._h2_check = None
+        if self._done or self._stream is None:
+            return
+        if self._h2_queued() > H2_QUEUE_LIMIT // 4:
+            self._h2_check = self.frontend.clock.callLater(H2_QUEUE_POLL, self._h2_release)
+            return
+        self._stream.release()
+
+    def _stop_h2_check(self) -> None:
+        if self._h2_check is not None and self._h2_check.active():
+            self._h2_check.cancel()
+        self._h2_check = None
 
     def response_ended(self) -> None:
         if self._done:
@@ -316,6 +352,7 @@ class ProxyRequest(http.Request):
         if self._responding:
             log.info("Response to {rid} cut short: {reason}", rid=self.request_id, reason=reason)
             self._done = True
+            self._stop_h2_check()
             self.unregisterProducer()
             self._abort_client()
             return
@@ -434,6 +471,7 @@ class ProxyRequest(http.Request):
 
     def _finish(self) -> None:
         self._done = True
+        self._stop_h2_check()
         if not self._body_complete and not self._is_h2 and self.channel is not None:
             # The body is still arriving: this connection cannot carry another
             # request, and what is left of the body must not be parsed as one.

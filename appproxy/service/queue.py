@@ -70,6 +70,11 @@ class ExchangeStream(Protocol):
 
     def stopProducing(self) -> None: ...
 
+    def hold(self) -> None:
+        """Stop taking response data until C{release}, whatever else resumes it."""
+
+    def release(self) -> None: ...
+
 
 class ProxyJob:
     """

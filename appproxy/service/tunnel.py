@@ -70,6 +70,7 @@ class ServiceStream(TunnelStream):
         self.proto = proto
         self.job = job
         self.paused = False
+        self.held = False
         self.unacked = 0
         self.responded = False
         self.finished = False
@@ -95,7 +96,21 @@ class ServiceStream(TunnelStream):
 
     def resumeProducing(self) -> None:
         self.paused = False
-        if self.unacked:
+        self._ack_pending()
+
+    def hold(self) -> None:
+        """
+        Stop reopening the window, whatever the consumer says (see
+        L{appproxy.service.proxy.ProxyRequest.response_data}).
+        """
+        self.held = True
+
+    def release(self) -> None:
+        self.held = False
+        self._ack_pending()
+
+    def _ack_pending(self) -> None:
+        if self.unacked and not self.paused and not self.held:
             unacked, self.unacked = self.unacked, 0
             self.proto.acknowledge(self.stream_id, unacked)
 
@@ -165,6 +180,8 @@ class ServiceTunnelProtocol(TunnelProtocol):
         self._filling = False
         self._config_streams: set[int] = set()
         self._settings_pending = False
+        #: Response body bytes received from the connector.
+        self.bytes_received = 0
 
     # -- connection ------------------------------------------------------
 
@@ -404,7 +421,8 @@ class ServiceTunnelProtocol(TunnelProtocol):
             # Settings stream reply or a stream we gave up on: just reopen the window.
             self.acknowledge(event.stream_id, length)
             return
-        if stream.paused:
+        self.bytes_received += len(event.data)
+        if stream.paused or stream.held:
             stream.unacked += length
         else:
             self.acknowledge(event.stream_id, length)
