@@ -307,6 +307,8 @@ class StackOptions:
     queue_timeout: int = 30
     #: keep the temporary directory (logs) afterwards.
     keep: bool = False
+    #: experiments only: patches from whatif/sitecustomize.py for the daemons.
+    whatif: tuple[str, ...] = ()
 
 
 @dataclass
@@ -445,6 +447,12 @@ class Stack:
 
     def _spawn(self, name: str, argv: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
         out = open(self.tmp / f"{name}.out", "wb")
+        env = dict(os.environ)
+        if self.options.whatif and name != "backend":
+            env["APPPROXY_BENCH_WHATIF"] = ",".join(self.options.whatif)
+            env["PYTHONPATH"] = os.pathsep.join(
+                [str(BENCH_DIR / "whatif"), *filter(None, [env.get("PYTHONPATH")])]
+            )
         try:
             proc = subprocess.Popen(
                 argv,
@@ -455,6 +463,7 @@ class Stack:
                 # Its own session: a Ctrl-C in the terminal reaches only us,
                 # and we stop the children in order.
                 start_new_session=True,
+                env=env,
                 **kwargs,
             )
         finally:

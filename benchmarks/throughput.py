@@ -65,8 +65,13 @@ def _load(
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    options = StackOptions(connections=args.tunnels, capacity=args.capacity, keep=args.keep)
-    results: dict[str, Any] = {"benchmark": "throughput"}
+    options = StackOptions(
+        connections=args.tunnels,
+        capacity=args.capacity,
+        keep=args.keep,
+        whatif=tuple(w for w in args.whatif.split(",") if w),
+    )
+    results: dict[str, Any] = {"benchmark": "throughput", "whatif": list(options.whatif)}
     with Stack(options) as stack:
         proxy_url = f"{stack.public_url}/1k"
         direct_url = f"{stack.backend_url}/1k"
@@ -180,6 +185,12 @@ def parser() -> argparse.ArgumentParser:
     )
     ap.add_argument("--json", action="store_true", help="print the results as JSON")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory (logs)")
+    ap.add_argument(
+        "--whatif",
+        default="",
+        metavar="PATCH,...",
+        help="experiment: run the daemons with patches from whatif/sitecustomize.py",
+    )
     ap.add_argument("--profile", metavar="DIR", help="also profile the daemons with py-spy")
     return ap
 

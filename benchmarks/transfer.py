@@ -129,12 +129,22 @@ def measure(
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    options = StackOptions(connections=args.tunnels, capacity=args.capacity, keep=args.keep)
+    options = StackOptions(
+        connections=args.tunnels,
+        capacity=args.capacity,
+        keep=args.keep,
+        whatif=tuple(w for w in args.whatif.split(",") if w),
+    )
     protocols = [p.strip() for p in args.protocols.split(",") if p.strip()]
     for p in protocols:
         if p not in PROTOCOL_FLAGS:
             raise SystemExit(f"transfer: unknown protocol {p!r} (http1.1, http2)")
-    results: dict[str, Any] = {"benchmark": "transfer", "size_bytes": SIZE, "runs": args.runs}
+    results: dict[str, Any] = {
+        "benchmark": "transfer",
+        "size_bytes": SIZE,
+        "runs": args.runs,
+        "whatif": list(options.whatif),
+    }
     with Stack(options) as stack:
         upload_file = make_file(stack.tmp / "upload.bin")
         results["background_load_cores"] = wait_quiet(stack)
@@ -225,6 +235,12 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--attempts", type=int, default=2, help="repeats of a disturbed transfer")
     ap.add_argument("--json", action="store_true", help="print the results as JSON")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory (logs)")
+    ap.add_argument(
+        "--whatif",
+        default="",
+        metavar="PATCH,...",
+        help="experiment: run the daemons with patches from whatif/sitecustomize.py",
+    )
     ap.add_argument("--profile", metavar="DIR", help="also profile the daemons with py-spy")
     return ap
 

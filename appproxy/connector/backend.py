@@ -17,17 +17,24 @@ from OpenSSL import SSL
 from twisted.internet import error as ierror
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.defer import TimeoutError as DeferredTimeoutError
-from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IReactorTime
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.interfaces import (
+    IOpenSSLClientConnectionCreator,
+    IReactorTime,
+    IStreamClientEndpoint,
+)
 from twisted.internet.ssl import Certificate, CertificateOptions, trustRootFromCertificates
 from twisted.python.failure import Failure
 from twisted.web.client import (
+    URI,
     Agent,
     BrowserLikePolicyForHTTPS,
     HTTPConnectionPool,
     ResponseFailed,
 )
+from twisted.web.error import SchemeNotSupported
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IBodyProducer, IPolicyForHTTPS, IResponse
+from twisted.web.iweb import IAgentEndpointFactory, IBodyProducer, IPolicyForHTTPS, IResponse
 from zope.interface import implementer
 
 #: Idle persistent connections kept per internal host.
@@ -116,6 +123,34 @@ def tls_policy(app: BackendApp) -> IPolicyForHTTPS:
     return BrowserLikePolicyForHTTPS()
 
 
+@implementer(IAgentEndpointFactory)
+class _CachedEndpoints:
+    """
+    One endpoint per internal host, made once: the Agent would otherwise
+    build a new endpoint (and IDNA-encode the host name) for every request,
+    even those served from the connection pool.
+    """
+
+    def __init__(self, reactor: Any, policy: IPolicyForHTTPS) -> None:
+        self.reactor = reactor
+        self.policy = policy
+        self._endpoints: dict[tuple[bytes, bytes, int], IStreamClientEndpoint] = {}
+
+    def endpointForURI(self, uri: URI) -> IStreamClientEndpoint:
+        key = (uri.scheme, uri.host, uri.port)
+        endpoint = self._endpoints.get(key)
+        if endpoint is None:
+            host = uri.host.decode("ascii")
+            endpoint = HostnameEndpoint(self.reactor, host, uri.port, timeout=CONNECT_TIMEOUT)
+            if uri.scheme == b"https":
+                creator = self.policy.creatorForNetloc(uri.host, uri.port)
+                endpoint = wrapClientTLS(creator, endpoint)
+            elif uri.scheme != b"http":
+                raise SchemeNotSupported(f"unsupported scheme {uri.scheme!r}")
+            self._endpoints[key] = endpoint
+        return endpoint
+
+
 class BackendError(Exception):
     """
     Why an internal app could not be reached, as the user will be told.
@@ -190,11 +225,8 @@ class BackendClient:
             pool = HTTPConnectionPool(self.reactor, persistent=True)
             pool.maxPersistentPerHost = MAX_PERSISTENT_PER_HOST
             pool.cachedConnectionTimeout = IDLE_CONNECTION_TIMEOUT
-            agent = Agent(
-                self.reactor,
-                contextFactory=tls_policy(app),
-                connectTimeout=CONNECT_TIMEOUT,
-                pool=pool,
+            agent = Agent.usingEndpointFactory(
+                self.reactor, _CachedEndpoints(self.reactor, tls_policy(app)), pool=pool
             )
             entry = self._agents[app] = (agent, pool)
         return entry[0]

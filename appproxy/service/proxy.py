@@ -36,10 +36,11 @@ from appproxy.translate import UrlMapping, translate_response_headers
 #: Request body buffered before the tunnel is ready, before reading pauses.
 BODY_BUFFER_LIMIT = 1 << 16
 #: Response bytes queued for an HTTP/2 client above which the tunnel stream is
-#: held; it is released below a quarter of it.
-H2_QUEUE_LIMIT = 1 << 20
-#: How often a held stream checks whether the HTTP/2 client caught up.
-H2_QUEUE_POLL = 0.01
+#: held; it is released below half of it.
+H2_QUEUE_LIMIT = 2 << 20
+#: How often a held stream checks whether the HTTP/2 client caught up (only
+#: while held: Twisted's HTTP/2 server says nothing when its queue drains).
+H2_QUEUE_POLL = 0.002
 #: Methods the proxy refuses outright.
 REFUSED_METHODS = frozenset({b"CONNECT", b"TRACE"})
 
@@ -309,7 +310,7 @@ class ProxyRequest(http.Request):
         self._h2_check = None
         if self._done or self._stream is None:
             return
-        if self._h2_queued() > H2_QUEUE_LIMIT // 4:
+        if self._h2_queued() > H2_QUEUE_LIMIT // 2:
             self._h2_check = self.frontend.clock.callLater(H2_QUEUE_POLL, self._h2_release)
             return
         self._stream.release()

@@ -1,0 +1,94 @@
+"""
+What-if patches for benchmark experiments only (never for production).
+
+The harness puts this directory on the daemons' PYTHONPATH when asked for
+patches (C{--whatif NAME,...}, environment variable C{APPPROXY_BENCH_WHATIF}),
+so that the effect of a candidate optimisation can be measured before anyone
+changes appproxy itself.  Each patch stands for a change proposed in
+docs/performance.md:
+
+  - C{frame-repr}: h2's C{H2Connection._receive_frame} evaluates
+    C{repr(frame)} for a trace log line on every frame received; for a DATA
+    frame hyperframe's C{Frame._body_repr} copies the payload
+    (C{serialize_body}) and hex-encodes all of it.  The patch gives DATA
+    frames a constant-time repr.
+  - C{no-access-log}: the service's access log line per request
+    (C{ProxyHTTPFactory.log}) is dropped.
+  - C{no-h2-validation}: the tunnel's H2Connection does not validate inbound
+    and outbound header blocks (both ends are appproxy).
+
+And one that changes nothing but observes:
+
+  - C{tracemalloc}: trace Python allocations; on SIGUSR2 the process writes a
+    snapshot to C{tracemalloc.N} (N = 1, 2, ...) in its working directory, which
+    C{idle_memory.py --tracemalloc} compares.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+_PATCHES = {p.strip() for p in os.environ.get("APPPROXY_BENCH_WHATIF", "").split(",") if p.strip()}
+
+
+def _frame_repr() -> None:
+    from hyperframe.frame import DataFrame
+
+    def _body_repr(self: DataFrame) -> str:
+        return f"<{len(self.data)} bytes>"
+
+    DataFrame._body_repr = _body_repr  # type: ignore[method-assign]
+
+
+def _no_access_log() -> None:
+    from appproxy.service import proxy
+
+    def log(self: object, request: object) -> None:
+        """Log nothing."""
+
+    proxy.ProxyHTTPFactory.log = log  # type: ignore[method-assign,assignment]
+
+
+def _no_h2_validation() -> None:
+    from h2.config import H2Configuration
+
+    import appproxy.tunnel as tunnel
+
+    def config(**kwargs: object) -> H2Configuration:
+        kwargs["validate_inbound_headers"] = False
+        kwargs["validate_outbound_headers"] = False
+        return H2Configuration(**kwargs)  # type: ignore[arg-type]
+
+    tunnel.H2Configuration = config  # type: ignore[assignment,misc]
+
+
+def _tracemalloc() -> None:
+    import signal
+    import tracemalloc
+
+    tracemalloc.start(4)
+    count = [0]
+
+    def dump(signum: int, frame: object) -> None:
+        count[0] += 1
+        path = f"tracemalloc.{count[0]}"
+        tracemalloc.take_snapshot().dump(path + ".tmp")
+        os.replace(path + ".tmp", path)
+
+    signal.signal(signal.SIGUSR2, dump)
+
+
+_ALL = {
+    "frame-repr": _frame_repr,
+    "no-access-log": _no_access_log,
+    "no-h2-validation": _no_h2_validation,
+    "tracemalloc": _tracemalloc,
+}
+
+for _name in sorted(_PATCHES):
+    if _name not in _ALL:
+        sys.stderr.write(f"whatif: unknown patch {_name!r}\n")
+        continue
+    _ALL[_name]()
+    sys.stderr.write(f"whatif: applied {_name}\n")
