@@ -243,6 +243,16 @@ class HTTPServer(asyncio.Protocol):
             self.streaming = HUNDRED_M
             self._stream()
             return
+        elif method == b"GET" and path.startswith(b"/bytes/") and path[7:].isdigit():
+            # Any size, streamed the same way (the 1 GiB check).
+            size = int(path[7:])
+            self.transport.write(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n"
+                b"Content-Length: %d\r\n\r\n" % size
+            )
+            self.streaming = size
+            self._stream()
+            return
         else:
             self.transport.write(_NOT_FOUND)
         self._after_response()

@@ -81,6 +81,18 @@ def memory_kib(pid: int) -> dict[str, int]:
     return out
 
 
+def disk_write_bytes(pid: int) -> int:
+    """
+    Bytes the process caused to be sent to storage (C{write_bytes} in
+    C{/proc/PID/io}).
+    """
+    with open(f"/proc/{pid}/io") as f:
+        for line in f:
+            if line.startswith("write_bytes:"):
+                return int(line.split()[1])
+    return 0
+
+
 def rss_kib(pid: int) -> int:
     return memory_kib(pid)["VmRSS"]
 

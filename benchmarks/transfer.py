@@ -67,12 +67,13 @@ def _curl_args(stack: Stack, direction: str, via: str, upload_file: Path) -> lis
         base = stack.external_url
         args = ["-k", "--resolve", stack.resolve, PROTOCOL_FLAGS[via]]
     if direction == "download":
-        return [*args, "-o", "/dev/null", f"{base}/100m"]
+        return [*args, "-o", "/dev/null", f"{base}/bytes/{SIZE}"]
     return [*args, "-X", "POST", "-H", "Expect:", "-T", str(upload_file), f"{base}/upload"]
 
 
 def one_transfer(stack: Stack, direction: str, via: str, upload_file: Path) -> dict[str, Any]:
     pids = {name: stack.pid(name) for name in ("service", "connector", "backend")}
+    written_before = {name: harness.disk_write_bytes(pid) for name, pid in pids.items()}
     for pid in pids.values():
         reset_peak_rss(pid)
     before = {name: harness.memory_kib(pid) for name, pid in pids.items()}
@@ -102,6 +103,11 @@ def one_transfer(stack: Stack, direction: str, via: str, upload_file: Path) -> d
         "rss_before_kib": {n: m["VmRSS"] for n, m in before.items()},
         "rss_after_kib": {n: m["VmRSS"] for n, m in after.items()},
         "cpu": cpu,
+        # Bytes each process caused to be written to storage (/proc/PID/io):
+        # logs only; no body may be spooled to disk.
+        "disk_written_bytes": {
+            name: harness.disk_write_bytes(pid) - written_before[name] for name, pid in pids.items()
+        },
     }
 
 
@@ -125,10 +131,16 @@ def measure(
         "peak_rss_kib": peak,
         "cpu_median_run": median["cpu"],
         "other_cores": max(s["other_cores"] for s in samples),
+        "disk_written_bytes": {
+            name: max(s["disk_written_bytes"][name] for s in samples)
+            for name in ("service", "connector", "backend")
+        },
     }
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    global SIZE
+    SIZE = args.size_mib * 1024 * 1024
     options = StackOptions(
         connections=args.tunnels,
         capacity=args.capacity,
@@ -146,7 +158,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "whatif": list(options.whatif),
     }
     with Stack(options) as stack:
-        upload_file = make_file(stack.tmp / "upload.bin")
+        upload_file = make_file(stack.tmp / "upload.bin", SIZE)
         results["background_load_cores"] = wait_quiet(stack)
         results["idle_rss_kib"] = {n: m["VmRSS"] for n, m in stack.memory().items()}
         for via in [*protocols, "direct"]:
@@ -178,7 +190,7 @@ def profile(stack: Stack, upload_file: Path, via: str, args: argparse.Namespace)
                 curl(_curl_args(stack, direction, via, upload_file), timeout=120)
         out[direction] = summaries = recorder.summaries()
         for name, summary in summaries.items():
-            title = f"{name} during 100 MiB {direction}s ({via})"
+            title = f"{name} during {SIZE >> 20} MiB {direction}s ({via})"
             print(profiling.format_summary(title, summary), file=sys.stderr)
     print(f"transfer: raw profiles (collapsed stacks) in {args.profile}", file=sys.stderr)
     return out
@@ -200,7 +212,7 @@ def rows(results: dict[str, Any]) -> list[list[str]]:
             peak = r["peak_rss_kib"]
             out.append(
                 [
-                    f"100 MiB {direction}, client {via} (MB/s)",
+                    f"{SIZE >> 20} MiB {direction}, client {via} (MB/s)",
                     f"{r['mbps']:.0f}",
                     f"{direct['mbps']:.0f}",
                     f">= {TARGET_MBPS:.0f}",
@@ -212,6 +224,15 @@ def rows(results: dict[str, Any]) -> list[list[str]]:
                     f"{_mib(peak['service'])} / {_mib(peak['connector'])}",
                     f"backend {_mib(direct['peak_rss_kib']['backend'])}",
                     f"< {TARGET_PEAK_RSS_MIB:.0f} each",
+                ]
+            )
+            written = r["disk_written_bytes"]
+            out.append(
+                [
+                    "  written to disk service / connector (KiB)",
+                    f"{written['service'] / 1024:.0f} / {written['connector'] / 1024:.0f}",
+                    "",
+                    "logs only",
                 ]
             )
             cpu = r["cpu_median_run"]
@@ -229,6 +250,9 @@ def rows(results: dict[str, Any]) -> list[list[str]]:
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--runs", type=int, default=3, help="transfers of each kind (median)")
+    ap.add_argument(
+        "--size-mib", type=int, default=100, help="size of each transfer in MiB (1024 for 1 GiB)"
+    )
     ap.add_argument("--protocols", default="http1.1,http2", help="client protocols: http1.1,http2")
     ap.add_argument("--tunnels", type=int, default=2, help="connector connections")
     ap.add_argument("--capacity", type=int, default=200, help="streams per tunnel connection")

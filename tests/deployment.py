@@ -97,7 +97,7 @@ class Backend(resource.Resource):
 
 
 @implementer(IAgentEndpointFactory)
-class _LoopbackTLS:
+class LoopbackTLS:
     """
     Resolve every host name to 127.0.0.1:port, verifying TLS against the
     deployment's CA with the URL's host name (as a browser would with DNS).
@@ -257,7 +257,7 @@ class Deployment:
     def client(self) -> HTTPClient:
         pool = HTTPConnectionPool(reactor, persistent=False)
         agent = Agent.usingEndpointFactory(
-            reactor, _LoopbackTLS(self.public_port, self.ca.cert_pem), pool=pool
+            reactor, LoopbackTLS(self.public_port, self.ca.cert_pem), pool=pool
         )
         return HTTPClient(agent)
 
@@ -308,7 +308,7 @@ def raw_exchange(
     Send C{raw} bytes over TLS to the service and return everything it sends
     back before closing the connection (which it must do within C{timeout}).
     """
-    endpoint = _LoopbackTLS(d.public_port, d.ca.cert_pem).endpointForURI(
+    endpoint = LoopbackTLS(d.public_port, d.ca.cert_pem).endpointForURI(
         type("U", (), {"host": host.encode()})()
     )
     collector = _Collect()

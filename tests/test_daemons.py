@@ -31,18 +31,15 @@ import treq
 from treq.client import HTTPClient
 from twisted.internet import protocol, reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
-from twisted.internet.endpoints import TCP4ClientEndpoint, wrapClientTLS
 from twisted.internet.error import ProcessExitedAlready
-from twisted.internet.interfaces import IStreamClientEndpoint
-from twisted.internet.ssl import Certificate, optionsForClientTLS
 from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from twisted.web import resource, server
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IAgentEndpointFactory
-from zope.interface import implementer
+
+from tests.deployment import LoopbackTLS
 
 _REPO = Path(__file__).resolve().parents[1]
 _VENV_BIN = _REPO / ".venv" / "bin"
@@ -455,22 +452,6 @@ class _Backend(resource.Resource):
         ).encode()
 
 
-@implementer(IAgentEndpointFactory)
-class _LoopbackTLS:
-    """
-    Connect every URL to 127.0.0.1:port, verifying TLS against the
-    deployment's CA and the URL's host name (as a browser would with DNS).
-    """
-
-    def __init__(self, port: int, ca_pem: bytes) -> None:
-        self.port = port
-        self.trust = Certificate.loadPEM(ca_pem)
-
-    def endpointForURI(self, uri: Any) -> IStreamClientEndpoint:
-        options = optionsForClientTLS(uri.host.decode("ascii"), trustRoot=self.trust)
-        return wrapClientTLS(options, TCP4ClientEndpoint(reactor, "127.0.0.1", self.port))
-
-
 class _Notifications(protocol.DatagramProtocol):
     """Datagrams received on a C{NOTIFY_SOCKET}."""
 
@@ -561,7 +542,7 @@ class EndToEndTests(TestCase):
         self.addCleanup(pool.closeCachedConnections)
         client = HTTPClient(
             Agent.usingEndpointFactory(
-                reactor, _LoopbackTLS(public, (state / "ca.pem").read_bytes()), pool=pool
+                reactor, LoopbackTLS(public, (state / "ca.pem").read_bytes()), pool=pool
             )
         )
         url = f"{external_url}some/path?q=1"
