@@ -513,12 +513,14 @@ class ProxyHTTPFactory(http.HTTPFactory):
         Access log: one structured event per finished request.
         """
         self.frontend.requests_served += 1
+        started = getattr(request, "_started_at", 0.0)
         log.info(
-            "{method} {host}{path} {status} {rid}",
+            "{method} {host}{path} {status} {duration_ms:.1f}ms {rid}",
             method=request.method.decode("latin-1") if request.method else "-",
             host=(request.getHeader(b"host") or b"-").decode("latin-1"),
             path=(request.path or b"").decode("latin-1"),
             status=request.code,
+            duration_ms=(time.monotonic() - started) * 1000 if started else 0.0,
             rid=getattr(request, "request_id", ""),
             log_system="access",
         )

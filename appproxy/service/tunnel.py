@@ -159,8 +159,6 @@ class ServiceTunnelProtocol(TunnelProtocol):
 
     client_side = True
 
-    noisy = False
-
     def __init__(
         self,
         clock: IReactorTime,
