@@ -386,7 +386,7 @@ class FailureTests(TestCase):
                     served[i] += 1
 
         client = d.client()
-        requests = [client.get(d.url("web", "/slow?delay=0.3")) for _ in range(10)]
+        requests = [client.get(d.url("web", "/slow?delay=1")) for _ in range(10)]
         yield _wait_until(lambda: d.backend.hits >= 10)
         count()
         responses = yield gatherResults(requests)
