@@ -18,6 +18,7 @@ C{wrk} and C{curl} that parse their output.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -79,6 +80,21 @@ def memory_kib(pid: int) -> dict[str, int]:
                 name, value = line.split(":", 1)
                 out[name] = int(value.split()[0])
     return out
+
+
+def add_stack_options(ap: argparse.ArgumentParser) -> None:
+    """
+    The options every benchmark that starts a L{Stack} takes.
+    """
+    ap.add_argument("--json", action="store_true", help="print the results as JSON")
+    ap.add_argument("--keep", action="store_true", help="keep the temporary directory (logs)")
+    ap.add_argument(
+        "--whatif",
+        default="",
+        metavar="PATCH,...",
+        help="experiment: run the daemons with patches from whatif/sitecustomize.py",
+    )
+    ap.add_argument("--profile", metavar="DIR", help="also profile the daemons with py-spy")
 
 
 def disk_write_bytes(pid: int) -> int:

@@ -183,15 +183,7 @@ def parser() -> argparse.ArgumentParser:
         default=3,
         help="runs disturbed by other processes are repeated, up to this many times",
     )
-    ap.add_argument("--json", action="store_true", help="print the results as JSON")
-    ap.add_argument("--keep", action="store_true", help="keep the temporary directory (logs)")
-    ap.add_argument(
-        "--whatif",
-        default="",
-        metavar="PATCH,...",
-        help="experiment: run the daemons with patches from whatif/sitecustomize.py",
-    )
-    ap.add_argument("--profile", metavar="DIR", help="also profile the daemons with py-spy")
+    harness.add_stack_options(ap)
     return ap
 
 

@@ -257,15 +257,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--tunnels", type=int, default=2, help="connector connections")
     ap.add_argument("--capacity", type=int, default=200, help="streams per tunnel connection")
     ap.add_argument("--attempts", type=int, default=2, help="repeats of a disturbed transfer")
-    ap.add_argument("--json", action="store_true", help="print the results as JSON")
-    ap.add_argument("--keep", action="store_true", help="keep the temporary directory (logs)")
-    ap.add_argument(
-        "--whatif",
-        default="",
-        metavar="PATCH,...",
-        help="experiment: run the daemons with patches from whatif/sitecustomize.py",
-    )
-    ap.add_argument("--profile", metavar="DIR", help="also profile the daemons with py-spy")
+    harness.add_stack_options(ap)
     return ap
 
 
