@@ -15,12 +15,17 @@ $(VENV)/.installed: $(SOURCES)
 
 install: $(VENV)/.installed
 
+# oidc-provider (npm), the independent OpenID provider of the interop tests.
+tests/interop/node_modules/.installed: tests/interop/package.json tests/interop/package-lock.json
+	npm ci --prefix tests/interop --no-audit --no-fund --loglevel=error
+	touch $@
+
 ## Run the service, a connector and a header-echo app on localhost.
 demo: install
 	$(PY) -m appproxy.demo run
 
 ## Run the whole test suite (trial); the last line reads "N passed, N failed".
-test: install
+test: install tests/interop/node_modules/.installed
 	$(PY) tools/run_tests.py
 
 lint: install

@@ -14,12 +14,13 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import secrets
 import shlex
 import sys
 import urllib.parse
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from appproxy import pki
 
@@ -116,6 +117,8 @@ def _service_toml(
     external_url: str,
     internal_url: str,
     group: str,
+    login_origin: str,
+    provider_address: str,
 ) -> str:
     return f"""\
 # appproxy service configuration (written by "appproxy init").
@@ -156,12 +159,50 @@ external_url = {_toml_str(external_url)}
 internal_url = {_toml_str(internal_url)}
 # The connectors that serve this app (the group is in their certificates).
 connector_group = {_toml_str(group)}
-# No sign-in in front of the app.
-pre_authentication = "passthrough"
+# Users sign in (OpenID Connect) before any request reaches the app;
+# "passthrough" publishes it without sign-in.
+pre_authentication = "oidc"
+# Who may use the app (both empty: every signed-in user).
+# allowed_users = ["alice"]
+# allowed_groups = ["staff"]
 # Optional, with their defaults:
+# session_lifetime = 28800
+# persistent_cookie = false
+# http_only_cookie = true
+# jwt_assertion = false
 # translate_urls_in_headers = true
 # backend_timeout = "default"
 # verify_backend_tls = true
+
+# Header-based single sign-on: header = claim.
+[apps.headers]
+X-Remote-User = "preferred_username"
+X-Remote-Name = "name"
+X-Remote-Email = "email"
+X-Remote-Groups = "groups"
+
+[oidc]
+# The OpenID provider users sign in with. Here: the service's own built-in
+# provider ([builtin_provider] below); for Entra ID, Okta, Keycloak or Google
+# put its issuer URL, your client id and a file holding the client secret.
+issuer = {_toml_str(login_origin)}
+client_id = "appproxy"
+client_secret_file = "oidc-client-secret"
+# client_auth = "client_secret_basic"
+# The one redirect URI to register at the provider.
+callback_url = {_toml_str(login_origin + "/.appproxy/callback")}
+# Which claim is the user name, and which holds the groups.
+# username_claim = "preferred_username"
+# groups_claim = "groups"
+# Trust for the provider's TLS (default: the system's CA store).
+provider_ca = "ca.pem"
+# Connect here instead of resolving the issuer's host name.
+provider_address = {_toml_str(provider_address)}
+
+[builtin_provider]
+# The service's own OpenID provider, for a machine with nothing else.
+# Add users with: appproxy users add NAME --state-dir DIR/state
+issuer = {_toml_str(login_origin)}
 """
 
 
@@ -258,6 +299,8 @@ def _cmd_init(args: argparse.Namespace, out: TextIO) -> int:
     if not listen.strip():
         raise UsageError("--listen must not be empty")
     external_url = f"https://{app_host}/" if port == 443 else f"https://{app_host}:{port}/"
+    login_host = _dns_name(f"login.{domain}")
+    login_origin = f"https://{login_host}" if port == 443 else f"https://{login_host}:{port}"
 
     state_dir = Path(args.state_dir).absolute()
     existed = _ensure_empty_target(state_dir)
@@ -275,6 +318,8 @@ def _cmd_init(args: argparse.Namespace, out: TextIO) -> int:
         external_url=external_url,
         internal_url=internal_url,
         group=args.group,
+        login_origin=login_origin,
+        provider_address=f"127.0.0.1:{port}",
     )
     connector_toml = _connector_toml(service_host=tunnel_host, tunnel_port=tunnel_port)
 
@@ -286,6 +331,7 @@ def _cmd_init(args: argparse.Namespace, out: TextIO) -> int:
         ("tls/tunnel.pem", tunnel.cert_pem, _FILE_MODE),
         ("tls/tunnel.key", tunnel.key_pem, _KEY_MODE),
         ("service.toml", service_toml.encode("utf-8"), _FILE_MODE),
+        ("oidc-client-secret", secrets.token_urlsafe(32).encode("ascii") + b"\n", _KEY_MODE),
         ("connector/ca.pem", ca.cert_pem, _FILE_MODE),
         ("connector/connector.pem", connector.cert_pem, _FILE_MODE),
         ("connector/connector.key", connector.key_pem, _KEY_MODE),
@@ -323,6 +369,9 @@ def _cmd_init(args: argparse.Namespace, out: TextIO) -> int:
         f"  twistd --nodaemon --pidfile= appproxy-connector --config {connector_config}",
         file=out,
     )
+    print("", file=out)
+    print("Add a user who may sign in:", file=out)
+    print(f"  appproxy users add alice --state-dir {quoted}/state", file=out)
     print("", file=out)
     print(f"Then open {external_url}", file=out)
     print(f"(the app at {internal_url} must be running;", file=out)
@@ -377,8 +426,48 @@ def _add_init(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -
     parser.set_defaults(func=_cmd_init)
 
 
+def _add_users(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from appproxy.idp.users import add_users_command
+
+    add_users_command(subparsers)
+
+
+def _add_keys(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from appproxy.keyring import add_keys_command
+
+    add_keys_command(subparsers)
+
+
+def _add_logs(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from appproxy.signinlog import add_logs_command
+
+    add_logs_command(subparsers)
+
+
+def _add_policy(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from appproxy.policy import add_policy_command
+
+    add_policy_command(subparsers, _load_policies)
+
+
+def _load_policies(path: str) -> tuple[Any, Any]:
+    """The policies and assignments of a service configuration file."""
+    from appproxy.config import ConfigError, load_service_config
+    from appproxy.service.signin import policy_set
+
+    try:
+        config = load_service_config(path)
+    except ConfigError as e:
+        raise UsageError(str(e)) from None
+    return policy_set(config), {app.name: app.assignment for app in config.apps}
+
+
 _SUBCOMMANDS: Sequence[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = (
     _add_init,
+    _add_users,
+    _add_keys,
+    _add_logs,
+    _add_policy,
 )
 
 

@@ -27,12 +27,17 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 
+from appproxy.policy import Assignment, MfaRule, NamedLocation, Policy, unknown_locations
+
 __all__ = [
     "BACKEND_TIMEOUTS",
     "AppConfig",
+    "BuiltinProviderConfig",
     "CertificateFiles",
     "ConfigError",
     "ConnectorConfig",
+    "OidcConfig",
+    "RiskConfig",
     "ServiceConfig",
     "load_connector_config",
     "load_service_config",
@@ -51,8 +56,97 @@ _URL_HOST = re.compile(r"[a-z0-9_-]+(\.[a-z0-9_-]+)*")
 _DIGITS = re.compile(r"[0-9]+")
 _MAX_SHOWN = 200
 
-_SERVICE_TOP_KEYS = ("service", "tunnel", "apps")
-_SERVICE_KEYS = ("listen", "state_dir", "queue_timeout", "log_format", "certificates")
+_SERVICE_TOP_KEYS = (
+    "service",
+    "tunnel",
+    "apps",
+    "oidc",
+    "builtin_provider",
+    "risk",
+    "locations",
+    "policies",
+)
+_SERVICE_KEYS = (
+    "listen",
+    "state_dir",
+    "queue_timeout",
+    "log_format",
+    "certificates",
+    "trusted_proxies",
+)
+_OIDC_KEYS = (
+    "issuer",
+    "client_id",
+    "client_secret_file",
+    "client_auth",
+    "callback_url",
+    "scopes",
+    "username_claim",
+    "groups_claim",
+    "algorithms",
+    "clock_skew",
+    "provider_ca",
+    "provider_address",
+    "mfa_amr",
+    "mfa_acr",
+    "step_up_acr_values",
+)
+_BUILTIN_PROVIDER_KEYS = ("issuer", "users_file", "device_client_id")
+_RISK_KEYS = ("failed_sign_in_limit", "failed_sign_in_window", "anonymizers")
+_LOCATION_KEYS = ("name", "networks")
+_POLICY_KEYS = (
+    "name",
+    "apps",
+    "exclude_apps",
+    "users",
+    "groups",
+    "exclude_users",
+    "exclude_groups",
+    "locations",
+    "exclude_locations",
+    "risks",
+    "grant",
+    "sign_in_frequency",
+)
+_CLIENT_AUTH_METHODS = ("client_secret_basic", "client_secret_post")
+#: Signature algorithms an ID token may use (asymmetric only: never "none",
+#: never an HMAC, which a provider's public key could be abused to forge).
+_ID_TOKEN_ALGORITHMS = (
+    "RS256",
+    "RS384",
+    "RS512",
+    "PS256",
+    "PS384",
+    "PS512",
+    "ES256",
+    "ES384",
+    "ES512",
+    "EdDSA",
+)
+_RISK_SIGNALS = ("failed-sign-ins", "anonymizer")
+_GRANTS = ("block", "mfa")
+#: Request headers an identity mapping may not name: the proxy sets or
+#: strips them itself.
+_RESERVED_HEADERS = frozenset(
+    {
+        "host",
+        "cookie",
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "keep-alive",
+        "upgrade",
+        "te",
+        "trailer",
+        "proxy-authorization",
+        "x-forwarded-for",
+        "x-forwarded-host",
+        "x-forwarded-proto",
+        "x-request-id",
+        "forwarded",
+    }
+)
+_HEADER_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}")
 _CERTIFICATE_KEYS = ("cert", "key")
 _TUNNEL_KEYS = ("listen", "cert", "key", "connector_ca")
 _APP_KEYS = (
@@ -65,7 +159,15 @@ _APP_KEYS = (
     "backend_timeout",
     "verify_backend_tls",
     "backend_ca",
+    "allowed_users",
+    "allowed_groups",
+    "session_lifetime",
+    "persistent_cookie",
+    "http_only_cookie",
+    "jwt_assertion",
+    "headers",
 )
+_PRE_AUTHENTICATION = ("oidc", "passthrough")
 _CONNECTOR_TOP_KEYS = ("connector",)
 _CONNECTOR_KEYS = (
     "service_host",
@@ -146,12 +248,35 @@ class AppConfig:
     external_url: str
     internal_url: str
     connector_group: str
-    pre_authentication: str
+    #: C{"oidc"} (sign-in required) or C{"passthrough"} (no sign-in).
+    pre_authentication: str = "oidc"
     translate_urls_in_headers: bool = True
     backend_timeout: float = BACKEND_TIMEOUTS["default"]
     verify_backend_tls: bool = True
     backend_ca: Path | None = None
     backend_ca_pem: bytes | None = attrs.field(default=None, repr=False)
+    #: Who may use the app (both lists empty: every signed-in user).
+    assignment: Assignment = attrs.field(factory=Assignment)
+    #: Longest life of a session, in seconds (the ID token's may be shorter).
+    session_lifetime: int = 8 * 3600
+    #: Whether the session cookie outlives the browser session.
+    persistent_cookie: bool = False
+    #: Whether the session cookie is hidden from the app's scripts.
+    http_only_cookie: bool = True
+    #: Whether to send the signed C{X-AppProxy-Jwt-Assertion} header.
+    jwt_assertion: bool = False
+    #: Identity headers: (header name as written, claim name), in file order.
+    headers: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def signs_in(self) -> bool:
+        """Whether users must sign in before a request reaches the app."""
+        return self.pre_authentication == "oidc"
+
+    @property
+    def cookie_name(self) -> str:
+        """The name of the app's session cookie."""
+        return f"__Host-appproxy-{self.name}"
 
     @property
     def external_host(self) -> str:
@@ -191,6 +316,66 @@ class AppConfig:
 
 
 @attrs.frozen(kw_only=True)
+class OidcConfig:
+    """
+    How users sign in: the OpenID provider appproxy relies on (C{[oidc]}).
+    """
+
+    issuer: str
+    client_id: str
+    client_secret_file: Path
+    client_secret: str = attrs.field(repr=False)
+    client_auth: str = "client_secret_basic"
+    #: The one redirect URI registered at the provider, on the login host.
+    callback_url: str
+    scopes: tuple[str, ...] = ("openid", "profile", "email")
+    username_claim: str = "preferred_username"
+    groups_claim: str = "groups"
+    algorithms: tuple[str, ...] = ("RS256", "PS256", "ES256")
+    clock_skew: int = 60
+    provider_ca: Path | None = None
+    provider_ca_pem: bytes | None = attrs.field(default=None, repr=False)
+    #: Connect here instead of resolving the issuer's host name.
+    provider_address: str | None = None
+    mfa: MfaRule = attrs.field(factory=MfaRule)
+    #: What to ask the provider for (C{acr_values}) when policy requires MFA.
+    step_up_acr_values: str = "mfa"
+
+    @property
+    def callback_host(self) -> str:
+        """The login host (C{host} or C{host:port}), as in a C{Host} header."""
+        return urlsplit(self.callback_url).netloc
+
+    @property
+    def callback_path(self) -> str:
+        return urlsplit(self.callback_url).path
+
+
+@attrs.frozen(kw_only=True)
+class BuiltinProviderConfig:
+    """
+    The service's own small OpenID provider (C{[builtin_provider]}).
+    """
+
+    issuer: str
+    users_file: Path
+    device_client_id: str = "appproxy-connector"
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.issuer).netloc
+
+
+@attrs.frozen(kw_only=True)
+class RiskConfig:
+    """Sign-in risk detection (C{[risk]})."""
+
+    failed_sign_in_limit: int = 5
+    failed_sign_in_window: float = 600.0
+    anonymizers: Path | None = None
+
+
+@attrs.frozen(kw_only=True)
 class ServiceConfig:
     """The service's configuration (C{service.toml})."""
 
@@ -205,6 +390,22 @@ class ServiceConfig:
     connector_ca: Path
     connector_ca_pem: bytes = attrs.field(repr=False)
     apps: tuple[AppConfig, ...]
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    oidc: OidcConfig | None = None
+    builtin_provider: BuiltinProviderConfig | None = None
+    risk: RiskConfig = attrs.field(factory=RiskConfig)
+    locations: tuple[NamedLocation, ...] = ()
+    policies: tuple[Policy, ...] = ()
+
+    @property
+    def login_hosts(self) -> frozenset[str]:
+        """Hosts the service answers itself: the callback and built-in provider."""
+        hosts = set()
+        if self.oidc is not None:
+            hosts.add(self.oidc.callback_host)
+        if self.builtin_provider is not None:
+            hosts.add(self.builtin_provider.host)
+        return frozenset(hosts)
 
 
 @attrs.frozen(kw_only=True)
@@ -309,6 +510,40 @@ def parse_service_config(data: dict[str, Any], path: Path) -> ServiceConfig:
         urls[app.external_url] = f"{table.where} ({app.name})"
         apps.append(app)
 
+    trusted_proxies = tuple(
+        _network(service, "trusted_proxies", index, text)
+        for index, text in enumerate(service.string_list("trusted_proxies"))
+    )
+    oidc = _oidc(top) if top.get("oidc") is not _MISSING else None
+    builtin = (
+        _builtin_provider(top, state_dir) if top.get("builtin_provider") is not _MISSING else None
+    )
+    risk = _risk(top) if top.get("risk") is not _MISSING else RiskConfig()
+    locations = _locations(top)
+    policies = _policies(top, {app.name for app in apps}, {loc.name for loc in locations})
+
+    if oidc is None:
+        for index, app in enumerate(apps):
+            if app.signs_in:
+                ctx.fail(
+                    f"apps[{index}].pre_authentication",
+                    f"app {_quote(app.name)} requires sign-in ('oidc', the default) but there"
+                    " is no [oidc] table: add one, or set pre_authentication = 'passthrough'",
+                )
+    app_hosts = {app.external_host: app.name for app in apps}
+    if oidc is not None and oidc.callback_host in app_hosts:
+        ctx.fail(
+            "oidc.callback_url",
+            f"its host {_quote(oidc.callback_host)} is the host of app"
+            f" {_quote(app_hosts[oidc.callback_host])}: use a host of its own (login.DOMAIN)",
+        )
+    if builtin is not None and builtin.host in app_hosts:
+        ctx.fail(
+            "builtin_provider.issuer",
+            f"its host {_quote(builtin.host)} is the host of app"
+            f" {_quote(app_hosts[builtin.host])}: use a host of its own (login.DOMAIN)",
+        )
+
     return ServiceConfig(
         path=path,
         listen=listen,
@@ -321,6 +556,12 @@ def parse_service_config(data: dict[str, Any], path: Path) -> ServiceConfig:
         connector_ca=connector_ca,
         connector_ca_pem=connector_ca_pem,
         apps=tuple(apps),
+        trusted_proxies=trusted_proxies,
+        oidc=oidc,
+        builtin_provider=builtin,
+        risk=risk,
+        locations=locations,
+        policies=policies,
     )
 
 
@@ -506,6 +747,28 @@ class _Table:
             self.fail(name, "must not contain a NUL character")
         return self.ctx.base / value
 
+    def string_list(self, name: str, default: tuple[str, ...] = ()) -> tuple[str, ...]:
+        """An array of non-empty strings (may be empty)."""
+        value = self.get(name)
+        if value is _MISSING:
+            return default
+        if not isinstance(value, list):
+            self.fail(name, f"must be an array of strings, not {_type_name(value)}")
+        for index, item in enumerate(value):
+            if not isinstance(item, str):
+                self.ctx.fail(
+                    f"{self.key(name)}[{index}]", f"must be a string, not {_type_name(item)}"
+                )
+            if not item:
+                self.ctx.fail(f"{self.key(name)}[{index}]", "must not be empty")
+        return tuple(value)
+
+    def optional_tables(self, name: str, known: tuple[str, ...]) -> list[_Table]:
+        """An array of tables that may be absent or empty."""
+        if self.get(name) is _MISSING or self.get(name) == []:
+            return []
+        return self.tables(name, known, "")
+
     def table(self, name: str, known: tuple[str, ...], hint: str) -> _Table:
         value = self.required(name, hint)
         if not isinstance(value, dict):
@@ -533,14 +796,7 @@ def _app(table: _Table) -> AppConfig:
     external_url = _url(table, "external_url", external=True)
     internal_url = _url(table, "internal_url", external=False)
     connector_group = table.name("connector_group")
-    pre_authentication = table.string(
-        "pre_authentication", '"passthrough" publishes the app without sign-in'
-    )
-    if pre_authentication != "passthrough":
-        table.fail(
-            "pre_authentication",
-            f"{_quote(pre_authentication)} is not supported (only 'passthrough' for now)",
-        )
+    pre_authentication = table.choice("pre_authentication", _PRE_AUTHENTICATION, "oidc")
     translate = table.boolean("translate_urls_in_headers", True)
     timeout = _backend_timeout(table)
     verify = table.boolean("verify_backend_tls", True)
@@ -548,6 +804,18 @@ def _app(table: _Table) -> AppConfig:
     backend_ca_pem: bytes | None = None
     if table.get("backend_ca") is not _MISSING:
         backend_ca, backend_ca_pem = _ca_file(table, "backend_ca")
+    assignment = Assignment(
+        users=table.string_list("allowed_users"), groups=table.string_list("allowed_groups")
+    )
+    session_lifetime = table.integer("session_lifetime", 8 * 3600, 60, 30 * 24 * 3600)
+    persistent = table.boolean("persistent_cookie", False)
+    http_only = table.boolean("http_only_cookie", True)
+    jwt_assertion = table.boolean("jwt_assertion", False)
+    headers = _identity_headers(table)
+    if pre_authentication == "passthrough":
+        for key in ("allowed_users", "allowed_groups", "jwt_assertion"):
+            if table.get(key) not in (_MISSING, [], False):
+                table.fail(key, "needs sign-in: a passthrough app has no signed-in user")
     return AppConfig(
         name=name,
         external_url=external_url,
@@ -559,7 +827,249 @@ def _app(table: _Table) -> AppConfig:
         verify_backend_tls=verify,
         backend_ca=backend_ca,
         backend_ca_pem=backend_ca_pem,
+        assignment=assignment,
+        session_lifetime=session_lifetime,
+        persistent_cookie=persistent,
+        http_only_cookie=http_only,
+        jwt_assertion=jwt_assertion,
+        headers=headers,
     )
+
+
+def _identity_headers(table: _Table) -> tuple[tuple[str, str], ...]:
+    """C{[apps.headers]}: header name = claim name."""
+    value = table.get("headers")
+    if value is _MISSING:
+        return ()
+    if not isinstance(value, dict):
+        table.fail("headers", f"must be a table of header = claim, not {_type_name(value)}")
+    where = table.key("headers")
+    seen: dict[str, str] = {}
+    result = []
+    for header, claim in value.items():
+        key = f"{where}.{_format_key(header)}"
+        if not _HEADER_NAME.fullmatch(header):
+            table.ctx.fail(key, "is not a valid header name (letters, digits and '-')")
+        normal = header.lower().replace("_", "-")
+        if normal in _RESERVED_HEADERS or normal.startswith("x-appproxy-"):
+            table.ctx.fail(key, "is set by appproxy itself and cannot carry a claim")
+        if normal in seen:
+            table.ctx.fail(key, f"is the same header as {_quote(seen[normal])}")
+        seen[normal] = header
+        if not isinstance(claim, str) or not claim:
+            table.ctx.fail(key, f"must be a claim name (a string), not {_type_name(claim)}")
+        result.append((header, claim))
+    return tuple(result)
+
+
+def _https_url(table: _Table, name: str, *, path: bool) -> str:
+    """An https URL without query, fragment or userinfo; lowercase host."""
+    value = table.string(name)
+    if any(char.isspace() or not char.isprintable() for char in value) or not value.isascii():
+        table.fail(name, "must be an ASCII URL without whitespace or control characters")
+    try:
+        parts = urlsplit(value)
+        port = parts.port
+    except ValueError:
+        table.fail(name, f"{_quote(value)} is not a valid URL")
+    if parts.scheme != "https":
+        table.fail(name, f"{_quote(value)} is not an https URL")
+    if not parts.hostname or "@" in parts.netloc:
+        table.fail(name, f"{_quote(value)} must have a host name and no user name or password")
+    if parts.query or parts.fragment or "?" in value or "#" in value:
+        table.fail(name, f"{_quote(value)} must not have a query or fragment")
+    if path and not parts.path.startswith("/"):
+        table.fail(name, f"{_quote(value)} needs a path (for example /.appproxy/callback)")
+    host = parts.hostname.lower()
+    netloc = host if port in (None, 443) else f"{host}:{port}"
+    if ":" in host:
+        netloc = f"[{host}]" if port in (None, 443) else f"[{host}]:{port}"
+    return f"https://{netloc}{parts.path}"
+
+
+def _oidc(top: _Table) -> OidcConfig:
+    table = top.table("oidc", _OIDC_KEYS, "")
+    issuer = _https_url(table, "issuer", path=False)
+    client_id = table.string("client_id")
+    secret_file = table.path("client_secret_file")
+    secret = _read_file(table, "client_secret_file", secret_file, "client secret")
+    try:
+        client_secret = secret.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        table.fail("client_secret_file", f"{_quote(str(secret_file))} is not UTF-8 text")
+    if not client_secret:
+        table.fail("client_secret_file", f"{_quote(str(secret_file))} is empty")
+    client_auth = table.choice("client_auth", _CLIENT_AUTH_METHODS, "client_secret_basic")
+    callback_url = _https_url(table, "callback_url", path=True)
+    scopes = table.string_list("scopes", ("openid", "profile", "email"))
+    if "openid" not in scopes:
+        table.fail("scopes", "must include 'openid'")
+    algorithms = table.string_list("algorithms", ("RS256", "PS256", "ES256"))
+    if not algorithms:
+        table.fail("algorithms", "must name at least one algorithm")
+    for index, algorithm in enumerate(algorithms):
+        if algorithm not in _ID_TOKEN_ALGORITHMS:
+            table.ctx.fail(
+                f"{table.key('algorithms')}[{index}]",
+                f"{_quote(algorithm)} is not allowed (asymmetric signatures only:"
+                f" {', '.join(_ID_TOKEN_ALGORITHMS)})",
+            )
+    provider_ca: Path | None = None
+    provider_ca_pem: bytes | None = None
+    if table.get("provider_ca") is not _MISSING:
+        provider_ca, provider_ca_pem = _ca_file(table, "provider_ca")
+    provider_address = table.optional_string("provider_address")
+    if provider_address is not None:
+        _host_and_port(table, "provider_address", provider_address)
+    mfa_amr = table.string_list("mfa_amr", MfaRule().amr)
+    mfa_acr = table.string_list("mfa_acr", MfaRule().acr)
+    return OidcConfig(
+        issuer=issuer,
+        client_id=client_id,
+        client_secret_file=secret_file,
+        client_secret=client_secret,
+        client_auth=client_auth,
+        callback_url=callback_url,
+        scopes=scopes,
+        username_claim=table.optional_string("username_claim") or "preferred_username",
+        groups_claim=table.optional_string("groups_claim") or "groups",
+        algorithms=algorithms,
+        clock_skew=table.integer("clock_skew", 60, 0, 600),
+        provider_ca=provider_ca,
+        provider_ca_pem=provider_ca_pem,
+        provider_address=provider_address,
+        mfa=MfaRule(amr=mfa_amr, acr=mfa_acr),
+        step_up_acr_values=table.optional_string("step_up_acr_values") or "mfa",
+    )
+
+
+def _host_and_port(table: _Table, name: str, value: str) -> None:
+    """C{host}, C{host:port}, C{IPv4[:port]} or C{[IPv6][:port]}."""
+    if value.startswith("["):
+        host, _, rest = value[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else rest
+        valid = _is_ip_address(host) and (not rest or rest.startswith(":"))
+    else:
+        host, _, port = value.partition(":")
+        valid = _is_ip_address(host) or _is_dns_name(host.lower())
+    if port and not (re.fullmatch("[0-9]{1,5}", port) and 1 <= int(port) <= 65535):
+        valid = False
+    if not valid:
+        table.fail(
+            name,
+            f"{_quote(value)} is not a host name or address with an optional port"
+            " (for example 127.0.0.1:8443)",
+        )
+
+
+def _builtin_provider(top: _Table, state_dir: Path) -> BuiltinProviderConfig:
+    table = top.table("builtin_provider", _BUILTIN_PROVIDER_KEYS, "")
+    issuer = _https_url(table, "issuer", path=False).rstrip("/")
+    if urlsplit(issuer).path:
+        table.fail("issuer", "must be a host name only (https://login.example.com), no path")
+    users_file = table.optional_string("users_file") or "users.json"
+    return BuiltinProviderConfig(
+        issuer=issuer,
+        users_file=state_dir / users_file,
+        device_client_id=table.optional_string("device_client_id") or "appproxy-connector",
+    )
+
+
+def _risk(top: _Table) -> RiskConfig:
+    table = top.table("risk", _RISK_KEYS, "")
+    anonymizers = table.path("anonymizers") if table.get("anonymizers") is not _MISSING else None
+    if anonymizers is not None and not anonymizers.is_file():
+        table.fail("anonymizers", f"{_quote(str(anonymizers))} is not a readable file")
+    return RiskConfig(
+        failed_sign_in_limit=table.integer("failed_sign_in_limit", 5, 1, 1000),
+        failed_sign_in_window=table.number("failed_sign_in_window", 600.0, 86400.0),
+        anonymizers=anonymizers,
+    )
+
+
+def _network(
+    table: _Table, name: str, index: int, text: str
+) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    try:
+        return ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        table.ctx.fail(
+            f"{table.key(name)}[{index}]",
+            f"{_quote(text)} is not an IP address or network (for example 10.0.0.0/8)",
+        )
+
+
+def _locations(top: _Table) -> tuple[NamedLocation, ...]:
+    result: list[NamedLocation] = []
+    for table in top.optional_tables("locations", _LOCATION_KEYS):
+        name = table.name("name")
+        if any(location.name == name for location in result):
+            table.fail("name", f"{_quote(name)} is already used by another location")
+        texts = table.string_list("networks")
+        if not texts:
+            table.fail("networks", "must list at least one network (for example 10.0.0.0/8)")
+        networks = tuple(_network(table, "networks", i, text) for i, text in enumerate(texts))
+        result.append(NamedLocation(name=name, networks=networks))
+    return tuple(result)
+
+
+def _policies(top: _Table, apps: set[str], locations: set[str]) -> tuple[Policy, ...]:
+    result: list[Policy] = []
+    known_locations = {
+        location: NamedLocation(name=location, networks=()) for location in locations
+    }
+    for table in top.optional_tables("policies", _POLICY_KEYS):
+        name = table.name("name")
+        if any(policy.name == name for policy in result):
+            table.fail("name", f"{_quote(name)} is already used by another policy")
+        for key in ("apps", "exclude_apps"):
+            for index, app in enumerate(table.string_list(key)):
+                if app != "*" and app not in apps:
+                    table.ctx.fail(
+                        f"{table.key(key)}[{index}]",
+                        f"there is no app named {_quote(app)} (use '*' for every app)",
+                    )
+        risks = table.string_list("risks")
+        for index, risk in enumerate(risks):
+            if risk not in _RISK_SIGNALS:
+                table.ctx.fail(
+                    f"{table.key('risks')}[{index}]",
+                    f"must be {_or(_RISK_SIGNALS)}, not {_quote(risk)}",
+                )
+        grant_value = table.get("grant")
+        grant = None if grant_value is _MISSING else table.choice("grant", _GRANTS, "block")
+        frequency_value = table.get("sign_in_frequency")
+        frequency = (
+            None
+            if frequency_value is _MISSING
+            else table.integer("sign_in_frequency", 3600, 60, 90 * 24 * 3600)
+        )
+        if grant is None and frequency is None:
+            table.fail("grant", "is required ('block' or 'mfa'), unless sign_in_frequency is set")
+        policy = Policy(
+            name=name,
+            apps=table.string_list("apps", ("*",)),
+            exclude_apps=table.string_list("exclude_apps"),
+            users=table.string_list("users"),
+            groups=table.string_list("groups"),
+            exclude_users=table.string_list("exclude_users"),
+            exclude_groups=table.string_list("exclude_groups"),
+            locations=table.string_list("locations", ("*",)),
+            exclude_locations=table.string_list("exclude_locations"),
+            risks=risks,
+            grant=grant,
+            sign_in_frequency=frequency,
+        )
+        missing = unknown_locations(policy, known_locations)
+        if missing:
+            key = "locations" if missing[0] in policy.locations else "exclude_locations"
+            table.fail(
+                key,
+                f"there is no [[locations]] entry named {_quote(missing[0])}"
+                " (use '*' for anywhere)",
+            )
+        result.append(policy)
+    return tuple(result)
 
 
 # Files

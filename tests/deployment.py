@@ -112,6 +112,12 @@ class LoopbackTLS:
         return wrapClientTLS(options, TCP4ClientEndpoint(reactor, "127.0.0.1", self.port))
 
 
+def _toml_value(value: Any) -> str:
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml(item) for item in value) + "]"
+    return _toml(value)
+
+
 def _toml(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -126,8 +132,16 @@ class Deployment:
     down by the test's cleanups.
     """
 
-    def __init__(self, testcase: Any, apps: list[dict[str, Any]], queue_timeout: float) -> None:
+    def __init__(
+        self,
+        testcase: Any,
+        apps: list[dict[str, Any]],
+        queue_timeout: float,
+        extra_toml: str = "",
+    ) -> None:
         self.testcase = testcase
+        #: More of service.toml (sign-in, policies), appended as it is.
+        self.extra_toml = extra_toml
         self.root = Path(testcase.mktemp())
         self.root.mkdir(parents=True)
         self.ca = pki.generate_ca("appproxy test CA")
@@ -185,7 +199,12 @@ class Deployment:
                 "pre_authentication": "passthrough",
                 **app,
             }
-            lines += [f"{key} = {_toml(value)}" for key, value in settings.items()]
+            headers = settings.pop("headers", None)
+            lines += [f"{key} = {_toml_value(value)}" for key, value in settings.items()]
+            if headers:
+                lines.append("[apps.headers]")
+                lines += [f"{_toml(name)} = {_toml(claim)}" for name, claim in headers.items()]
+        lines.append(self.extra_toml.replace("{public_port}", str(public)))
         return self._write("service.toml", "\n".join(lines).encode())
 
     def start_service(self, public: int = 0, tunnel: int = 0) -> AppProxyService:

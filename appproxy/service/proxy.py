@@ -12,24 +12,46 @@ lengths, bad chunking, oversized or bad headers) with a 400.
 
 from __future__ import annotations
 
+import ipaddress
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
+from io import BytesIO
 from typing import Any
+from urllib.parse import parse_qsl
 
+from twisted.internet import defer
 from twisted.internet.interfaces import IAddress, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http
 from twisted.web._http2 import H2Stream
 from twisted.web.iweb import INonQueuedRequestFactory
+from twisted.web.resource import IResource, getChildForRequest
+from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
 from appproxy.config import AppConfig
 from appproxy.errorpage import ROBOTS_TXT, ErrorPage, render_error, render_not_found
 from appproxy.headers import new_request_id, prepare_request_headers
+from appproxy.identity import (
+    drop_appproxy_set_cookies,
+    normalise_header_name,
+    strip_appproxy_cookies,
+    strip_spoofed_headers,
+)
+from appproxy.policy import client_address
 from appproxy.routing import Router, has_dot_segments, internal_path
+from appproxy.service.auth import (
+    HAND_OFF_PATH,
+    SIGN_IN_PATH,
+    SIGN_OUT_PATH,
+    Admit,
+    Reply,
+    SignIn,
+    parse_cookies,
+)
 from appproxy.service.queue import ConnectorGroups, ExchangeStream, NoCapacity, ProxyJob
 from appproxy.translate import UrlMapping, translate_response_headers
 
@@ -43,6 +65,10 @@ H2_QUEUE_LIMIT = 2 << 20
 H2_QUEUE_POLL = 0.002
 #: Methods the proxy refuses outright.
 REFUSED_METHODS = frozenset({b"CONNECT", b"TRACE"})
+#: Largest request body the service reads for itself (sign-in forms).
+LOCAL_BODY_LIMIT = 1 << 16
+#: Where every app host publishes the keys of the signed identity assertion.
+JWKS_PATH = b"/.well-known/appproxy/jwks.json"
 
 log = Logger()
 
@@ -63,6 +89,11 @@ class FrontEnd:
         self.groups = groups
         self.clock = clock
         self.requests_served = 0
+        self.sign_in: SignIn | None = None
+        self.login_hosts: Mapping[bytes, IResource | None] = {}
+        self.callback_path = b""
+        self.trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+        self.jwks = b'{"keys":[]}'
         self.set_apps(apps)
 
     def set_apps(self, apps: Sequence[AppConfig]) -> None:
@@ -76,6 +107,32 @@ class FrontEnd:
             app.name: UrlMapping(internal=app.internal_url, external=app.external_url)
             for app in apps
         }
+        # Identity header names of every app are removed from every request,
+        # passthrough apps included: a client must never choose them.
+        self.protected_headers = frozenset(
+            normalise_header_name(header) for app in apps for header, _ in app.headers
+        )
+
+    def set_auth(
+        self,
+        *,
+        sign_in: SignIn | None,
+        login_hosts: Mapping[str, IResource | None],
+        callback_path: str,
+        trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...],
+        jwks: bytes,
+    ) -> None:
+        """
+        Sign-in: the machinery, the hosts the service answers itself (each
+        with the resource that serves what is not the relying party's own,
+        such as the built-in identity provider), proxies whose
+        C{X-Forwarded-For} is believed, and the assertion keys.
+        """
+        self.sign_in = sign_in
+        self.login_hosts = {host.encode("ascii"): res for host, res in login_hosts.items()}
+        self.callback_path = callback_path.encode("ascii")
+        self.trusted_proxies = trusted_proxies
+        self.jwks = jwks
 
 
 @implementer(INonQueuedRequestFactory)
@@ -114,6 +171,8 @@ class ProxyRequest(http.Request):
         self._done = False
         self._h2_check: Any = None
         self._started_at = 0.0
+        self._local: IResource | None = None
+        self._client_ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
 
     # -- parsing hooks (called by the channel) -----------------------------
 
@@ -134,6 +193,14 @@ class ProxyRequest(http.Request):
     def handleContentChunk(self, data: bytes) -> None:
         if self._done:
             return
+        if self._local is not None:
+            assert self.content is not None
+            if self.content.tell() + len(data) > LOCAL_BODY_LIMIT:
+                self._local = None
+                self._respond_error(413, "Request too large", "The form is too large.")
+                return
+            self.content.write(data)
+            return
         if self._body_flowing and not self._body and self._stream is not None:
             if not self._stream.write_body(data):
                 self._pause_input()
@@ -149,6 +216,10 @@ class ProxyRequest(http.Request):
         """
         self._body_complete = True
         if self._done:
+            return
+        if self._local is not None:
+            # The service's own pages: parse the query and form, then render.
+            http.Request.requestReceived(self, command, path, version)
             return
         if self._body_flowing and not self._body and self._stream is not None:
             self._stream.end_body()
@@ -182,6 +253,9 @@ class ProxyRequest(http.Request):
             # '..' could climb out of the published internal path.
             self._respond_error_soon(400, "Bad request", "The path contains '.' or '..' segments.")
             return
+        if host is not None and host.lower() in self.frontend.login_hosts:
+            self._begin_login(host.lower())
+            return
         app = self.frontend.router.route(host, self.path) if host is not None else None
         if app is None:
             shown = host.decode("latin-1") if host else ""
@@ -199,17 +273,82 @@ class ProxyRequest(http.Request):
             )
             return
 
+        if self.path == JWKS_PATH:
+            self._respond_soon(200, b"application/jwk-set+json", self.frontend.jwks)
+            return
+        sign_in = self.frontend.sign_in
+        if not app.signs_in or sign_in is None:
+            self._forward(app, ())
+            return
+        client_ip = self._resolved_client_ip()
+        if self.path == HAND_OFF_PATH and method in (b"GET", b"HEAD"):
+            self._reply_when_ready(
+                sign_in.hand_off(
+                    app,
+                    self._query_args(),
+                    client_ip=str(client_ip),
+                    request_id=self.request_id,
+                    accept=self._accept(),
+                )
+            )
+            return
+        cookies = parse_cookies(self.requestHeaders.getRawHeaders(b"cookie"))
+        if self.path == SIGN_OUT_PATH:
+            self._reply_when_ready(
+                sign_in.sign_out(
+                    app,
+                    cookies,
+                    client_ip=str(client_ip),
+                    request_id=self.request_id,
+                    accept=self._accept(),
+                )
+            )
+            return
+        decided = sign_in.admit(
+            app,
+            method=method,
+            uri=uri,
+            cookies=cookies,
+            client_ip=client_ip,
+            request_id=self.request_id,
+            accept=self._accept(),
+        )
+        if isinstance(decided, defer.Deferred):
+            decided.addCallback(self._admitted, app, soon=False).addErrback(self._internal_error)
+        else:
+            self._admitted(decided, app, soon=True)
+
+    def _admitted(self, decided: Admit | Reply, app: AppConfig, *, soon: bool) -> None:
+        if self._done:
+            return
+        if isinstance(decided, Reply):
+            if soon:
+                self.frontend.clock.callLater(0, self._reply, decided)
+            else:
+                self._reply(decided)
+            return
+        self._forward(app, decided.headers)
+
+    def _forward(self, app: AppConfig, identity: Sequence[tuple[bytes, bytes]]) -> None:
+        """Queue the request for a connector of C{app}'s group."""
+        host = self.requestHeaders.getRawHeaders(b"host", [b""])[0]
+        raw = [
+            (name, value)
+            for name, values in self.requestHeaders.getAllRawHeaders()
+            for value in values
+        ]
+        raw = strip_appproxy_cookies(strip_spoofed_headers(raw, self.frontend.protected_headers))
         headers = prepare_request_headers(
-            [
-                (name, value)
-                for name, values in self.requestHeaders.getAllRawHeaders()
-                for value in values
-            ],
-            client_address=self._client_address(),
-            external_host=host.decode("latin-1") if host else "",
+            raw,
+            client_address=str(self._resolved_client_ip()),
+            external_host=host.decode("latin-1"),
             request_id=self.request_id,
             internal_netloc=app.internal_netloc,
         )
+        headers.extend(identity)
+        uri = self.uri
+        method = self.method
+        length = self.length
         target = internal_path(app.external_path, app.internal_path, uri.decode("latin-1"))
         self._job = ProxyJob(
             app=app,
@@ -221,6 +360,122 @@ class ProxyRequest(http.Request):
             exchange=self,
         )
         self._enqueue(self._job)
+
+    # -- the service's own answers: sign-in, hand-off, the identity provider ----
+
+    def _begin_login(self, host: bytes) -> None:
+        """A request to a login host: the relying party's paths or a resource."""
+        sign_in = self.frontend.sign_in
+        method = self.method
+        if sign_in is not None and self.path in (
+            SIGN_IN_PATH.encode(),
+            self.frontend.callback_path,
+        ):
+            if method not in (b"GET", b"HEAD"):
+                self._respond_error_soon(405, "Method not allowed", "Use GET.")
+                return
+            accept = self._accept()
+            client_ip = self._resolved_client_ip()
+            if self.path == self.frontend.callback_path:
+                cookies = parse_cookies(self.requestHeaders.getRawHeaders(b"cookie"))
+                self._reply_when_ready(
+                    sign_in.callback(
+                        self._query_args(),
+                        cookies,
+                        client_ip=client_ip,
+                        request_id=self.request_id,
+                        accept=accept,
+                    )
+                )
+            else:
+                self._reply_when_ready(
+                    sign_in.start(
+                        self._query_args(),
+                        client_ip=str(client_ip),
+                        request_id=self.request_id,
+                        accept=accept,
+                    )
+                )
+            return
+        resource = self.frontend.login_hosts.get(host)
+        if self.path == b"/robots.txt":
+            self._respond_soon(200, b"text/plain; charset=utf-8", ROBOTS_TXT)
+            return
+        if resource is None:
+            self._respond_soon(
+                404,
+                *render_not_found(
+                    host.decode("latin-1"), self.request_id, self._now(), self._accept()
+                ),
+            )
+            return
+        # Read the (small) body; the channel then calls requestReceived,
+        # which parses the form and calls process().
+        self._local = resource
+        self.content = BytesIO()
+
+    def process(self) -> None:
+        """Render the service's own resource for a login-host request."""
+        resource = self._local
+        if resource is None or self._done:
+            return
+        self.prepath: list[bytes] = []
+        self.postpath: list[bytes] = self.path[1:].split(b"/")
+        if not self.received_cookies:
+            self.parseCookies()
+        try:
+            body = getChildForRequest(resource, self).render(self)
+        except Exception:
+            log.failure("Unexpected error in the service's own page")
+            self._respond_error(500, "Internal error", "The service failed unexpectedly.")
+            return
+        if body is NOT_DONE_YET:
+            return
+        if not isinstance(body, bytes):
+            self._respond_error(500, "Internal error", "The service failed unexpectedly.")
+            return
+        self.setHeader(b"content-length", b"%d" % len(body))
+        self.write(body)
+        self.finish()
+
+    def _query_args(self) -> dict[str, str]:
+        """The query's parameters (the first of each name), decoded."""
+        _, _, query = self.uri.partition(b"?")
+        args: dict[str, str] = {}
+        for name, value in parse_qsl(query.decode("latin-1"), keep_blank_values=True):
+            args.setdefault(name, value)
+        return args
+
+    def _reply_when_ready(self, reply: defer.Deferred[Reply]) -> None:
+        # Never answer from inside the channel's header parsing.
+        def later(result: Reply) -> None:
+            self.frontend.clock.callLater(0, self._reply, result)
+
+        reply.addCallback(later).addErrback(self._internal_error)
+
+    def _internal_error(self, failure: Failure) -> None:
+        log.failure("Unexpected error during sign-in", failure)
+        self._respond_error(500, "Internal error", "The service failed unexpectedly.")
+
+    def _reply(self, reply: Reply) -> None:
+        if self._done:
+            return
+        for name, value in reply.headers:
+            self.responseHeaders.addRawHeader(name, value)
+        if reply.status in (301, 302, 303, 307, 308):
+            self._respond(reply.status, b"text/plain; charset=utf-8", b"")
+        else:
+            self._respond(reply.status, reply.content_type, reply.body)
+
+    def _resolved_client_ip(self) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+        """The client's address: the TCP peer, unless it is a trusted proxy."""
+        if self._client_ip is None:
+            self._client_ip = client_address(
+                self._client_address(),
+                self.requestHeaders.getRawHeaders(b"x-forwarded-for") or [],
+                self.frontend.trusted_proxies,
+            )
+        return self._client_ip
 
     def _enqueue(self, job: ProxyJob) -> None:
         assert self.app is not None
@@ -278,6 +533,7 @@ class ProxyRequest(http.Request):
         if self._done or self.app is None:
             return
         self._responding = True
+        headers = drop_appproxy_set_cookies(headers)
         if self.app.translate_urls_in_headers:
             headers = translate_response_headers(headers, self.frontend.mappings[self.app.name])
         self.setResponseCode(status)

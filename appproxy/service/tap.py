@@ -20,6 +20,7 @@ from appproxy.config import ConfigError, ServiceConfig, load_service_config
 from appproxy.daemon import load_or_exit, notify, on_sighup, use_log_format
 from appproxy.service.proxy import FrontEnd, ProxyHTTPFactory
 from appproxy.service.queue import ConnectorGroups
+from appproxy.service.signin import SignInSetup, build_sign_in
 from appproxy.service.tunnel import ServiceTunnelFactory
 from appproxy.tls import ReloadableTLS, SNIServerContextFactory, tunnel_server_context
 
@@ -55,6 +56,8 @@ class AppProxyService(Service):
         self.tunnel_tls = ReloadableTLS(self._tunnel_tls(config))
         self.public_port: IListeningPort | None = None
         self.tunnel_port: IListeningPort | None = None
+        self.sign_in: SignInSetup = build_sign_in(config, reactor)
+        self.sign_in.install(self.frontend)
 
     @staticmethod
     def _public_tls(config: ServiceConfig) -> SNIServerContextFactory:
@@ -80,6 +83,7 @@ class AppProxyService(Service):
         try:
             config = load_service_config(self.config.path)
             public_tls, tunnel_tls = self._public_tls(config), self._tunnel_tls(config)
+            self.sign_in.check_reload(config)
         except (ConfigError, ValueError) as e:
             self.log.error("Reload refused, the running configuration stays: {error}", error=str(e))
             notify(b"READY=1")
@@ -98,6 +102,7 @@ class AppProxyService(Service):
         for group in self.groups:
             group.timeout = config.queue_timeout
         self.frontend.set_apps(config.apps)
+        self.sign_in.reload(config, self.frontend)
         self.tunnel_factory.set_apps(config.apps)
         self.config = config
         self.log.info(
@@ -159,6 +164,7 @@ class AppProxyService(Service):
         self.public_port = self.tunnel_port = None
         d = gatherResults([d for d in stopping if d is not None])
         d.addCallback(lambda _: self._drain(self.reactor.seconds() + DRAIN_TIMEOUT))
+        d.addCallback(lambda _: self.sign_in.close())
         return d  # type: ignore[return-value]
 
     def _drain(self, deadline: float) -> Deferred[None]:
