@@ -90,6 +90,7 @@ _OIDC_KEYS = (
     "mfa_amr",
     "mfa_acr",
     "step_up_acr_values",
+    "jwks_refetch_interval",
 )
 _BUILTIN_PROVIDER_KEYS = ("issuer", "users_file", "device_client_id")
 _RISK_KEYS = ("failed_sign_in_limit", "failed_sign_in_window", "anonymizers")
@@ -340,6 +341,9 @@ class OidcConfig:
     mfa: MfaRule = attrs.field(factory=MfaRule)
     #: What to ask the provider for (C{acr_values}) when policy requires MFA.
     step_up_acr_values: str = "mfa"
+    #: Least time between two fetches of the provider's keys (an ID token
+    #: with an unknown key id triggers one).
+    jwks_refetch_interval: float = 30.0
 
     @property
     def callback_host(self) -> str:
@@ -530,6 +534,12 @@ def parse_service_config(data: dict[str, Any], path: Path) -> ServiceConfig:
                     f"app {_quote(app.name)} requires sign-in ('oidc', the default) but there"
                     " is no [oidc] table: add one, or set pre_authentication = 'passthrough'",
                 )
+    if oidc is None and builtin is not None:
+        ctx.fail(
+            "builtin_provider",
+            "needs an [oidc] table whose issuer is the built-in provider's"
+            f" ({_quote(builtin.issuer)})",
+        )
     app_hosts = {app.external_host: app.name for app in apps}
     if oidc is not None and oidc.callback_host in app_hosts:
         ctx.fail(
@@ -856,8 +866,10 @@ def _identity_headers(table: _Table) -> tuple[tuple[str, str], ...]:
         if normal in seen:
             table.ctx.fail(key, f"is the same header as {_quote(seen[normal])}")
         seen[normal] = header
-        if not isinstance(claim, str) or not claim:
+        if not isinstance(claim, str):
             table.ctx.fail(key, f"must be a claim name (a string), not {_type_name(claim)}")
+        if not claim:
+            table.ctx.fail(key, "must not be empty")
         result.append((header, claim))
     return tuple(result)
 
@@ -869,18 +881,28 @@ def _https_url(table: _Table, name: str, *, path: bool) -> str:
         table.fail(name, "must be an ASCII URL without whitespace or control characters")
     try:
         parts = urlsplit(value)
-        port = parts.port
     except ValueError:
         table.fail(name, f"{_quote(value)} is not a valid URL")
+    if "@" in parts.netloc:
+        # Not echoed: it may hold a password.
+        table.fail(name, "must not contain a user name or password")
     if parts.scheme != "https":
         table.fail(name, f"{_quote(value)} is not an https URL")
-    if not parts.hostname or "@" in parts.netloc:
-        table.fail(name, f"{_quote(value)} must have a host name and no user name or password")
+    if not parts.hostname:
+        table.fail(name, f"{_quote(value)} has no host name")
     if parts.query or parts.fragment or "?" in value or "#" in value:
         table.fail(name, f"{_quote(value)} must not have a query or fragment")
+    host = parts.hostname.lower()
+    if not (_is_ipv6_address(host) if ":" in host else _URL_HOST.fullmatch(host)):
+        table.fail(name, f"{_quote(value)} has an invalid host name")
+    try:
+        port = parts.port
+    except ValueError:
+        port = 0
+    if port == 0:
+        table.fail(name, f"{_quote(value)} has an invalid port (must be from 1 to 65535)")
     if path and not parts.path.startswith("/"):
         table.fail(name, f"{_quote(value)} needs a path (for example /.appproxy/callback)")
-    host = parts.hostname.lower()
     netloc = host if port in (None, 443) else f"{host}:{port}"
     if ":" in host:
         netloc = f"[{host}]" if port in (None, 443) else f"[{host}]:{port}"
@@ -902,6 +924,13 @@ def _oidc(top: _Table) -> OidcConfig:
     client_auth = table.choice("client_auth", _CLIENT_AUTH_METHODS, "client_secret_basic")
     callback_url = _https_url(table, "callback_url", path=True)
     scopes = table.string_list("scopes", ("openid", "profile", "email"))
+    for index, scope in enumerate(scopes):
+        if not all("!" <= char <= "~" and char not in '"\\' for char in scope):
+            table.ctx.fail(
+                f"{table.key('scopes')}[{index}]",
+                f"{_quote(scope)} is not a valid scope (printable ASCII, no spaces,"
+                " quotes or backslashes)",
+            )
     if "openid" not in scopes:
         table.fail("scopes", "must include 'openid'")
     algorithms = table.string_list("algorithms", ("RS256", "PS256", "ES256"))
@@ -940,18 +969,27 @@ def _oidc(top: _Table) -> OidcConfig:
         provider_address=provider_address,
         mfa=MfaRule(amr=mfa_amr, acr=mfa_acr),
         step_up_acr_values=table.optional_string("step_up_acr_values") or "mfa",
+        jwks_refetch_interval=table.number("jwks_refetch_interval", 30.0, 3600.0),
     )
 
 
 def _host_and_port(table: _Table, name: str, value: str) -> None:
-    """C{host}, C{host:port}, C{IPv4[:port]} or C{[IPv6][:port]}."""
+    """
+    C{host}, C{host:port}, C{IPv4[:port]}, C{[IPv6][:port]} or a bare
+    C{IPv6}: the forms L{appproxy.oidc.parse_provider_address} takes.
+    """
+    port = ""
     if value.startswith("["):
-        host, _, rest = value[1:].partition("]")
-        port = rest[1:] if rest.startswith(":") else rest
-        valid = _is_ip_address(host) and (not rest or rest.startswith(":"))
+        host, close, rest = value[1:].partition("]")
+        valid = bool(close) and _is_ipv6_address(host) and (not rest or rest.startswith(":"))
+        if rest:
+            port = rest[1:]
+            valid = valid and bool(port)
+    elif value.count(":") > 1:
+        valid = _is_ipv6_address(value)
     else:
-        host, _, port = value.partition(":")
-        valid = _is_ip_address(host) or _is_dns_name(host.lower())
+        host, colon, port = value.partition(":")
+        valid = (_is_ip_address(host) or _is_dns_name(host.lower())) and bool(port or not colon)
     if port and not (re.fullmatch("[0-9]{1,5}", port) and 1 <= int(port) <= 65535):
         valid = False
     if not valid:
@@ -968,6 +1006,8 @@ def _builtin_provider(top: _Table, state_dir: Path) -> BuiltinProviderConfig:
     if urlsplit(issuer).path:
         table.fail("issuer", "must be a host name only (https://login.example.com), no path")
     users_file = table.optional_string("users_file") or "users.json"
+    if "\0" in users_file:
+        table.fail("users_file", "must not contain a NUL character")
     return BuiltinProviderConfig(
         issuer=issuer,
         users_file=state_dir / users_file,
@@ -1329,6 +1369,14 @@ def _is_ip_address(value: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def _is_ipv6_address(value: str) -> bool:
+    try:
+        ipaddress.IPv6Address(value)
+    except ValueError:
+        return False
+    return "%" not in value
 
 
 def _dns_name(table: _Table, name: str) -> str:

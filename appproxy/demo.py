@@ -3,7 +3,8 @@ C{appproxy demo}: the whole path on one machine.
 
 Creates a state directory (once), then runs the service and a connector as
 real C{twistd} daemons and a small "legacy" app that echoes the headers it
-receives, and prints the URL to open and a curl line that works.
+receives; users sign in with the service's built-in identity provider, as
+a demo user made on the first run.  Prints the URL, the user and password.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import argparse
 import html
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -23,6 +25,7 @@ from twisted.web import resource, server
 
 DEMO_DOMAIN = "appproxy.localhost"
 DEMO_APP = "echo"
+DEMO_USER = "demo"
 PUBLIC_PORT = 8443
 TUNNEL_PORT = 8444
 ECHO_PORT = 8080
@@ -96,11 +99,39 @@ def _twistd() -> list[str]:
     ]
 
 
+def _demo_user(state_dir: Path) -> str:
+    """The demo user's password, made (with the user) on the first run."""
+    from appproxy.idp.users import add_user
+
+    secret = state_dir / "demo-password"
+    if secret.exists():
+        return secret.read_text("utf-8").strip()
+    password = "-".join(secrets.token_hex(3) for _ in range(3))
+    add_user(
+        state_dir / "state" / "users.json",
+        DEMO_USER,
+        password,
+        name="Demo User",
+        email=f"{DEMO_USER}@{DEMO_DOMAIN}",
+        groups=("staff", "demo"),
+    )
+    fd = os.open(secret, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(password + "\n")
+    return password
+
+
 def run_demo(state_dir: Path) -> int:
     from appproxy.cli import main as cli_main
 
     state_dir = state_dir.resolve()
-    if not (state_dir / "service.toml").exists():
+    config = state_dir / "service.toml"
+    if config.exists() and "[builtin_provider]" not in config.read_text("utf-8", "replace"):
+        # Made by an older appproxy without sign-in: start afresh beside it.
+        old = state_dir.with_name(f"{state_dir.name}.old-{int(time.time())}")
+        state_dir.rename(old)
+        print(f"appproxy demo: moved the old demo directory to {old}", flush=True)
+    if not config.exists():
         code = cli_main(
             [
                 "init",
@@ -120,6 +151,7 @@ def run_demo(state_dir: Path) -> int:
         )
         if code:
             return code
+    password = _demo_user(state_dir)
     url = f"https://{DEMO_APP}.{DEMO_DOMAIN}:{PUBLIC_PORT}/"
     commands = {
         "echo-app": [sys.executable, "-m", "appproxy.demo", "echo", "--port", str(ECHO_PORT)],
@@ -138,11 +170,16 @@ def run_demo(state_dir: Path) -> int:
             time.sleep(0.5)
         print(
             f"\nappproxy demo is running.\n\n"
-            f"  Open:  {url}\n"
-            f"         (your browser will warn about the demo CA; trust {state_dir / 'ca.pem'}"
-            f" or accept the warning)\n"
-            f"  curl:  curl --cacert {state_dir / 'ca.pem'} "
-            f"--resolve {DEMO_APP}.{DEMO_DOMAIN}:{PUBLIC_PORT}:127.0.0.1 {url}\n\n"
+            f"  Open:     {url}\n"
+            f"            (your browser will warn about the demo CA; trust"
+            f" {state_dir / 'ca.pem'} or accept the warning, for this host and for"
+            f" login.{DEMO_DOMAIN})\n"
+            f"  Sign in:  user {DEMO_USER!r}, password {password!r}\n"
+            f"            (the built-in identity provider; more users: appproxy users add"
+            f" NAME --state-dir {state_dir / 'state'})\n"
+            f"  Then the legacy app shows the headers it received, X-Remote-User among"
+            f" them.\n\n"
+            f"  Sign-in log: appproxy logs sign-ins --state-dir {state_dir}\n\n"
             f"Press Ctrl-C to stop.\n",
             flush=True,
         )

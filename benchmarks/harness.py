@@ -43,6 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCH_DIR = Path(__file__).resolve().parent
 DOMAIN = "bench.localhost"
 APP = "bench"
+AUTH_APP = "benchauth"
 #: The interpreter of the virtualenv the package is installed in.
 PYTHON = os.environ.get("APPPROXY_BENCH_PYTHON", sys.executable)
 #: twistd with that interpreter.  (Not "python -m twisted": that is the newer
@@ -366,6 +367,37 @@ class Stack:
         return f"{self.app_host}:{self.public_port}"
 
     @property
+    def auth_host_header(self) -> str:
+        """The Host of the app that signs users in."""
+        return f"{AUTH_APP}.{DOMAIN}:{self.public_port}"
+
+    def session_cookie(self, lifetime: int = 3600) -> str:
+        """
+        A valid session cookie (C{name=value}) for the signing-in app, made
+        with the service's own key ring, as a signed-in browser would hold.
+        """
+        from appproxy.keyring import load_keyring
+        from appproxy.session import Session, SessionCookieCodec
+
+        codec = SessionCookieCodec(load_keyring(self.tmp / "state" / "state" / "session-keys.json"))
+        now = int(time.time())
+        session = Session(
+            app=AUTH_APP,
+            user="bench.user@example.com",
+            subject="7f9c2a1e-bench",
+            issuer=f"https://login.{DOMAIN}:{self.public_port}",
+            name="Bench User",
+            email="bench.user@example.com",
+            groups=("staff", "engineering", "vpn-users", "wiki-editors"),
+            amr=("pwd",),
+            auth_time=now,
+            issued_at=now,
+            expires_at=now + lifetime,
+        )
+        name = f"__Host-appproxy-{AUTH_APP}"
+        return f"{name}={codec.encode(session, name)}"
+
+    @property
     def public_url(self) -> str:
         """What C{wrk} dials (with C{-H 'Host: ...'}): loopback, by address."""
         return f"https://127.0.0.1:{self.public_port}"
@@ -466,6 +498,23 @@ class Stack:
         text = _sub(
             text, r'^# backend_timeout = "default"$', f"backend_timeout = {o.backend_timeout}"
         )
+        # The first app is published without sign-in (the plain data path);
+        # a second app on the same backend signs users in.
+        text = _sub(text, r'^pre_authentication = "oidc"$', 'pre_authentication = "passthrough"')
+        text += f"""
+[[apps]]
+name = "{AUTH_APP}"
+external_url = "https://{self.auth_host_header}/"
+internal_url = "{self.backend_url}/"
+connector_group = "default"
+backend_timeout = {o.backend_timeout}
+
+[apps.headers]
+X-Remote-User = "preferred_username"
+X-Remote-Name = "name"
+X-Remote-Email = "email"
+X-Remote-Groups = "groups"
+"""
         service.write_text(text)
         connector = state / "connector" / "connector.toml"
         text = connector.read_text()
@@ -679,6 +728,7 @@ def wrk(
     seconds: float,
     host: str | None = None,
     latency: bool = False,
+    headers: tuple[str, ...] = (),
 ) -> WrkResult:
     """Run C{wrk} (bounded by its duration, plus a margin) and parse its report."""
     if shutil.which("wrk") is None:
@@ -688,6 +738,8 @@ def wrk(
         argv.append("--latency")
     if host:
         argv += ["-H", f"Host: {host}"]
+    for header in headers:
+        argv += ["-H", header]
     argv.append(url)
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60, check=False)
     out = proc.stdout

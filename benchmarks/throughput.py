@@ -37,14 +37,28 @@ TARGET_RPS_PER_CPU = 2000
 
 
 def _load(
-    stack: Stack, url: str, host: str | None, args: argparse.Namespace, *, latency: bool
+    stack: Stack,
+    url: str,
+    host: str | None,
+    args: argparse.Namespace,
+    *,
+    latency: bool,
+    headers: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     if latency:
         c, t, seconds = 1, 1, args.latency_duration
     else:
         c, t, seconds = args.concurrency, args.threads, args.duration
     meter = CpuMeter(stack).start()
-    result = wrk(url, connections=c, threads=t, seconds=seconds, host=host, latency=latency)
+    result = wrk(
+        url,
+        connections=c,
+        threads=t,
+        seconds=seconds,
+        host=host,
+        latency=latency,
+        headers=headers,
+    )
     cpu = meter.stop()
     stack.check_alive()
     out = result.as_dict()
@@ -76,22 +90,43 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         proxy_url = f"{stack.public_url}/1k"
         direct_url = f"{stack.backend_url}/1k"
         host = stack.host_header
+        auth_host = stack.auth_host_header
+        cookie = (f"Cookie: {stack.session_cookie()}",)
         results["background_load_cores"] = wait_quiet(stack)
         # Warm up: connections, pooled backend connections, code paths.
         wrk(proxy_url, connections=args.concurrency, threads=args.threads, seconds=2, host=host)
+        wrk(
+            proxy_url,
+            connections=args.concurrency,
+            threads=args.threads,
+            seconds=1,
+            host=auth_host,
+            headers=cookie,
+        )
         wrk(direct_url, connections=args.concurrency, threads=args.threads, seconds=1)
         time.sleep(0.5)
-        for key, url, h, latency in [
-            ("proxy", proxy_url, host, False),
-            ("proxy_c1", proxy_url, host, True),
-            ("direct", direct_url, None, False),
-            ("direct_c1", direct_url, None, True),
-        ]:
+        runs: list[tuple[str, str, str | None, bool, tuple[str, ...]]] = [
+            ("proxy", proxy_url, host, False, ()),
+            ("proxy_c1", proxy_url, host, True, ()),
+            # The same app path with sign-in: a valid session cookie on
+            # every request (decrypted, policy evaluated, headers injected).
+            ("signed_in", proxy_url, auth_host, False, cookie),
+            ("signed_in_c1", proxy_url, auth_host, True, cookie),
+            ("direct", direct_url, None, False, ()),
+            ("direct_c1", direct_url, None, True, ()),
+        ]
+        for key, url, h, latency, headers in runs:
             results[key] = least_disturbed(
-                lambda u=url, h=h, lat=latency: _load(stack, u, h, args, latency=lat),
+                lambda u=url, h=h, lat=latency, hd=headers: _load(
+                    stack, u, h, args, latency=lat, headers=hd
+                ),
                 stack,
                 args.attempts,
             )
+        for key in ("", "_c1"):
+            plain, signed = results[f"proxy{key}"], results[f"signed_in{key}"]
+            if plain.get("rps"):
+                results[f"signed_in_vs_proxy{key}"] = round(signed["rps"] / plain["rps"], 3)
         results["memory_kib"] = stack.memory()
         if args.profile:
             results["profile"] = profile(stack, proxy_url, host, args)
@@ -158,6 +193,27 @@ def rows(results: dict[str, Any]) -> list[list[str]]:
             "GET /1k requests/s (c1)",
             f"{p1['rps']:.0f}",
             f"{d1['rps']:.0f}",
+            "",
+        ],
+        [
+            "signed in (session cookie): requests/s c50 / c1",
+            f"{results['signed_in']['rps']:.0f} / {results['signed_in_c1']['rps']:.0f}"
+            f" ({results['signed_in_vs_proxy'] * 100:.0f}% / "
+            f"{results['signed_in_vs_proxy_c1'] * 100:.0f}% of passthrough)",
+            "",
+            ">= 90% of passthrough",
+        ],
+        [
+            "signed in: latency p50 / p99 (c1)",
+            f"{results['signed_in_c1']['latency_ms']['p50']:.2f} / "
+            f"{results['signed_in_c1']['latency_ms']['p99']:.2f} ms",
+            "",
+            "",
+        ],
+        [
+            "signed in: requests per CPU-second",
+            f"{results['signed_in']['rps_per_cpu_daemons']:.0f} (service+connector)",
+            "",
             "",
         ],
         [

@@ -53,9 +53,12 @@ class SignInDeployment(Deployment):
     """A L{Deployment} whose apps sign users in."""
 
     browser_cas: list[bytes]
+    #: Other hosts the browser reaches on loopback (an external provider).
+    extra_ports: dict[str, int] = {}
 
     def browser(self) -> Browser:
         ports = {host: self.public_port for host in self.hosts}
+        ports.update(self.extra_ports)
         return Browser(self.browser_cas, ports)
 
     @property

@@ -62,6 +62,15 @@ def relying_party_settings(oidc: OidcConfig) -> RelyingPartySettings:
     )
 
 
+def _relying_party(oidc: OidcConfig, reactor: Any) -> RelyingParty:
+    return RelyingParty(
+        relying_party_settings(oidc),
+        clock=reactor,
+        reactor=reactor,
+        jwks_refetch_interval=oidc.jwks_refetch_interval,
+    )
+
+
 def _anonymizers(config: ServiceConfig) -> AnonymizerList | None:
     path = config.risk.anonymizers
     if path is None:
@@ -115,9 +124,7 @@ class SignInSetup:
         self.sign_in = SignIn(
             config=config,
             oidc=oidc,
-            relying_party=RelyingParty(
-                relying_party_settings(oidc), clock=reactor, reactor=reactor
-            ),
+            relying_party=_relying_party(oidc, reactor),
             codec=SessionCookieCodec(ring),
             sealer=Sealer(ring),
             policies=policy_set(config),
@@ -245,9 +252,9 @@ class SignInSetup:
         if self.sign_in is not None and config.oidc is not None:
             if config.oidc != self.sign_in.oidc:
                 self.sign_in.oidc = config.oidc
-                self.sign_in.relying_party = RelyingParty(
-                    relying_party_settings(config.oidc), clock=self.reactor, reactor=self.reactor
-                )
+                old = self.sign_in.relying_party
+                self.sign_in.relying_party = _relying_party(config.oidc, self.reactor)
+                old.close()
             self.sign_in.anonymizers = _anonymizers(config)
             # Keys rotated or retired with "appproxy keys" take effect now.
             ring = load_keyring(config.state_dir / KEYRING_FILENAME)
@@ -260,10 +267,14 @@ class SignInSetup:
         """Write what is pending and close the state database."""
         if self._purge is not None and self._purge.running:
             self._purge.stop()
+        closing: defer.Deferred[Any] = defer.succeed(None)
+        if self.sign_in is not None:
+            closing = self.sign_in.relying_party.close()
         if self.sign_in_log is None or self.database is None:
-            return defer.succeed(None)
-        database = self.database
-        return self.sign_in_log.flush().addCallback(lambda _: database.close())
+            return closing.addCallback(lambda _: None)
+        database, sign_in_log = self.database, self.sign_in_log
+        closing.addCallback(lambda _: sign_in_log.flush())
+        return closing.addCallback(lambda _: database.close())
 
 
 def build_sign_in(config: ServiceConfig, reactor: Any) -> SignInSetup:
