@@ -110,6 +110,13 @@ _POLICY_KEYS = (
     "sign_in_frequency",
 )
 _CLIENT_AUTH_METHODS = ("client_secret_basic", "client_secret_post")
+#: Client ids the built-in provider accepts.
+_CLIENT_ID = re.compile(r"[\x21-\x39\x3b-\x7e]{1,255}")
+_CLIENT_ID_PROBLEM = (
+    "is not a valid client id (1 to 255 printable ASCII characters, no spaces or ':')"
+)
+#: The shortest client secret the built-in provider accepts.
+_MIN_BUILTIN_CLIENT_SECRET = 16
 #: Signature algorithms an ID token may use (asymmetric only: never "none",
 #: never an HMAC, which a provider's public key could be abused to forge).
 _ID_TOKEN_ALGORITHMS = (
@@ -540,6 +547,22 @@ def parse_service_config(data: dict[str, Any], path: Path) -> ServiceConfig:
             "needs an [oidc] table whose issuer is the built-in provider's"
             f" ({_quote(builtin.issuer)})",
         )
+    if oidc is not None and builtin is not None and oidc.issuer.rstrip("/") == builtin.issuer:
+        # appproxy registers itself as a client of its own provider.
+        if not _CLIENT_ID.fullmatch(oidc.client_id):
+            ctx.fail("oidc.client_id", f"{_quote(oidc.client_id)} {_CLIENT_ID_PROBLEM}")
+        if oidc.client_id == builtin.device_client_id:
+            ctx.fail(
+                "oidc.client_id",
+                f"{_quote(oidc.client_id)} is also builtin_provider.device_client_id:"
+                " the two clients need different ids",
+            )
+        if len(oidc.client_secret) < _MIN_BUILTIN_CLIENT_SECRET:
+            ctx.fail(
+                "oidc.client_secret_file",
+                "the built-in provider needs a client secret of at least"
+                f" {_MIN_BUILTIN_CLIENT_SECRET} characters",
+            )
     app_hosts = {app.external_host: app.name for app in apps}
     if oidc is not None and oidc.callback_host in app_hosts:
         ctx.fail(
@@ -1008,15 +1031,24 @@ def _builtin_provider(top: _Table, state_dir: Path) -> BuiltinProviderConfig:
     users_file = table.optional_string("users_file") or "users.json"
     if "\0" in users_file:
         table.fail("users_file", "must not contain a NUL character")
+    device_client_id = table.optional_string("device_client_id") or "appproxy-connector"
+    if not _CLIENT_ID.fullmatch(device_client_id):
+        table.fail("device_client_id", f"{_quote(device_client_id)} {_CLIENT_ID_PROBLEM}")
     return BuiltinProviderConfig(
         issuer=issuer,
         users_file=state_dir / users_file,
-        device_client_id=table.optional_string("device_client_id") or "appproxy-connector",
+        device_client_id=device_client_id,
     )
 
 
 def _risk(top: _Table) -> RiskConfig:
     table = top.table("risk", _RISK_KEYS, "")
+    window = table.get("failed_sign_in_window")
+    if isinstance(window, int | float) and not isinstance(window, bool) and 0 < window < 1:
+        # The built-in provider counts whole seconds.
+        table.fail(
+            "failed_sign_in_window", f"must be at least 1 and at most 86400, not {_number(window)}"
+        )
     anonymizers = table.path("anonymizers") if table.get("anonymizers") is not _MISSING else None
     if anonymizers is not None and not anonymizers.is_file():
         table.fail("anonymizers", f"{_quote(str(anonymizers))} is not a readable file")

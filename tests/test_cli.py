@@ -18,6 +18,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from appproxy import pki
 from appproxy.cli import main
+from appproxy.config import load_service_config
 
 _KEYS = ["ca.key", "tls/service.key", "tls/tunnel.key", "connector/connector.key"]
 _PUBLIC = [
@@ -70,6 +71,7 @@ class InitTests(SynchronousTestCase):
             path = self.dir / name
             self.assertEqual(stat.S_IMODE(path.stat().st_mode), 0o600, name)
             self.assertIn(b"-----BEGIN PRIVATE KEY-----", path.read_bytes())
+            self.assertIn(f"{name}  (private key, mode 0600)", out)
         for name in _PUBLIC:
             self.assertTrue((self.dir / name).is_file(), name)
             self.assertIn(name, out)
@@ -89,12 +91,93 @@ class InitTests(SynchronousTestCase):
             out,
         )
         self.assertIn("https://demo.example.test:8443/", out)
+        self.assertIn(f"appproxy users add alice --state-dir {self.dir.absolute()}/state", out)
+
+    def test_client_secret(self) -> None:
+        """
+        init writes a random client secret, mode 0600, of at least 16
+        characters, for the [oidc] client registered at the built-in
+        provider.
+        """
+        code, out, _ = self.init()
+        self.assertEqual(code, 0)
+        path = self.dir / "oidc-client-secret"
+        self.assertEqual(stat.S_IMODE(path.stat().st_mode), 0o600)
+        self.assertIn("oidc-client-secret  (private key, mode 0600)", out)
+        secret = path.read_text("ascii")
+        self.assertTrue(secret.endswith("\n"))
+        secret = secret.strip()
+        self.assertGreaterEqual(len(secret), 16)
+        self.assertRegex(secret, r"\A[A-Za-z0-9_-]+\Z")
+        self.assertNotIn(secret, out)
+        self.assertNotIn(secret, (self.dir / "service.toml").read_text())
+        # Another run makes another secret.
+        other = self.base / "other"
+        code, _, _ = self.run_main("init", "--state-dir", str(other), "--domain", "example.test")
+        self.assertEqual(code, 0)
+        self.assertNotEqual((other / "oidc-client-secret").read_text().strip(), secret)
+
+    def test_service_toml_loads(self) -> None:
+        """
+        The service.toml that init writes passes the service's own checks:
+        the app signs in with the built-in provider at login.DOMAIN.
+        """
+        self.assertEqual(self.init()[0], 0)
+        root = self.dir.absolute()
+        config = load_service_config(root / "service.toml")
+        (app,) = config.apps
+        self.assertEqual(app.name, "demo")
+        self.assertEqual(app.external_url, "https://demo.example.test:8443/")
+        self.assertTrue(app.signs_in)
+        self.assertEqual(
+            app.headers,
+            (
+                ("X-Remote-User", "preferred_username"),
+                ("X-Remote-Name", "name"),
+                ("X-Remote-Email", "email"),
+                ("X-Remote-Groups", "groups"),
+            ),
+        )
+        oidc = config.oidc
+        assert oidc is not None
+        self.assertEqual(oidc.issuer, "https://login.example.test:8443")
+        self.assertEqual(oidc.callback_url, "https://login.example.test:8443/.appproxy/callback")
+        self.assertEqual(oidc.client_id, "appproxy")
+        self.assertEqual(oidc.client_secret_file, root / "oidc-client-secret")
+        self.assertEqual(oidc.client_secret, (self.dir / "oidc-client-secret").read_text().strip())
+        self.assertEqual(oidc.provider_ca_pem, (self.dir / "ca.pem").read_bytes())
+        self.assertEqual(oidc.provider_address, "127.0.0.1:8443")
+        builtin = config.builtin_provider
+        assert builtin is not None
+        self.assertEqual(builtin.issuer, "https://login.example.test:8443")
+        # The relying party talks to the built-in provider: same issuer.
+        self.assertEqual(oidc.issuer, builtin.issuer)
+        self.assertEqual(builtin.users_file, root / "state/users.json")
+        self.assertEqual(config.state_dir, root / "state")
+        self.assertEqual(config.login_hosts, {"login.example.test:8443"})
+        # The service certificate covers the login host.
+        service_cert = _cert(self.dir / "tls/service.pem")
+        san = service_cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+        self.assertIn("*.example.test", san.value.get_values_for_type(x509.DNSName))
+
+    def test_service_toml_port_443(self) -> None:
+        """
+        With --port 443 the login host's URLs have no port.
+        """
+        self.assertEqual(self.init("--port", "443", "--listen", "tcp:443")[0], 0)
+        config = load_service_config(self.dir / "service.toml")
+        assert config.oidc is not None and config.builtin_provider is not None
+        self.assertEqual(config.oidc.issuer, "https://login.example.test")
+        self.assertEqual(config.oidc.callback_url, "https://login.example.test/.appproxy/callback")
+        self.assertEqual(config.oidc.provider_address, "127.0.0.1:443")
+        self.assertEqual(config.builtin_provider.issuer, "https://login.example.test")
+        self.assertEqual(config.apps[0].external_url, "https://demo.example.test/")
 
     def test_service_toml(self) -> None:
         self.assertEqual(self.init()[0], 0)
         with open(self.dir / "service.toml", "rb") as f:
             config = tomllib.load(f)
-        self.assertEqual(set(config), {"service", "tunnel", "apps"})
+        self.assertEqual(set(config), {"service", "tunnel", "apps", "oidc", "builtin_provider"})
         self.assertEqual(
             config["service"],
             {
@@ -121,15 +204,35 @@ class InitTests(SynchronousTestCase):
                     "external_url": "https://demo.example.test:8443/",
                     "internal_url": "http://127.0.0.1:8080/",
                     "connector_group": "default",
-                    "pre_authentication": "passthrough",
+                    "pre_authentication": "oidc",
+                    "headers": {
+                        "X-Remote-User": "preferred_username",
+                        "X-Remote-Name": "name",
+                        "X-Remote-Email": "email",
+                        "X-Remote-Groups": "groups",
+                    },
                 }
             ],
         )
+        self.assertEqual(
+            config["oidc"],
+            {
+                "issuer": "https://login.example.test:8443",
+                "client_id": "appproxy",
+                "client_secret_file": "oidc-client-secret",
+                "callback_url": "https://login.example.test:8443/.appproxy/callback",
+                "provider_ca": "ca.pem",
+                "provider_address": "127.0.0.1:8443",
+            },
+        )
+        self.assertEqual(config["builtin_provider"], {"issuer": "https://login.example.test:8443"})
         # Relative paths in the file name files next to it.
         for entry in (config["service"]["certificates"][0], config["tunnel"]):
             for key in ("cert", "key"):
                 self.assertTrue((self.dir / entry[key]).is_file())
         self.assertTrue((self.dir / config["tunnel"]["connector_ca"]).is_file())
+        self.assertTrue((self.dir / config["oidc"]["client_secret_file"]).is_file())
+        self.assertTrue((self.dir / config["oidc"]["provider_ca"]).is_file())
 
     def test_connector_toml(self) -> None:
         self.assertEqual(self.init()[0], 0)
@@ -183,6 +286,10 @@ class InitTests(SynchronousTestCase):
         self.assertEqual(app["external_url"], "https://wiki.example.test/")
         self.assertEqual(app["internal_url"], "https://intranet.local:8443/wiki/")
         self.assertEqual(app["connector_group"], "finance")
+        self.assertEqual(
+            service["oidc"]["callback_url"], "https://login.example.test/.appproxy/callback"
+        )
+        self.assertEqual(load_service_config(self.dir / "service.toml").apps[0].name, "Wiki")
         self.assertEqual(
             pki.connector_identity(_cert(self.dir / "connector/connector.pem")),
             pki.ConnectorIdentity(connector_id="conn-9", group="finance"),

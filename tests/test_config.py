@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import datetime
+import ipaddress
 import os
 import tomllib
 from pathlib import Path
@@ -15,22 +16,26 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from appproxy.config import (
     BACKEND_TIMEOUTS,
     AppConfig,
+    BuiltinProviderConfig,
     CertificateFiles,
     ConfigError,
     ConnectorConfig,
+    OidcConfig,
+    RiskConfig,
     ServiceConfig,
     load_connector_config,
     load_service_config,
     parse_connector_config,
     parse_service_config,
 )
+from appproxy.policy import DEFAULT_MFA_AMR, Assignment, MfaRule, NamedLocation, Policy
 
 APP_KEYS = {
     "name",
@@ -42,6 +47,34 @@ APP_KEYS = {
     "backend_timeout",
     "verify_backend_tls",
     "backend_ca",
+    "allowed_users",
+    "allowed_groups",
+    "session_lifetime",
+    "persistent_cookie",
+    "http_only_cookie",
+    "jwt_assertion",
+    "headers",
+}
+
+#: Every key the service file knows, at any level.
+KNOWN_KEYS = APP_KEYS | {
+    "service",
+    "tunnel",
+    "apps",
+    "oidc",
+    "builtin_provider",
+    "risk",
+    "locations",
+    "policies",
+    "listen",
+    "state_dir",
+    "queue_timeout",
+    "log_format",
+    "certificates",
+    "trusted_proxies",
+    "cert",
+    "key",
+    "connector_ca",
 }
 
 
@@ -521,12 +554,14 @@ class MissingKeyTests(ConfigTestCase):
 
     def test_pre_authentication(self) -> None:
         """
-        The missing pre-authentication error explains what passthrough means.
+        pre_authentication defaults to "oidc", so an app without it needs an
+        [oidc] table; the error says how to publish it without sign-in.
         """
         self.assertServiceError(
             self.without_app_key("pre_authentication"),
             "apps[0].pre_authentication",
-            'is required ("passthrough" publishes the app without sign-in)',
+            "app 'wiki' requires sign-in ('oidc', the default) but there is no [oidc]"
+            " table: add one, or set pre_authentication = 'passthrough'",
         )
 
     def test_no_apps(self) -> None:
@@ -692,10 +727,25 @@ class ValueTests(ConfigTestCase):
             self.assertEqual(config.apps[0].backend_timeout, seconds)
 
     def test_pre_authentication(self) -> None:
+        """
+        pre_authentication is "oidc" or "passthrough"; "oidc" needs an
+        [oidc] table.
+        """
         self.assertServiceError(
             self.with_app(pre_authentication="oidc"),
             "apps[0].pre_authentication",
-            "'oidc' is not supported (only 'passthrough' for now)",
+            "app 'wiki' requires sign-in ('oidc', the default) but there is no [oidc]"
+            " table: add one, or set pre_authentication = 'passthrough'",
+        )
+        self.assertServiceError(
+            self.with_app(pre_authentication="none"),
+            "apps[0].pre_authentication",
+            "must be 'oidc' or 'passthrough', not 'none'",
+        )
+        self.assertServiceError(
+            self.with_app(pre_authentication="OIDC"),
+            "apps[0].pre_authentication",
+            "must be 'oidc' or 'passthrough', not 'OIDC'",
         )
 
     def test_names(self) -> None:
@@ -1136,6 +1186,1440 @@ class EndpointTests(ConfigTestCase):
         self.assertEndpointError("", "must not be empty")
 
 
+# Sign-in: [oidc], [builtin_provider], [risk], [[locations]], [[policies]],
+# the per-app sign-in keys and the checks across tables.
+
+OIDC_SECRET = "s3cret-0123456789abcdef"
+
+SIGNIN_TOML = """\
+[service]
+listen = "tcp:443"
+state_dir = "state"
+trusted_proxies = ["10.0.0.1", "2001:DB8::/64", "192.168.1.7/24"]
+
+[[service.certificates]]
+cert = "tls/wildcard.pem"
+key = "tls/wildcard.key"
+
+[tunnel]
+listen = "tcp:8444"
+cert = "tls/tunnel.pem"
+key = "tls/tunnel.key"
+connector_ca = "ca.pem"
+
+[[apps]]
+name = "wiki"
+external_url = "https://wiki.example.com/"
+internal_url = "http://10.1.2.3:8080/wiki/"
+connector_group = "default"
+allowed_users = ["alice", "Bob"]
+allowed_groups = ["staff"]
+session_lifetime = 3600
+persistent_cookie = true
+http_only_cookie = false
+jwt_assertion = true
+
+[apps.headers]
+X-Remote-User = "preferred_username"
+X_Remote_Groups = "groups"
+"X-Employee-Id" = "employee_id"
+
+[[apps]]
+name = "status"
+external_url = "https://status.example.com/"
+internal_url = "http://10.1.2.4/"
+connector_group = "default"
+pre_authentication = "passthrough"
+
+[oidc]
+issuer = "https://Login.MicrosoftOnline.com/0b0e-tenant/v2.0"
+client_id = "4f1c-client"
+client_secret_file = "secrets/oidc-secret"
+client_auth = "client_secret_post"
+callback_url = "https://Login.Example.com:443/.appproxy/callback"
+scopes = ["openid", "profile", "email", "offline_access"]
+username_claim = "upn"
+groups_claim = "roles_and_groups"
+algorithms = ["RS256", "ES384", "EdDSA"]
+clock_skew = 120
+provider_ca = "tls/intranet-ca.pem"
+provider_address = "[2001:db8::10]:8443"
+mfa_amr = ["mfa", "otp"]
+mfa_acr = ["urn:example:mfa"]
+step_up_acr_values = "urn:example:mfa"
+jwks_refetch_interval = 5
+
+[builtin_provider]
+issuer = "https://IdP.example.com/"
+users_file = "people.json"
+device_client_id = "connectors"
+
+[risk]
+failed_sign_in_limit = 3
+failed_sign_in_window = 300
+anonymizers = "tor-exits.txt"
+
+[[locations]]
+name = "office"
+networks = ["192.0.2.0/24", "2001:db8:1::/48"]
+
+[[locations]]
+name = "vpn"
+networks = ["198.51.100.7"]
+
+[[policies]]
+name = "block-outside"
+apps = ["wiki"]
+exclude_users = ["breakglass"]
+exclude_locations = ["office", "vpn"]
+grant = "block"
+
+[[policies]]
+name = "mfa-for-admins"
+exclude_apps = ["status"]
+users = ["carol"]
+groups = ["admins"]
+exclude_groups = ["service-accounts"]
+locations = ["*"]
+risks = ["anonymizer", "failed-sign-ins"]
+grant = "mfa"
+sign_in_frequency = 86400
+"""
+
+_ALGORITHMS_TEXT = "RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, ES512, EdDSA"
+
+
+class SignInTestCase(ConfigTestCase):
+    """
+    Adds a client secret file, and valid configurations whose app signs in.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.secret_path = self.dir / "oidc-secret"
+        self.secret_path.write_text(OIDC_SECRET + "\n")
+
+    def oidc_data(self, **changes: Any) -> dict[str, Any]:
+        oidc = {
+            "issuer": "https://idp.example.net/realms/staff",
+            "client_id": "appproxy",
+            "client_secret_file": "oidc-secret",
+            "callback_url": "https://login.example.com/.appproxy/callback",
+        }
+        oidc.update(changes)
+        return oidc
+
+    def signin_data(self, **tables: Any) -> dict[str, Any]:
+        """
+        A valid configuration with an [oidc] table and one app that signs in;
+        C{tables} adds or replaces top-level tables.
+        """
+        data = self.service_data()
+        data["apps"] = [self.app_data(pre_authentication="oidc")]
+        data["oidc"] = self.oidc_data()
+        data.update(tables)
+        return data
+
+    def with_oidc(self, **changes: Any) -> dict[str, Any]:
+        return self.signin_data(oidc=self.oidc_data(**changes))
+
+    def without_oidc_key(self, key: str) -> dict[str, Any]:
+        data = self.signin_data()
+        del data["oidc"][key]
+        return data
+
+    def with_signin_app(self, **changes: Any) -> dict[str, Any]:
+        return self.signin_data(apps=[self.app_data(pre_authentication="oidc", **changes)])
+
+    def with_builtin(self, **changes: Any) -> dict[str, Any]:
+        builtin = {"issuer": "https://login.example.com"}
+        builtin.update(changes)
+        return self.signin_data(builtin_provider=builtin)
+
+    def with_policy(self, **changes: Any) -> dict[str, Any]:
+        policy = {"name": "p", "grant": "block"}
+        policy.update(changes)
+        return self.signin_data(
+            locations=[{"name": "office", "networks": ["192.0.2.0/24"]}], policies=[policy]
+        )
+
+    def assertOidcError(self, key: str, value: Any, problem: str) -> None:
+        self.assertServiceError(self.with_oidc(**{key: value}), f"oidc.{key}", problem)
+
+    def assertAppError(self, key: str, changes: dict[str, Any], problem: str) -> None:
+        self.assertServiceError(self.with_signin_app(**changes), f"apps[0].{key}", problem)
+
+
+class ValidSignInConfigTests(SignInTestCase):
+    def test_full(self) -> None:
+        """
+        Every sign-in key of a full file is read: URLs and networks are
+        normalised, paths resolved, the client secret read and stripped.
+        """
+        d = self.dir
+        (d / "secrets").mkdir()
+        (d / "secrets/oidc-secret").write_text(f"  {OIDC_SECRET}\n\n")
+        (d / "tor-exits.txt").write_text("# none yet\n")
+        self.service_path.write_text(SIGNIN_TOML)
+        config = load_service_config(self.service_path)
+
+        self.assertEqual(
+            config.trusted_proxies,
+            (
+                ipaddress.ip_network("10.0.0.1/32"),
+                ipaddress.ip_network("2001:db8::/64"),
+                ipaddress.ip_network("192.168.1.0/24"),
+            ),
+        )
+        wiki, status = config.apps
+        self.assertEqual(
+            wiki,
+            AppConfig(
+                name="wiki",
+                external_url="https://wiki.example.com/",
+                internal_url="http://10.1.2.3:8080/wiki/",
+                connector_group="default",
+                pre_authentication="oidc",
+                assignment=Assignment(users=("alice", "Bob"), groups=("staff",)),
+                session_lifetime=3600,
+                persistent_cookie=True,
+                http_only_cookie=False,
+                jwt_assertion=True,
+                headers=(
+                    ("X-Remote-User", "preferred_username"),
+                    ("X_Remote_Groups", "groups"),
+                    ("X-Employee-Id", "employee_id"),
+                ),
+            ),
+        )
+        self.assertTrue(wiki.signs_in)
+        self.assertEqual(wiki.cookie_name, "__Host-appproxy-wiki")
+        self.assertFalse(status.signs_in)
+        self.assertEqual(status.assignment, Assignment())
+        self.assertEqual(status.headers, ())
+
+        self.assertEqual(
+            config.oidc,
+            OidcConfig(
+                issuer="https://login.microsoftonline.com/0b0e-tenant/v2.0",
+                client_id="4f1c-client",
+                client_secret_file=d / "secrets/oidc-secret",
+                client_secret=OIDC_SECRET,
+                client_auth="client_secret_post",
+                callback_url="https://login.example.com/.appproxy/callback",
+                scopes=("openid", "profile", "email", "offline_access"),
+                username_claim="upn",
+                groups_claim="roles_and_groups",
+                algorithms=("RS256", "ES384", "EdDSA"),
+                clock_skew=120,
+                provider_ca=d / "tls/intranet-ca.pem",
+                provider_ca_pem=(d / "tls/intranet-ca.pem").read_bytes(),
+                provider_address="[2001:db8::10]:8443",
+                mfa=MfaRule(amr=("mfa", "otp"), acr=("urn:example:mfa",)),
+                step_up_acr_values="urn:example:mfa",
+                jwks_refetch_interval=5.0,
+            ),
+        )
+        assert config.oidc is not None
+        self.assertEqual(config.oidc.callback_host, "login.example.com")
+        self.assertEqual(config.oidc.callback_path, "/.appproxy/callback")
+
+        self.assertEqual(
+            config.builtin_provider,
+            BuiltinProviderConfig(
+                issuer="https://idp.example.com",
+                users_file=d / "state/people.json",
+                device_client_id="connectors",
+            ),
+        )
+        self.assertEqual(config.login_hosts, {"login.example.com", "idp.example.com"})
+        self.assertEqual(
+            config.risk,
+            RiskConfig(
+                failed_sign_in_limit=3, failed_sign_in_window=300.0, anonymizers=d / "tor-exits.txt"
+            ),
+        )
+        self.assertEqual(
+            config.locations,
+            (
+                NamedLocation(
+                    name="office",
+                    networks=(
+                        ipaddress.ip_network("192.0.2.0/24"),
+                        ipaddress.ip_network("2001:db8:1::/48"),
+                    ),
+                ),
+                NamedLocation(name="vpn", networks=(ipaddress.ip_network("198.51.100.7/32"),)),
+            ),
+        )
+        self.assertEqual(
+            config.policies,
+            (
+                Policy(
+                    name="block-outside",
+                    apps=("wiki",),
+                    exclude_users=("breakglass",),
+                    exclude_locations=("office", "vpn"),
+                    grant="block",
+                ),
+                Policy(
+                    name="mfa-for-admins",
+                    exclude_apps=("status",),
+                    users=("carol",),
+                    groups=("admins",),
+                    exclude_groups=("service-accounts",),
+                    risks=("anonymizer", "failed-sign-ins"),
+                    grant="mfa",
+                    sign_in_frequency=86400,
+                ),
+            ),
+        )
+
+    def test_defaults(self) -> None:
+        """
+        Optional sign-in keys take their documented defaults; an app signs
+        in unless it says otherwise.
+        """
+        data = self.signin_data()
+        del data["apps"][0]["pre_authentication"]
+        config = self.parse_service(data)
+        (app,) = config.apps
+        self.assertEqual(app.pre_authentication, "oidc")
+        self.assertTrue(app.signs_in)
+        self.assertEqual(app.assignment, Assignment(users=(), groups=()))
+        self.assertEqual(app.session_lifetime, 8 * 3600)
+        self.assertIs(app.persistent_cookie, False)
+        self.assertIs(app.http_only_cookie, True)
+        self.assertIs(app.jwt_assertion, False)
+        self.assertEqual(app.headers, ())
+
+        oidc = config.oidc
+        assert oidc is not None
+        self.assertEqual(oidc.issuer, "https://idp.example.net/realms/staff")
+        self.assertEqual(oidc.client_id, "appproxy")
+        self.assertEqual(oidc.client_secret_file, self.secret_path)
+        self.assertEqual(oidc.client_secret, OIDC_SECRET)
+        self.assertEqual(oidc.client_auth, "client_secret_basic")
+        self.assertEqual(oidc.scopes, ("openid", "profile", "email"))
+        self.assertEqual(oidc.username_claim, "preferred_username")
+        self.assertEqual(oidc.groups_claim, "groups")
+        self.assertEqual(oidc.algorithms, ("RS256", "PS256", "ES256"))
+        self.assertEqual(oidc.clock_skew, 60)
+        self.assertIsNone(oidc.provider_ca)
+        self.assertIsNone(oidc.provider_ca_pem)
+        self.assertIsNone(oidc.provider_address)
+        self.assertEqual(oidc.mfa, MfaRule(amr=DEFAULT_MFA_AMR, acr=()))
+        self.assertEqual(oidc.mfa.amr, ("mfa", "otp", "hwk", "swk", "sms", "fpt", "face", "pop"))
+        self.assertEqual(oidc.step_up_acr_values, "mfa")
+        self.assertEqual(oidc.jwks_refetch_interval, 30.0)
+
+        self.assertIsNone(config.builtin_provider)
+        self.assertEqual(config.risk, RiskConfig())
+        self.assertEqual(
+            (config.risk.failed_sign_in_limit, config.risk.failed_sign_in_window), (5, 600.0)
+        )
+        self.assertIsNone(config.risk.anonymizers)
+        self.assertEqual(config.locations, ())
+        self.assertEqual(config.policies, ())
+        self.assertEqual(config.trusted_proxies, ())
+        self.assertEqual(config.login_hosts, {"login.example.com"})
+
+    def test_no_sign_in(self) -> None:
+        """
+        A file whose apps are all passthrough needs no [oidc] table.
+        """
+        config = self.parse_service(self.service_data())
+        self.assertIsNone(config.oidc)
+        self.assertIsNone(config.builtin_provider)
+        self.assertEqual(config.login_hosts, frozenset())
+
+    def test_oidc_with_passthrough_apps(self) -> None:
+        """
+        An [oidc] table is allowed when no app signs in.
+        """
+        data = self.signin_data(apps=[self.app_data()])
+        config = self.parse_service(data)
+        self.assertIsNotNone(config.oidc)
+        self.assertFalse(config.apps[0].signs_in)
+
+    def test_secret_not_in_repr(self) -> None:
+        config = self.parse_service(self.signin_data())
+        self.assertNotIn(OIDC_SECRET, repr(config))
+        self.assertIn("oidc-secret", repr(config))
+
+    def test_empty_tables_and_arrays(self) -> None:
+        """
+        Empty [risk], [[locations]] and [[policies]] are the same as none.
+        """
+        config = self.parse_service(self.signin_data(risk={}, locations=[], policies=[]))
+        self.assertEqual((config.risk, config.locations, config.policies), (RiskConfig(), (), ()))
+
+
+class OidcConfigTests(SignInTestCase):
+    def test_required(self) -> None:
+        for key in ("issuer", "client_id", "client_secret_file", "callback_url"):
+            self.assertServiceError(self.without_oidc_key(key), f"oidc.{key}", "is required")
+
+    def test_not_a_table(self) -> None:
+        self.assertServiceError(
+            self.signin_data(oidc="https://idp.example.net"), "oidc", "must be a table, not string"
+        )
+
+    def test_unknown_key(self) -> None:
+        self.assertOidcError(
+            "client_secret", "x", "unknown key (did you mean 'client_secret_file'?)"
+        )
+
+    def test_issuer_normalised(self) -> None:
+        """
+        The issuer's host is lowercased and port 443 elided; its path is kept
+        as written, trailing slash or not (it must equal the provider's).
+        """
+        for value, expected in [
+            (
+                "https://Login.MicrosoftOnline.com/TENANT/v2.0",
+                "https://login.microsoftonline.com/TENANT/v2.0",
+            ),
+            ("https://accounts.google.com", "https://accounts.google.com"),
+            ("https://kc.example.net:443/realms/staff/", "https://kc.example.net/realms/staff/"),
+            ("https://kc.example.net:8443/realms/a", "https://kc.example.net:8443/realms/a"),
+            ("https://[2001:DB8::1]:8443/x", "https://[2001:db8::1]:8443/x"),
+            ("https://[::1]:443", "https://[::1]"),
+            ("https://127.0.0.1:9443", "https://127.0.0.1:9443"),
+        ]:
+            oidc = self.parse_service(self.with_oidc(issuer=value)).oidc
+            assert oidc is not None
+            self.assertEqual(oidc.issuer, expected)
+
+    def test_issuer_https_only(self) -> None:
+        for value in ["http://idp.example.net/", "idp.example.net", "ftp://idp.example.net/"]:
+            self.assertOidcError("issuer", value, f"{value!r} is not an https URL")
+
+    def test_issuer_userinfo(self) -> None:
+        """
+        A URL with a user name or password is refused without being echoed.
+        """
+        for key in ("issuer", "callback_url"):
+            value = "https://admin:hunter2@idp.example.net/cb"
+            error = self.service_error(self.with_oidc(**{key: value}))
+            self.assertEqual(
+                (error.key, error.problem),
+                (f"oidc.{key}", "must not contain a user name or password"),
+            )
+            self.assertNotIn("hunter2", str(error))
+
+    def test_issuer_malformed(self) -> None:
+        for value, problem in [
+            ("https:///realms/x", "has no host name"),
+            ("https://:8443/x", "has no host name"),
+            ("https://idp.example.net/?tenant=1", "must not have a query or fragment"),
+            ("https://idp.example.net/?", "must not have a query or fragment"),
+            ("https://idp.example.net/#top", "must not have a query or fragment"),
+            ("https://idp.example.net:0/", "has an invalid port (must be from 1 to 65535)"),
+            ("https://idp.example.net:65536/", "has an invalid port (must be from 1 to 65535)"),
+            ("https://idp.example.net:https/", "has an invalid port (must be from 1 to 65535)"),
+            ("https://idp%2eexample.net/", "has an invalid host name"),
+            ("https://idp..example.net/", "has an invalid host name"),
+            ("https://[fe80::1%25eth0]/", "has an invalid host name"),
+            ("https://[::1/", "is not a valid URL"),
+        ]:
+            self.assertOidcError("issuer", value, f"{value!r} {problem}")
+
+    def test_issuer_characters(self) -> None:
+        for value in [
+            "https://idp.example.net/ x",
+            " https://idp.example.net/",
+            "https://idp.example.net/\n",
+            "https://bücher.example/",
+        ]:
+            self.assertOidcError(
+                "issuer", value, "must be an ASCII URL without whitespace or control characters"
+            )
+        self.assertOidcError("issuer", "", "must not be empty")
+        self.assertOidcError("issuer", 1, "must be a string, not integer")
+
+    def test_client_id(self) -> None:
+        self.assertOidcError("client_id", "", "must not be empty")
+        self.assertOidcError("client_id", ["a"], "must be a string, not array")
+
+    def test_client_secret_read(self) -> None:
+        """
+        The secret is the file's content without surrounding whitespace;
+        the path is relative to the configuration file.
+        """
+        (self.dir / "sub").mkdir()
+        (self.dir / "sub/secret").write_bytes(b"\n  p4ss word\t\r\n")
+        oidc = self.parse_service(self.with_oidc(client_secret_file="sub/secret")).oidc
+        assert oidc is not None
+        self.assertEqual(oidc.client_secret_file, self.dir / "sub/secret")
+        self.assertEqual(oidc.client_secret, "p4ss word")
+
+    def test_client_secret_missing(self) -> None:
+        self.assertOidcError(
+            "client_secret_file",
+            "nope",
+            f"cannot read client secret file '{self.dir}/nope': No such file or directory",
+        )
+
+    def test_client_secret_unreadable(self) -> None:
+        self.assertOidcError(
+            "client_secret_file",
+            "tls",
+            f"cannot read client secret file '{self.dir}/tls': Is a directory",
+        )
+        self.assertOidcError(
+            "client_secret_file",
+            "oidc-secret/x",
+            f"cannot read client secret file '{self.dir}/oidc-secret/x': Not a directory",
+        )
+        self.assertOidcError("client_secret_file", "a\0b", "must not contain a NUL character")
+
+    def test_client_secret_empty(self) -> None:
+        for content in [b"", b"\n", b"  \t\r\n\n"]:
+            self.secret_path.write_bytes(content)
+            self.assertOidcError(
+                "client_secret_file", "oidc-secret", f"'{self.secret_path}' is empty"
+            )
+
+    def test_client_secret_not_utf8(self) -> None:
+        self.secret_path.write_bytes(b"\xffsecret\n")
+        self.assertOidcError(
+            "client_secret_file", "oidc-secret", f"'{self.secret_path}' is not UTF-8 text"
+        )
+
+    def test_client_auth(self) -> None:
+        for value in ["client_secret_basic", "client_secret_post"]:
+            oidc = self.parse_service(self.with_oidc(client_auth=value)).oidc
+            assert oidc is not None
+            self.assertEqual(oidc.client_auth, value)
+        for value in ["private_key_jwt", "none", "Client_Secret_Basic"]:
+            self.assertOidcError(
+                "client_auth",
+                value,
+                f"must be 'client_secret_basic' or 'client_secret_post', not {value!r}",
+            )
+
+    def test_callback_url(self) -> None:
+        """
+        The callback URL is an https URL with a path; its host is the login
+        host.
+        """
+        oidc = self.parse_service(
+            self.with_oidc(callback_url="https://Login.Example.com:8443/.appproxy/callback")
+        ).oidc
+        assert oidc is not None
+        self.assertEqual(oidc.callback_url, "https://login.example.com:8443/.appproxy/callback")
+        self.assertEqual(oidc.callback_host, "login.example.com:8443")
+        self.assertEqual(oidc.callback_path, "/.appproxy/callback")
+        for value in ["https://login.example.com", "https://login.example.com:8443"]:
+            self.assertOidcError(
+                "callback_url", value, f"{value!r} needs a path (for example /.appproxy/callback)"
+            )
+        self.assertOidcError(
+            "callback_url",
+            "http://login.example.com/.appproxy/callback",
+            "'http://login.example.com/.appproxy/callback' is not an https URL",
+        )
+        self.assertOidcError(
+            "callback_url",
+            "https://login.example.com/cb?x=1",
+            "'https://login.example.com/cb?x=1' must not have a query or fragment",
+        )
+
+    def test_scopes(self) -> None:
+        oidc = self.parse_service(self.with_oidc(scopes=["email", "openid"])).oidc
+        assert oidc is not None
+        self.assertEqual(oidc.scopes, ("email", "openid"))
+        self.assertOidcError("scopes", ["profile", "email"], "must include 'openid'")
+        self.assertOidcError("scopes", [], "must include 'openid'")
+        self.assertOidcError("scopes", "openid", "must be an array of strings, not string")
+        self.assertServiceError(
+            self.with_oidc(scopes=["openid", ""]), "oidc.scopes[1]", "must not be empty"
+        )
+        self.assertServiceError(
+            self.with_oidc(scopes=["openid", 2]), "oidc.scopes[1]", "must be a string, not integer"
+        )
+        for scope in ["openid profile", 'a"b', "a\\b", "é"]:
+            self.assertServiceError(
+                self.with_oidc(scopes=["openid", scope]),
+                "oidc.scopes[1]",
+                f"{scope!r} is not a valid scope (printable ASCII, no spaces, quotes or"
+                " backslashes)",
+            )
+
+    def test_algorithms(self) -> None:
+        oidc = self.parse_service(self.with_oidc(algorithms=["ES512", "PS384"])).oidc
+        assert oidc is not None
+        self.assertEqual(oidc.algorithms, ("ES512", "PS384"))
+        for algorithm in ["none", "HS256", "HS512", "rs256", "RS1", ""]:
+            data = self.with_oidc(algorithms=["RS256", algorithm])
+            if not algorithm:
+                self.assertServiceError(data, "oidc.algorithms[1]", "must not be empty")
+                continue
+            self.assertServiceError(
+                data,
+                "oidc.algorithms[1]",
+                f"{algorithm!r} is not allowed (asymmetric signatures only: {_ALGORITHMS_TEXT})",
+            )
+        self.assertOidcError("algorithms", [], "must name at least one algorithm")
+        self.assertOidcError("algorithms", "RS256", "must be an array of strings, not string")
+
+    def test_provider_ca(self) -> None:
+        oidc = self.parse_service(self.with_oidc(provider_ca="ca.pem")).oidc
+        assert oidc is not None
+        self.assertEqual(oidc.provider_ca, self.dir / "ca.pem")
+        self.assertEqual(oidc.provider_ca_pem, (self.dir / "ca.pem").read_bytes())
+        self.assertOidcError(
+            "provider_ca",
+            "missing.pem",
+            f"cannot read CA certificate file '{self.dir}/missing.pem': No such file or directory",
+        )
+        self.assertOidcError(
+            "provider_ca", "ca.key", f"'{self.dir}/ca.key' does not contain a PEM certificate"
+        )
+
+    def test_provider_address(self) -> None:
+        """
+        provider_address is a host name or an address, with an optional
+        port; IPv6 in brackets if there is a port.  It is kept as written.
+        """
+        for value in [
+            "127.0.0.1",
+            "127.0.0.1:8443",
+            "idp.internal",
+            "IdP.Internal:8443",
+            "[::1]",
+            "[::1]:8443",
+            "[2001:db8::10]:1",
+            "::1",
+            "2001:db8::10",
+            "localhost:65535",
+        ]:
+            oidc = self.parse_service(self.with_oidc(provider_address=value)).oidc
+            assert oidc is not None
+            self.assertEqual(oidc.provider_address, value)
+
+    def test_provider_address_invalid(self) -> None:
+        for value in [
+            "host:",
+            "127.0.0.1:",
+            "[::1]:",
+            "[::1",
+            "[::1]8443",
+            "[::1]x",
+            "[1.2.3.4]:80",
+            "[idp.internal]:80",
+            "[fe80::1%eth0]:80",
+            "fe80::1%eth0",
+            "host:0",
+            "host:65536",
+            "host:https",
+            "host:-1",
+            "host:8443:1",
+            "ho st",
+            "idp_internal",
+            "-idp.internal",
+            "https://idp.internal",
+            ":8443",
+        ]:
+            self.assertOidcError(
+                "provider_address",
+                value,
+                f"{value!r} is not a host name or address with an optional port"
+                " (for example 127.0.0.1:8443)",
+            )
+        self.assertOidcError("provider_address", "", "must not be empty")
+
+    def test_clock_skew(self) -> None:
+        for value in [0, 600]:
+            oidc = self.parse_service(self.with_oidc(clock_skew=value)).oidc
+            assert oidc is not None
+            self.assertEqual(oidc.clock_skew, value)
+        for value in [-1, 601]:
+            self.assertOidcError("clock_skew", value, f"must be from 0 to 600, not {value}")
+        self.assertOidcError("clock_skew", 1.5, "must be an integer, not float")
+        self.assertOidcError("clock_skew", True, "must be an integer, not boolean")
+
+    def test_mfa_lists(self) -> None:
+        oidc = self.parse_service(self.with_oidc(mfa_amr=["otp"], mfa_acr=["urn:x:mfa", "c2"])).oidc
+        assert oidc is not None
+        self.assertEqual(oidc.mfa, MfaRule(amr=("otp",), acr=("urn:x:mfa", "c2")))
+        oidc = self.parse_service(self.with_oidc(mfa_amr=[])).oidc
+        assert oidc is not None
+        self.assertEqual(oidc.mfa, MfaRule(amr=(), acr=()))
+        self.assertOidcError("mfa_amr", "mfa", "must be an array of strings, not string")
+        self.assertOidcError("mfa_acr", {"a": 1}, "must be an array of strings, not table")
+        self.assertServiceError(
+            self.with_oidc(mfa_acr=[1]), "oidc.mfa_acr[0]", "must be a string, not integer"
+        )
+        self.assertServiceError(
+            self.with_oidc(mfa_amr=["mfa", ""]), "oidc.mfa_amr[1]", "must not be empty"
+        )
+
+    def test_jwks_refetch_interval(self) -> None:
+        for value in [0.5, 3600]:
+            oidc = self.parse_service(self.with_oidc(jwks_refetch_interval=value)).oidc
+            assert oidc is not None
+            self.assertEqual(oidc.jwks_refetch_interval, float(value))
+        for value in [0, -1, 3601]:
+            self.assertOidcError(
+                "jwks_refetch_interval",
+                value,
+                f"must be more than 0 and at most 3600, not {value}",
+            )
+        self.assertOidcError("jwks_refetch_interval", "30s", "must be a number, not string")
+
+    def test_claims_and_step_up(self) -> None:
+        oidc = self.parse_service(
+            self.with_oidc(username_claim="upn", groups_claim="roles", step_up_acr_values="c1 c2")
+        ).oidc
+        assert oidc is not None
+        self.assertEqual(
+            (oidc.username_claim, oidc.groups_claim, oidc.step_up_acr_values),
+            ("upn", "roles", "c1 c2"),
+        )
+        for key in ("username_claim", "groups_claim", "step_up_acr_values"):
+            self.assertOidcError(key, "", "must not be empty")
+            self.assertOidcError(key, ["x"], "must be a string, not array")
+
+
+class BuiltinProviderConfigTests(SignInTestCase):
+    def test_defaults(self) -> None:
+        """
+        The users file defaults to users.json in the state directory.
+        """
+        config = self.parse_service(self.with_builtin())
+        self.assertEqual(
+            config.builtin_provider,
+            BuiltinProviderConfig(
+                issuer="https://login.example.com",
+                users_file=self.dir / "state/users.json",
+                device_client_id="appproxy-connector",
+            ),
+        )
+        assert config.builtin_provider is not None
+        self.assertEqual(config.builtin_provider.host, "login.example.com")
+        # The callback and the provider share the login host.
+        self.assertEqual(config.login_hosts, {"login.example.com"})
+
+    def test_users_file(self) -> None:
+        """
+        A relative users_file is relative to the state directory, not to the
+        configuration file.
+        """
+        for value, expected in [
+            ("idp/users.json", self.dir / "state/idp/users.json"),
+            ("/etc/appproxy/users.json", Path("/etc/appproxy/users.json")),
+        ]:
+            builtin = self.parse_service(self.with_builtin(users_file=value)).builtin_provider
+            assert builtin is not None
+            self.assertEqual(builtin.users_file, expected)
+        absolute_state = self.with_builtin()
+        absolute_state["service"]["state_dir"] = "/var/lib/appproxy"
+        builtin = self.parse_service(absolute_state).builtin_provider
+        assert builtin is not None
+        self.assertEqual(builtin.users_file, Path("/var/lib/appproxy/users.json"))
+        self.assertServiceError(
+            self.with_builtin(users_file="a\0b"),
+            "builtin_provider.users_file",
+            "must not contain a NUL character",
+        )
+        self.assertServiceError(
+            self.with_builtin(users_file=""), "builtin_provider.users_file", "must not be empty"
+        )
+
+    def test_issuer_host_only(self) -> None:
+        for value, expected in [
+            ("https://Login.Example.com/", "https://login.example.com"),
+            ("https://login.example.com:443", "https://login.example.com"),
+            ("https://login.example.com:8443/", "https://login.example.com:8443"),
+        ]:
+            builtin = self.parse_service(self.with_builtin(issuer=value)).builtin_provider
+            assert builtin is not None
+            self.assertEqual(builtin.issuer, expected)
+        for value in ["https://login.example.com/idp", "https://login.example.com/idp/"]:
+            self.assertServiceError(
+                self.with_builtin(issuer=value),
+                "builtin_provider.issuer",
+                "must be a host name only (https://login.example.com), no path",
+            )
+        self.assertServiceError(
+            self.with_builtin(issuer="http://login.example.com"),
+            "builtin_provider.issuer",
+            "'http://login.example.com' is not an https URL",
+        )
+        self.assertServiceError(
+            self.with_builtin(issuer="https://login.example.com/?x"),
+            "builtin_provider.issuer",
+            "'https://login.example.com/?x' must not have a query or fragment",
+        )
+
+    def test_required_issuer(self) -> None:
+        data = self.with_builtin()
+        del data["builtin_provider"]["issuer"]
+        self.assertServiceError(data, "builtin_provider.issuer", "is required")
+
+    def test_device_client_id(self) -> None:
+        builtin = self.parse_service(self.with_builtin(device_client_id="conn")).builtin_provider
+        assert builtin is not None
+        self.assertEqual(builtin.device_client_id, "conn")
+        self.assertServiceError(
+            self.with_builtin(device_client_id=""),
+            "builtin_provider.device_client_id",
+            "must not be empty",
+        )
+        for value, shown in [
+            ("my connector", "'my connector'"),
+            ("urn:x", "'urn:x'"),
+            ("é", "'é'"),
+            ("x" * 256, f"'{'x' * 200}'..."),
+        ]:
+            self.assertServiceError(
+                self.with_builtin(device_client_id=value),
+                "builtin_provider.device_client_id",
+                f"{shown} is not a valid client id (1 to 255 printable ASCII characters,"
+                " no spaces or ':')",
+            )
+
+    def own_provider(self, **oidc: Any) -> dict[str, Any]:
+        """[oidc] signing in with [builtin_provider] on the login host."""
+        data = self.with_builtin()
+        data["oidc"].update({"issuer": "https://login.example.com", **oidc})
+        return data
+
+    def test_own_provider(self) -> None:
+        """
+        appproxy may sign in with its own provider (as appproxy init sets
+        up); a trailing '/' on the [oidc] issuer does not matter.
+        """
+        for issuer in ["https://login.example.com", "https://login.example.com/"]:
+            config = self.parse_service(self.own_provider(issuer=issuer))
+            assert config.oidc is not None and config.builtin_provider is not None
+            self.assertEqual(config.oidc.issuer, issuer)
+            self.assertEqual(config.login_hosts, {"login.example.com"})
+
+    def test_own_provider_client_secret(self) -> None:
+        """
+        The built-in provider wants a client secret of 16 characters or more.
+        """
+        self.secret_path.write_text("0123456789abcdef\n")
+        self.parse_service(self.own_provider())
+        self.secret_path.write_text("0123456789abcde\n")
+        self.assertServiceError(
+            self.own_provider(),
+            "oidc.client_secret_file",
+            "the built-in provider needs a client secret of at least 16 characters",
+        )
+        # Another provider decides for itself.
+        self.parse_service(self.with_builtin())
+
+    def test_own_provider_client_id(self) -> None:
+        self.assertServiceError(
+            self.own_provider(client_id="appproxy-connector"),
+            "oidc.client_id",
+            "'appproxy-connector' is also builtin_provider.device_client_id:"
+            " the two clients need different ids",
+        )
+        self.assertServiceError(
+            self.own_provider(client_id="app proxy"),
+            "oidc.client_id",
+            "'app proxy' is not a valid client id (1 to 255 printable ASCII characters,"
+            " no spaces or ':')",
+        )
+        # Another provider's client ids are its business.
+        data = self.with_builtin()
+        data["oidc"]["client_id"] = "appproxy-connector"
+        self.parse_service(data)
+        data["oidc"]["client_id"] = "app proxy"
+        self.parse_service(data)
+
+    def test_unknown_key(self) -> None:
+        self.assertServiceError(
+            self.with_builtin(user_file="u.json"),
+            "builtin_provider.user_file",
+            "unknown key (did you mean 'users_file'?)",
+        )
+
+    def test_needs_oidc(self) -> None:
+        """
+        The built-in provider only runs for sign-in: without [oidc] it is
+        refused rather than silently ignored.
+        """
+        data = self.service_data()
+        data["builtin_provider"] = {"issuer": "https://login.example.com"}
+        self.assertServiceError(
+            data,
+            "builtin_provider",
+            "needs an [oidc] table whose issuer is the built-in provider's"
+            " ('https://login.example.com')",
+        )
+
+
+class RiskConfigTests(SignInTestCase):
+    def test_values(self) -> None:
+        (self.dir / "tor.txt").write_text("192.0.2.1\n")
+        risk = self.parse_service(
+            self.signin_data(
+                risk={
+                    "failed_sign_in_limit": 1000,
+                    "failed_sign_in_window": 1.5,
+                    "anonymizers": "tor.txt",
+                }
+            )
+        ).risk
+        self.assertEqual(
+            risk,
+            RiskConfig(
+                failed_sign_in_limit=1000,
+                failed_sign_in_window=1.5,
+                anonymizers=self.dir / "tor.txt",
+            ),
+        )
+
+    def test_limit(self) -> None:
+        for value in [0, 1001]:
+            self.assertServiceError(
+                self.signin_data(risk={"failed_sign_in_limit": value}),
+                "risk.failed_sign_in_limit",
+                f"must be from 1 to 1000, not {value}",
+            )
+
+    def test_window(self) -> None:
+        for value in [0, -5, 86401]:
+            self.assertServiceError(
+                self.signin_data(risk={"failed_sign_in_window": value}),
+                "risk.failed_sign_in_window",
+                f"must be more than 0 and at most 86400, not {value}",
+            )
+        for value in [0.5, 0.999]:
+            self.assertServiceError(
+                self.signin_data(risk={"failed_sign_in_window": value}),
+                "risk.failed_sign_in_window",
+                f"must be at least 1 and at most 86400, not {value}",
+            )
+        self.assertServiceError(
+            self.signin_data(risk={"failed_sign_in_window": "10m"}),
+            "risk.failed_sign_in_window",
+            "must be a number, not string",
+        )
+
+    def test_anonymizers(self) -> None:
+        for value in ["missing.txt", "tls"]:
+            self.assertServiceError(
+                self.signin_data(risk={"anonymizers": value}),
+                "risk.anonymizers",
+                f"'{self.dir / value}' is not a readable file",
+            )
+
+    def test_not_a_table(self) -> None:
+        self.assertServiceError(self.signin_data(risk=[{}]), "risk", "must be a table, not array")
+
+    def test_unknown_key(self) -> None:
+        self.assertServiceError(
+            self.signin_data(risk={"failed_sign_in_limt": 3}),
+            "risk.failed_sign_in_limt",
+            "unknown key (did you mean 'failed_sign_in_limit'?)",
+        )
+
+
+class LocationConfigTests(SignInTestCase):
+    def test_networks(self) -> None:
+        """
+        Addresses become single-address networks; host bits are dropped.
+        """
+        (office,) = self.parse_service(
+            self.signin_data(
+                locations=[
+                    {"name": "office", "networks": ["10.1.2.3/8", "192.0.2.9", "2001:DB8::1/32"]}
+                ]
+            )
+        ).locations
+        self.assertEqual(
+            office,
+            NamedLocation(
+                name="office",
+                networks=(
+                    ipaddress.ip_network("10.0.0.0/8"),
+                    ipaddress.ip_network("192.0.2.9/32"),
+                    ipaddress.ip_network("2001:db8::/32"),
+                ),
+            ),
+        )
+
+    def test_duplicate_names(self) -> None:
+        location = {"name": "office", "networks": ["10.0.0.0/8"]}
+        self.assertServiceError(
+            self.signin_data(locations=[location, location]),
+            "locations[1].name",
+            "'office' is already used by another location",
+        )
+
+    def test_bad_network(self) -> None:
+        for value in ["10.0.0.0/33", "office", "10.0.0.256", "2001:db8::/129", "10.0.0.0/8 "]:
+            self.assertServiceError(
+                self.signin_data(locations=[{"name": "o", "networks": ["10.0.0.0/8", value]}]),
+                "locations[0].networks[1]",
+                f"{value!r} is not an IP address or network (for example 10.0.0.0/8)",
+            )
+
+    def test_no_networks(self) -> None:
+        for location in [{"name": "o", "networks": []}, {"name": "o"}]:
+            self.assertServiceError(
+                self.signin_data(locations=[location]),
+                "locations[0].networks",
+                "must list at least one network (for example 10.0.0.0/8)",
+            )
+
+    def test_name(self) -> None:
+        self.assertServiceError(
+            self.signin_data(locations=[{"networks": ["10.0.0.0/8"]}]),
+            "locations[0].name",
+            "is required",
+        )
+        self.assertServiceError(
+            self.signin_data(locations=[{"name": "head office", "networks": ["10.0.0.0/8"]}]),
+            "locations[0].name",
+            "'head office' is not a valid name (1 to 64 letters, digits, '-' or '_')",
+        )
+
+    def test_shape(self) -> None:
+        self.assertServiceError(
+            self.signin_data(locations={"name": "o"}),
+            "locations",
+            "must be an array of tables, not table",
+        )
+        self.assertServiceError(
+            self.signin_data(locations=[{"name": "o", "networks": ["10.0.0.0/8"], "cidr": "x"}]),
+            "locations[0].cidr",
+            "unknown key",
+        )
+
+
+class PolicyConfigTests(SignInTestCase):
+    def test_defaults(self) -> None:
+        """
+        A policy covers every app, user and location unless it says
+        otherwise.
+        """
+        (policy,) = self.parse_service(self.with_policy()).policies
+        self.assertEqual(policy, Policy(name="p", grant="block"))
+        self.assertEqual(policy.apps, ("*",))
+        self.assertEqual(policy.locations, ("*",))
+        self.assertEqual(
+            (policy.users, policy.groups, policy.exclude_users, policy.exclude_groups),
+            ((), (), (), ()),
+        )
+        self.assertEqual(
+            (policy.exclude_apps, policy.exclude_locations, policy.risks), ((), (), ())
+        )
+        self.assertIsNone(policy.sign_in_frequency)
+
+    def test_sign_in_frequency_only(self) -> None:
+        """
+        A policy may set only sign_in_frequency (a session control).
+        """
+        (policy,) = self.parse_service(self._without_grant(sign_in_frequency=60)).policies
+        self.assertEqual((policy.grant, policy.sign_in_frequency), (None, 60))
+        (policy,) = self.parse_service(
+            self.with_policy(grant="mfa", sign_in_frequency=90 * 24 * 3600)
+        ).policies
+        self.assertEqual((policy.grant, policy.sign_in_frequency), ("mfa", 7776000))
+
+    def _without_grant(self, **changes: Any) -> dict[str, Any]:
+        data = self.with_policy(**changes)
+        del data["policies"][0]["grant"]
+        return data
+
+    def test_grant_required(self) -> None:
+        self.assertServiceError(
+            self._without_grant(),
+            "policies[0].grant",
+            "is required ('block' or 'mfa'), unless sign_in_frequency is set",
+        )
+
+    def test_bad_grant(self) -> None:
+        for value in ["allow", "MFA", "require-mfa"]:
+            self.assertServiceError(
+                self.with_policy(grant=value),
+                "policies[0].grant",
+                f"must be 'block' or 'mfa', not {value!r}",
+            )
+        self.assertServiceError(
+            self.with_policy(grant=["block"]), "policies[0].grant", "must be a string, not array"
+        )
+
+    def test_sign_in_frequency_range(self) -> None:
+        for value in [0, 59, 90 * 24 * 3600 + 1]:
+            self.assertServiceError(
+                self.with_policy(sign_in_frequency=value),
+                "policies[0].sign_in_frequency",
+                f"must be from 60 to 7776000, not {value}",
+            )
+        self.assertServiceError(
+            self.with_policy(sign_in_frequency="1h"),
+            "policies[0].sign_in_frequency",
+            "must be an integer, not string",
+        )
+
+    def test_unknown_app(self) -> None:
+        for key in ("apps", "exclude_apps"):
+            self.assertServiceError(
+                self.with_policy(**{key: ["wiki", "nope"]}),
+                f"policies[0].{key}[1]",
+                "there is no app named 'nope' (use '*' for every app)",
+            )
+        (policy,) = self.parse_service(self.with_policy(apps=["*"], exclude_apps=["wiki"])).policies
+        self.assertEqual((policy.apps, policy.exclude_apps), (("*",), ("wiki",)))
+
+    def test_app_names_exact(self) -> None:
+        """
+        App names in policies are compared exactly, as in [[apps]].
+        """
+        self.assertServiceError(
+            self.with_policy(apps=["Wiki"]),
+            "policies[0].apps[0]",
+            "there is no app named 'Wiki' (use '*' for every app)",
+        )
+
+    def test_unknown_location(self) -> None:
+        for key in ("locations", "exclude_locations"):
+            self.assertServiceError(
+                self.with_policy(**{key: ["office", "home"]}),
+                f"policies[0].{key}",
+                "there is no [[locations]] entry named 'home' (use '*' for anywhere)",
+            )
+        (policy,) = self.parse_service(
+            self.with_policy(locations=["*"], exclude_locations=["office"])
+        ).policies
+        self.assertEqual(policy.exclude_locations, ("office",))
+
+    def test_unknown_risk(self) -> None:
+        for value in ["tor", "anonymiser", "Failed-Sign-Ins"]:
+            self.assertServiceError(
+                self.with_policy(risks=["anonymizer", value]),
+                "policies[0].risks[1]",
+                f"must be 'failed-sign-ins' or 'anonymizer', not {value!r}",
+            )
+
+    def test_duplicate_names(self) -> None:
+        data = self.with_policy()
+        data["policies"].append({"name": "p", "grant": "mfa"})
+        self.assertServiceError(data, "policies[1].name", "'p' is already used by another policy")
+
+    def test_lists(self) -> None:
+        for key in ("users", "groups", "exclude_users", "exclude_groups"):
+            self.assertServiceError(
+                self.with_policy(**{key: "alice"}),
+                f"policies[0].{key}",
+                "must be an array of strings, not string",
+            )
+            self.assertServiceError(
+                self.with_policy(**{key: ["alice", ""]}),
+                f"policies[0].{key}[1]",
+                "must not be empty",
+            )
+
+    def test_name(self) -> None:
+        self.assertServiceError(
+            self.signin_data(policies=[{"grant": "block"}]), "policies[0].name", "is required"
+        )
+
+    def test_unknown_key(self) -> None:
+        self.assertServiceError(
+            self.with_policy(grants="mfa"),
+            "policies[0].grants",
+            "unknown key (did you mean 'grant'?)",
+        )
+
+
+class AppSignInConfigTests(SignInTestCase):
+    def test_assignment(self) -> None:
+        (app,) = self.parse_service(
+            self.with_signin_app(allowed_users=["alice", "*"], allowed_groups=["g1", "G1"])
+        ).apps
+        self.assertEqual(app.assignment, Assignment(users=("alice", "*"), groups=("g1", "G1")))
+        for key in ("allowed_users", "allowed_groups"):
+            self.assertAppError(key, {key: "alice"}, "must be an array of strings, not string")
+            self.assertServiceError(
+                self.with_signin_app(**{key: [""]}), f"apps[0].{key}[0]", "must not be empty"
+            )
+
+    def test_session_lifetime(self) -> None:
+        for value in [60, 30 * 24 * 3600]:
+            (app,) = self.parse_service(self.with_signin_app(session_lifetime=value)).apps
+            self.assertEqual(app.session_lifetime, value)
+        for value in [59, 0, 30 * 24 * 3600 + 1]:
+            self.assertAppError(
+                "session_lifetime",
+                {"session_lifetime": value},
+                f"must be from 60 to 2592000, not {value}",
+            )
+        self.assertAppError(
+            "session_lifetime", {"session_lifetime": 3600.0}, "must be an integer, not float"
+        )
+
+    def test_cookie_flags(self) -> None:
+        (app,) = self.parse_service(
+            self.with_signin_app(persistent_cookie=True, http_only_cookie=False, jwt_assertion=True)
+        ).apps
+        self.assertEqual(
+            (app.persistent_cookie, app.http_only_cookie, app.jwt_assertion), (True, False, True)
+        )
+        for key in ("persistent_cookie", "http_only_cookie", "jwt_assertion"):
+            self.assertAppError(key, {key: "true"}, "must be true or false, not string")
+            self.assertAppError(key, {key: 1}, "must be true or false, not integer")
+
+    def test_headers(self) -> None:
+        """
+        Identity headers are kept as written, in file order.
+        """
+        headers = {
+            "X-Remote-User": "preferred_username",
+            "remote_groups": "groups",
+            "X-Remote-Email": "email",
+            "X-Dept": "extension_department",
+            "X.Odd!Token": "sub",
+        }
+        (app,) = self.parse_service(self.with_signin_app(headers=headers)).apps
+        self.assertEqual(app.headers, tuple(headers.items()))
+
+    def test_headers_not_a_table(self) -> None:
+        self.assertAppError(
+            "headers",
+            {"headers": [["X-Remote-User", "sub"]]},
+            "must be a table of header = claim, not array",
+        )
+        self.assertAppError(
+            "headers", {"headers": "X-Remote-User"}, "must be a table of header = claim, not string"
+        )
+
+    def test_bad_header_name(self) -> None:
+        """
+        A header name is an HTTP token of at most 64 characters; the key in
+        the message is written as in TOML.
+        """
+        for name, key in [
+            ("X Remote", '"X Remote"'),
+            ("X-Remote:User", '"X-Remote:User"'),
+            ("X-Rémote", '"X-Rémote"'),
+            ("", '""'),
+            ("X" * 65, "X" * 65),
+            ("X\nY", '"X\\u000AY"'),
+        ]:
+            self.assertServiceError(
+                self.with_signin_app(headers={name: "sub"}),
+                f"apps[0].headers.{key}",
+                "is not a valid header name (letters, digits and '-')",
+            )
+
+    def test_reserved_header(self) -> None:
+        for name in [
+            "Host",
+            "cookie",
+            "COOKIE",
+            "Content-Length",
+            "Transfer_Encoding",
+            "Connection",
+            "Upgrade",
+            "TE",
+            "Proxy-Authorization",
+            "X-Forwarded-For",
+            "x_forwarded_for",
+            "X-Forwarded-Host",
+            "X-Forwarded-Proto",
+            "X-Request-Id",
+            "Forwarded",
+            "X-AppProxy-User",
+            "x_appproxy_jwt_assertion",
+            "X-APPPROXY-JWT-ASSERTION",
+        ]:
+            self.assertServiceError(
+                self.with_signin_app(headers={name: "sub"}),
+                f"apps[0].headers.{name}",
+                "is set by appproxy itself and cannot carry a claim",
+            )
+
+    def test_same_header_twice(self) -> None:
+        """
+        Header names that differ only in case, or in '-' against '_', are
+        the same header (CGI back ends see X_Remote_User as X-Remote-User).
+        """
+        for first, second in [
+            ("X-Remote-User", "x-remote-user"),
+            ("X-Remote-User", "X_Remote_User"),
+            ("x_remote-user", "X-REMOTE_USER"),
+        ]:
+            self.assertServiceError(
+                self.with_signin_app(headers={first: "sub", second: "email"}),
+                f"apps[0].headers.{second}",
+                f"is the same header as {first!r}",
+            )
+
+    def test_claim_not_a_string(self) -> None:
+        for claim, kind in [(1, "integer"), (["sub"], "array"), (True, "boolean"), ({}, "table")]:
+            self.assertServiceError(
+                self.with_signin_app(headers={"X-Remote-User": claim}),
+                "apps[0].headers.X-Remote-User",
+                f"must be a claim name (a string), not {kind}",
+            )
+        self.assertServiceError(
+            self.with_signin_app(headers={"X-Remote-User": ""}),
+            "apps[0].headers.X-Remote-User",
+            "must not be empty",
+        )
+
+    def test_passthrough_refuses_user_keys(self) -> None:
+        """
+        A passthrough app has no signed-in user: keys that need one are
+        refused; their empty or false values are harmless.
+        """
+        for key, value in [
+            ("allowed_users", ["alice"]),
+            ("allowed_groups", ["staff"]),
+            ("jwt_assertion", True),
+        ]:
+            self.assertServiceError(
+                self.with_app(**{key: value}),
+                f"apps[0].{key}",
+                "needs sign-in: a passthrough app has no signed-in user",
+            )
+        (app,) = self.parse_service(
+            self.with_app(allowed_users=[], allowed_groups=[], jwt_assertion=False)
+        ).apps
+        self.assertEqual((app.assignment, app.jwt_assertion), (Assignment(), False))
+
+    def test_passthrough_headers_kept(self) -> None:
+        """
+        A passthrough app may list identity headers: they are never filled
+        in, but the proxy still strips clients' copies of them.
+        """
+        (app,) = self.parse_service(self.with_app(headers={"X-Remote-User": "sub"})).apps
+        self.assertEqual(app.headers, (("X-Remote-User", "sub"),))
+
+
+class SignInCrossCheckTests(SignInTestCase):
+    def test_app_without_oidc(self) -> None:
+        """
+        The first app that signs in, when there is no [oidc] table, is named.
+        """
+        data = self.service_data()
+        data["apps"].append(
+            self.app_data(
+                name="crm", external_url="https://crm.example.com/", pre_authentication="oidc"
+            )
+        )
+        self.assertServiceError(
+            data,
+            "apps[1].pre_authentication",
+            "app 'crm' requires sign-in ('oidc', the default) but there is no [oidc] table:"
+            " add one, or set pre_authentication = 'passthrough'",
+        )
+
+    def test_callback_on_app_host(self) -> None:
+        for callback in [
+            "https://wiki.example.com/.appproxy/callback",
+            "https://WIKI.example.com:443/cb",
+        ]:
+            self.assertServiceError(
+                self.with_oidc(callback_url=callback),
+                "oidc.callback_url",
+                "its host 'wiki.example.com' is the host of app 'wiki': use a host of its own"
+                " (login.DOMAIN)",
+            )
+        # Another port is another host.
+        config = self.parse_service(
+            self.with_oidc(callback_url="https://wiki.example.com:8443/.appproxy/callback")
+        )
+        self.assertEqual(config.login_hosts, {"wiki.example.com:8443"})
+
+    def test_callback_on_passthrough_app_host(self) -> None:
+        data = self.with_oidc(callback_url="https://status.example.com/.appproxy/callback")
+        data["apps"].append(
+            self.app_data(name="status", external_url="https://status.example.com/sub/")
+        )
+        self.assertServiceError(
+            data,
+            "oidc.callback_url",
+            "its host 'status.example.com' is the host of app 'status': use a host of its own"
+            " (login.DOMAIN)",
+        )
+
+    def test_builtin_issuer_on_app_host(self) -> None:
+        self.assertServiceError(
+            self.with_builtin(issuer="https://Wiki.Example.com"),
+            "builtin_provider.issuer",
+            "its host 'wiki.example.com' is the host of app 'wiki': use a host of its own"
+            " (login.DOMAIN)",
+        )
+
+    def test_builtin_on_its_own_host(self) -> None:
+        config = self.parse_service(self.with_builtin(issuer="https://idp.example.com"))
+        self.assertEqual(config.login_hosts, {"login.example.com", "idp.example.com"})
+
+
+class TrustedProxiesTests(SignInTestCase):
+    def test_networks(self) -> None:
+        config = self.parse_service(
+            self.with_service(trusted_proxies=["127.0.0.1", "::1", "10.0.0.0/8", "fd00::1/8"])
+        )
+        self.assertEqual(
+            config.trusted_proxies,
+            (
+                ipaddress.ip_network("127.0.0.1/32"),
+                ipaddress.ip_network("::1/128"),
+                ipaddress.ip_network("10.0.0.0/8"),
+                ipaddress.ip_network("fd00::/8"),
+            ),
+        )
+
+    def test_invalid(self) -> None:
+        self.assertServiceError(
+            self.with_service(trusted_proxies=["10.0.0.0/8", "proxy.internal"]),
+            "service.trusted_proxies[1]",
+            "'proxy.internal' is not an IP address or network (for example 10.0.0.0/8)",
+        )
+        self.assertServiceError(
+            self.with_service(trusted_proxies="10.0.0.0/8"),
+            "service.trusted_proxies",
+            "must be an array of strings, not string",
+        )
+        self.assertServiceError(
+            self.with_service(trusted_proxies=[""]),
+            "service.trusted_proxies[0]",
+            "must not be empty",
+        )
+
+
+class SignInUnknownKeyTests(SignInTestCase):
+    def test_everywhere(self) -> None:
+        data = self.with_policy()
+        data["builtin_provider"] = {"issuer": "https://login.example.com"}
+        data["risk"] = {}
+        for where, key, problem in [
+            (["oidc", "issuer_url"], "oidc.issuer_url", "unknown key (did you mean 'issuer'?)"),
+            (["builtin_provider", "x"], "builtin_provider.x", "unknown key"),
+            (
+                ["risk", "anonymisers"],
+                "risk.anonymisers",
+                "unknown key (did you mean 'anonymizers'?)",
+            ),
+            (
+                ["locations", 0, "network"],
+                "locations[0].network",
+                "unknown key (did you mean 'networks'?)",
+            ),
+            (["policies", 0, "app"], "policies[0].app", "unknown key (did you mean 'apps'?)"),
+            (["apps", 0, "header"], "apps[0].header", "unknown key (did you mean 'headers'?)"),
+            (["oidcc"], "oidcc", "unknown key (did you mean 'oidc'?)"),
+        ]:
+            broken = copy.deepcopy(data)
+            target: Any = broken
+            for step in where[:-1]:
+                target = target[step]
+            target[where[-1]] = 1
+            self.assertServiceError(broken, key, problem)
+
+
 # Property tests
 
 _LABEL = st.from_regex(r"[a-z0-9]([a-z0-9-]{0,8}[a-z0-9])?", fullmatch=True)
@@ -1227,9 +2711,7 @@ class PropertyTests(ConfigTestCase):
         self.assertEqual(again.external_url, expected)
 
     @given(
-        key=st.text(max_size=20).filter(
-            lambda k: k not in APP_KEYS | {"service", "tunnel", "apps"}
-        ),
+        key=st.text(max_size=20).filter(lambda k: k not in KNOWN_KEYS),
         where=st.sampled_from(["", "service", "tunnel", "apps[0]", "service.certificates[0]"]),
     )
     def test_unknown_key(self, key: str, where: str) -> None:
@@ -1265,3 +2747,111 @@ class PropertyTests(ConfigTestCase):
         except ConfigError as error:
             self.assertEqual(error.key, "apps[0].external_url")
             self.assertTrue(str(error).isprintable(), str(error))
+
+
+_HEADER_WORD = st.from_regex(r"[A-Za-z][A-Za-z0-9]{0,7}", fullmatch=True)
+_RESERVED_HEADER_NAMES = (
+    "host",
+    "cookie",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "upgrade",
+    "te",
+    "trailer",
+    "proxy-authorization",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-request-id",
+    "forwarded",
+)
+
+
+def _normal(header: str) -> str:
+    return header.lower().replace("_", "-")
+
+
+def _is_reserved(header: str) -> bool:
+    normal = _normal(header)
+    return normal in _RESERVED_HEADER_NAMES or normal.startswith("x-appproxy-")
+
+
+@st.composite
+def _spelling(draw: st.DrawFn, words: list[str]) -> str:
+    """C{words} joined with '-' or '_', each letter in either case."""
+    count = len(words) - 1
+    separators = draw(st.lists(st.sampled_from("-_"), min_size=count, max_size=count))
+    text = words[0] + "".join(sep + word for sep, word in zip(separators, words[1:], strict=True))
+    flips = draw(st.lists(st.booleans(), min_size=len(text), max_size=len(text)))
+    return "".join(
+        char.swapcase() if flip else char for char, flip in zip(text, flips, strict=True)
+    )
+
+
+@st.composite
+def _same_header_twice(draw: st.DrawFn) -> tuple[str, str]:
+    """Two different spellings of one header name."""
+    words = draw(st.lists(_HEADER_WORD, min_size=1, max_size=4))
+    first = draw(_spelling(words))
+    second = draw(_spelling(words).filter(lambda spelling: spelling != first))
+    return first, second
+
+
+@st.composite
+def _reserved_spellings(draw: st.DrawFn) -> str:
+    """A reserved header name, or an X-AppProxy-* name, spelled any way."""
+    name = draw(
+        st.sampled_from(_RESERVED_HEADER_NAMES)
+        | _HEADER_WORD.map(lambda word: f"x-appproxy-{word}")
+    )
+    return draw(_spelling(name.split("-")))
+
+
+class HeaderPropertyTests(SignInTestCase):
+    @given(names=_same_header_twice(), position=st.integers(0, 2))
+    def test_same_header_refused(self, names: tuple[str, str], position: int) -> None:
+        """
+        Two spellings of one header name (case, '-' or '_') in one app's
+        [apps.headers] are refused, naming the second and the first.
+        """
+        first, second = names
+        assume(not _is_reserved(first))
+        others = [(f"X-Other-{i}", "sub") for i in range(position)]
+        headers = dict([*others, (first, "email"), (second, "name")])
+        self.assertServiceError(
+            self.with_signin_app(headers=headers),
+            f"apps[0].headers.{second}",
+            f"is the same header as {first!r}",
+        )
+
+    @given(name=_reserved_spellings())
+    def test_reserved_refused(self, name: str) -> None:
+        """
+        A header appproxy sets or strips itself is refused in any spelling.
+        """
+        self.assertServiceError(
+            self.with_signin_app(headers={name: "sub"}),
+            f"apps[0].headers.{name}",
+            "is set by appproxy itself and cannot carry a claim",
+        )
+
+    @given(
+        headers=st.lists(
+            st.tuples(
+                st.lists(_HEADER_WORD, min_size=1, max_size=3).flatmap(_spelling),
+                st.text(min_size=1, max_size=20),
+            ),
+            max_size=6,
+            unique_by=lambda pair: _normal(pair[0]),
+        )
+    )
+    def test_distinct_headers_kept(self, headers: list[tuple[str, str]]) -> None:
+        """
+        Distinct header names map to any claim names, kept as written and in
+        order.
+        """
+        assume(not any(_is_reserved(name) for name, _ in headers))
+        (app,) = self.parse_service(self.with_signin_app(headers=dict(headers))).apps
+        self.assertEqual(app.headers, tuple(headers))

@@ -39,6 +39,8 @@ from twisted.web import resource, server
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.http_headers import Headers
 
+from appproxy.idp.users import add_user
+from tests.browser import Browser
 from tests.deployment import LoopbackTLS
 
 _REPO = Path(__file__).resolve().parents[1]
@@ -546,7 +548,20 @@ class EndToEndTests(TestCase):
             )
         )
         url = f"{external_url}some/path?q=1"
-        echo = yield self.get_through(client, url, service, connector)
+        # Sign in with the service's built-in provider, as a browser would.
+        add_user(state / "state" / "users.json", "alice", "correct horse", groups=("staff",))
+        browser = Browser([(state / "ca.pem").read_bytes()])
+        self.addCleanup(browser.pool.closeCachedConnections)
+        page = yield browser.go(url)
+        self.assertIn(f"login.{DOMAIN}:{public}", page.url)
+        yield browser.submit(page, {"username": "alice", "password": "correct horse"})
+        cookies = browser.cookies(f"{APP}.{DOMAIN}")
+        self.assertIn(f"__Host-appproxy-{APP}", cookies)
+        cookie = "; ".join(f"{k}={v}" for k, v in cookies.items())
+        echo = yield self.get_through(client, url, service, connector, cookie)
+        self.assertEqual(echo["headers"].get("x-remote-user"), ["alice"])
+        self.assertEqual(echo["headers"].get("x-remote-groups"), ["staff"])
+        self.assertNotIn("cookie", echo["headers"])
         self.assertEqual(echo["body"], _Backend.BODY)
         self.assertEqual(echo["uri"], "/some/path?q=1")
         headers = echo["headers"]
@@ -573,7 +588,7 @@ class EndToEndTests(TestCase):
 
     @inlineCallbacks
     def get_through(
-        self, client: HTTPClient, url: str, service: Process, connector: Process
+        self, client: HTTPClient, url: str, service: Process, connector: Process, cookie: str
     ) -> Any:
         """
         GET C{url} until the backend's answer comes back (the connector may
@@ -588,7 +603,9 @@ class EndToEndTests(TestCase):
             try:
                 response = yield client.get(
                     url,
-                    headers=Headers({b"X-Test-Marker": [b"end-to-end"]}),
+                    headers=Headers(
+                        {b"X-Test-Marker": [b"end-to-end"], b"Cookie": [cookie.encode()]}
+                    ),
                     timeout=max(0.5, deadline - reactor.seconds()),
                 )
                 body = yield treq.content(response)

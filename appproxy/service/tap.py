@@ -184,7 +184,10 @@ class AppProxyService(Service):
 def makeService(options: Options) -> IService:
     from twisted.internet import reactor
 
-    config = load_or_exit(load_service_config, options["config"])
-    service = AppProxyService(config, reactor)
+    # The state directory (keys, database, users) is read as the service is
+    # built: a problem there stops the daemon the same way as a bad file.
+    service = load_or_exit(
+        lambda path: AppProxyService(load_service_config(path), reactor), options["config"]
+    )
     on_sighup(reactor, service.reload)
     return service
