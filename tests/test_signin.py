@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from typing import Any
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urlencode, urljoin, urlsplit
 
 import jwt
 from twisted.internet import reactor
@@ -415,3 +415,35 @@ grant = "mfa"
         page = yield d.browser().request("POST", f"{WEB}/form", body=b"a=1")
         self.assertEqual(page.status, 401)
         self.assertEqual(d.backend.hits, 0)
+
+    @inlineCallbacks
+    def test_trusted_proxy_client_address(self) -> Any:
+        """
+        Behind a trusted proxy, the address in X-Forwarded-For is the
+        client's: the built-in provider's failed attempts and the sign-in log
+        name it, not the proxy's.
+        """
+        d = yield start_builtin(self)
+        config = (d.root / "service.toml").read_text()
+        config = config.replace(
+            'state_dir = "state"', 'state_dir = "state"\ntrusted_proxies = ["127.0.0.0/8"]'
+        )
+        (d.root / "service.toml").write_text(config)
+        d.service.reload()
+        browser = d.browser()
+        page = yield browser.go(f"{WEB}/")
+        form = find_forms(page.text)[0]
+        fields = {**form.fields, "username": "alice", "password": "wrong password"}
+        yield browser.request(
+            "POST",
+            urljoin(page.url, form.action),
+            body=urlencode(fields).encode(),
+            headers={
+                "content-type": ["application/x-www-form-urlencoded"],
+                "x-forwarded-for": ["198.51.100.1, 203.0.113.7"],
+            },
+        )
+        events = yield sign_ins(d)
+        self.assertEqual(
+            [(e.result, e.client_address) for e in events], [("failure", "203.0.113.7")]
+        )

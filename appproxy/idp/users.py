@@ -479,8 +479,12 @@ def _read_password(args: argparse.Namespace) -> str:
         line = sys.stdin.readline()
         password = line.removesuffix("\n").removesuffix("\r")
     else:
-        password = getpass.getpass("Password: ")
-        if getpass.getpass("Password again: ") != password:
+        try:
+            password = getpass.getpass("Password: ")
+            again = getpass.getpass("Password again: ")
+        except EOFError:
+            raise ValueError("no password given (input ended)") from None
+        if again != password:
             raise ValueError("the passwords do not match")
     if not password:
         raise ValueError("the password must not be empty")

@@ -22,6 +22,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from twisted.internet import defer
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import IAddress, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -667,8 +668,22 @@ class ProxyRequest(http.Request):
             self._input().abortConnection()
 
     def _client_address(self) -> str:
-        address: IAddress = self.getClientAddress()
+        """The TCP peer's address."""
+        address: IAddress = http.Request.getClientAddress(self)
         return str(getattr(address, "host", "unknown"))
+
+    def getClientAddress(self) -> IAddress:
+        """
+        The client's address as the service's own pages (the built-in
+        provider's lockout, the sign-in log) see it: the TCP peer, unless that
+        is a trusted proxy, whose X-Forwarded-For is then believed.
+        """
+        address: IAddress = http.Request.getClientAddress(self)
+        if not self.frontend.trusted_proxies or not hasattr(address, "host"):
+            return address
+        ip = self._resolved_client_ip()
+        kind = IPv6Address if ip.version == 6 else IPv4Address
+        return kind("TCP", str(ip), getattr(address, "port", 0))
 
     def _accept(self) -> bytes | None:
         values = self.requestHeaders.getRawHeaders(b"accept")

@@ -198,7 +198,11 @@ class SignInSetup:
                     result="failure",
                     step=step,
                     request_id="-",
-                    detail="wrong password" if step == "password" else "wrong code",
+                    detail=(
+                        "password refused (wrong, or the account is disabled or locked)"
+                        if step == "password"
+                        else "one-time code refused"
+                    ),
                 )
             )
 
