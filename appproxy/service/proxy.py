@@ -471,11 +471,16 @@ class ProxyRequest(http.Request):
     def _resolved_client_ip(self) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
         """The client's address: the TCP peer, unless it is a trusted proxy."""
         if self._client_ip is None:
-            self._client_ip = client_address(
-                self._client_address(),
-                self.requestHeaders.getRawHeaders(b"x-forwarded-for") or [],
-                self.frontend.trusted_proxies,
-            )
+            try:
+                self._client_ip = client_address(
+                    self._client_address(),
+                    self.requestHeaders.getRawHeaders(b"x-forwarded-for") or [],
+                    self.frontend.trusted_proxies,
+                )
+            except ValueError:
+                # A peer without an IP address (a unix: listener) counts as
+                # 0.0.0.0 for policy and in X-Forwarded-For.
+                self._client_ip = ipaddress.IPv4Address("0.0.0.0")
         return self._client_ip
 
     def _enqueue(self, job: ProxyJob) -> None:
