@@ -248,6 +248,33 @@ class SignIn:
             headers=headers,
         )
 
+    def failed(
+        self,
+        step: str,
+        reason: str,
+        *,
+        app: str,
+        user: str | None,
+        client_ip: str,
+        request_id: str,
+        accept: bytes | None,
+        status: int = 401,
+        headers: Sequence[tuple[bytes, bytes]] = (),
+    ) -> Reply:
+        """Log a sign-in that failed at C{step}; the page that says so."""
+        self.record(
+            result="failure",
+            app=app,
+            user=user,
+            client_ip=client_ip,
+            request_id=request_id,
+            step=step,
+            detail=reason,
+        )
+        return self.failure_page(
+            step, reason, request_id=request_id, accept=accept, status=status, headers=headers
+        )
+
     def record(
         self,
         *,
@@ -341,17 +368,7 @@ class SignIn:
         if decision.outcome == "reauthenticate":
             return self._send_to_sign_in(app, method, uri, request_id, accept, prompt="login")
         if not decision.allowed:
-            self.record(
-                result="blocked" if decision.outcome == "block" else "not-assigned",
-                app=app.name,
-                user=session.user,
-                client_ip=str(client_ip),
-                request_id=request_id,
-                step="policy" if decision.outcome == "block" else "assignment",
-                policy=decision.policy,
-                detail=decision.reason,
-            )
-            return self._refused(decision, request_id, accept)
+            return self._refused(decision, app, session.user, str(client_ip), request_id, accept)
         if groups is not session.groups:
             session = attrs.evolve(session, groups=groups)
         try:
@@ -397,12 +414,35 @@ class SignIn:
             ),
         )
 
-    def _refused(self, decision: Decision, request_id: str, accept: bytes | None) -> Reply:
+    def _refused(
+        self,
+        decision: Decision,
+        app: AppConfig,
+        user: str,
+        client_ip: str,
+        request_id: str,
+        accept: bytes | None,
+        headers: Sequence[tuple[bytes, bytes]] = (),
+    ) -> Reply:
+        """Log a refusal by assignment or policy; the 403 page that names it."""
+        assigned = decision.outcome != "not-assigned"
+        self.record(
+            result="blocked" if assigned else "not-assigned",
+            app=app.name,
+            user=user,
+            client_ip=client_ip,
+            request_id=request_id,
+            step="policy" if assigned else "assignment",
+            policy=decision.policy,
+            detail=decision.reason,
+        )
         if decision.outcome == "not-assigned":
             title = "Not assigned to this app"
         else:
             title = f"Blocked by policy '{decision.policy}'"
-        return self.error_page(403, title, decision.reason, request_id=request_id, accept=accept)
+        return self.error_page(
+            403, title, decision.reason, request_id=request_id, accept=accept, headers=headers
+        )
 
     def _send_to_sign_in(
         self,
@@ -450,16 +490,15 @@ class SignIn:
         now = self.now()
 
         def fail(reason: str) -> Reply:
-            self.record(
-                result="failure",
+            return self.failed(
+                "hand-off",
+                reason,
                 app=app.name,
                 user=None,
                 client_ip=client_ip,
                 request_id=request_id,
-                step="hand-off",
-                detail=reason,
+                accept=accept,
             )
-            return self.failure_page("hand-off", reason, request_id=request_id, accept=accept)
 
         try:
             payload = self.sealer.unseal(args.get("h", ""), purpose="hand-off", now=now)
@@ -620,17 +659,15 @@ class SignIn:
                 else "The identity provider could not be reached."
             )
             log.warn("Sign-in discovery failed: {reason}", reason=str(error))
-            self.record(
-                result="failure",
+            return self.failed(
+                "discovery",
+                reason,
                 app=app.name,
                 user=None,
                 client_ip=client_ip,
                 request_id=request_id,
-                step="discovery",
-                detail=reason,
-            )
-            return self.failure_page(
-                "discovery", reason, request_id=request_id, accept=accept, status=502
+                accept=accept,
+                status=502,
             )
 
         return self.relying_party.metadata().addCallbacks(redirect, failed)
@@ -670,17 +707,16 @@ class SignIn:
 
         def fail(step: str, reason: str, status: int = 401) -> Reply:
             self.failures.record(user, address, now)
-            self.record(
-                result="failure",
+            return self.failed(
+                step,
+                reason,
                 app=app_name,
                 user=user,
                 client_ip=address,
                 request_id=request_id,
-                step=step,
-                detail=reason,
-            )
-            return self.failure_page(
-                step, reason, request_id=request_id, accept=accept, status=status, headers=(clear,)
+                accept=accept,
+                status=status,
+                headers=(clear,),
             )
 
         flow_value = cookies.get(cookie_name) if state else None
@@ -748,19 +784,9 @@ class SignIn:
             )
             return attrs.evolve(reply, headers=(*reply.headers, clear))
         if not decision.allowed:
-            outcome = decision.outcome
-            self.record(
-                result="not-assigned" if outcome == "not-assigned" else "blocked",
-                app=app.name,
-                user=user,
-                client_ip=address,
-                request_id=request_id,
-                step="assignment" if outcome == "not-assigned" else "policy",
-                policy=decision.policy,
-                detail=decision.reason,
+            return self._refused(
+                decision, app, session.user, address, request_id, accept, headers=(clear,)
             )
-            refused = self._refused(decision, request_id, accept)
-            return attrs.evolve(refused, headers=(*refused.headers, clear))
 
         try:
             token_ref = await self.database.store_reference(
