@@ -22,7 +22,7 @@ tests/interop/node_modules/.installed: tests/interop/package.json tests/interop/
 
 ## Run the service, a connector and a header-echo app on localhost.
 demo: install
-	$(PY) -m appproxy.demo run
+	$(PY) -m appproxy.cli.demo run
 
 ## Run the whole test suite (trial); the last line reads "N passed, N failed".
 test: install tests/interop/node_modules/.installed

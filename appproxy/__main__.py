@@ -1,5 +1,5 @@
 """C{python -m appproxy}: the same as the C{appproxy} command."""
 
-from appproxy.cli import main
+from appproxy.cli.main import main
 
 raise SystemExit(main())

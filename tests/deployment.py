@@ -1,7 +1,7 @@
 """
 A whole appproxy deployment on loopback for integration tests: a real
 backend (twisted.web), the real service and real connectors, with real TLS
-and certificates from L{appproxy.pki}, configured through real TOML files.
+and certificates from L{appproxy.daemon.pki}, configured through real TOML files.
 """
 
 from __future__ import annotations
@@ -25,10 +25,10 @@ from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer
 
-from appproxy import pki
-from appproxy.config import load_connector_config, load_service_config
-from appproxy.connector.tap import ConnectorService
-from appproxy.service.tap import AppProxyService
+from appproxy.config.loader import load_connector_config, load_service_config
+from appproxy.daemon import pki
+from appproxy.daemon.connector_tap import ConnectorService
+from appproxy.daemon.service_tap import AppProxyService
 
 DOMAIN = "appproxy.test"
 

@@ -41,8 +41,8 @@ from twisted.internet.ssl import PrivateCertificate
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
-from appproxy import pki
-from appproxy.oidc import RelyingPartySettings
+from appproxy.daemon import pki
+from appproxy.oidc.client import RelyingPartySettings
 
 __all__ = [
     "MODES",

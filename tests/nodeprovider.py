@@ -4,7 +4,7 @@ Start an independent OpenID provider for interoperability tests.
 The provider is C{oidc-provider} from npm (panva's certified implementation),
 run by Node.js from C{tests/interop/provider.mjs} with a JSON configuration
 written here: HTTPS on 127.0.0.1 with a server certificate from a fresh test CA
-(L{appproxy.pki}), static clients, users with a password and an optional
+(L{appproxy.daemon.pki}), static clients, users with a password and an optional
 one-time code, and a private signing key set generated here, so that a key
 rotation is a restart with new keys and new key ids.
 
@@ -39,7 +39,7 @@ from twisted.internet.interfaces import IProcessTransport
 from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
 
-from appproxy import pki
+from appproxy.daemon import pki
 
 __all__ = [
     "INSTALL_HINT",

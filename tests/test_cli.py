@@ -1,5 +1,5 @@
 """
-Tests for L{appproxy.cli}.
+Tests for L{appproxy.cli.main}.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from pathlib import Path
 from cryptography import x509
 from twisted.trial.unittest import SynchronousTestCase
 
-from appproxy import pki
-from appproxy.cli import main
-from appproxy.config import load_service_config
+from appproxy.cli.main import main
+from appproxy.config.loader import load_service_config
+from appproxy.daemon import pki
 
 _KEYS = ["ca.key", "tls/service.key", "tls/tunnel.key", "connector/connector.key"]
 _PUBLIC = [

@@ -1,5 +1,5 @@
 """
-Tests for L{appproxy.config}.
+Tests for L{appproxy.config.loader}.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from appproxy.config import (
+from appproxy.access.policy import DEFAULT_MFA_AMR, Assignment, MfaRule, NamedLocation, Policy
+from appproxy.config.loader import (
     BACKEND_TIMEOUTS,
     AppConfig,
     BuiltinProviderConfig,
@@ -35,7 +36,6 @@ from appproxy.config import (
     parse_connector_config,
     parse_service_config,
 )
-from appproxy.policy import DEFAULT_MFA_AMR, Assignment, MfaRule, NamedLocation, Policy
 
 APP_KEYS = {
     "name",

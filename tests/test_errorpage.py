@@ -1,5 +1,5 @@
 """
-Tests for L{appproxy.errorpage}.
+Tests for L{appproxy.frontend.errorpage}.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from appproxy.errorpage import (
+from appproxy.frontend.errorpage import (
     ROBOTS_TXT,
     ErrorPage,
     prefers_json,

@@ -1,5 +1,5 @@
 """
-Tests for L{appproxy.headers}.
+Tests for L{appproxy.http.headers}.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from appproxy.headers import (
+from appproxy.http.headers import (
     FORWARDING_HEADERS,
     HOP_BY_HOP,
     is_valid_header_value,

@@ -1,5 +1,5 @@
 """
-Tests for L{appproxy.identity}.
+Tests for L{appproxy.identity.headers}.
 """
 
 from __future__ import annotations
@@ -19,8 +19,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from appproxy.headers import is_valid_header_value
-from appproxy.identity import (
+from appproxy.access.session import Session
+from appproxy.http.headers import is_valid_header_value
+from appproxy.identity.headers import (
     ASSERTION_LIFETIME,
     AssertionSigner,
     UnsafeClaimValue,
@@ -31,7 +32,6 @@ from appproxy.identity import (
     strip_appproxy_cookies,
     strip_spoofed_headers,
 )
-from appproxy.session import Session
 
 Headers = list[tuple[bytes, bytes]]
 

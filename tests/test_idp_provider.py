@@ -36,7 +36,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web import resource, server
 from twisted.web.client import Agent, HTTPConnectionPool
 
-from appproxy import pki
+from appproxy.daemon import pki
 from appproxy.idp import pages, totp
 from appproxy.idp.memory import ExpiringMap, FailureCounter
 from appproxy.idp.provider import (

@@ -493,7 +493,7 @@ class BackendTLSTests(TestCase):
         from twisted.internet.ssl import PrivateCertificate
         from twisted.web import server
 
-        from appproxy import pki
+        from appproxy.daemon import pki
 
         internal_ca = pki.generate_ca("internal CA")
         pair = pki.issue_server_certificate(internal_ca, ["localhost"])

@@ -1,5 +1,5 @@
 """
-Tests for L{appproxy.keyring}.
+Tests for L{appproxy.access.keyring}.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from appproxy.keyring import (
+from appproxy.access.keyring import (
     KEYRING_FILENAME,
     CookieKey,
     KeyRing,

@@ -1,5 +1,5 @@
 """
-Tests for L{appproxy.oidc}: the pure checks directly and with Hypothesis, the
+Tests for L{appproxy.oidc.client}: the pure checks directly and with Hypothesis, the
 key cache with a fake clock, and L{RelyingParty} against L{FakeProvider} over
 real TLS on 127.0.0.1.
 """
@@ -26,8 +26,9 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from appproxy import oidc, pki
-from appproxy.oidc import (
+from appproxy.daemon import pki
+from appproxy.oidc import client as oidc
+from appproxy.oidc.client import (
     JwksCache,
     ProviderMetadata,
     RelyingParty,

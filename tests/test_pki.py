@@ -1,5 +1,5 @@
 """
-Tests for L{appproxy.pki}.
+Tests for L{appproxy.daemon.pki}.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from twisted.trial.unittest import SynchronousTestCase
 
-from appproxy import pki
+from appproxy.daemon import pki
 
 # Key generation is the slow part; one CA serves the whole module.
 _CA = pki.generate_ca("appproxy test CA")

@@ -1,5 +1,5 @@
 """
-Tests for L{appproxy.policy}.
+Tests for L{appproxy.access.policy}.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from appproxy.policy import (
+from appproxy.access.policy import (
     AccessRequest,
     Assignment,
     Decision,

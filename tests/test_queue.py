@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from appproxy.service.queue import IDEMPOTENT_METHODS, ConnectorGroupQueue, NoCapacity, ProxyJob
+from appproxy.tunnel.queue import IDEMPOTENT_METHODS, ConnectorGroupQueue, NoCapacity, ProxyJob
 
 
 def job(method: bytes = b"GET", has_body: bool = False) -> ProxyJob:

@@ -1,5 +1,5 @@
 """
-Tests for L{appproxy.redirects}.
+Tests for L{appproxy.access.redirects}.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from appproxy.redirects import MAX_TARGET_LENGTH, safe_redirect_target
+from appproxy.access.redirects import MAX_TARGET_LENGTH, safe_redirect_target
 
 ROOT = "https://wiki.example.com/"
 NESTED = "https://apps.example.com/intranet/"

@@ -1,5 +1,5 @@
 """
-Tests for L{appproxy.risk}.
+Tests for L{appproxy.access.risk}.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from appproxy.risk import (
+from appproxy.access.risk import (
     ANONYMIZER,
     FAILED_SIGN_INS,
     RISK_SIGNALS,

@@ -1,5 +1,5 @@
 """
-Tests for L{appproxy.routing}.
+Tests for L{appproxy.frontend.routing}.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from appproxy.routing import Router, has_dot_segments, internal_path, normalise_host
+from appproxy.frontend.routing import Router, has_dot_segments, internal_path, normalise_host
 
 
 @attrs.frozen

@@ -1,5 +1,5 @@
 """
-Tests for L{appproxy.sdnotify}.
+Tests for L{appproxy.daemon.sdnotify}.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import tempfile
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from appproxy.sdnotify import notify
+from appproxy.daemon.sdnotify import notify
 
 
 class NotifyTests(SynchronousTestCase):

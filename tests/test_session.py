@@ -1,5 +1,5 @@
 """
-Tests for L{appproxy.session}: the encrypted session cookie and sealed blobs.
+Tests for L{appproxy.access.session}: the encrypted session cookie and sealed blobs.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from appproxy import session as session_module
-from appproxy.keyring import KeyRing, load_keyring, load_or_create_keyring, save_keyring
-from appproxy.session import (
+from appproxy.access import session as session_module
+from appproxy.access.keyring import KeyRing, load_keyring, load_or_create_keyring, save_keyring
+from appproxy.access.session import (
     CLOCK_SKEW,
     MAX_COOKIE_BYTES,
     MAX_SEALED_CHARS,

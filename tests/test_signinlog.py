@@ -1,5 +1,5 @@
 """
-Tests for L{appproxy.signinlog}.
+Tests for L{appproxy.state.signinlog}.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ from twisted.internet.defer import Deferred, fail
 from twisted.logger import ILogObserver, Logger, LogLevel
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from appproxy.signinlog import (
+from appproxy.state.database import DATABASE_NAME, StateDatabase, read_sign_ins
+from appproxy.state.signinlog import (
     RESULTS,
     STEPS,
     SignInEvent,
@@ -31,7 +32,6 @@ from appproxy.signinlog import (
     format_time,
     parse_since,
 )
-from appproxy.statedb import DATABASE_NAME, StateDatabase, read_sign_ins
 
 T0 = 1_795_000_000.0  # 2026-11-18T11:06:40Z
 

@@ -1,5 +1,5 @@
 """
-Tests for L{appproxy.statedb}, on real SQLite files.
+Tests for L{appproxy.state.database}, on real SQLite files.
 """
 
 from __future__ import annotations
@@ -11,8 +11,7 @@ from pathlib import Path
 from twisted.internet.defer import gatherResults
 from twisted.trial.unittest import TestCase
 
-from appproxy.signinlog import SignInEvent
-from appproxy.statedb import (
+from appproxy.state.database import (
     APPLICATION_ID,
     DATABASE_NAME,
     SCHEMA_VERSION,
@@ -20,6 +19,7 @@ from appproxy.statedb import (
     StateDatabaseClosed,
     read_sign_ins,
 )
+from appproxy.state.signinlog import SignInEvent
 
 T0 = 1_795_000_000.0
 

@@ -1,5 +1,5 @@
 """
-Tests for L{appproxy.tls}: real TLS handshakes over loopback with the real
+Tests for L{appproxy.daemon.tls}: real TLS handshakes over loopback with the real
 reactor.
 """
 
@@ -28,7 +28,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 
-from appproxy import pki, tls
+from appproxy.daemon import pki, tls
 
 # Key generation is the slow part: one set of certificates for the module.
 _CA = pki.generate_ca("appproxy test CA")

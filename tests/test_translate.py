@@ -1,5 +1,5 @@
 """
-Tests for L{appproxy.translate}.
+Tests for L{appproxy.http.translate}.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from appproxy.headers import is_valid_header_value
-from appproxy.translate import UrlMapping, translate_response_headers, translate_url
+from appproxy.http.headers import is_valid_header_value
+from appproxy.http.translate import UrlMapping, translate_response_headers, translate_url
 
 Headers = list[tuple[bytes, bytes]]
 

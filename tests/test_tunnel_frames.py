@@ -11,8 +11,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-import appproxy.tunnel
-from appproxy.tunnel import bounded_raw_data_repr
+import appproxy.tunnel.base
+from appproxy.tunnel.base import bounded_raw_data_repr
 
 
 def original_raw_data_repr(data: bytes | None) -> str:
@@ -34,6 +34,6 @@ class FrameReprTests(SynchronousTestCase):
         """
         Frames received by h2 use the shortcut (importing the tunnel installs it).
         """
-        self.assertTrue(appproxy.tunnel.bounded_raw_data_repr)
+        self.assertTrue(appproxy.tunnel.base.bounded_raw_data_repr)
         frame = DataFrame(1, data=b"\x01" * 1_000_000)
         self.assertIn("<hex:01010101010101010101...>", repr(frame))

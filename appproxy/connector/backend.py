@@ -60,7 +60,7 @@ class BackendApp:
 def parse_settings(document: Any) -> dict[str, BackendApp]:
     """
     Parse the settings the service pushes (see
-    L{appproxy.service.tunnel.connector_settings}).
+    L{appproxy.tunnel.service.connector_settings}).
 
     @raise ValueError: the document is not what the service sends.
     """

@@ -30,8 +30,8 @@ from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer, IResponse
 from zope.interface import implementer
 
 from appproxy.connector.backend import BackendClient, BackendError, classify_failure, parse_settings
-from appproxy.headers import HOP_BY_HOP
-from appproxy.tunnel import TunnelProtocol, TunnelStream
+from appproxy.http.headers import HOP_BY_HOP
+from appproxy.tunnel.base import TunnelProtocol, TunnelStream
 
 CONFIG_PATH = b"/.appproxy/config"
 #: Largest settings document accepted from the service.

@@ -42,7 +42,7 @@ def _frame_repr() -> None:
 
 
 def _no_access_log() -> None:
-    from appproxy.service import proxy
+    from appproxy.frontend import proxy
 
     def log(self: object, request: object) -> None:
         """Log nothing."""
@@ -51,9 +51,8 @@ def _no_access_log() -> None:
 
 
 def _no_h2_validation() -> None:
+    import appproxy.tunnel.base.base as tunnel
     from h2.config import H2Configuration
-
-    import appproxy.tunnel as tunnel
 
     def config(**kwargs: object) -> H2Configuration:
         kwargs["validate_inbound_headers"] = False

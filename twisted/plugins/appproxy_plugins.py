@@ -9,14 +9,14 @@ from twisted.application.service import ServiceMaker
 
 appproxyService = ServiceMaker(
     "appproxy service",
-    "appproxy.service.tap",
+    "appproxy.daemon.service_tap",
     "The public appproxy service: TLS, routing, tunnel listener for connectors.",
     "appproxy",
 )
 
 appproxyConnector = ServiceMaker(
     "appproxy connector",
-    "appproxy.connector.tap",
+    "appproxy.daemon.connector_tap",
     "The appproxy connector: dials out to the service and forwards to internal apps.",
     "appproxy-connector",
 )

@@ -27,7 +27,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 
-from appproxy.policy import Assignment, MfaRule, NamedLocation, Policy, unknown_locations
+from appproxy.access.policy import Assignment, MfaRule, NamedLocation, Policy, unknown_locations
 
 __all__ = [
     "BACKEND_TIMEOUTS",
@@ -999,7 +999,7 @@ def _oidc(top: _Table) -> OidcConfig:
 def _host_and_port(table: _Table, name: str, value: str) -> None:
     """
     C{host}, C{host:port}, C{IPv4[:port]}, C{[IPv6][:port]} or a bare
-    C{IPv6}: the forms L{appproxy.oidc.parse_provider_address} takes.
+    C{IPv6}: the forms L{appproxy.oidc.client.parse_provider_address} takes.
     """
     port = ""
     if value.startswith("["):

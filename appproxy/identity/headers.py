@@ -12,7 +12,7 @@ Header-based single sign-on: what the internal app learns about the user.
     C{X-AppProxy-Jwt-Assertion}) and the JWK Set that verifies it.
 
 Header lists are ordered C{list[tuple[bytes, bytes]]} of (name, value), as in
-L{appproxy.headers}; inputs are never mutated.  Only
+L{appproxy.http.headers}; inputs are never mutated.  Only
 L{load_or_create_assertion_key} does I/O.
 """
 
@@ -33,7 +33,7 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from appproxy.session import Session
+from appproxy.access.session import Session
 
 __all__ = [
     "APPPROXY_COOKIE_PREFIXES",

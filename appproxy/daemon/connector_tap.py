@@ -14,11 +14,11 @@ from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.logger import Logger
 from twisted.python import usage
 
-from appproxy.config import ConfigError, ConnectorConfig, load_connector_config
+from appproxy.config.loader import ConfigError, ConnectorConfig, load_connector_config
 from appproxy.connector.backend import BackendClient
 from appproxy.connector.tunnel import ConnectorTunnelFactory
-from appproxy.daemon import load_or_exit, notify, on_sighup, use_log_format
-from appproxy.tls import ReloadableTLS, tunnel_client_options
+from appproxy.daemon.runtime import load_or_exit, notify, on_sighup, use_log_format
+from appproxy.daemon.tls import ReloadableTLS, tunnel_client_options
 
 #: Seconds in-flight requests get to finish after GOAWAY when stopping.
 DRAIN_TIMEOUT = 60.0

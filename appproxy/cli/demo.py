@@ -122,7 +122,7 @@ def _demo_user(state_dir: Path) -> str:
 
 
 def run_demo(state_dir: Path) -> int:
-    from appproxy.cli import main as cli_main
+    from appproxy.cli.main import main as cli_main
 
     state_dir = state_dir.resolve()
     config = state_dir / "service.toml"
@@ -154,7 +154,7 @@ def run_demo(state_dir: Path) -> int:
     password = _demo_user(state_dir)
     url = f"https://{DEMO_APP}.{DEMO_DOMAIN}:{PUBLIC_PORT}/"
     commands = {
-        "echo-app": [sys.executable, "-m", "appproxy.demo", "echo", "--port", str(ECHO_PORT)],
+        "echo-app": [sys.executable, "-m", "appproxy.cli.demo", "echo", "--port", str(ECHO_PORT)],
         "service": [*_twistd(), "appproxy", "--config", str(state_dir / "service.toml")],
         "connector": [
             *_twistd(),
@@ -205,7 +205,7 @@ def run_demo(state_dir: Path) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m appproxy.demo")
+    parser = argparse.ArgumentParser(prog="python -m appproxy.cli.demo")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the demo")
     run.add_argument("--state-dir", default=os.environ.get("APPPROXY_DEMO_DIR", ".demo"))

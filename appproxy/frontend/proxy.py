@@ -33,18 +33,11 @@ from twisted.web.resource import IResource, getChildForRequest
 from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
-from appproxy.config import AppConfig
-from appproxy.errorpage import ROBOTS_TXT, ErrorPage, render_error, render_not_found
-from appproxy.headers import new_request_id, prepare_request_headers
-from appproxy.identity import (
-    drop_appproxy_set_cookies,
-    normalise_header_name,
-    strip_appproxy_cookies,
-    strip_spoofed_headers,
-)
-from appproxy.policy import client_address
-from appproxy.routing import Router, has_dot_segments, internal_path
-from appproxy.service.auth import (
+from appproxy.access.policy import client_address
+from appproxy.config.loader import AppConfig
+from appproxy.frontend.errorpage import ROBOTS_TXT, ErrorPage, render_error, render_not_found
+from appproxy.frontend.routing import Router, has_dot_segments, internal_path
+from appproxy.gate.flow import (
     HAND_OFF_PATH,
     SIGN_IN_PATH,
     SIGN_OUT_PATH,
@@ -53,8 +46,15 @@ from appproxy.service.auth import (
     SignIn,
     parse_cookies,
 )
-from appproxy.service.queue import ConnectorGroups, ExchangeStream, NoCapacity, ProxyJob
-from appproxy.translate import UrlMapping, translate_response_headers
+from appproxy.http.headers import new_request_id, prepare_request_headers
+from appproxy.http.translate import UrlMapping, translate_response_headers
+from appproxy.identity.headers import (
+    drop_appproxy_set_cookies,
+    normalise_header_name,
+    strip_appproxy_cookies,
+    strip_spoofed_headers,
+)
+from appproxy.tunnel.queue import ConnectorGroups, ExchangeStream, NoCapacity, ProxyJob
 
 #: Request body buffered before the tunnel is ready, before reading pauses.
 BODY_BUFFER_LIMIT = 1 << 16

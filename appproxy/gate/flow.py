@@ -34,20 +34,10 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from appproxy.config import AppConfig, OidcConfig, ServiceConfig
-from appproxy.errorpage import ErrorPage, render_error
-from appproxy.identity import AssertionSigner, UnsafeClaimValue, identity_headers
-from appproxy.oidc import (
-    RelyingParty,
-    SignInError,
-    authorization_url,
-    check_authorization_response,
-    new_pkce,
-)
-from appproxy.policy import AccessRequest, Decision, PolicySet, evaluate
-from appproxy.redirects import safe_redirect_target
-from appproxy.risk import AnonymizerList, FailedSignIns, risk_signals
-from appproxy.session import (
+from appproxy.access.policy import AccessRequest, Decision, PolicySet, evaluate
+from appproxy.access.redirects import safe_redirect_target
+from appproxy.access.risk import AnonymizerList, FailedSignIns, risk_signals
+from appproxy.access.session import (
     ClaimValue,
     CookieTooLarge,
     InvalidCookie,
@@ -55,8 +45,18 @@ from appproxy.session import (
     Session,
     SessionCookieCodec,
 )
-from appproxy.signinlog import SignInEvent, SignInLog
-from appproxy.statedb import StateDatabase
+from appproxy.config.loader import AppConfig, OidcConfig, ServiceConfig
+from appproxy.frontend.errorpage import ErrorPage, render_error
+from appproxy.identity.headers import AssertionSigner, UnsafeClaimValue, identity_headers
+from appproxy.oidc.client import (
+    RelyingParty,
+    SignInError,
+    authorization_url,
+    check_authorization_response,
+    new_pkce,
+)
+from appproxy.state.database import StateDatabase
+from appproxy.state.signinlog import SignInEvent, SignInLog
 
 __all__ = ["Admit", "Reply", "SignIn", "parse_cookies"]
 

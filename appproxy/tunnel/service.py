@@ -28,10 +28,10 @@ from twisted.internet.protocol import Factory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from appproxy.config import AppConfig
-from appproxy.service.queue import ConnectorGroupQueue, ConnectorGroups, ProxyJob
-from appproxy.tls import peer_connector_identity
-from appproxy.tunnel import TunnelProtocol, TunnelStream
+from appproxy.config.loader import AppConfig
+from appproxy.daemon.tls import peer_connector_identity
+from appproxy.tunnel.base import TunnelProtocol, TunnelStream
+from appproxy.tunnel.queue import ConnectorGroupQueue, ConnectorGroups, ProxyJob
 
 #: Where the service pushes the group's settings to the connector.
 CONFIG_PATH = b"/.appproxy/config"
@@ -101,7 +101,7 @@ class ServiceStream(TunnelStream):
     def hold(self) -> None:
         """
         Stop reopening the window, whatever the consumer says (see
-        L{appproxy.service.proxy.ProxyRequest.response_data}).
+        L{appproxy.frontend.proxy.ProxyRequest.response_data}).
         """
         self.held = True
 

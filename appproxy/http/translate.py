@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 
 import attrs
 
-from appproxy.headers import is_valid_header_value
+from appproxy.http.headers import is_valid_header_value
 
 __all__ = ["UrlMapping", "translate_response_headers", "translate_url"]
 

@@ -13,8 +13,8 @@ from typing import IO, Any, TypeVar
 
 from twisted.logger import ILogObserver, jsonFileLogObserver
 
-from appproxy import sdnotify
-from appproxy.config import ConfigError
+from appproxy.config.loader import ConfigError
+from appproxy.daemon import sdnotify
 
 #: sysexits.h EX_CONFIG; the systemd units do not restart on it.
 EX_CONFIG = 78
@@ -59,6 +59,6 @@ def on_sighup(reactor: Any, reload: Callable[[], object]) -> None:
 def json_observer() -> ILogObserver:
     """
     A log observer writing one JSON object per line to standard output, for
-    C{twistd --logger appproxy.daemon.json_observer}.
+    C{twistd --logger appproxy.daemon.runtime.json_observer}.
     """
     return jsonFileLogObserver(sys.stdout, recordSeparator="")

@@ -25,7 +25,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 if TYPE_CHECKING:
-    from appproxy.statedb import StateDatabase
+    from appproxy.state.database import StateDatabase
 
 __all__ = [
     "RESULTS",
@@ -222,7 +222,7 @@ class SignInLog:
         @param log: the logger for the events and for write failures.
         """
         self._db = db
-        self._log = log if log is not None else Logger(namespace="appproxy.signinlog")
+        self._log = log if log is not None else Logger(namespace="appproxy.state.signinlog")
         self._pending: set[Deferred[None]] = set()
         self.write_failures = 0
 
@@ -355,7 +355,7 @@ def _database_path(state_dir: Path) -> Path:
     The database in C{state_dir}: the service's state directory, or the
     directory C{appproxy init} made (which holds it in C{state/}).
     """
-    from appproxy.statedb import DATABASE_NAME
+    from appproxy.state.database import DATABASE_NAME
 
     path = state_dir / DATABASE_NAME
     nested = state_dir / "state" / DATABASE_NAME
@@ -365,7 +365,7 @@ def _database_path(state_dir: Path) -> Path:
 
 
 def _cmd_sign_ins(args: argparse.Namespace, out: TextIO) -> int:
-    from appproxy.statedb import read_sign_ins
+    from appproxy.state.database import read_sign_ins
 
     since = None if args.since is None else parse_since(args.since, _time.time())
     events = read_sign_ins(_database_path(Path(args.state_dir)), since=since, limit=args.limit)

@@ -14,16 +14,21 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.web.resource import IResource
 
-from appproxy.config import ConfigError, OidcConfig, ServiceConfig
-from appproxy.identity import AssertionSigner, load_or_create_assertion_key
-from appproxy.keyring import KEYRING_FILENAME, KeyRingError, load_keyring, load_or_create_keyring
-from appproxy.oidc import RelyingParty, RelyingPartySettings
-from appproxy.policy import MfaRule, PolicySet
-from appproxy.risk import AnonymizerList, FailedSignIns, load_anonymizer_list
-from appproxy.service.auth import SignIn
-from appproxy.session import Sealer, SessionCookieCodec
-from appproxy.signinlog import SignInEvent, SignInLog
-from appproxy.statedb import DATABASE_NAME, StateDatabase
+from appproxy.access.keyring import (
+    KEYRING_FILENAME,
+    KeyRingError,
+    load_keyring,
+    load_or_create_keyring,
+)
+from appproxy.access.policy import MfaRule, PolicySet
+from appproxy.access.risk import AnonymizerList, FailedSignIns, load_anonymizer_list
+from appproxy.access.session import Sealer, SessionCookieCodec
+from appproxy.config.loader import ConfigError, OidcConfig, ServiceConfig
+from appproxy.gate.flow import SignIn
+from appproxy.identity.headers import AssertionSigner, load_or_create_assertion_key
+from appproxy.oidc.client import RelyingParty, RelyingPartySettings
+from appproxy.state.database import DATABASE_NAME, StateDatabase
+from appproxy.state.signinlog import SignInEvent, SignInLog
 
 __all__ = ["SignInSetup", "build_sign_in"]
 

@@ -33,7 +33,7 @@ from twisted.enterprise import adbapi
 from twisted.internet.defer import Deferred, DeferredList, fail, succeed
 from twisted.python.failure import Failure
 
-from appproxy.signinlog import SignInEvent
+from appproxy.state.signinlog import SignInEvent
 
 __all__ = [
     "APPLICATION_ID",

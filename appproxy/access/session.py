@@ -14,7 +14,7 @@ cookie name, does not decrypt.  L{Sealer} protects short-lived blobs (the
 sign-in flow cookie, the sign-in request, the hand-off) the same way, with
 their purpose as associated data and their expiry inside.
 
-Keys come from a L{appproxy.keyring.KeyRing}: the current key encrypts, every
+Keys come from a L{appproxy.access.keyring.KeyRing}: the current key encrypts, every
 key that is not retired decrypts.  Pure code: no reactor, no I/O; the caller
 passes the time.
 """
@@ -33,7 +33,7 @@ import attrs
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from appproxy.keyring import KeyRing
+from appproxy.access.keyring import KeyRing
 
 __all__ = [
     "CLOCK_SKEW",

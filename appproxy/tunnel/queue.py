@@ -17,7 +17,7 @@ from twisted.internet.defer import Deferred, DeferredQueue, QueueOverflow
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 if TYPE_CHECKING:
-    from appproxy.config import AppConfig
+    from appproxy.config.loader import AppConfig
 
 #: Methods whose requests may be repeated without changing the outcome.
 IDEMPOTENT_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
@@ -26,7 +26,7 @@ IDEMPOTENT_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", 
 class Exchange(Protocol):
     """
     The user side of a proxied request, as the tunnel sees it.  Implemented by
-    L{appproxy.service.proxy.ProxyRequest}.
+    L{appproxy.frontend.proxy.ProxyRequest}.
     """
 
     def stream_opened(self, stream: ExchangeStream) -> None:

@@ -30,7 +30,7 @@ from twisted.internet.ssl import (
 )
 from zope.interface import implementer
 
-from appproxy import pki
+from appproxy.daemon import pki
 
 __all__ = [
     "SNIServerContextFactory",

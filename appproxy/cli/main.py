@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from appproxy import pki
+from appproxy.daemon import pki
 
 __all__ = ["main"]
 
@@ -433,27 +433,27 @@ def _add_users(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 
 def _add_keys(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from appproxy.keyring import add_keys_command
+    from appproxy.access.keyring import add_keys_command
 
     add_keys_command(subparsers)
 
 
 def _add_logs(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from appproxy.signinlog import add_logs_command
+    from appproxy.state.signinlog import add_logs_command
 
     add_logs_command(subparsers)
 
 
 def _add_policy(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from appproxy.policy import add_policy_command
+    from appproxy.access.policy import add_policy_command
 
     add_policy_command(subparsers, _load_policies)
 
 
 def _load_policies(path: str) -> tuple[Any, Any]:
     """The policies and assignments of a service configuration file."""
-    from appproxy.config import ConfigError, load_service_config
-    from appproxy.service.signin import policy_set
+    from appproxy.config.loader import ConfigError, load_service_config
+    from appproxy.gate.setup import policy_set
 
     try:
         config = load_service_config(path)

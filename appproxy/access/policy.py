@@ -25,7 +25,7 @@ from typing import Literal, TextIO
 
 import attrs
 
-from appproxy.risk import ANONYMIZER, FAILED_SIGN_INS, RISK_SIGNALS
+from appproxy.access.risk import ANONYMIZER, FAILED_SIGN_INS, RISK_SIGNALS
 
 __all__ = [
     "ANY",
@@ -281,7 +281,7 @@ class AccessRequest:
     @ivar auth_time: when the user last authenticated at the provider
         (POSIX seconds).
     @ivar now: the current time (POSIX seconds).
-    @ivar risks: the risk signals present (see L{appproxy.risk}).
+    @ivar risks: the risk signals present (see L{appproxy.access.risk}).
     """
 
     app: str

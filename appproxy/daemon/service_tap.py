@@ -16,13 +16,13 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
 from twisted.python.failure import Failure
 
-from appproxy.config import ConfigError, ServiceConfig, load_service_config
-from appproxy.daemon import load_or_exit, notify, on_sighup, use_log_format
-from appproxy.service.proxy import FrontEnd, ProxyHTTPFactory
-from appproxy.service.queue import ConnectorGroups
-from appproxy.service.signin import SignInSetup, build_sign_in
-from appproxy.service.tunnel import ServiceTunnelFactory
-from appproxy.tls import ReloadableTLS, SNIServerContextFactory, tunnel_server_context
+from appproxy.config.loader import ConfigError, ServiceConfig, load_service_config
+from appproxy.daemon.runtime import load_or_exit, notify, on_sighup, use_log_format
+from appproxy.daemon.tls import ReloadableTLS, SNIServerContextFactory, tunnel_server_context
+from appproxy.frontend.proxy import FrontEnd, ProxyHTTPFactory
+from appproxy.gate.setup import SignInSetup, build_sign_in
+from appproxy.tunnel.queue import ConnectorGroups
+from appproxy.tunnel.service import ServiceTunnelFactory
 
 #: Seconds in-flight requests get to finish when the service stops.
 DRAIN_TIMEOUT = 30.0
