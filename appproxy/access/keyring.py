@@ -29,13 +29,18 @@ import json
 import os
 import re
 import secrets
-import stat
-import tempfile
 import time
 from pathlib import Path
 from typing import TextIO
 
 import attrs
+
+from appproxy.state.files import (
+    PrivateFileError,
+    describe_os_error,
+    read_private_file,
+    write_private_file,
+)
 
 __all__ = [
     "KEYRING_FILENAME",
@@ -56,7 +61,6 @@ KEYRING_FILENAME = "session-keys.json"
 SECRET_BYTES = 32
 
 _FORMAT_VERSION = 1
-_FILE_MODE = 0o600
 _KEY_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
 _BASE64URL_RE = re.compile(r"[A-Za-z0-9_-]*={0,2}\Z")
 _KEY_FIELDS = frozenset({"id", "created", "secret", "retired"})
@@ -323,10 +327,6 @@ def _serialise(ring: KeyRing) -> bytes:
     return (json.dumps(document, indent=2) + "\n").encode("utf-8")
 
 
-def _describe_os_error(error: OSError) -> str:
-    return error.strerror or type(error).__name__
-
-
 def load_keyring(path: PathLike) -> KeyRing:
     """
     Read the key ring file at C{path}.
@@ -337,23 +337,11 @@ def load_keyring(path: PathLike) -> KeyRing:
         no active key.  Its message is one line naming the file.
     """
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError as e:
-        raise KeyRingError(path, f"cannot read: {_describe_os_error(e)}") from None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise KeyRingError(path, "is not a regular file")
-        if info.st_mode & 0o044:
-            raise KeyRingError(path, "is readable by other users; chmod 600 it")
-        if info.st_mode & 0o022:
-            raise KeyRingError(path, "is writable by other users; chmod 600 it")
-        with os.fdopen(fd, "rb", closefd=False) as f:
-            data = f.read()
-    except OSError as e:
-        raise KeyRingError(path, f"cannot read: {_describe_os_error(e)}") from None
-    finally:
-        os.close(fd)
+        data = read_private_file(path)
+    except FileNotFoundError as e:
+        raise KeyRingError(path, f"cannot read: {describe_os_error(e)}") from None
+    except PrivateFileError as e:
+        raise KeyRingError(path, e.problem) from None
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
@@ -366,55 +354,16 @@ def load_keyring(path: PathLike) -> KeyRing:
         raise KeyRingError(path, str(e)) from None
 
 
-def _write_temp(path: Path, ring: KeyRing) -> Path:
-    """Write C{ring} to a new 0600 file beside C{path}; return its name."""
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), _FILE_MODE)
-            f.write(_serialise(ring))
-            f.flush()
-            os.fsync(f.fileno())
-    except BaseException:
-        os.unlink(temp)
-        raise
-    return Path(temp)
-
-
-def _sync_directory(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def save_keyring(path: PathLike, ring: KeyRing) -> None:
     """
     Write C{ring} to C{path} atomically, mode 0600.
 
-    The ring is written to a temporary 0600 file in the same directory, then
-    renamed over C{path}: a reader sees the old file or the new one, never
-    a part.
-
     @raise KeyRingError: if the file cannot be written.
     """
-    target = Path(path)
     try:
-        temp = _write_temp(target, ring)
-        try:
-            os.replace(temp, target)
-        except BaseException:
-            temp.unlink(missing_ok=True)
-            raise
+        write_private_file(path, _serialise(ring))
     except OSError as e:
-        raise KeyRingError(path, f"cannot write: {_describe_os_error(e)}") from None
-    _sync_directory(target.parent)
+        raise KeyRingError(path, f"cannot write: {describe_os_error(e)}") from None
 
 
 def load_or_create_keyring(path: PathLike, now: int) -> KeyRing:
@@ -432,23 +381,11 @@ def load_or_create_keyring(path: PathLike, now: int) -> KeyRing:
         return load_keyring(target)
     ring = KeyRing.create(now)
     try:
-        temp = _write_temp(target, ring)
-        try:
-            # link() fails if the target exists: never clobber a ring another
-            # process has just written.
-            os.link(temp, target)
-        except FileExistsError:
-            return load_keyring(target)
-        except OSError:
-            # A file system without hard links: rename, as save_keyring does.
-            if target.exists():
-                return load_keyring(target)
-            os.replace(temp, target)
-        finally:
-            temp.unlink(missing_ok=True)
+        write_private_file(target, _serialise(ring), exclusive=True)
+    except FileExistsError:
+        return load_keyring(target)
     except OSError as e:
-        raise KeyRingError(path, f"cannot create: {_describe_os_error(e)}") from None
-    _sync_directory(target.parent)
+        raise KeyRingError(path, f"cannot create: {describe_os_error(e)}") from None
     return ring
 
 

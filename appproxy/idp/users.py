@@ -28,12 +28,9 @@ import getpass
 import hashlib
 import hmac
 import json
-import os
 import re
 import secrets
-import stat
 import sys
-import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Final, TextIO
@@ -41,6 +38,7 @@ from typing import Any, Final, TextIO
 import attrs
 
 from appproxy.idp import totp
+from appproxy.state.files import PrivateFileError, read_private_file, write_private_file
 
 __all__ = [
     "MIN_PASSWORD_LENGTH",
@@ -304,21 +302,11 @@ class UserStore:
         """
         path = Path(path)
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+            data = read_private_file(path)
         except FileNotFoundError:
             return cls()
-        except OSError as e:
-            raise ValueError(f"{path}: cannot open: {e.strerror or e}") from None
-        with os.fdopen(fd, "rb") as f:
-            st = os.fstat(f.fileno())
-            if not stat.S_ISREG(st.st_mode):
-                raise ValueError(f"{path}: not a regular file")
-            if st.st_mode & 0o077:
-                raise ValueError(
-                    f"{path}: readable or writable by group or others"
-                    f" (mode {stat.S_IMODE(st.st_mode):04o}); run: chmod 600 {path}"
-                )
-            data = f.read()
+        except PrivateFileError as e:
+            raise ValueError(f"{path}: {e.problem}") from None
         try:
             document = json.loads(data.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -384,22 +372,7 @@ def _write_atomically(path: Path, data: bytes) -> None:
     directory = path.parent
     if not directory.is_dir():
         raise ValueError(f"{directory} does not exist or is not a directory")
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), _FILE_MODE)
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(directory, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    write_private_file(path, data)
 
 
 def add_user(
