@@ -376,8 +376,9 @@ class Stack:
         A valid session cookie (C{name=value}) for the signing-in app, made
         with the service's own key ring, as a signed-in browser would hold.
         """
-        from appproxy.access.keyring import load_keyring
-        from appproxy.access.session import Session, SessionCookieCodec
+        from appproxy.access.cookie import SessionCookieCodec
+        from appproxy.access.keyring_file import load_keyring
+        from appproxy.access.session import Session
 
         codec = SessionCookieCodec(load_keyring(self.tmp / "state" / "state" / "session-keys.json"))
         now = int(time.time())

@@ -25,7 +25,7 @@ from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer
 
-from appproxy.config.loader import load_connector_config, load_service_config
+from appproxy.config import load_connector_config, load_service_config
 from appproxy.daemon import pki
 from appproxy.daemon.connector_tap import ConnectorService
 from appproxy.daemon.service_tap import AppProxyService

@@ -42,7 +42,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
 from appproxy.daemon import pki
-from appproxy.oidc.client import RelyingPartySettings
+from appproxy.oidc.settings import RelyingPartySettings
 
 __all__ = [
     "MODES",

@@ -17,7 +17,7 @@ from cryptography import x509
 from twisted.trial.unittest import SynchronousTestCase
 
 from appproxy.cli.main import main
-from appproxy.config.loader import load_service_config
+from appproxy.config import load_service_config
 from appproxy.daemon import pki
 
 _KEYS = ["ca.key", "tls/service.key", "tls/tunnel.key", "connector/connector.key"]

@@ -8,7 +8,7 @@ from __future__ import annotations
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
-from appproxy.connector.tunnel import StreamBodyProducer
+from appproxy.connector.request import StreamBodyProducer
 
 
 class FakeStream:

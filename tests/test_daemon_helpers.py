@@ -11,7 +11,7 @@ from twisted.application.service import Application
 from twisted.logger import ILogObserver
 from twisted.trial.unittest import SynchronousTestCase
 
-from appproxy.config.loader import load_service_config
+from appproxy.config import load_service_config
 from appproxy.daemon.runtime import EX_CONFIG, load_or_exit, use_log_format
 
 

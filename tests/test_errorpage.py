@@ -13,7 +13,10 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from appproxy.frontend.errorpage import (
     ROBOTS_TXT,
+    VIEWPORT_META,
     ErrorPage,
+    format_timestamp,
+    html_page,
     prefers_json,
     render_error,
     render_not_found,
@@ -203,6 +206,32 @@ class RenderNotFoundTests(SynchronousTestCase):
 class RobotsTests(SynchronousTestCase):
     def test_robots(self) -> None:
         self.assertEqual(ROBOTS_TXT, b"User-agent: *\nDisallow: /\n")
+
+
+class HtmlPageTests(SynchronousTestCase):
+    def test_shell(self) -> None:
+        """The title is escaped; the head lines, style and main content are kept as given."""
+        body = html_page(
+            title="<Sign in> & more",
+            style="p{margin:0}",
+            head=[VIEWPORT_META, '<meta name="referrer" content="no-referrer">'],
+            main="<p>Hello</p>\n",
+        )
+        text = body.decode("utf-8")
+        self.assertTrue(text.startswith("<!DOCTYPE html>\n"))
+        self.assertIn(f'{VIEWPORT_META}\n<meta name="referrer" content="no-referrer">\n', text)
+        self.assertIn("<title>&lt;Sign in&gt; &amp; more</title>", text)
+        self.assertIn("<style>p{margin:0}</style>", text)
+        self.assertIn("<main>\n<p>Hello</p>\n</main>", text)
+        parsed = parse(body)
+        self.assertEqual(parsed.tags.count("meta"), 4)
+        self.assertIn(("name", "robots"), parsed.attributes)
+
+
+class TimestampTests(SynchronousTestCase):
+    def test_format(self) -> None:
+        self.assertEqual(format_timestamp(0), "1970-01-01T00:00:00Z")
+        self.assertEqual(format_timestamp(1714564800.9), "2024-05-01T12:00:00Z")
 
 
 texts = st.text(max_size=40)

@@ -1,5 +1,5 @@
 """
-Tests for L{appproxy.identity.headers}.
+Tests for L{appproxy.identity.headers} and L{appproxy.identity.assertion}.
 """
 
 from __future__ import annotations
@@ -21,13 +21,15 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from appproxy.access.session import Session
 from appproxy.http.headers import is_valid_header_value
-from appproxy.identity.headers import (
+from appproxy.identity.assertion import (
     ASSERTION_LIFETIME,
     AssertionSigner,
+    load_or_create_assertion_key,
+)
+from appproxy.identity.headers import (
     UnsafeClaimValue,
     drop_appproxy_set_cookies,
     identity_headers,
-    load_or_create_assertion_key,
     normalise_header_name,
     strip_appproxy_cookies,
     strip_spoofed_headers,

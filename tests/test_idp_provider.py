@@ -39,6 +39,7 @@ from twisted.web.client import Agent, HTTPConnectionPool
 from appproxy.daemon import pki
 from appproxy.idp import pages, totp
 from appproxy.idp.memory import ExpiringMap, FailureCounter
+from appproxy.idp.passwords import hash_password
 from appproxy.idp.provider import (
     ACR_MFA,
     ACR_PWD,
@@ -47,7 +48,7 @@ from appproxy.idp.provider import (
     ProviderSettings,
 )
 from appproxy.idp.signing import load_or_create_signing_key
-from appproxy.idp.users import UserStore, add_user, hash_password
+from appproxy.idp.users import UserStore, add_user, update_user
 from tests.deployment import LoopbackTLS
 
 HOST = "login.appproxy.test"
@@ -567,10 +568,7 @@ class CodeFlowTests(ProviderTestCase):
 
     @inlineCallbacks
     def test_disabled_user(self) -> Generator[Deferred[Any], Any, None]:
-        store = UserStore.load(self.users_path)
-        alice = store.get("alice")
-        assert alice is not None
-        store.with_user(attrs.evolve(alice, disabled=True)).save(self.users_path)
+        update_user(self.users_path, "alice", lambda alice: attrs.evolve(alice, disabled=True))
         response = yield self.sign_in(self.browser(), auth_request())
         self.assertEqual(response.status, 200)
         self.assertIn("Incorrect user name or password", response.text)
@@ -869,11 +867,9 @@ class SessionTests(ProviderTestCase):
     def test_password_change_ends_session(self) -> Generator[Deferred[Any], Any, None]:
         browser = self.browser()
         yield self.full_flow(browser)
-        store = UserStore.load(self.users_path)
-        alice = store.get("alice")
-        assert alice is not None
-        store.with_user(attrs.evolve(alice, password_hash=hash_password("new password"))).save(
-            self.users_path
+        new_hash = hash_password("new password")
+        update_user(
+            self.users_path, "alice", lambda alice: attrs.evolve(alice, password_hash=new_hash)
         )
         response = yield browser.get(auth_request().path)
         self.assertEqual(response.status, 200)
@@ -988,10 +984,7 @@ class TotpTests(ProviderTestCase):
         browser = self.browser()
         yield self.full_flow(browser)
         secret = totp.generate_secret()
-        store = UserStore.load(self.users_path)
-        alice = store.get("alice")
-        assert alice is not None
-        store.with_user(attrs.evolve(alice, totp_secret=secret)).save(self.users_path)
+        update_user(self.users_path, "alice", lambda alice: attrs.evolve(alice, totp_secret=secret))
 
         plain = yield browser.get(auth_request().path)
         self.assertEqual(plain.status, 302)

@@ -1,6 +1,7 @@
 """
-Tests for L{appproxy.idp.users}: the users file, password hashes and the
-C{appproxy users} commands.
+Tests for L{appproxy.idp.users} and L{appproxy.idp.passwords}: the users
+file and password hashes; and L{appproxy.cli.users}, the C{appproxy users}
+commands.
 """
 
 from __future__ import annotations
@@ -20,15 +21,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from appproxy.idp import totp, users
-from appproxy.idp.users import (
-    User,
-    UserStore,
-    add_user,
-    add_users_command,
-    hash_password,
-    verify_password_hash,
-)
+from appproxy.cli.users import add_users_command
+from appproxy.idp import passwords, totp
+from appproxy.idp.passwords import hash_password, verify_password_hash
+from appproxy.idp.users import User, UserStore, add_user
 
 # A real hash of "correct horse", made once: the tests need not pay scrypt
 # for every user they write.
@@ -78,13 +74,13 @@ class PasswordHashTests(SynchronousTestCase):
 class VerifyPasswordTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.calls = 0
-        real = users._scrypt
+        real = passwords._scrypt
 
         def counting(*args: object, **kwargs: object) -> bytes:
             self.calls += 1
             return real(*args, **kwargs)  # type: ignore[arg-type]
 
-        self.patch(users, "_scrypt", counting)
+        self.patch(passwords, "_scrypt", counting)
         self.store = UserStore(
             {
                 "alice": User(name="alice", password_hash=_HASH),
@@ -328,29 +324,26 @@ class CommandTests(SynchronousTestCase):
         )
         self.assertIn("nope", message)
 
-    def test_tty_asks_twice(self) -> None:
-        answers = iter(["correct horse", "correct horse"])
+    def add_bob_on_a_tty(self, *answers: str) -> argparse.Namespace:
+        """C{users add bob}'s arguments, stdin a terminal that types C{answers}."""
+        typed = iter(answers)
 
         class Tty(io.StringIO):
             def isatty(self) -> bool:
                 return True
 
-        self.patch(getpass, "getpass", lambda prompt="": next(answers))
+        self.patch(getpass, "getpass", lambda prompt="": next(typed))
         args = self.parser.parse_args(["users", "add", "bob", "--state-dir", str(self.dir)])
         self.patch(sys, "stdin", Tty(""))
+        return args
+
+    def test_tty_asks_twice(self) -> None:
+        args = self.add_bob_on_a_tty("correct horse", "correct horse")
         self.assertEqual(args.func(args, io.StringIO()), 0)
         self.assertIn("bob", UserStore.load(self.path).users)
 
     def test_tty_mismatch(self) -> None:
-        answers = iter(["correct horse", "correct horse!"])
-
-        class Tty(io.StringIO):
-            def isatty(self) -> bool:
-                return True
-
-        self.patch(getpass, "getpass", lambda prompt="": next(answers))
-        args = self.parser.parse_args(["users", "add", "bob", "--state-dir", str(self.dir)])
-        self.patch(sys, "stdin", Tty(""))
+        args = self.add_bob_on_a_tty("correct horse", "correct horse!")
         with self.assertRaises(ValueError) as caught:
             args.func(args, io.StringIO())
         self.assertIn("do not match", str(caught.exception))

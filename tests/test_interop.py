@@ -20,7 +20,7 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
-from appproxy.state.database import read_sign_ins
+from appproxy.state.queries import read_sign_ins
 from tests.browser import find_forms
 from tests.deployment import DOMAIN
 from tests.fakeprovider import FakeProvider, serve_tls

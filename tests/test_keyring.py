@@ -1,5 +1,6 @@
 """
-Tests for L{appproxy.access.keyring}.
+Tests for L{appproxy.access.keyring}, L{appproxy.access.keyring_file} and
+L{appproxy.cli.keys}.
 """
 
 from __future__ import annotations
@@ -17,16 +18,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from appproxy.access.keyring import (
+from appproxy.access.keyring import CookieKey, KeyRing, KeyRingError
+from appproxy.access.keyring_file import (
     KEYRING_FILENAME,
-    CookieKey,
-    KeyRing,
-    KeyRingError,
-    add_keys_command,
     load_keyring,
     load_or_create_keyring,
     save_keyring,
 )
+from appproxy.cli.keys import add_keys_command
 
 NOW = 1_700_000_000
 SECRET_A = bytes(range(32))

@@ -1,5 +1,5 @@
 """
-Tests for L{appproxy.oidc.client}: the pure checks directly and with Hypothesis, the
+Tests for L{appproxy.oidc}: the pure checks directly and with Hypothesis, the
 key cache with a fake clock, and L{RelyingParty} against L{FakeProvider} over
 real TLS on 127.0.0.1.
 """
@@ -27,21 +27,21 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from appproxy.daemon import pki
-from appproxy.oidc import client as oidc
-from appproxy.oidc.client import (
-    JwksCache,
-    ProviderMetadata,
-    RelyingParty,
-    RelyingPartySettings,
-    SignInError,
+from appproxy.oidc.authorize import (
     authorization_url,
     check_authorization_response,
-    check_id_token_claims,
     end_session_url,
     new_pkce,
-    parse_jwks,
-    parse_metadata,
-    parse_provider_address,
+)
+from appproxy.oidc.client import MAX_RESPONSE_SIZE, RelyingParty
+from appproxy.oidc.errors import SignInError
+from appproxy.oidc.jwks import JwksCache
+from appproxy.oidc.keys import parse_jwks
+from appproxy.oidc.metadata import ProviderMetadata, parse_metadata
+from appproxy.oidc.settings import RelyingPartySettings, parse_provider_address
+from appproxy.oidc.tokens import (
+    TokenResponse,
+    check_id_token_claims,
     parse_token_response,
     verify_id_token,
 )
@@ -942,7 +942,7 @@ class ParseTokenResponseTests(SynchronousTestCase):
         ).encode()
         response = parse_token_response(200, body)
         self.assertEqual(
-            response, oidc.TokenResponse(id_token="a.b.c", access_token="at", expires_in=60)
+            response, TokenResponse(id_token="a.b.c", access_token="at", expires_in=60)
         )
         self.assertNotIn("a.b.c", repr(response))
         self.assertNotIn("'at'", repr(response))
@@ -1174,7 +1174,7 @@ class RelyingPartyTests(TestCase):
         self.assertEqual(self.provider.discovery_fetches, 2)
 
     async def test_response_too_large(self) -> None:
-        self.provider.metadata_overrides = {"padding": "x" * (oidc.MAX_RESPONSE_SIZE + 1)}
+        self.provider.metadata_overrides = {"padding": "x" * (MAX_RESPONSE_SIZE + 1)}
         with self.assertRaises(SignInError) as caught:
             await self.rp.metadata()
         self.assertEqual(

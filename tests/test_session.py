@@ -1,5 +1,6 @@
 """
-Tests for L{appproxy.access.session}: the encrypted session cookie and sealed blobs.
+Tests for L{appproxy.access.session} and L{appproxy.access.cookie}: the session, the
+encrypted session cookie and sealed blobs.
 """
 
 from __future__ import annotations
@@ -17,18 +18,19 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from appproxy.access import session as session_module
-from appproxy.access.keyring import KeyRing, load_keyring, load_or_create_keyring, save_keyring
-from appproxy.access.session import (
+from appproxy.access import cookie as cookie_module
+from appproxy.access.cookie import (
     CLOCK_SKEW,
     MAX_COOKIE_BYTES,
     MAX_SEALED_CHARS,
     CookieTooLarge,
     InvalidCookie,
     Sealer,
-    Session,
     SessionCookieCodec,
 )
+from appproxy.access.keyring import KeyRing
+from appproxy.access.keyring_file import load_keyring, load_or_create_keyring, save_keyring
+from appproxy.access.session import Session, session_document
 
 NOW = 1_700_000_000
 COOKIE = "__Host-appproxy-wiki"
@@ -270,19 +272,19 @@ class SessionCookieCodecTests(SynchronousTestCase):
         data binds the app too; this is the second line).
         """
         ciphers = CODEC._ciphers
-        document = session_module._session_document(typical(app="crm"))
+        document = session_document(typical(app="crm"))
         value = ciphers.seal(
-            session_module._pack(document), session_module._session_aad("wiki", COOKIE)
+            cookie_module._pack(document), cookie_module._session_aad("wiki", COOKIE)
         )
         self.assertInvalid("wrong app", value)
 
     def test_strict_payload(self) -> None:
         """A genuine payload of the wrong shape is refused: extra, missing, mistyped."""
-        good = session_module._session_document(typical())
-        aad = session_module._session_aad("wiki", COOKIE)
+        good = session_document(typical())
+        aad = cookie_module._session_aad("wiki", COOKIE)
 
         def sealed(document: object) -> str:
-            return CODEC._ciphers.seal(session_module._pack(document), aad)  # type: ignore[arg-type]
+            return CODEC._ciphers.seal(cookie_module._pack(document), aad)  # type: ignore[arg-type]
 
         self.assertEqual(decode(sealed(good)), typical())
         variants: list[object] = [
@@ -312,10 +314,10 @@ class SessionCookieCodecTests(SynchronousTestCase):
             self.assertEqual(caught.exception.reason, "malformed payload")
 
     def test_not_json_payload(self) -> None:
-        aad = session_module._session_aad("wiki", COOKIE)
-        for plaintext in [b"", b"not deflate", session_module._pack({"v": 1}) + b"x"]:
+        aad = cookie_module._session_aad("wiki", COOKIE)
+        for plaintext in [b"", b"not deflate", cookie_module._pack({"v": 1}) + b"x"]:
             self.assertInvalid("malformed payload", CODEC._ciphers.seal(plaintext, aad))
-        text = json.dumps(session_module._session_document(typical()), separators=(",", ":"))
+        text = json.dumps(session_document(typical()), separators=(",", ":"))
         for extra in ("", " ", "{}", "x"):
             plaintext = zlib.compress((text + extra).encode(), 9, -15)
             value = CODEC._ciphers.seal(plaintext, aad)
@@ -489,7 +491,7 @@ class SealerTests(SynchronousTestCase):
         value = CODEC.encode(typical(), COOKIE)
         for purpose in ("session", "wiki", COOKIE, ""):
             self.assertRaises(InvalidCookie, self.sealer.unseal, value, purpose=purpose, now=NOW)
-        token = self.sealer.seal("session", session_module._session_document(typical()), NOW + 60)
+        token = self.sealer.seal("session", session_document(typical()), NOW + 60)
         self.assertRaises(InvalidCookie, decode, token)
 
     def test_retired_key(self) -> None:
@@ -503,7 +505,7 @@ class SealerTests(SynchronousTestCase):
         self.assertEqual(caught.exception.reason, "unknown or retired key")
 
     def test_strict_payload(self) -> None:
-        aad = session_module._sealed_aad("flow")
+        aad = cookie_module._sealed_aad("flow")
         for document in [
             [],
             {"v": 1, "e": NOW + 60},
@@ -513,7 +515,7 @@ class SealerTests(SynchronousTestCase):
             {"v": True, "e": NOW + 60, "d": {}},
             {"v": 1, "e": NOW + 60, "d": {}, "x": 1},
         ]:
-            token = self.sealer._ciphers.seal(session_module._pack(document), aad)  # type: ignore[arg-type]
+            token = self.sealer._ciphers.seal(cookie_module._pack(document), aad)  # type: ignore[arg-type]
             with self.assertRaises(InvalidCookie) as caught:
                 self.sealer.unseal(token, purpose="flow", now=NOW)
             self.assertEqual(caught.exception.reason, "malformed payload")

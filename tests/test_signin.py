@@ -15,10 +15,10 @@ from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import TestCase
 
-from appproxy.access.keyring import load_keyring
-from appproxy.access.session import SessionCookieCodec
+from appproxy.access.cookie import SessionCookieCodec
+from appproxy.access.keyring_file import load_keyring
 from appproxy.idp.totp import generate_secret, totp
-from appproxy.state.database import read_sign_ins
+from appproxy.state.queries import read_sign_ins
 from tests.browser import find_forms
 from tests.deployment import DOMAIN
 from tests.signin_deployment import LOGIN, backend_headers, start_builtin

@@ -1,5 +1,7 @@
 """
-Tests for L{appproxy.state.signinlog}.
+Tests for the sign-in log: the events (L{appproxy.state.signins}), their
+recording (L{appproxy.state.signinlog}) and C{appproxy logs sign-ins}
+(L{appproxy.cli.logs}).
 """
 
 from __future__ import annotations
@@ -21,17 +23,12 @@ from twisted.internet.defer import Deferred, fail
 from twisted.logger import ILogObserver, Logger, LogLevel
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from appproxy.state.database import DATABASE_NAME, StateDatabase, read_sign_ins
-from appproxy.state.signinlog import (
-    RESULTS,
-    STEPS,
-    SignInEvent,
-    SignInLog,
-    add_logs_command,
-    format_events,
-    format_time,
-    parse_since,
-)
+from appproxy.cli.logs import add_logs_command, parse_since
+from appproxy.state.database import StateDatabase
+from appproxy.state.queries import read_sign_ins
+from appproxy.state.schema import DATABASE_NAME
+from appproxy.state.signinlog import SignInLog
+from appproxy.state.signins import RESULTS, STEPS, SignInEvent, format_events, format_time
 
 T0 = 1_795_000_000.0  # 2026-11-18T11:06:40Z
 
@@ -245,11 +242,11 @@ class ParseSinceTests(SynchronousTestCase):
         self.assertRegex(format_time(epoch), r"\A\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z\Z")
 
 
+@attrs.define
 class _FailingDatabase:
     """A stand-in database whose writes fail, or raise at once."""
 
-    def __init__(self, synchronous: bool) -> None:
-        self.synchronous = synchronous
+    synchronous: bool
 
     def record_sign_in(self, event: SignInEvent) -> Deferred[None]:
         if self.synchronous:

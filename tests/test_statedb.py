@@ -1,5 +1,6 @@
 """
-Tests for L{appproxy.state.database}, on real SQLite files.
+Tests for L{appproxy.state.database} (with its L{appproxy.state.schema} and
+L{appproxy.state.queries}), on real SQLite files.
 """
 
 from __future__ import annotations
@@ -11,15 +12,10 @@ from pathlib import Path
 from twisted.internet.defer import gatherResults
 from twisted.trial.unittest import TestCase
 
-from appproxy.state.database import (
-    APPLICATION_ID,
-    DATABASE_NAME,
-    SCHEMA_VERSION,
-    StateDatabase,
-    StateDatabaseClosed,
-    read_sign_ins,
-)
-from appproxy.state.signinlog import SignInEvent
+from appproxy.state.database import StateDatabase, StateDatabaseClosed
+from appproxy.state.queries import read_sign_ins
+from appproxy.state.schema import APPLICATION_ID, DATABASE_NAME, SCHEMA_VERSION
+from appproxy.state.signins import SignInEvent
 
 T0 = 1_795_000_000.0
 

@@ -1,71 +1,40 @@
 """
 The key ring that encrypts session cookies and sealed blobs.
 
-The ring lives in the service's state directory as C{session-keys.json}
-(mode 0600)::
-
-    {"version": 1,
-     "keys": [{"id": "k3Jx_a9Q", "created": 1717000000,
-               "secret": "<32 bytes, base64url>", "retired": false}]}
-
 The newest key that is not retired (the I{current} key) encrypts new cookies;
 every key that is not retired decrypts.  Rotation adds a key and makes it
 current, so cookies made under the old key keep working until that key is
 retired; a retired key decrypts nothing, and can then be removed.
 
-The value types are pure; L{load_keyring}, L{load_or_create_keyring} and
-L{save_keyring} do the file I/O, and L{add_keys_command} adds the
-C{appproxy keys} administration command.  Secrets never appear in a C{repr}
-or in an exception message.
+Pure values: L{appproxy.access.keyring_file} reads and writes the ring's file,
+L{appproxy.cli.keys} is the C{appproxy keys} command.  Secrets never appear in
+a C{repr} or in an exception message.
 """
 
 from __future__ import annotations
 
-import argparse
-import base64
-import binascii
-import datetime
-import json
 import os
 import re
 import secrets
-import time
-from pathlib import Path
-from typing import TextIO
 
 import attrs
 
-from appproxy.state.files import (
-    PrivateFileError,
-    describe_os_error,
-    read_private_file,
-    write_private_file,
-)
-
 __all__ = [
-    "KEYRING_FILENAME",
+    "KEY_ID_RE",
     "SECRET_BYTES",
     "CookieKey",
     "KeyRing",
     "KeyRingError",
-    "add_keys_command",
-    "load_keyring",
-    "load_or_create_keyring",
-    "save_keyring",
+    "PathLike",
 ]
-
-#: The key ring's file name in the state directory.
-KEYRING_FILENAME = "session-keys.json"
 
 #: The length of a key's secret (an AES-256 key).
 SECRET_BYTES = 32
 
-_FORMAT_VERSION = 1
-_KEY_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
-_BASE64URL_RE = re.compile(r"[A-Za-z0-9_-]*={0,2}\Z")
-_KEY_FIELDS = frozenset({"id", "created", "secret", "retired"})
-_FILE_FIELDS = frozenset({"version", "keys"})
+#: What a key id is made of.
+KEY_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
 
+#: A file's path, as L{KeyRingError} names it.
 PathLike = str | os.PathLike[str]
 
 
@@ -91,7 +60,7 @@ class KeyRingError(ValueError):
 
 
 def _check_key_id(instance: object, attribute: object, value: str) -> None:
-    if not isinstance(value, str) or not _KEY_ID_RE.match(value):
+    if not isinstance(value, str) or not KEY_ID_RE.match(value):
         raise ValueError(f"key id {value!r} must be 1-64 letters, digits, '-' or '_'")
 
 
@@ -239,280 +208,3 @@ class KeyRing:
         if not self.keys[index].retired:
             raise KeyRingError(None, f"key {key_id!r} is not retired; retire it first")
         return KeyRing(keys=self.keys[:index] + self.keys[index + 1 :])
-
-
-# ---------------------------------------------------------------------------
-# the file
-
-
-def _encode_secret(secret: bytes) -> str:
-    return base64.urlsafe_b64encode(secret).rstrip(b"=").decode("ascii")
-
-
-def _decode_secret(text: str) -> bytes | None:
-    """The bytes of a base64url secret (padding optional), or L{None}."""
-    if not _BASE64URL_RE.match(text):
-        return None
-    stripped = text.rstrip("=")
-    try:
-        return base64.urlsafe_b64decode(stripped + "=" * (-len(stripped) % 4))
-    except (binascii.Error, ValueError):
-        return None
-
-
-def _parse_key(index: int, entry: object) -> CookieKey:
-    """One entry of C{"keys"}; raises L{ValueError} with the problem."""
-    where = f"keys[{index}]"
-    if not isinstance(entry, dict):
-        raise ValueError(f"{where} is not an object")
-    missing = _KEY_FIELDS - entry.keys()
-    if missing:
-        raise ValueError(f"{where} lacks {', '.join(sorted(missing))}")
-    extra = entry.keys() - _KEY_FIELDS
-    if extra:
-        raise ValueError(f"{where} has unknown field(s) {', '.join(sorted(extra))}")
-    key_id = entry["id"]
-    if not isinstance(key_id, str) or not _KEY_ID_RE.match(key_id):
-        raise ValueError(f"{where}: id must be 1-64 letters, digits, '-' or '_'")
-    where = f"key {key_id!r}"
-    created = entry["created"]
-    if type(created) is not int:
-        raise ValueError(f"{where}: created must be an integer")
-    retired = entry["retired"]
-    if not isinstance(retired, bool):
-        raise ValueError(f"{where}: retired must be true or false")
-    encoded = entry["secret"]
-    secret = _decode_secret(encoded) if isinstance(encoded, str) else None
-    if secret is None:
-        raise ValueError(f"{where}: secret is not base64url")
-    if len(secret) != SECRET_BYTES:
-        raise ValueError(f"{where}: secret is not {SECRET_BYTES} bytes")
-    return CookieKey(id=key_id, secret=secret, created=created, retired=retired)
-
-
-def _parse(text: str) -> KeyRing:
-    """A key ring from the file's text; raises L{ValueError} with the problem."""
-    try:
-        document = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"not JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
-    except RecursionError:
-        raise ValueError("not JSON (nested too deeply)") from None
-    if not isinstance(document, dict) or document.keys() != _FILE_FIELDS:
-        raise ValueError('wrong shape: expected an object with "version" and "keys"')
-    if document["version"] != _FORMAT_VERSION or type(document["version"]) is not int:
-        raise ValueError(f"unsupported version {document['version']!r} (expected 1)")
-    entries = document["keys"]
-    if not isinstance(entries, list):
-        raise ValueError('wrong shape: "keys" is not a list')
-    keys = tuple(_parse_key(index, entry) for index, entry in enumerate(entries))
-    if not keys:
-        raise ValueError("no active (non-retired) key")
-    return KeyRing(keys=keys)
-
-
-def _serialise(ring: KeyRing) -> bytes:
-    document = {
-        "version": _FORMAT_VERSION,
-        "keys": [
-            {
-                "id": key.id,
-                "created": key.created,
-                "secret": _encode_secret(key.secret),
-                "retired": key.retired,
-            }
-            for key in ring.keys
-        ],
-    }
-    return (json.dumps(document, indent=2) + "\n").encode("utf-8")
-
-
-def load_keyring(path: PathLike) -> KeyRing:
-    """
-    Read the key ring file at C{path}.
-
-    @raise KeyRingError: if the file cannot be read, is readable or writable
-        by anyone but its owner, is not JSON, does not have the expected
-        shape, holds a secret that is not 32 bytes, repeats a key id, or has
-        no active key.  Its message is one line naming the file.
-    """
-    try:
-        data = read_private_file(path)
-    except FileNotFoundError as e:
-        raise KeyRingError(path, f"cannot read: {describe_os_error(e)}") from None
-    except PrivateFileError as e:
-        raise KeyRingError(path, e.problem) from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise KeyRingError(path, "not JSON (not UTF-8)") from None
-    try:
-        return _parse(text)
-    except KeyRingError as e:
-        raise KeyRingError(path, e.problem) from None
-    except ValueError as e:
-        raise KeyRingError(path, str(e)) from None
-
-
-def save_keyring(path: PathLike, ring: KeyRing) -> None:
-    """
-    Write C{ring} to C{path} atomically, mode 0600.
-
-    @raise KeyRingError: if the file cannot be written.
-    """
-    try:
-        write_private_file(path, _serialise(ring))
-    except OSError as e:
-        raise KeyRingError(path, f"cannot write: {describe_os_error(e)}") from None
-
-
-def load_or_create_keyring(path: PathLike, now: int) -> KeyRing:
-    """
-    Read the key ring at C{path}; if there is no such file, create it with one
-    new key (made at C{now}), mode 0600.
-
-    The file appears whole or not at all.  When two processes create it at
-    the same moment, one file wins and both use it.
-
-    @raise KeyRingError: as L{load_keyring}, or if the file cannot be created.
-    """
-    target = Path(path)
-    if target.exists() or target.is_symlink():
-        return load_keyring(target)
-    ring = KeyRing.create(now)
-    try:
-        write_private_file(target, _serialise(ring), exclusive=True)
-    except FileExistsError:
-        return load_keyring(target)
-    except OSError as e:
-        raise KeyRingError(path, f"cannot create: {describe_os_error(e)}") from None
-    return ring
-
-
-# ---------------------------------------------------------------------------
-# appproxy keys ...
-
-
-def _keyring_path(args: argparse.Namespace) -> Path:
-    return Path(args.state_dir) / KEYRING_FILENAME
-
-
-def _iso(created: int) -> str:
-    moment = datetime.datetime.fromtimestamp(created, datetime.UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _cmd_list(args: argparse.Namespace, out: TextIO) -> int:
-    ring = load_keyring(_keyring_path(args))
-    width = max(len("ID"), *(len(key.id) for key in ring.keys))
-    print(f"{'ID':<{width}}  {'CREATED (UTC)':<20}  STATE", file=out)
-    for key in ring.keys:
-        if key.retired:
-            state = "retired"
-        elif key is ring.current:
-            state = "current"
-        else:
-            state = "active"
-        print(f"{key.id:<{width}}  {_iso(key.created):<20}  {state}", file=out)
-    return 0
-
-
-_RELOAD_HINT = (
-    "The running service uses the change after a reload "
-    "(systemctl reload appproxy, or kill -HUP its process)."
-)
-
-
-def _cmd_rotate(args: argparse.Namespace, out: TextIO) -> int:
-    path = _keyring_path(args)
-    now = int(time.time())
-    if not (path.exists() or path.is_symlink()):
-        ring = load_or_create_keyring(path, now)
-        print(f"Created {path} with key {ring.current.id}.", file=out)
-        print(_RELOAD_HINT, file=out)
-        return 0
-    ring = load_keyring(path).rotated(now)
-    save_keyring(path, ring)
-    print(f"Added key {ring.current.id}; it is now the current key.", file=out)
-    print("Cookies made under the older keys stay valid until those keys are retired.", file=out)
-    print(_RELOAD_HINT, file=out)
-    print(
-        "With several service processes, reload them all before retiring the old key.",
-        file=out,
-    )
-    return 0
-
-
-def _cmd_retire(args: argparse.Namespace, out: TextIO) -> int:
-    path = _keyring_path(args)
-    ring = load_keyring(path)
-    try:
-        new = ring.retired(args.key_id)
-    except KeyRingError as e:
-        raise KeyRingError(path, e.problem) from None
-    if new is ring:
-        print(f"Key {args.key_id} was already retired.", file=out)
-        return 0
-    save_keyring(path, new)
-    print(f"Retired key {args.key_id}: cookies made under it are no longer accepted.", file=out)
-    print(_RELOAD_HINT, file=out)
-    return 0
-
-
-def _cmd_remove(args: argparse.Namespace, out: TextIO) -> int:
-    path = _keyring_path(args)
-    ring = load_keyring(path)
-    try:
-        new = ring.without(args.key_id)
-    except KeyRingError as e:
-        raise KeyRingError(path, e.problem) from None
-    save_keyring(path, new)
-    print(f"Removed key {args.key_id}.", file=out)
-    return 0
-
-
-def add_keys_command(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """
-    Add C{appproxy keys list|rotate|retire KEY_ID|remove KEY_ID --state-dir DIR}.
-
-    Each subcommand's C{func} is C{(args, out) -> int}; problems raise
-    L{KeyRingError} (a L{ValueError}) with a one-line message, or
-    L{OSError}.
-    """
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--state-dir",
-        required=True,
-        metavar="DIR",
-        help=f"the service's state directory (holding {KEYRING_FILENAME})",
-    )
-    parser = subparsers.add_parser(
-        "keys",
-        help="list, rotate, retire and remove the session cookie keys",
-        description=(
-            f"Manage the keys in DIR/{KEYRING_FILENAME} that encrypt session cookies. "
-            "Rotate to add a new current key; once every service process has reloaded, "
-            "retire the old key (its cookies are then refused); then remove it."
-        ),
-    )
-    commands = parser.add_subparsers(
-        title="key commands", metavar="COMMAND", dest="keys_command", required=True
-    )
-    listing = commands.add_parser(
-        "list", parents=[common], help="show each key's id, creation time and state"
-    )
-    listing.set_defaults(func=_cmd_list)
-    rotate = commands.add_parser(
-        "rotate", parents=[common], help="add a new key and make it the current one"
-    )
-    rotate.set_defaults(func=_cmd_rotate)
-    retire = commands.add_parser(
-        "retire", parents=[common], help="stop accepting cookies made under KEY_ID"
-    )
-    retire.add_argument("key_id", metavar="KEY_ID")
-    retire.set_defaults(func=_cmd_retire)
-    remove = commands.add_parser(
-        "remove", parents=[common], help="delete the retired key KEY_ID from the file"
-    )
-    remove.add_argument("key_id", metavar="KEY_ID")
-    remove.set_defaults(func=_cmd_remove)

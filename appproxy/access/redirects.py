@@ -19,6 +19,8 @@ import re
 import string
 from urllib.parse import unquote
 
+from appproxy.http.authority import parse_authority
+
 __all__ = ["MAX_TARGET_LENGTH", "safe_redirect_target"]
 
 #: Longer targets are not kept: they land on the app's root.
@@ -29,8 +31,6 @@ MAX_TARGET_LENGTH = 2000
 # percent-encoded in the result.
 _URI_CHARS = frozenset(string.ascii_letters + string.digits + "-._~!$&'()*+,;=:@/?%")
 _BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
-_HOST_CHARS = frozenset(string.ascii_letters + string.digits + "-._")
-_PORT = re.compile(r"[1-9][0-9]{0,4}\Z")
 # How many rounds of percent-decoding a path segment is inspected through
 # (a back end that decodes twice sees "%252e%252e" as "..").
 _DECODE_ROUNDS = 3
@@ -69,28 +69,14 @@ def _is_clean(text: str) -> bool:
 def _normalise_authority(authority: str) -> str | None:
     """
     C{host[:port]} lowercased with the default port (443) elided, or L{None}
-    if it has userinfo, an empty or malformed port, or no host.
+    if it is malformed (see L{parse_authority}) or not written plainly: an
+    empty port (C{host:}) or one with leading zeros (C{host:0443}) is
+    refused here, though RFC 3986 allows both.  A trailing dot is kept.
     """
-    if "@" in authority:
+    parsed = parse_authority(authority)
+    if parsed is None or str(parsed) != authority.lower():
         return None
-    if authority.startswith("["):
-        close = authority.find("]")
-        if close < 0:
-            return None
-        host, rest = authority[: close + 1], authority[close + 1 :]
-        if not all(char in string.hexdigits + ":." for char in host[1:-1]) or len(host) < 3:
-            return None
-    else:
-        host, colon, port = authority.partition(":")
-        rest = colon + port
-        if not host or not all(char in _HOST_CHARS for char in host):
-            return None
-    host = host.lower()
-    if not rest:
-        return host
-    if not rest.startswith(":") or not _PORT.match(rest[1:]) or int(rest[1:]) > 65535:
-        return None
-    return host if rest == ":443" else host + rest
+    return parsed.normalised(443)
 
 
 def _segment_is_dangerous(segment: str) -> bool:

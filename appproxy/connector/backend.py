@@ -84,15 +84,17 @@ def parse_settings(document: Any) -> dict[str, BackendApp]:
 
 
 @implementer(IOpenSSLClientConnectionCreator)
+@attrs.define(eq=False)
 class _UnverifiedTLS:
     """
     TLS to an internal app whose certificate is deliberately not checked
     (C{verify_backend_tls = false}).  SNI is still sent.
     """
 
-    def __init__(self, hostname: bytes) -> None:
-        self._hostname = hostname
-        self._context = CertificateOptions(verify=False).getContext()
+    _hostname: bytes
+    _context: SSL.Context = attrs.field(
+        init=False, factory=lambda: CertificateOptions(verify=False).getContext()
+    )
 
     def clientConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
         connection = SSL.Connection(self._context, None)
@@ -124,6 +126,7 @@ def tls_policy(app: BackendApp) -> IPolicyForHTTPS:
 
 
 @implementer(IAgentEndpointFactory)
+@attrs.define(eq=False)
 class _CachedEndpoints:
     """
     One endpoint per internal host, made once: the Agent would otherwise
@@ -131,10 +134,11 @@ class _CachedEndpoints:
     even those served from the connection pool.
     """
 
-    def __init__(self, reactor: Any, policy: IPolicyForHTTPS) -> None:
-        self.reactor = reactor
-        self.policy = policy
-        self._endpoints: dict[tuple[bytes, bytes, int], IStreamClientEndpoint] = {}
+    reactor: Any
+    policy: IPolicyForHTTPS
+    _endpoints: dict[tuple[bytes, bytes, int], IStreamClientEndpoint] = attrs.field(
+        init=False, factory=dict
+    )
 
     def endpointForURI(self, uri: URI) -> IStreamClientEndpoint:
         key = (uri.scheme, uri.host, uri.port)
@@ -198,15 +202,18 @@ def classify_failure(failure: Failure, url: str, timeout: float) -> BackendError
     return BackendError(502, "backend-error", f"The request to {url} failed.")
 
 
+@attrs.define(eq=False)
 class BackendClient:
     """
     Makes requests to internal applications for the tunnel streams.
     """
 
-    def __init__(self, reactor: Any) -> None:
-        self.reactor = reactor
-        self.apps: dict[str, BackendApp] = {}
-        self._agents: dict[BackendApp, tuple[Agent, HTTPConnectionPool]] = {}
+    reactor: Any
+    apps: dict[str, BackendApp] = attrs.field(init=False, factory=dict)
+    """The settings the service pushed, by app name."""
+    _agents: dict[BackendApp, tuple[Agent, HTTPConnectionPool]] = attrs.field(
+        init=False, factory=dict
+    )
 
     def configure(self, apps: Mapping[str, BackendApp]) -> None:
         """

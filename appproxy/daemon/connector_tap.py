@@ -14,10 +14,16 @@ from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.logger import Logger
 from twisted.python import usage
 
-from appproxy.config.loader import ConfigError, ConnectorConfig, load_connector_config
+from appproxy.config import ConnectorConfig, load_connector_config
 from appproxy.connector.backend import BackendClient
 from appproxy.connector.tunnel import ConnectorTunnelFactory
-from appproxy.daemon.runtime import load_or_exit, notify, on_sighup, use_log_format
+from appproxy.daemon.runtime import (
+    config_options,
+    make_daemon,
+    notify,
+    reload_or_keep,
+    use_log_format,
+)
 from appproxy.daemon.tls import ReloadableTLS, tunnel_client_options
 
 #: Seconds in-flight requests get to finish after GOAWAY when stopping.
@@ -28,11 +34,7 @@ INITIAL_RETRY_DELAY = 0.5
 MAX_RETRY_DELAY = 30.0
 
 
-class Options(usage.Options):
-    synopsis = "--config PATH"
-    optParameters = [
-        ["config", "c", "/etc/appproxy/connector.toml", "The connector configuration file (TOML)."],
-    ]
+Options = config_options("connector", "/etc/appproxy/connector.toml")
 
 
 class ConnectorService(MultiService):
@@ -79,14 +81,14 @@ class ConnectorService(MultiService):
         used for the next connections; other changes take effect on restart.
         A bad file is refused and the running configuration kept.
         """
-        notify(b"RELOADING=1")
-        try:
-            config = load_connector_config(self.config.path)
-            tls = self._tls(config)
-        except (ConfigError, ValueError) as e:
-            self.log.error("Reload refused, the running configuration stays: {error}", error=str(e))
-            notify(b"READY=1")
-            return
+        reload_or_keep(self.log, self._load_reload, self._apply_reload)
+
+    def _load_reload(self) -> tuple[ConnectorConfig, Any]:
+        config = load_connector_config(self.config.path)
+        return config, self._tls(config)
+
+    def _apply_reload(self, loaded: tuple[ConnectorConfig, Any]) -> None:
+        config, tls = loaded
         self.tls.current = tls
         old = self.config
         later = [
@@ -106,7 +108,6 @@ class ConnectorService(MultiService):
             "Configuration reloaded; certificate and CA apply to new connections{later}",
             later=f"; on restart: {', '.join(later)}" if later else "",
         )
-        notify(b"READY=1")
 
     def startService(self) -> None:
         super().startService()
@@ -140,10 +141,7 @@ class ConnectorService(MultiService):
         return drains  # type: ignore[return-value]
 
 
-def makeService(options: Options) -> IService:
-    from twisted.internet import reactor
-
-    config = load_or_exit(load_connector_config, options["config"])
-    service = ConnectorService(config, reactor)
-    on_sighup(reactor, service.reload)
-    return service
+def makeService(options: usage.Options) -> IService:
+    return make_daemon(
+        options, lambda path, reactor: ConnectorService(load_connector_config(path), reactor)
+    )

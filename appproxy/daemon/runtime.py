@@ -1,6 +1,8 @@
 """
-What both daemons share: loading the configuration at start (one clear line
-and exit status 78 on a bad file), systemd notifications and log output.
+What both daemons share: their twistd options (C{--config PATH}), loading the
+configuration at start (one clear line and exit status 78 on a bad file),
+reloading it on SIGHUP (a bad file is refused and the running one kept),
+systemd notifications and log output.
 """
 
 from __future__ import annotations
@@ -9,17 +11,73 @@ import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import IO, Any, Protocol, TypeVar
 
-from twisted.logger import ILogObserver, jsonFileLogObserver
+from twisted.logger import ILogObserver, Logger, jsonFileLogObserver
+from twisted.python import usage
 
-from appproxy.config.loader import ConfigError
+from appproxy.config import ConfigError
 from appproxy.daemon import sdnotify
 
 #: sysexits.h EX_CONFIG; the systemd units do not restart on it.
 EX_CONFIG = 78
 
 T = TypeVar("T")
+
+
+class _Reloadable(Protocol):
+    def reload(self) -> None: ...
+
+
+S = TypeVar("S", bound=_Reloadable)
+
+
+def config_options(daemon: str, default_path: str) -> type[usage.Options]:
+    """
+    The twistd options of a daemon: its configuration file, C{--config PATH}
+    (or C{-c PATH}), C{default_path} when not given.
+
+    @param daemon: what the file configures (C{"service"}), for C{--help}.
+    """
+
+    class Options(usage.Options):
+        synopsis = "--config PATH"
+        optParameters = [
+            ["config", "c", default_path, f"The {daemon} configuration file (TOML)."],
+        ]
+
+    return Options
+
+
+def make_daemon(options: usage.Options, build: Callable[[Path, Any], S]) -> S:
+    """
+    A twistd plugin's C{makeService}: C{build(path, reactor)} the service
+    from the C{--config} file, stopping the daemon with one line if the
+    configuration (or the state it names) is bad, and reload it on SIGHUP.
+    """
+    from twisted.internet import reactor
+
+    service = load_or_exit(lambda path: build(path, reactor), options["config"])
+    on_sighup(reactor, service.reload)
+    return service
+
+
+def reload_or_keep(log: Logger, load: Callable[[], T], apply: Callable[[T], None]) -> None:
+    """
+    Reload a daemon's configuration, telling systemd (C{RELOADING=1}, then
+    C{READY=1}): C{load()} reads the file and builds all that the new
+    configuration needs; if it raises L{ConfigError} or L{ValueError} the
+    reload is refused and the running configuration stays, otherwise
+    C{apply} puts the result in place.
+    """
+    notify(b"RELOADING=1")
+    try:
+        loaded = load()
+    except (ConfigError, ValueError) as e:
+        log.error("Reload refused, the running configuration stays: {error}", error=str(e))
+    else:
+        apply(loaded)
+    notify(b"READY=1")
 
 
 def load_or_exit(loader: Callable[[Path], T], path: str, stderr: IO[str] | None = None) -> T:

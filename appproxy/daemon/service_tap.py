@@ -16,10 +16,17 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
 from twisted.python.failure import Failure
 
-from appproxy.config.loader import ConfigError, ServiceConfig, load_service_config
-from appproxy.daemon.runtime import load_or_exit, notify, on_sighup, use_log_format
+from appproxy.config import ServiceConfig, load_service_config
+from appproxy.daemon.runtime import (
+    config_options,
+    make_daemon,
+    notify,
+    reload_or_keep,
+    use_log_format,
+)
 from appproxy.daemon.tls import ReloadableTLS, SNIServerContextFactory, tunnel_server_context
-from appproxy.frontend.proxy import FrontEnd, ProxyHTTPFactory
+from appproxy.frontend.front_end import FrontEnd
+from appproxy.frontend.proxy import ProxyHTTPFactory
 from appproxy.gate.setup import SignInSetup, build_sign_in
 from appproxy.tunnel.queue import ConnectorGroups
 from appproxy.tunnel.service import ServiceTunnelFactory
@@ -28,11 +35,7 @@ from appproxy.tunnel.service import ServiceTunnelFactory
 DRAIN_TIMEOUT = 30.0
 
 
-class Options(usage.Options):
-    synopsis = "--config PATH"
-    optParameters = [
-        ["config", "c", "/etc/appproxy/service.toml", "The service configuration file (TOML)."],
-    ]
+Options = config_options("service", "/etc/appproxy/service.toml")
 
 
 class AppProxyService(Service):
@@ -79,15 +82,16 @@ class AppProxyService(Service):
         certificates and the settings pushed to connectors change at once;
         a bad file is refused and the running configuration kept.
         """
-        notify(b"RELOADING=1")
-        try:
-            config = load_service_config(self.config.path)
-            public_tls, tunnel_tls = self._public_tls(config), self._tunnel_tls(config)
-            self.sign_in.check_reload(config)
-        except (ConfigError, ValueError) as e:
-            self.log.error("Reload refused, the running configuration stays: {error}", error=str(e))
-            notify(b"READY=1")
-            return
+        reload_or_keep(self.log, self._load_reload, self._apply_reload)
+
+    def _load_reload(self) -> tuple[ServiceConfig, SNIServerContextFactory, Any]:
+        config = load_service_config(self.config.path)
+        public_tls, tunnel_tls = self._public_tls(config), self._tunnel_tls(config)
+        self.sign_in.check_reload(config)
+        return config, public_tls, tunnel_tls
+
+    def _apply_reload(self, loaded: tuple[ServiceConfig, SNIServerContextFactory, Any]) -> None:
+        config, public_tls, tunnel_tls = loaded
         old = self.config
         for key, before, after in [
             ("service.listen", old.listen, config.listen),
@@ -109,7 +113,6 @@ class AppProxyService(Service):
             "Configuration reloaded: apps {apps}",
             apps=", ".join(f"{a.name} ({a.external_url})" for a in config.apps),
         )
-        notify(b"READY=1")
 
     def _listen(self, description: str, what: str, factory: Any) -> IListeningPort:
         result: list[Any] = []
@@ -181,13 +184,9 @@ class AppProxyService(Service):
         return succeed(None)
 
 
-def makeService(options: Options) -> IService:
-    from twisted.internet import reactor
-
+def makeService(options: usage.Options) -> IService:
     # The state directory (keys, database, users) is read as the service is
     # built: a problem there stops the daemon the same way as a bad file.
-    service = load_or_exit(
-        lambda path: AppProxyService(load_service_config(path), reactor), options["config"]
+    return make_daemon(
+        options, lambda path, reactor: AppProxyService(load_service_config(path), reactor)
     )
-    on_sighup(reactor, service.reload)
-    return service

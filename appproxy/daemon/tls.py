@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import attrs
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from OpenSSL import SSL, crypto
@@ -212,6 +213,7 @@ def negotiated_protocol(transport: Any) -> bytes | None:
 
 
 @implementer(IOpenSSLServerConnectionCreator, IOpenSSLClientConnectionCreator)
+@attrs.define(eq=False)
 class ReloadableTLS:
     """
     A TLS connection creator whose configuration can be replaced while the
@@ -219,8 +221,8 @@ class ReloadableTLS:
     SIGHUP); connections already open keep the settings they started with.
     """
 
-    def __init__(self, current: Any) -> None:
-        self.current = current
+    current: Any
+    """The connection creator new connections use."""
 
     def serverConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
         connection: SSL.Connection = self.current.serverConnectionForTLS(tlsProtocol)

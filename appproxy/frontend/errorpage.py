@@ -1,5 +1,6 @@
 """
-Error pages the user sees: HTML by default, JSON for clients that prefer it.
+Error pages the user sees: HTML by default, JSON for clients that prefer it;
+and L{html_page}, the HTML shell of every page the service renders itself.
 
 Pure: no reactor, no I/O; the caller supplies the timestamp.
 """
@@ -7,11 +8,22 @@ Pure: no reactor, no I/O; the caller supplies the timestamp.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
+from datetime import UTC, datetime
 from html import escape
 
 import attrs
 
-__all__ = ["ROBOTS_TXT", "ErrorPage", "prefers_json", "render_error", "render_not_found"]
+__all__ = [
+    "ROBOTS_TXT",
+    "VIEWPORT_META",
+    "ErrorPage",
+    "format_timestamp",
+    "html_page",
+    "prefers_json",
+    "render_error",
+    "render_not_found",
+]
 
 ROBOTS_TXT: bytes = b"User-agent: *\nDisallow: /\n"
 
@@ -30,6 +42,11 @@ class ErrorPage:
     source: str  # "appproxy service", "connector", "internal application"
     request_id: str
     timestamp: str  # ISO 8601 UTC, supplied by the caller
+
+
+def format_timestamp(seconds: float) -> str:
+    """A POSIX time as an error page shows it: ISO 8601, UTC, to the second."""
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _quality(parameters: list[str]) -> float | None:
@@ -84,35 +101,61 @@ color:#57606a;display:grid;grid-template-columns:max-content 1fr;gap:.25rem 1rem
 dt{font-weight:600}dd{margin:0;font-family:ui-monospace,monospace;word-break:break-all}"""
 
 
-def _render_html(page: ErrorPage) -> bytes:
-    status = str(int(page.status))
-    title = escape(page.title, quote=True)
+#: The viewport line of every page the service renders itself.
+VIEWPORT_META = '<meta name="viewport" content="width=device-width, initial-scale=1">'
+_ERROR_PAGE_CSP_META = (
+    '<meta http-equiv="Content-Security-Policy"'
+    " content=\"default-src 'none'; style-src 'unsafe-inline'\">"
+)
+
+
+def html_page(*, title: str, style: str, head: Sequence[str], main: str) -> bytes:
+    """
+    A complete HTML page of the service's own, encoded as UTF-8.
+
+    @param title: the page title, plain text (escaped here).
+    @param style: the inline style sheet.
+    @param head: more C{<head>} lines, after C{charset} and C{noindex}.
+    @param main: the content of C{<main>}: HTML, each line ending with a
+        newline.
+    """
+    head_lines = "".join(line + "\n" for line in head)
     text = f"""\
 <!DOCTYPE html>
 <html lang="en">
 <head>
 <meta charset="utf-8">
 <meta name="robots" content="noindex">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<meta http-equiv="Content-Security-Policy" content="default-src 'none'; style-src 'unsafe-inline'">
-<title>{status} {title}</title>
-<style>{_STYLE}</style>
+{head_lines}<title>{escape(title, quote=True)}</title>
+<style>{style}</style>
 </head>
 <body>
 <main>
+{main}</main>
+</body>
+</html>
+"""
+    return text.encode("utf-8", "replace")
+
+
+def _render_html(page: ErrorPage) -> bytes:
+    status = str(int(page.status))
+    main = f"""\
 <p class="status">{status}</p>
-<h1>{title}</h1>
+<h1>{escape(page.title, quote=True)}</h1>
 <p>{escape(page.detail, quote=True)}</p>
 <dl>
 <dt>Source:</dt><dd>{escape(page.source, quote=True)}</dd>
 <dt>Request ID:</dt><dd>{escape(page.request_id, quote=True)}</dd>
 <dt>Time:</dt><dd>{escape(page.timestamp, quote=True)}</dd>
 </dl>
-</main>
-</body>
-</html>
 """
-    return text.encode("utf-8", "replace")
+    return html_page(
+        title=f"{status} {page.title}",
+        style=_STYLE,
+        head=[VIEWPORT_META, _ERROR_PAGE_CSP_META],
+        main=main,
+    )
 
 
 def _render_json(page: ErrorPage) -> bytes:

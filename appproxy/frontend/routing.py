@@ -7,10 +7,11 @@ Pure: no reactor, no I/O.
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from collections.abc import Iterable
 from typing import Generic, Protocol, TypeVar
+
+from appproxy.http.authority import parse_authority
 
 __all__ = [
     "RoutableApp",
@@ -35,7 +36,6 @@ class RoutableApp(Protocol):
 
 App = TypeVar("App", bound=RoutableApp)
 
-_LABEL = re.compile(r"[a-z0-9_-]{1,63}")
 _OWS = " \t"
 
 
@@ -46,46 +46,15 @@ def normalise_host(host: str, default_port: int = 443) -> str | None:
 
     Accepted names are dot-separated labels of ASCII letters, digits, C{-}
     and C{_} (1-63 characters each, 253 in all).  An empty port (C{host:}) is
-    the default port.
+    the default port.  Surrounding spaces and tabs are ignored.
 
-    @return: the normalised host, or None if C{host} is malformed.
+    @return: the normalised host, or None if C{host} is malformed (see
+        L{parse_authority}).
     """
-    host = host.strip(_OWS)
-    if not host.isascii():
+    authority = parse_authority(host.strip(_OWS))
+    if authority is None:
         return None
-    host = host.lower()
-    if host.startswith("["):
-        close = host.find("]")
-        if close < 0:
-            return None
-        try:
-            address = ipaddress.IPv6Address(host[1:close])
-        except ValueError:
-            return None
-        if address.scope_id is not None:
-            return None
-        name = f"[{address.compressed}]"
-        rest = host[close + 1 :]
-    else:
-        name, colon, port_text = host.partition(":")
-        rest = colon + port_text
-        name = name.removesuffix(".")
-        if not name or len(name) > 253:
-            return None
-        if not all(_LABEL.fullmatch(label) for label in name.split(".")):
-            return None
-    port = default_port
-    if rest:
-        if rest[0] != ":":
-            return None
-        digits = rest[1:]
-        if digits:
-            if not (digits.isdigit() and len(digits) <= 5):
-                return None
-            port = int(digits)
-            if not 0 < port < 65536:
-                return None
-    return name if port == default_port else f"{name}:{port}"
+    return authority.canonical().normalised(default_port)
 
 
 def _matches_prefix(path: str, prefix: str) -> bool:

@@ -14,21 +14,25 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.web.resource import IResource
 
-from appproxy.access.keyring import (
+from appproxy.access.cookie import Sealer, SessionCookieCodec
+from appproxy.access.keyring import KeyRingError
+from appproxy.access.keyring_file import (
     KEYRING_FILENAME,
-    KeyRingError,
     load_keyring,
     load_or_create_keyring,
 )
 from appproxy.access.policy import MfaRule, PolicySet
 from appproxy.access.risk import AnonymizerList, FailedSignIns, load_anonymizer_list
-from appproxy.access.session import Sealer, SessionCookieCodec
-from appproxy.config.loader import ConfigError, OidcConfig, ServiceConfig
-from appproxy.gate.flow import SignIn
-from appproxy.identity.headers import AssertionSigner, load_or_create_assertion_key
-from appproxy.oidc.client import RelyingParty, RelyingPartySettings
-from appproxy.state.database import DATABASE_NAME, StateDatabase
-from appproxy.state.signinlog import SignInEvent, SignInLog
+from appproxy.config import ConfigError, OidcConfig, ServiceConfig
+from appproxy.gate.context import GateContext
+from appproxy.gate.signin import SignIn
+from appproxy.identity.assertion import AssertionSigner, load_or_create_assertion_key
+from appproxy.oidc.client import RelyingParty
+from appproxy.oidc.settings import RelyingPartySettings
+from appproxy.state.database import StateDatabase
+from appproxy.state.schema import DATABASE_NAME
+from appproxy.state.signinlog import SignInLog
+from appproxy.state.signins import SignInEvent
 
 __all__ = ["SignInSetup", "build_sign_in"]
 
@@ -127,18 +131,20 @@ class SignInSetup:
             limit=config.risk.failed_sign_in_limit, window=config.risk.failed_sign_in_window
         )
         self.sign_in = SignIn(
-            config=config,
-            oidc=oidc,
-            relying_party=_relying_party(oidc, reactor),
-            codec=SessionCookieCodec(ring),
-            sealer=Sealer(ring),
-            policies=policy_set(config),
-            failures=self.failures,
-            anonymizers=_anonymizers(config),
-            database=self.database,
-            sign_in_log=self.sign_in_log,
-            assertion=self.assertion,
-            clock=reactor,
+            GateContext(
+                config=config,
+                oidc=oidc,
+                relying_party=_relying_party(oidc, reactor),
+                codec=SessionCookieCodec(ring),
+                sealer=Sealer(ring),
+                policies=policy_set(config),
+                failures=self.failures,
+                anonymizers=_anonymizers(config),
+                database=self.database,
+                sign_in_log=self.sign_in_log,
+                assertion=self.assertion,
+                clock=reactor,
+            )
         )
         if config.builtin_provider is not None:
             self.identity_provider = self._identity_provider(config, now)
@@ -259,17 +265,18 @@ class SignInSetup:
         """Take a new configuration: apps, policies, the provider settings."""
         self.config = config
         if self.sign_in is not None and config.oidc is not None:
-            if config.oidc != self.sign_in.oidc:
-                self.sign_in.oidc = config.oidc
-                old = self.sign_in.relying_party
-                self.sign_in.relying_party = _relying_party(config.oidc, self.reactor)
+            context = self.sign_in.context
+            if config.oidc != context.oidc:
+                context.oidc = config.oidc
+                old = context.relying_party
+                context.relying_party = _relying_party(config.oidc, self.reactor)
                 old.close()
-            self.sign_in.anonymizers = _anonymizers(config)
+            context.anonymizers = _anonymizers(config)
             # Keys rotated or retired with "appproxy keys" take effect now.
             ring = load_keyring(config.state_dir / KEYRING_FILENAME)
-            self.sign_in.codec = SessionCookieCodec(ring)
-            self.sign_in.sealer = Sealer(ring)
-            self.sign_in.set_config(config, policy_set(config))
+            context.codec = SessionCookieCodec(ring)
+            context.sealer = Sealer(ring)
+            context.set_config(config, policy_set(config))
         self.install(frontend)
 
     def close(self) -> defer.Deferred[None]:

@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 
 import attrs
 
+from appproxy.http.authority import Authority, parse_authority
 from appproxy.http.headers import is_valid_header_value
 
 __all__ = ["UrlMapping", "translate_response_headers", "translate_url"]
@@ -23,12 +24,6 @@ __all__ = ["UrlMapping", "translate_response_headers", "translate_url"]
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*:")
 _OWS = " \t"
-
-
-@attrs.frozen
-class _Authority:
-    host: str  # lowercase; IPv6 literals keep their brackets
-    port: int | None  # None: absent or empty, i.e. the scheme's default
 
 
 @attrs.frozen
@@ -55,7 +50,7 @@ class _Prefix:
 @attrs.frozen
 class _SplitUrl:
     scheme: str | None  # lowercase; None for a scheme-relative reference
-    authority: _Authority
+    authority: Authority  # host lowercase as written; port None if absent or empty
     path_start: int  # index in the URL where the path starts
     path_end: int  # index where the path ends (first "?" or "#", or the end)
 
@@ -66,32 +61,6 @@ def _find_any(text: str, chars: str, start: int) -> int:
         if text[index] in chars:
             return index
     return len(text)
-
-
-def _parse_authority(authority: str) -> _Authority | None:
-    if "@" in authority:
-        # Userinfo: never treated as one of ours.
-        return None
-    if authority.startswith("["):
-        close = authority.find("]")
-        if close < 0:
-            return None
-        host, rest = authority[: close + 1], authority[close + 1 :]
-    else:
-        host, colon, port = authority.partition(":")
-        rest = colon + port
-    if not host or not host.isascii():
-        return None
-    if not rest:
-        return _Authority(host.lower(), None)
-    if rest[0] != ":":
-        return None
-    digits = rest[1:]
-    if not digits:
-        return _Authority(host.lower(), None)
-    if not (digits.isascii() and digits.isdigit()):
-        return None
-    return _Authority(host.lower(), int(digits))
 
 
 def _split_url(url: str) -> _SplitUrl | None:
@@ -107,7 +76,7 @@ def _split_url(url: str) -> _SplitUrl | None:
         scheme = url[: match.end() - 1].lower()
         authority_start = match.end() + 2
     path_start = _find_any(url, "/?#", authority_start)
-    authority = _parse_authority(url[authority_start:path_start])
+    authority = parse_authority(url[authority_start:path_start])
     if authority is None:
         return None
     return _SplitUrl(scheme, authority, path_start, _find_any(url, "?#", path_start))

@@ -7,42 +7,25 @@ Header-based single sign-on: what the internal app learns about the user.
   - L{strip_spoofed_headers}: the client's own copies of those headers, and
     every C{X-AppProxy-*} header, are removed before the request goes on;
   - L{strip_appproxy_cookies} and L{drop_appproxy_set_cookies}: appproxy's
-    cookies never reach the app, and the app cannot set them;
-  - L{AssertionSigner}: the signed identity assertion (an ES256 JWT, sent as
-    C{X-AppProxy-Jwt-Assertion}) and the JWK Set that verifies it.
+    cookies never reach the app, and the app cannot set them.
 
-Header lists are ordered C{list[tuple[bytes, bytes]]} of (name, value), as in
-L{appproxy.http.headers}; inputs are never mutated.  Only
-L{load_or_create_assertion_key} does I/O.
+The signed identity assertion is L{appproxy.identity.assertion}.  Header lists
+are ordered C{list[tuple[bytes, bytes]]} of (name, value), as in
+L{appproxy.http.headers}; inputs are never mutated.  Pure: no I/O.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import json
-import os
-import stat
 import unicodedata
-import uuid
 from collections.abc import Iterable, Sequence
-from pathlib import Path
-
-import attrs
-import jwt
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 
 from appproxy.access.session import Session
 
 __all__ = [
     "APPPROXY_COOKIE_PREFIXES",
-    "ASSERTION_LIFETIME",
-    "AssertionSigner",
     "UnsafeClaimValue",
     "drop_appproxy_set_cookies",
     "identity_headers",
-    "load_or_create_assertion_key",
     "normalise_header_name",
     "strip_appproxy_cookies",
     "strip_spoofed_headers",
@@ -54,9 +37,6 @@ Headers = list[tuple[bytes, bytes]]
 #: case-sensitively, as cookie names are).
 APPPROXY_COOKIE_PREFIXES: tuple[bytes, ...] = (b"__Host-appproxy-", b"appproxy-")
 
-#: Seconds a signed identity assertion is valid.
-ASSERTION_LIFETIME = 300
-
 _RESERVED_PREFIX = "x-appproxy-"
 _OWS = b" \t"
 _TOKEN_CHARS = frozenset(
@@ -65,7 +45,6 @@ _TOKEN_CHARS = frozenset(
 # Control characters (C0, DEL, C1), line and paragraph separators, and lone
 # surrogates (which cannot be encoded).
 _UNSAFE_CATEGORIES = frozenset({"Cc", "Zl", "Zp", "Cs"})
-_KEY_MODE = 0o600
 
 
 class UnsafeClaimValue(Exception):
@@ -207,163 +186,3 @@ def drop_appproxy_set_cookies(headers: Sequence[tuple[bytes, bytes]]) -> Headers
                 continue
         result.append((name, value))
     return result
-
-
-# ---------------------------------------------------------------------------
-# the signed identity assertion
-
-
-def _b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
-def _public_jwk(key: ec.EllipticCurvePublicKey) -> dict[str, str]:
-    """The RFC 7518 members of a P-256 public key, C{crv kty x y}."""
-    numbers = key.public_numbers()
-    return {
-        "crv": "P-256",
-        "kty": "EC",
-        "x": _b64url(numbers.x.to_bytes(32, "big")),
-        "y": _b64url(numbers.y.to_bytes(32, "big")),
-    }
-
-
-def _thumbprint(jwk: dict[str, str]) -> str:
-    """The RFC 7638 thumbprint (SHA-256, base64url) of an EC public JWK."""
-    required = {member: jwk[member] for member in ("crv", "kty", "x", "y")}
-    canonical = json.dumps(required, sort_keys=True, separators=(",", ":"))
-    return _b64url(hashlib.sha256(canonical.encode("ascii")).digest())
-
-
-@attrs.frozen
-class AssertionSigner:
-    """
-    Signs identity assertions with an ES256 key.
-
-    @ivar private_key: the P-256 signing key.
-    @ivar key_id: the key's RFC 7638 JWK thumbprint, sent as C{kid}.
-    """
-
-    private_key: ec.EllipticCurvePrivateKey = attrs.field(repr=False)
-    _jwk: dict[str, str] = attrs.field(init=False, repr=False, eq=False)
-    key_id: str = attrs.field(init=False, eq=False)
-
-    @_jwk.default
-    def _make_jwk(self) -> dict[str, str]:
-        # Checked here: attrs computes defaults before it runs validators.
-        key = self.private_key
-        if not isinstance(key, ec.EllipticCurvePrivateKey) or not isinstance(
-            key.curve, ec.SECP256R1
-        ):
-            raise ValueError("the assertion key must be an EC P-256 private key")
-        return _public_jwk(key.public_key())
-
-    @key_id.default
-    def _make_key_id(self) -> str:
-        return _thumbprint(self._jwk)
-
-    def sign(self, session: Session, *, audience: str, issuer: str, now: int) -> str:
-        """
-        An assertion of C{session}'s identity for one app: a JWT signed with
-        ES256, whose header carries C{kid}, and whose claims are C{iss},
-        C{aud}, C{sub}, C{user} (the user name), C{name} and C{email} (when
-        known), C{groups}, C{roles}, C{amr}, C{iat}, C{nbf}, C{exp}
-        (C{now} + L{ASSERTION_LIFETIME}) and a unique C{jti}.
-
-        @param audience: who the assertion is for: the app's external URL.
-        @param issuer: who issues it: appproxy's URL for that app.
-        """
-        claims: dict[str, object] = {
-            "iss": issuer,
-            "aud": audience,
-            "sub": session.subject,
-            "user": session.user,
-        }
-        if session.name is not None:
-            claims["name"] = session.name
-        if session.email is not None:
-            claims["email"] = session.email
-        claims.update(
-            groups=list(session.groups),
-            roles=list(session.roles),
-            amr=list(session.amr),
-            iat=now,
-            nbf=now,
-            exp=now + ASSERTION_LIFETIME,
-            jti=uuid.uuid4().hex,
-        )
-        return jwt.encode(claims, self.private_key, algorithm="ES256", headers={"kid": self.key_id})
-
-    def jwks(self) -> bytes:
-        """The JSON JWK Set that verifies this signer's assertions."""
-        key = {**self._jwk, "kid": self.key_id, "use": "sig", "alg": "ES256"}
-        return json.dumps({"keys": [key]}, sort_keys=True).encode("ascii")
-
-
-def _write_new_key(path: Path, pem: bytes) -> bool:
-    """
-    Create C{path} (mode 0600) holding C{pem}, atomically: through a
-    temporary file hard-linked into place, so that a reader never sees a
-    partial key and a key another process created first is kept.
-
-    @return: whether this call created it.
-    """
-    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, _KEY_MODE)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), _KEY_MODE)
-            f.write(pem)
-            f.flush()
-            os.fsync(f.fileno())
-        try:
-            os.link(temporary, path)
-        except FileExistsError:
-            return False
-    finally:
-        temporary.unlink(missing_ok=True)
-    directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
-    return True
-
-
-def _read_key(path: Path) -> AssertionSigner:
-    mode = stat.S_IMODE(path.stat().st_mode)
-    if mode & 0o077:
-        raise ValueError(
-            f"{path} is readable by group or others (mode {mode:04o}); "
-            f"it holds a private key: chmod 600 it"
-        )
-    try:
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-    except (ValueError, TypeError):
-        raise ValueError(f"{path} is not an unencrypted PEM private key") from None
-    if not isinstance(key, ec.EllipticCurvePrivateKey) or not isinstance(key.curve, ec.SECP256R1):
-        raise ValueError(f"{path} is not an EC P-256 private key")
-    return AssertionSigner(key)
-
-
-def load_or_create_assertion_key(path: str | Path) -> AssertionSigner:
-    """
-    The assertion signer whose key is in C{path} (PEM, PKCS #8).  If C{path}
-    does not exist, a new P-256 key is written there first (mode 0600,
-    atomically).
-
-    @raise ValueError: (one line, naming the file) if the file is readable
-        by group or others, or is not an unencrypted P-256 private key.
-    @raise OSError: if it cannot be read or written.
-    """
-    path = Path(path)
-    if not path.exists():
-        key = ec.generate_private_key(ec.SECP256R1())
-        pem = key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-        if _write_new_key(path, pem):
-            return AssertionSigner(key)
-    return _read_key(path)

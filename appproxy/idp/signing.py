@@ -12,9 +12,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
-import stat
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
@@ -23,6 +20,13 @@ import attrs
 import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+
+from appproxy.state.files import (
+    PrivateFileError,
+    describe_os_error,
+    read_private_file,
+    write_private_file,
+)
 
 __all__ = ["SIGNING_KEY_FILE", "SigningKey", "load_or_create_signing_key"]
 
@@ -55,27 +59,21 @@ class SigningKey:
     @kid.default
     def _thumbprint(self) -> str:
         # RFC 7638: the required members, sorted, no whitespace.
-        numbers = self.private_key.public_key().public_numbers()
-        members = {
-            "crv": "P-256",
-            "kty": "EC",
-            "x": _b64url(numbers.x.to_bytes(_COORDINATE_BYTES, "big")),
-            "y": _b64url(numbers.y.to_bytes(_COORDINATE_BYTES, "big")),
-        }
-        canonical = json.dumps(members, separators=(",", ":"), sort_keys=True)
+        canonical = json.dumps(self._public_members(), separators=(",", ":"), sort_keys=True)
         return _b64url(hashlib.sha256(canonical.encode("ascii")).digest())
 
     @public_jwk.default
     def _jwk(self) -> Mapping[str, str]:
+        return {**self._public_members(), "use": "sig", "alg": _ALGORITHM, "kid": self.kid}
+
+    def _public_members(self) -> dict[str, str]:
+        """The public key's required JWK members (RFC 7518 section 6.2.1)."""
         numbers = self.private_key.public_key().public_numbers()
         return {
             "kty": "EC",
             "crv": "P-256",
             "x": _b64url(numbers.x.to_bytes(_COORDINATE_BYTES, "big")),
             "y": _b64url(numbers.y.to_bytes(_COORDINATE_BYTES, "big")),
-            "use": "sig",
-            "alg": _ALGORITHM,
-            "kid": self.kid,
         }
 
     @property
@@ -110,21 +108,11 @@ def load_or_create_signing_key(path: Path | str) -> SigningKey:
     """
     path = Path(path)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        data = read_private_file(path)
     except FileNotFoundError:
         return _create(path)
-    except OSError as e:
-        raise ValueError(f"{path}: cannot open: {e.strerror or e}") from None
-    with os.fdopen(fd, "rb") as f:
-        st = os.fstat(f.fileno())
-        if not stat.S_ISREG(st.st_mode):
-            raise ValueError(f"{path}: not a regular file")
-        if st.st_mode & 0o077:
-            raise ValueError(
-                f"{path}: readable or writable by group or others"
-                f" (mode {stat.S_IMODE(st.st_mode):04o}); run: chmod 600 {path}"
-            )
-        data = f.read()
+    except PrivateFileError as e:
+        raise ValueError(f"{path}: {e.problem}") from None
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError):
@@ -136,24 +124,12 @@ def load_or_create_signing_key(path: Path | str) -> SigningKey:
 
 def _create(path: Path) -> SigningKey:
     key = ec.generate_private_key(ec.SECP256R1())
-    # Written whole to a temporary file, then linked into place: no reader
-    # ever sees a half-written key, and a key another process created first
-    # is kept (link fails if the name exists).
+    # Written whole, then linked into place: no reader ever sees a
+    # half-written key, and a key another process created first is kept.
     try:
-        fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as e:
-        raise ValueError(f"{path}: cannot create: {e.strerror or e}") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), 0o600)
-            f.write(_key_pem(key))
-            f.flush()
-            os.fsync(f.fileno())
-        os.link(temp, path)
+        write_private_file(path, _key_pem(key), exclusive=True)
     except FileExistsError:
         return load_or_create_signing_key(path)
     except OSError as e:
-        raise ValueError(f"{path}: cannot create: {e.strerror or e}") from None
-    finally:
-        os.unlink(temp)
+        raise ValueError(f"{path}: cannot create: {describe_os_error(e)}") from None
     return SigningKey(key)

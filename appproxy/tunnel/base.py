@@ -9,6 +9,8 @@ L{TunnelProtocol} feeds an L{h2.connection.H2Connection} the way Twisted's own
 HTTP/2 server does: bytes in, events out, C{data_to_send()} written back.  It
 adds what both ends need:
 
+ - the factory (L{TunnelFactory}) that holds the clock, the PING interval and
+   the set of connected protocols;
  - per-stream outbound buffers that send DATA only within the peer's flow
    control window, and tell the stream when its buffer has drained so it can
    resume whatever produces its data;
@@ -21,11 +23,12 @@ DATA only once the far side has consumed it.
 
 from __future__ import annotations
 
-import binascii
 import os
 from collections import deque
 from collections.abc import Iterable
+from typing import Any, Generic, TypeVar
 
+import attrs
 import hyperframe.frame
 from h2.config import H2Configuration
 from h2.connection import H2Connection
@@ -47,29 +50,13 @@ from h2.events import (
 from h2.exceptions import H2Error, ProtocolError
 from h2.settings import SettingCodes
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from appproxy.tunnel.frame_repr import bounded_raw_data_repr
 
-def bounded_raw_data_repr(data: bytes | None) -> str:
-    """
-    Exactly what C{hyperframe.frame._raw_data_repr} returns, without
-    hex-encoding the whole payload first.
-
-    h2 calls C{repr(frame)} on every frame it receives, for trace logging,
-    even when nothing is logged; hyperframe's repr hex-encodes all of a DATA
-    frame's payload to keep its first 20 characters.  That was a quarter of
-    the service's CPU time on a download.
-    """
-    if not data:
-        return "None"
-    r = binascii.hexlify(data[:11]).decode("ascii")
-    if len(r) > 20:
-        r = r[:20] + "..."
-    return "<hex:" + r + ">"
-
-
+# h2 reprs every frame it receives; see L{bounded_raw_data_repr}.
 hyperframe.frame._raw_data_repr = bounded_raw_data_repr
 
 #: Per-stream receive window: how much DATA may be in flight, unacknowledged,
@@ -83,24 +70,29 @@ MAX_FRAME_SIZE = 1 << 18
 #: Request and response header lists larger than this are refused.
 MAX_HEADER_LIST_SIZE = 1 << 16
 
+#: The path of the control stream on which the service pushes its settings to
+#: the connector (no user request reaches it: see L{appproxy.tunnel.service}).
+CONFIG_PATH = b"/.appproxy/config"
 
+
+@attrs.define(eq=False)
 class TunnelStream:
     """
     One stream's outbound state.  Subclasses add what the stream is for.
-
-    @ivar stream_id: the HTTP/2 stream id.
-    @ivar outbound: DATA waiting for flow-control window.
-    @ivar end_pending: C{end_stream} was asked for while data was buffered.
-    @ivar closed: the stream has ended or been reset; nothing more is sent.
     """
 
-    def __init__(self, stream_id: int) -> None:
-        self.stream_id = stream_id
-        self.outbound: deque[bytes] = deque()
-        self.outbound_size = 0
-        self.end_pending = False
-        self.closed = False
-        self.local_closed = False
+    stream_id: int
+    """The HTTP/2 stream id."""
+    outbound: deque[bytes] = attrs.field(init=False, factory=deque)
+    """DATA waiting for flow-control window."""
+    outbound_size: int = attrs.field(init=False, default=0)
+    """How many bytes C{outbound} holds."""
+    end_pending: bool = attrs.field(init=False, default=False)
+    """C{end_stream} was asked for while data was buffered."""
+    closed: bool = attrs.field(init=False, default=False)
+    """The stream has ended or been reset; nothing more is sent."""
+    local_closed: bool = attrs.field(init=False, default=False)
+    """Our side has sent END_STREAM."""
 
     def outbound_drained(self) -> None:
         """
@@ -114,17 +106,35 @@ class TunnelStream:
         """
 
 
-class TunnelProtocol(Protocol):
+_P = TypeVar("_P", bound="TunnelProtocol[Any]")
+_F = TypeVar("_F", bound="TunnelFactory[Any]")
+
+
+class TunnelFactory(Factory[_P]):
+    """
+    Base for both ends' factories (attrs classes that declare these fields);
+    L{TunnelProtocol} keeps C{protocols}, the connected ones, up to date.
+    """
+
+    noisy = False
+    clock: IReactorTime
+    ping_interval: float
+    protocols: set[_P]
+
+
+class TunnelProtocol(Protocol, Generic[_F]):
     """
     Base for the service's and the connector's tunnel protocols.
     """
 
     log = Logger()
     client_side: bool = False
+    factory: _F
 
-    def __init__(self, clock: IReactorTime, ping_interval: float) -> None:
-        self.clock = clock
-        self.ping_interval = ping_interval
+    def __init__(self, factory: _F) -> None:
+        self.factory = factory
+        self.clock = factory.clock
+        self.ping_interval = factory.ping_interval
         self.conn = H2Connection(
             H2Configuration(
                 client_side=self.client_side,
@@ -152,6 +162,7 @@ class TunnelProtocol(Protocol):
         self.conn.increment_flow_control_window(CONNECTION_WINDOW - 65535)
         self.flush()
         self._ping_call = self.clock.callLater(self.ping_interval, self._ping)
+        self.factory.protocols.add(self)
 
     def local_settings(self) -> dict[int, int]:
         return {
@@ -162,6 +173,7 @@ class TunnelProtocol(Protocol):
         }
 
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:  # noqa: B008
+        self.factory.protocols.discard(self)
         self.connected = False
         self.terminated = True
         if self._ping_call is not None and self._ping_call.active():
@@ -286,10 +298,6 @@ class TunnelProtocol(Protocol):
         except H2Error:
             pass
         self.flush()
-
-    def forget_stream(self, stream: TunnelStream) -> None:
-        stream.closed = True
-        self.streams.pop(stream.stream_id, None)
 
     def send_data(self, stream: TunnelStream, data: bytes) -> bool:
         """

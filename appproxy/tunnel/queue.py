@@ -10,14 +10,15 @@ loss of one.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Protocol
 
+import attrs
 from twisted.internet.defer import Deferred, DeferredQueue, QueueOverflow
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 if TYPE_CHECKING:
-    from appproxy.config.loader import AppConfig
+    from appproxy.config import AppConfig
 
 #: Methods whose requests may be repeated without changing the outcome.
 IDEMPOTENT_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
@@ -26,7 +27,7 @@ IDEMPOTENT_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", 
 class Exchange(Protocol):
     """
     The user side of a proxied request, as the tunnel sees it.  Implemented by
-    L{appproxy.frontend.proxy.ProxyRequest}.
+    L{appproxy.frontend.request.ProxyRequest}.
     """
 
     def stream_opened(self, stream: ExchangeStream) -> None:
@@ -76,45 +77,35 @@ class ExchangeStream(Protocol):
     def release(self) -> None: ...
 
 
+@attrs.define(eq=False)
 class ProxyJob:
     """
     One user request on its way to a connector.
-
-    @ivar app: the published application.
-    @ivar method: request method.
-    @ivar path: the path and query on the internal app.
-    @ivar headers: request headers prepared for the internal app (lowercase).
-    @ivar request_id: the id shown to the user and logged everywhere.
-    @ivar has_body: a request body follows the headers.
-    @ivar exchange: the user side.
-    @ivar attempts: how many tunnel streams have carried it.
-    @ivar dispatched: the connector said it passed the request to the app.
-    @ivar body_sent: some of the body has left the service.
-    @ivar cancelled: nobody wants the job any more (user gone, timed out).
     """
 
-    def __init__(
-        self,
-        app: AppConfig,
-        method: bytes,
-        path: bytes,
-        headers: list[tuple[bytes, bytes]],
-        request_id: str,
-        has_body: bool,
-        exchange: Exchange,
-    ) -> None:
-        self.app = app
-        self.method = method
-        self.path = path
-        self.headers = headers
-        self.request_id = request_id
-        self.has_body = has_body
-        self.exchange = exchange
-        self.attempts = 0
-        self.dispatched = False
-        self.body_sent = False
-        self.cancelled = False
-        self._timer: IDelayedCall | None = None
+    app: AppConfig
+    """The published application."""
+    method: bytes
+    """The request method."""
+    path: bytes
+    """The path and query on the internal app."""
+    headers: list[tuple[bytes, bytes]]
+    """Request headers prepared for the internal app (lowercase)."""
+    request_id: str
+    """The id shown to the user and logged everywhere."""
+    has_body: bool
+    """A request body follows the headers."""
+    exchange: Exchange
+    """The user side."""
+    attempts: int = attrs.field(init=False, default=0)
+    """How many tunnel streams have carried it."""
+    dispatched: bool = attrs.field(init=False, default=False)
+    """The connector said it passed the request to the app."""
+    body_sent: bool = attrs.field(init=False, default=False)
+    """Some of the body has left the service."""
+    cancelled: bool = attrs.field(init=False, default=False)
+    """Nobody wants the job any more (user gone, timed out)."""
+    _timer: IDelayedCall | None = attrs.field(init=False, default=None)
 
     @property
     def needs_dispatch_ack(self) -> bool:
@@ -152,20 +143,26 @@ class NoCapacity(Exception):
     """
 
 
+@attrs.define(eq=False)
 class ConnectorGroupQueue:
     """
     The queue of one connector group.
-
-    @ivar name: the group name.
-    @ivar connections: the tunnel connections currently serving the group.
     """
 
-    def __init__(self, name: str, clock: IReactorTime, timeout: float, backlog: int = 10000):
-        self.name = name
-        self.clock = clock
-        self.timeout = timeout
-        self._queue: DeferredQueue[ProxyJob] = DeferredQueue(backlog=None, size=backlog)
-        self.connections: set[object] = set()
+    name: str
+    """The group name."""
+    clock: IReactorTime
+    timeout: float
+    """Seconds a job may wait for a connection."""
+    backlog: int = 10000
+    """How many jobs may wait."""
+    _queue: DeferredQueue[ProxyJob] = attrs.field(init=False)
+    connections: set[object] = attrs.field(init=False, factory=set)
+    """The tunnel connections currently serving the group."""
+
+    @_queue.default
+    def _new_queue(self) -> DeferredQueue[ProxyJob]:
+        return DeferredQueue(backlog=None, size=self.backlog)
 
     def put(self, job: ProxyJob, on_timeout: Callable[[ProxyJob], None]) -> None:
         """
@@ -211,15 +208,16 @@ class ConnectorGroupQueue:
         return len(self._queue.pending)
 
 
+@attrs.define(eq=False)
 class ConnectorGroups:
     """
     All connector groups of a service, created on first use.
     """
 
-    def __init__(self, clock: IReactorTime, timeout: float) -> None:
-        self.clock = clock
-        self.timeout = timeout
-        self._groups: dict[str, ConnectorGroupQueue] = {}
+    clock: IReactorTime
+    timeout: float
+    """The queue timeout of groups created from now on."""
+    _groups: dict[str, ConnectorGroupQueue] = attrs.field(init=False, factory=dict)
 
     def __getitem__(self, name: str) -> ConnectorGroupQueue:
         group = self._groups.get(name)
@@ -227,5 +225,5 @@ class ConnectorGroups:
             group = self._groups[name] = ConnectorGroupQueue(name, self.clock, self.timeout)
         return group
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[ConnectorGroupQueue]:
         return iter(self._groups.values())

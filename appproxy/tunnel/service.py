@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
+import attrs
 from h2.errors import ErrorCodes
 from h2.events import (
     ConnectionTerminated,
@@ -23,18 +24,16 @@ from h2.events import (
 )
 from h2.exceptions import H2Error
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.interfaces import IDelayedCall, IHandshakeListener, IReactorTime
-from twisted.internet.protocol import Factory
+from twisted.internet.interfaces import IHandshakeListener, IReactorTime
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from appproxy.config.loader import AppConfig
+from appproxy.config import AppConfig
 from appproxy.daemon.tls import peer_connector_identity
-from appproxy.tunnel.base import TunnelProtocol, TunnelStream
+from appproxy.tunnel.base import CONFIG_PATH, TunnelFactory, TunnelProtocol, TunnelStream
 from appproxy.tunnel.queue import ConnectorGroupQueue, ConnectorGroups, ProxyJob
+from appproxy.tunnel.service_stream import ServiceStream
 
-#: Where the service pushes the group's settings to the connector.
-CONFIG_PATH = b"/.appproxy/config"
 #: Extra time the service waits beyond the app's backend timeout, which the
 #: connector enforces, before it gives up on a stream itself.
 RESPONSE_GRACE = 5.0
@@ -60,115 +59,17 @@ def connector_settings(apps: Sequence[AppConfig]) -> bytes:
     ).encode("utf-8")
 
 
-class ServiceStream(TunnelStream):
-    """
-    One user request travelling over the tunnel.
-    """
-
-    def __init__(self, proto: ServiceTunnelProtocol, stream_id: int, job: ProxyJob) -> None:
-        super().__init__(stream_id)
-        self.proto = proto
-        self.job = job
-        self.paused = False
-        self.held = False
-        self.unacked = 0
-        self.responded = False
-        self.finished = False
-        self.timer: IDelayedCall | None = None
-
-    # ExchangeStream: called by the user side
-
-    def write_body(self, data: bytes) -> bool:
-        self.job.body_sent = True
-        return self.proto.send_data(self, data)
-
-    def end_body(self) -> None:
-        self.proto.end_stream(self)
-
-    def cancel(self) -> None:
-        if self.finished:
-            return
-        self._done()
-        self.proto.reset_stream(self.stream_id)
-
-    def pauseProducing(self) -> None:
-        self.paused = True
-
-    def resumeProducing(self) -> None:
-        self.paused = False
-        self._ack_pending()
-
-    def hold(self) -> None:
-        """
-        Stop reopening the window, whatever the consumer says (see
-        L{appproxy.frontend.proxy.ProxyRequest.response_data}).
-        """
-        self.held = True
-
-    def release(self) -> None:
-        self.held = False
-        self._ack_pending()
-
-    def _ack_pending(self) -> None:
-        if self.unacked and not self.paused and not self.held:
-            unacked, self.unacked = self.unacked, 0
-            self.proto.acknowledge(self.stream_id, unacked)
-
-    def stopProducing(self) -> None:
-        self.cancel()
-
-    # TunnelStream
-
-    def outbound_drained(self) -> None:
-        self.job.exchange.body_drained()
-
-    def stream_aborted(self, reason: str) -> None:
-        if self.finished:
-            return
-        self._done()
-        self.job.exchange.stream_lost(self.job, reason)
-
-    # from the protocol
-
-    def timed_out(self) -> None:
-        self.timer = None
-        if self.finished:
-            return
-        self._done()
-        self.proto.reset_stream(self.stream_id)
-        self.job.exchange.upstream_error(
-            504,
-            "timeout",
-            f"The connector did not answer within {self.job.app.backend_timeout:g} seconds.",
-        )
-
-    def _done(self) -> None:
-        self.finished = True
-        self.closed = True
-        if self.timer is not None and self.timer.active():
-            self.timer.cancel()
-        self.timer = None
-        self.proto.stream_finished(self)
-
-
 @implementer(IHandshakeListener)
-class ServiceTunnelProtocol(TunnelProtocol):
+class ServiceTunnelProtocol(TunnelProtocol["ServiceTunnelFactory"]):
     """
     The service's end of one tunnel connection.
     """
 
     client_side = True
 
-    def __init__(
-        self,
-        clock: IReactorTime,
-        groups: ConnectorGroups,
-        ping_interval: float,
-        factory: ServiceTunnelFactory,
-    ) -> None:
-        super().__init__(clock, ping_interval)
-        self.groups = groups
-        self.factory = factory
+    def __init__(self, factory: ServiceTunnelFactory) -> None:
+        super().__init__(factory)
+        self.groups = factory.groups
         self.group: ConnectorGroupQueue | None = None
         self.connector_id = "?"
         self.capacity = 0
@@ -182,10 +83,6 @@ class ServiceTunnelProtocol(TunnelProtocol):
         self.bytes_received = 0
 
     # -- connection ------------------------------------------------------
-
-    def connectionMade(self) -> None:
-        super().connectionMade()
-        self.factory.protocols.add(self)
 
     def handshakeCompleted(self) -> None:
         identity = peer_connector_identity(self.transport)
@@ -235,7 +132,6 @@ class ServiceTunnelProtocol(TunnelProtocol):
         self.end_stream(stream)
 
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:  # noqa: B008
-        self.factory.protocols.discard(self)
         self._stop_consuming()
         if self.group is not None:
             self.group.connections.discard(self)
@@ -320,7 +216,7 @@ class ServiceTunnelProtocol(TunnelProtocol):
         ]
         if job.needs_dispatch_ack:
             headers.append((b"appproxy-ack", b"1"))
-        stream = ServiceStream(self, sid, job)
+        stream = ServiceStream(sid, self, job)
         try:
             self.conn.send_headers(sid, headers, end_stream=not job.has_body)
         except H2Error as e:
@@ -442,29 +338,22 @@ class ServiceTunnelProtocol(TunnelProtocol):
         stream.job.exchange.response_ended()
 
 
-class ServiceTunnelFactory(Factory):
+@attrs.define(eq=False)
+class ServiceTunnelFactory(TunnelFactory[ServiceTunnelProtocol]):
     """
     Builds the service's tunnel protocols; wrap it in TLS that requires a
     connector client certificate.
     """
 
-    noisy = False
-
-    def __init__(
-        self,
-        clock: IReactorTime,
-        groups: ConnectorGroups,
-        apps: Sequence[AppConfig],
-        ping_interval: float = 15.0,
-    ) -> None:
-        self.clock = clock
-        self.groups = groups
-        self.apps = apps
-        self.ping_interval = ping_interval
-        self.protocols: set[ServiceTunnelProtocol] = set()
+    clock: IReactorTime
+    groups: ConnectorGroups
+    apps: Sequence[AppConfig]
+    """The apps of every group; each connection pushes its group's."""
+    ping_interval: float = 15.0
+    protocols: set[ServiceTunnelProtocol] = attrs.field(init=False, factory=set)
 
     def buildProtocol(self, addr: object) -> ServiceTunnelProtocol:
-        return ServiceTunnelProtocol(self.clock, self.groups, self.ping_interval, self)
+        return ServiceTunnelProtocol(self)
 
     def set_apps(self, apps: Sequence[AppConfig]) -> None:
         """

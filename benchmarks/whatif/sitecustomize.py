@@ -51,8 +51,9 @@ def _no_access_log() -> None:
 
 
 def _no_h2_validation() -> None:
-    import appproxy.tunnel.base.base as tunnel
     from h2.config import H2Configuration
+
+    import appproxy.tunnel.base as tunnel
 
     def config(**kwargs: object) -> H2Configuration:
         kwargs["validate_inbound_headers"] = False

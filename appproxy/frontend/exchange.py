@@ -1,0 +1,329 @@
+"""
+The user's request as the tunnel sees it: a streaming L{twisted.web.http.Request}.
+
+twisted.web's own C{Request} buffers the whole request body (in memory, then a
+temporary file) before the application sees the request.  L{ExchangeRequest}
+starts as soon as the headers are in (C{gotLength}, called by both the
+HTTP/1.1 and the HTTP/2 channel once the header block is complete); once a
+subclass has queued it for a connector, it streams the body into the tunnel
+with back pressure and relays the response.  It is the user side of the
+exchange (L{appproxy.tunnel.queue.Exchange}).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from typing import Any
+
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web import http
+from twisted.web._http2 import H2Stream
+
+from appproxy.config import AppConfig
+from appproxy.frontend.answers import SERVICE, Answer, error_answer, upstream_error_page
+from appproxy.frontend.front_end import FrontEnd
+from appproxy.frontend.relay import ResponseRelay, relayed_headers
+from appproxy.tunnel.queue import ExchangeStream, NoCapacity, ProxyJob
+
+__all__ = ["BODY_BUFFER_LIMIT", "ExchangeRequest"]
+
+#: Request body buffered before the tunnel is ready, before reading pauses.
+BODY_BUFFER_LIMIT = 1 << 16
+
+log = Logger()
+
+
+class ExchangeRequest(http.Request):
+    """
+    One user request, streamed through the tunnel once queued.
+
+    Subclasses say what to do with the request in L{_begin}, called as soon
+    as the header block is complete: answer it (L{_respond}), or queue a
+    L{ProxyJob} for it (L{_enqueue}).
+    """
+
+    def __init__(self, channel: Any, frontend: FrontEnd) -> None:
+        super().__init__(channel)
+        self.frontend = frontend
+        self.content = None
+        self.request_id = ""
+        self.app: AppConfig | None = None
+        self._is_h2 = isinstance(channel, H2Stream)
+        self._job: ProxyJob | None = None
+        self._stream: ExchangeStream | None = None
+        self._body: deque[bytes] = deque()
+        self._body_size = 0
+        self._body_complete = False
+        self._body_flowing = False
+        self._input_paused = False
+        self._relay: ResponseRelay | None = None
+        self._done = False
+        self._started_at = 0.0
+
+    # -- parsing hooks (called by the channel) -----------------------------
+
+    def gotLength(self, length: int | None) -> None:
+        """
+        The header block is complete: start the request now, without waiting
+        for (or buffering) the body.
+        """
+        self.length = length
+        self._body_complete = length == 0
+        self._started_at = time.monotonic()
+        try:
+            self._begin(length)
+        except Exception:
+            log.failure("Unexpected error starting request")
+            self._respond_error_soon(500, "Internal error", "The service failed unexpectedly.")
+
+    def _begin(self, length: int | None) -> None:
+        """Decide what to do with the request: its headers are in."""
+        raise NotImplementedError
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self._done:
+            return
+        if self._body_flowing and not self._body and self._stream is not None:
+            if not self._stream.write_body(data):
+                self._pause_input()
+            return
+        self._body.append(data)
+        self._body_size += len(data)
+        if self._body_size > BODY_BUFFER_LIMIT or self._body_flowing:
+            self._pause_input()
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        """
+        Called by the channel once the whole body is in: end the stream.
+        """
+        self._body_complete = True
+        if self._done:
+            return
+        if self._body_flowing and not self._body and self._stream is not None:
+            self._stream.end_body()
+
+    def connectionLost(self, reason: Failure) -> None:
+        already_done = self._done
+        self._done = True
+        self._stop_relay()
+        super().connectionLost(reason)
+        if not already_done:
+            self._abandon()
+
+    # -- the connector queue -------------------------------------------------
+
+    def _enqueue(self, job: ProxyJob) -> None:
+        assert self.app is not None
+        try:
+            self.frontend.groups[self.app.connector_group].put(job, self._queue_timed_out)
+        except NoCapacity:
+            self._respond_error_soon(
+                503,
+                "Service busy",
+                f"Too many requests are waiting for the connectors of {self.app.name}.",
+                source=SERVICE,
+            )
+
+    def _queue_timed_out(self, job: ProxyJob) -> None:
+        job.cancelled = True
+        assert self.app is not None
+        self._respond_error(
+            503,
+            "No connector available",
+            f"No connector available for {self.app.name}: no connector of the group "
+            f"'{self.app.connector_group}' took the request within "
+            f"{self.frontend.groups.timeout:g} seconds.",
+            source="connector",
+        )
+
+    # -- Exchange: called by the tunnel ----------------------------------------
+
+    def stream_opened(self, stream: ExchangeStream) -> None:
+        self._stream = stream
+        if self._done:
+            stream.cancel()
+
+    def body_wanted(self, stream: ExchangeStream) -> None:
+        self._body_flowing = True
+        self._flush_body()
+
+    def body_drained(self) -> None:
+        self._flush_body()
+
+    def _flush_body(self) -> None:
+        stream = self._stream
+        if stream is None or self._done:
+            return
+        while self._body:
+            chunk = self._body.popleft()
+            self._body_size -= len(chunk)
+            if not stream.write_body(chunk):
+                return
+        if self._body_complete:
+            stream.end_body()
+        else:
+            self._resume_input()
+
+    def response_started(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        if self._done or self.app is None:
+            return
+        assert self._stream is not None
+        self._relay = ResponseRelay(self, self._stream, self.frontend.clock, self._is_h2)
+        app = self.app
+        mapping = self.frontend.mappings[app.name] if app.translate_urls_in_headers else None
+        self._relay.start(status, relayed_headers(headers, mapping))
+
+    def response_data(self, data: bytes) -> None:
+        if self._done:
+            return
+        assert self._relay is not None, "response data before the response started"
+        self._relay.data(data)
+
+    def response_ended(self) -> None:
+        if self._done:
+            return
+        assert self._relay is not None, "response end before the response started"
+        self._relay.end()
+        self._finish()
+
+    def upstream_error(self, status: int, kind: str, detail: str) -> None:
+        if self._done:
+            return
+        title, detail, source = upstream_error_page(kind, detail)
+        self._respond_error(status, title, detail, source=source)
+
+    def stream_lost(self, job: ProxyJob, reason: str) -> None:
+        self._stream = None
+        if self._done:
+            return
+        if self._relay is not None:
+            log.info("Response to {rid} cut short: {reason}", rid=self.request_id, reason=reason)
+            self._done = True
+            self._stop_relay()
+            self.unregisterProducer()
+            self._abort_client()
+            return
+        if job.retryable():
+            log.info(
+                "Retrying {rid} on another connection: {reason}", rid=self.request_id, reason=reason
+            )
+            self._enqueue(job)
+            return
+        self._respond_error(
+            502,
+            "Connector connection lost",
+            f"The connection to the connector was lost before the internal application "
+            f"answered ({reason}).",
+            source="connector",
+        )
+
+    # -- the user's side -------------------------------------------------------
+
+    def _abandon(self) -> None:
+        """
+        The user went away: stop waiting and release the tunnel stream.
+        """
+        job = self._job
+        if job is not None:
+            job.cancelled = True
+            if self.app is not None:
+                self.frontend.groups[self.app.connector_group].withdraw(job)
+        if self._stream is not None:
+            stream, self._stream = self._stream, None
+            stream.cancel()
+
+    def _input(self) -> Any:
+        """
+        What to pause to stop reading the body: the HTTP/2 stream (which then
+        stops opening its window), or the HTTP/1.1 connection's transport.
+        """
+        return self.channel if self._is_h2 else self.transport
+
+    def _pause_input(self) -> None:
+        if self._input_paused or self.channel is None:
+            return
+        self._input_paused = True
+        self._input().pauseProducing()
+
+    def _resume_input(self) -> None:
+        if not self._input_paused or self.channel is None:
+            return
+        self._input_paused = False
+        self._input().resumeProducing()
+
+    def _abort_client(self) -> None:
+        if self.channel is not None:
+            # An HTTP/2 stream is reset; an HTTP/1.1 connection is dropped.
+            self._input().abortConnection()
+
+    def _stop_relay(self) -> None:
+        if self._relay is not None:
+            self._relay.stop()
+
+    # -- answering ---------------------------------------------------------------
+
+    def _accept(self) -> bytes | None:
+        values = self.requestHeaders.getRawHeaders(b"accept")
+        return b", ".join(values) if values else None
+
+    def _respond_soon(self, answer: Answer) -> None:
+        # Never finish from inside the channel's header parsing: the HTTP/1.1
+        # channel still has work to do on this request after gotLength returns.
+        self.frontend.clock.callLater(0, self._respond, answer)
+
+    def _respond_error_soon(
+        self, status: int, title: str, detail: str, source: str = SERVICE
+    ) -> None:
+        self.frontend.clock.callLater(0, self._respond_error, status, title, detail, source)
+
+    def _respond_error(self, status: int, title: str, detail: str, source: str = SERVICE) -> None:
+        if self._done:
+            return
+        log.warn(
+            "{status} for request {rid} ({app}): {detail} [source: {source}]",
+            status=status,
+            rid=self.request_id,
+            app=self.app.name if self.app else "-",
+            detail=detail,
+            source=source,
+        )
+        self._respond(
+            error_answer(
+                status,
+                title,
+                detail,
+                source=source,
+                request_id=self.request_id,
+                now=self.frontend.clock.seconds(),
+                accept=self._accept(),
+            )
+        )
+
+    def _respond(self, answer: Answer) -> None:
+        if self._done:
+            return
+        if self.producer is not None:
+            self.unregisterProducer()
+        self.setResponseCode(answer.status)
+        headers = self.responseHeaders
+        headers.setRawHeaders(b"content-type", [answer.content_type])
+        headers.setRawHeaders(b"content-length", [b"%d" % len(answer.body)])
+        headers.setRawHeaders(b"cache-control", [b"no-store"])
+        headers.setRawHeaders(b"x-request-id", [self.request_id.encode("ascii")])
+        if self._job is not None:
+            self._job.cancelled = True
+        self.write(answer.body)
+        self._finish()
+
+    def _finish(self) -> None:
+        self._done = True
+        self._stop_relay()
+        if not self._body_complete and not self._is_h2 and self.channel is not None:
+            # The body is still arriving: this connection cannot carry another
+            # request, and what is left of the body must not be parsed as one.
+            channel: Any = self.channel
+            channel.persistent = False
+            channel.dataReceived = lambda data: None
+        self.finish()

@@ -1,0 +1,106 @@
+"""
+The response relay: the internal application's answer, as it comes out of the
+tunnel, passed on to the user: status, headers (translated), body with back
+pressure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import attrs
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.web import http
+
+from appproxy.http.translate import UrlMapping, translate_response_headers
+from appproxy.identity.headers import drop_appproxy_set_cookies
+from appproxy.tunnel.queue import ExchangeStream
+
+__all__ = ["H2_QUEUE_LIMIT", "H2_QUEUE_POLL", "ResponseRelay", "relayed_headers"]
+
+#: Response bytes queued for an HTTP/2 client above which the tunnel stream is
+#: held; it is released below half of it.
+H2_QUEUE_LIMIT = 2 << 20
+#: How often a held stream checks whether the HTTP/2 client caught up (only
+#: while held: Twisted's HTTP/2 server says nothing when its queue drains).
+H2_QUEUE_POLL = 0.002
+
+
+def relayed_headers(
+    headers: Sequence[tuple[bytes, bytes]], mapping: UrlMapping | None
+) -> list[tuple[bytes, bytes]]:
+    """
+    The response headers the user gets: without cookies that would set
+    appproxy's own, and with internal URLs translated by C{mapping}, if given
+    (the app asks for it).
+    """
+    relayed = drop_appproxy_set_cookies(headers)
+    if mapping is not None:
+        relayed = translate_response_headers(relayed, mapping)
+    return relayed
+
+
+@attrs.define(eq=False)
+class ResponseRelay:
+    """
+    Writes one response from a tunnel stream to the user's request.
+
+    Back pressure: the tunnel stream is the request's producer, so the
+    client's transport pauses it.  Twisted's HTTP/2 server, though, queues
+    response data up to the client's flow-control window, which a client may
+    make huge and then not read: above L{H2_QUEUE_LIMIT} queued bytes the
+    stream is also held until the queue drains.
+    """
+
+    request: http.Request
+    """The user's request."""
+    stream: ExchangeStream
+    """The tunnel stream the response comes from."""
+    clock: IReactorTime
+    http2: bool
+    """The user's request came over HTTP/2."""
+    _check: IDelayedCall | None = attrs.field(init=False, default=None)
+    """While the stream is held: the next look at the client's queue."""
+
+    def start(self, status: int, headers: Sequence[tuple[bytes, bytes]]) -> None:
+        """Send the status and C{headers} (as they are); take the body from the stream."""
+        self.request.setResponseCode(status)
+        raw = self.request.responseHeaders
+        for name, value in headers:
+            raw.addRawHeader(name, value)
+        self.request.registerProducer(self.stream, True)
+
+    def data(self, data: bytes) -> None:
+        """Pass on a piece of the body."""
+        self.request.write(data)
+        if self.http2 and self._check is None and self._h2_queued() > H2_QUEUE_LIMIT:
+            self.stream.hold()
+            self._check = self.clock.callLater(H2_QUEUE_POLL, self._release)
+
+    def end(self) -> None:
+        """The body is complete (the caller then finishes the request)."""
+        self.request.unregisterProducer()
+        if not self.request.startedWriting:
+            self.request.write(b"")
+
+    def stop(self) -> None:
+        """The exchange is over: stop watching the client's queue."""
+        if self._check is not None and self._check.active():
+            self._check.cancel()
+        self._check = None
+
+    def _h2_queued(self) -> int:
+        """Response bytes Twisted's HTTP/2 server queued for this stream."""
+        channel: Any = self.request.channel
+        if channel is None:
+            return 0
+        queue = channel._conn._outboundStreamQueues.get(channel.streamID, ())
+        return sum(len(chunk) for chunk in queue if isinstance(chunk, bytes))
+
+    def _release(self) -> None:
+        self._check = None
+        if self._h2_queued() > H2_QUEUE_LIMIT // 2:
+            self._check = self.clock.callLater(H2_QUEUE_POLL, self._release)
+            return
+        self.stream.release()

@@ -1,0 +1,108 @@
+"""
+The gate on an app's host, per request: read the app's session cookie,
+evaluate assignment and conditional access, and either admit the request
+with identity headers or reply (sign in first, sign in again, refused).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import attrs
+from twisted.internet import defer
+
+from appproxy.access.session import Session
+from appproxy.config import AppConfig
+from appproxy.gate.claims import next_step
+from appproxy.gate.context import GateContext
+from appproxy.gate.replies import Admit, Reply, Requester
+from appproxy.http.forwarding import IPAddress
+from appproxy.identity.headers import UnsafeClaimValue, identity_headers
+
+__all__ = ["Gate"]
+
+
+@attrs.frozen(slots=False)  # no slots: SignIn joins it with the other parts
+class Gate:
+    """Admit or answer each request to an app that signs users in."""
+
+    context: GateContext
+
+    def admit(
+        self,
+        app: AppConfig,
+        *,
+        method: bytes,
+        uri: bytes,
+        cookies: Mapping[str, str],
+        client_ip: IPAddress,
+        request_id: str,
+        accept: bytes | None,
+    ) -> Admit | Reply | defer.Deferred[Admit | Reply]:
+        """
+        Decide on one request to C{app}: go on (with identity headers), or a
+        reply (sign in first, refused by policy).  A session whose groups are
+        kept in the state database waits for them unless they are cached.
+        """
+        context = self.context
+        requester = Requester(str(client_ip), request_id, accept)
+        now = context.now()
+        session = context.session(app, cookies, now)
+        if session is None:
+            return context.send_to_sign_in(app, method, uri, requester)
+
+        def decide(groups: tuple[str, ...]) -> Admit | Reply:
+            return self._decide(app, session, groups, method, uri, client_ip, requester, now)
+
+        if session.groups_ref is None:
+            return decide(session.groups)
+        groups = context.database.cached_reference("groups", session.groups_ref, now)
+        if isinstance(groups, list):
+            return decide(tuple(groups))
+        loading = context.database.load_reference("groups", session.groups_ref, now)
+
+        def loaded(stored: object) -> Admit | Reply:
+            if not isinstance(stored, list):
+                return context.send_to_sign_in(app, method, uri, requester)
+            return decide(tuple(stored))
+
+        return loading.addCallback(loaded)
+
+    def _decide(
+        self,
+        app: AppConfig,
+        session: Session,
+        groups: tuple[str, ...],
+        method: bytes,
+        uri: bytes,
+        client_ip: IPAddress,
+        requester: Requester,
+        now: int,
+    ) -> Admit | Reply:
+        context = self.context
+        if groups is not session.groups:
+            session = attrs.evolve(session, groups=groups)
+        decision = context.decide(app, session, client_ip, now)
+        step = next_step(decision)
+        if step == "step-up":
+            return context.send_to_sign_in(app, method, uri, requester, step_up=True)
+        if step == "reauthenticate":
+            return context.send_to_sign_in(app, method, uri, requester, prompt="login")
+        if step == "refuse":
+            return context.refused(decision, app, session.user, requester)
+        try:
+            headers = identity_headers(app.headers, session)
+        except UnsafeClaimValue as e:
+            return context.error_page(
+                403,
+                "Identity cannot be passed on",
+                f"The claim {e.claim!r} of your account contains characters that cannot be"
+                " sent in an HTTP header, so the request was not forwarded.",
+                requester,
+            )
+        if app.jwt_assertion:
+            token = context.assertion.sign(
+                session, audience=app.external_url, issuer=context.login_origin, now=now
+            )
+            headers.append((b"x-appproxy-jwt-assertion", token.encode("ascii")))
+        return Admit(headers=tuple(headers), user=session.user)
