@@ -10,12 +10,12 @@ Pure: no reactor, no I/O; the caller supplies the time.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
 from html import escape
 
 import attrs
 
-from appproxy.frontend.errorpage import HTML_CONTENT_TYPE, ErrorPage, render_error
+from appproxy.frontend.answers import error_answer
+from appproxy.frontend.errorpage import HTML_CONTENT_TYPE
 
 __all__ = [
     "STEP_LABELS",
@@ -97,16 +97,18 @@ def error_page(
     headers: Sequence[Header] = (),
 ) -> Reply:
     """The error page for C{requester}, HTML or JSON as it accepts."""
-    page = ErrorPage(
-        status=status,
-        title=title,
-        detail=detail,
+    answer = error_answer(
+        status,
+        title,
+        detail,
         source=source,
         request_id=requester.request_id,
-        timestamp=datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        now=now,
+        accept=requester.accept,
     )
-    content_type, body = render_error(page, requester.accept)
-    return Reply(status=status, content_type=content_type, body=body, headers=tuple(headers))
+    return Reply(
+        status=status, content_type=answer.content_type, body=answer.body, headers=tuple(headers)
+    )
 
 
 def failure_page(

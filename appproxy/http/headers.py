@@ -17,6 +17,7 @@ __all__ = [
     "RESERVED_PREFIX",
     "is_valid_header_value",
     "new_request_id",
+    "normalise_name",
     "prepare_request_headers",
     "strip_header_names",
 ]
@@ -58,8 +59,11 @@ RESERVED_PREFIX = b"x-appproxy-"
 _OWS = b" \t"
 
 
-def _normalise_name(name: bytes) -> bytes:
-    """Lowercase a header name and treat C{_} as C{-}."""
+def normalise_name(name: bytes) -> bytes:
+    """
+    Lowercase a header name (ASCII only, as HTTP compares header names) and
+    treat C{_} as C{-}, as CGI-style back ends do.
+    """
     return name.lower().replace(b"_", b"-")
 
 
@@ -129,7 +133,7 @@ def prepare_request_headers(
     result: list[tuple[bytes, bytes]] = []
     for name, value in headers:
         lower = name.lower()
-        normalised = _normalise_name(name)
+        normalised = normalise_name(name)
         if (
             lower in HOP_BY_HOP
             or lower in connection_named
@@ -159,8 +163,8 @@ def strip_header_names(
     and with C{-} and C{_} treated alike.  Remaining headers keep their order
     and their original name spelling.
     """
-    unwanted = {_normalise_name(name.encode("utf-8")) for name in names}
-    return [(name, value) for name, value in headers if _normalise_name(name) not in unwanted]
+    unwanted = {normalise_name(name.encode("utf-8")) for name in names}
+    return [(name, value) for name, value in headers if normalise_name(name) not in unwanted]
 
 
 def new_request_id() -> str:

@@ -20,6 +20,7 @@ import unicodedata
 from collections.abc import Iterable, Sequence
 
 from appproxy.access.session import Session
+from appproxy.http.headers import RESERVED_PREFIX, normalise_name
 
 __all__ = [
     "APPPROXY_COOKIE_PREFIXES",
@@ -37,7 +38,7 @@ Headers = list[tuple[bytes, bytes]]
 #: case-sensitively, as cookie names are).
 APPPROXY_COOKIE_PREFIXES: tuple[bytes, ...] = (b"__Host-appproxy-", b"appproxy-")
 
-_RESERVED_PREFIX = "x-appproxy-"
+_RESERVED_PREFIX = RESERVED_PREFIX.decode("ascii")
 _OWS = b" \t"
 _TOKEN_CHARS = frozenset(
     "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
@@ -112,11 +113,6 @@ def normalise_header_name(name: str) -> str:
     return name.lower().replace("_", "-")
 
 
-def _normalise_bytes(name: bytes) -> str:
-    # bytes.lower() folds ASCII only, as HTTP header names are compared.
-    return name.lower().replace(b"_", b"-").decode("latin-1")
-
-
 def strip_spoofed_headers(
     headers: Sequence[tuple[bytes, bytes]], protected: Iterable[str]
 ) -> Headers:
@@ -132,7 +128,7 @@ def strip_spoofed_headers(
     return [
         (name, value)
         for name, value in headers
-        if (normalised := _normalise_bytes(name)) not in names
+        if (normalised := normalise_name(name).decode("latin-1")) not in names
         and not normalised.startswith(_RESERVED_PREFIX)
     ]
 

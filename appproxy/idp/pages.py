@@ -16,6 +16,8 @@ from collections.abc import Iterable
 from html import escape
 from typing import Final
 
+from appproxy.frontend.errorpage import VIEWPORT_META, html_page
+
 __all__ = [
     "CONTENT_SECURITY_POLICY",
     "device_code_page",
@@ -51,26 +53,12 @@ def _e(text: str) -> str:
 
 
 def _page(title: str, body: str) -> bytes:
-    text = f"""\
-<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="robots" content="noindex">
-<meta name="referrer" content="no-referrer">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{_e(title)}</title>
-<style>{_STYLE}</style>
-</head>
-<body>
-<main>
-<h1>{_e(title)}</h1>
-{body}
-</main>
-</body>
-</html>
-"""
-    return text.encode("utf-8", "replace")
+    return html_page(
+        title=title,
+        style=_STYLE,
+        head=['<meta name="referrer" content="no-referrer">', VIEWPORT_META],
+        main=f"<h1>{_e(title)}</h1>\n{body}\n",
+    )
 
 
 def _error(message: str | None) -> str:
