@@ -9,14 +9,15 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import treq
 from treq.client import HTTPClient
 from twisted.internet import reactor
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol, wrapClientTLS
-from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.interfaces import IPushProducer, IStreamClientEndpoint
 from twisted.internet.protocol import Protocol
 from twisted.internet.ssl import Certificate, optionsForClientTLS
 from twisted.internet.task import deferLater
@@ -64,7 +65,12 @@ class Backend(resource.Resource):
             delay = float(request.args[b"delay"][0])
             call = reactor.callLater(delay, self._finish_slow, request)
             self.pending.append(call)
-            request.notifyFinish().addErrback(lambda _: call.active() and call.cancel())
+
+            def cancel(_: object) -> None:
+                if call.active():
+                    call.cancel()
+
+            request.notifyFinish().addErrback(cancel)
             return server.NOT_DONE_YET
         return self._echo(request)
 
@@ -146,7 +152,13 @@ class Deployment:
         self.root.mkdir(parents=True)
         self.ca = pki.generate_ca("appproxy test CA")
         self.backend = Backend()
-        self.backend_port = reactor.listenTCP(0, server.Site(self.backend), interface="127.0.0.1")
+        # Twisted types the factory as ServerFactory[_ProtoWithFactory]; Site is
+        # a ServerFactory of HTTP channels, which the invariant generic rejects.
+        self.backend_port = reactor.listenTCP(
+            0,
+            server.Site(self.backend),  # type: ignore[arg-type]
+            interface="127.0.0.1",
+        )
         testcase.addCleanup(self.backend_port.stopListening)
         testcase.addCleanup(self.backend.cancel_pending)
         self.apps = apps
@@ -159,7 +171,7 @@ class Deployment:
 
     @property
     def backend_url(self) -> str:
-        return f"http://127.0.0.1:{self.backend_port.getHost().port}/"
+        return f"http://127.0.0.1:{cast(IPv4Address, self.backend_port.getHost()).port}/"
 
     def _write(self, name: str, data: bytes) -> Path:
         path = self.root / name
@@ -212,8 +224,8 @@ class Deployment:
         service = AppProxyService(config, reactor)
         service.startService()
         assert service.public_port is not None and service.tunnel_port is not None
-        self.public_port = service.public_port.getHost().port
-        self.tunnel_port = service.tunnel_port.getHost().port
+        self.public_port = cast(IPv4Address, service.public_port.getHost()).port
+        self.tunnel_port = cast(IPv4Address, service.tunnel_port.getHost()).port
         self.service = service
         self.testcase.addCleanup(self._stop_service, service)
         return service
@@ -372,6 +384,7 @@ class _H2Client(Protocol):
             if body:
                 self.pending_body[sid] = body
         self._send_bodies()
+        assert self.transport is not None
         self.transport.write(self.conn.data_to_send())
 
     def _send_bodies(self) -> None:
@@ -404,6 +417,7 @@ class _H2Client(Protocol):
             elif isinstance(event, h2.events.StreamEnded):
                 if all(self.results[s][0] and s not in self.open_streams() for s in self.order):
                     pass
+        assert self.transport is not None
         self.transport.write(self.conn.data_to_send())
         if not self.open_streams() and not self.done.called:
             self.done.callback([(self.results[s][0], self.results[s][1]) for s in self.order])
@@ -439,7 +453,9 @@ class _StalledH2Download(Protocol):
 
         self.host, self.path = host, path
         self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
-        self.settings = {h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 2**30}
+        self.settings: dict[h2.settings.SettingCodes | int, int] = {
+            h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 2**30
+        }
         self.received = 0
         self.started: Deferred[None] = Deferred()
         self.finished: Deferred[int] = Deferred()
@@ -458,14 +474,16 @@ class _StalledH2Download(Protocol):
             ],
             end_stream=True,
         )
+        assert self.transport is not None
         self.transport.write(self.conn.data_to_send())
 
     def dataReceived(self, data: bytes) -> None:
         import h2.events
 
+        assert self.transport is not None
         for event in self.conn.receive_data(data):
             if isinstance(event, h2.events.ResponseReceived) and not self.started.called:
-                self.transport.pauseProducing()
+                cast(IPushProducer, self.transport).pauseProducing()
                 self.started.callback(None)
             elif isinstance(event, h2.events.DataReceived):
                 self.received += len(event.data)
@@ -476,7 +494,7 @@ class _StalledH2Download(Protocol):
         self.transport.write(self.conn.data_to_send())
 
     def resume_and_finish(self) -> Deferred[int]:
-        self.transport.resumeProducing()
+        cast(IPushProducer, self.transport).resumeProducing()
         return self.finished.addTimeout(30, reactor)
 
 

@@ -27,7 +27,7 @@ import json
 import secrets
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qsl, unquote_plus, urlencode, urlsplit, urlunsplit
 
 import attrs
@@ -35,9 +35,11 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.ssl import PrivateCertificate
+from twisted.web import http
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
@@ -565,7 +567,7 @@ class _TrackingSite(Site):
         channel.connectionLost = connectionLost
         return channel
 
-    def log(self, request: Request) -> None:
+    def log(self, request: http.Request) -> None:
         """No access log."""
 
 
@@ -582,7 +584,7 @@ class ServedProvider:
     @property
     def address(self) -> str:
         """C{127.0.0.1:PORT}: the C{provider_address} to reach it."""
-        return f"127.0.0.1:{self.port.getHost().port}"
+        return f"127.0.0.1:{cast(IPv4Address, self.port.getHost()).port}"
 
     def settings(self, **overrides: Any) -> RelyingPartySettings:
         """Relying-party settings matching the provider (override any field)."""

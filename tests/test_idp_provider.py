@@ -19,7 +19,7 @@ from collections.abc import Generator, Mapping
 from html.parser import HTMLParser
 from http.cookiejar import CookieJar, DefaultCookiePolicy
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import attrs
 import jwt
@@ -29,7 +29,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from treq.client import HTTPClient
 from twisted.internet import reactor
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.interfaces import IReactorSSL, IReactorThreads
 from twisted.internet.ssl import PrivateCertificate
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -153,11 +155,12 @@ class Browser:
         sent = dict(headers or {})
         if cookies and self.cookies:
             sent["Cookie"] = "; ".join(f"{k}={v}" for k, v in self.cookies.items())
+        request_headers: dict[bytes | str, list[bytes | str]] = {k: [v] for k, v in sent.items()}
         response = yield self.client.request(
             method,
             url,
             data=dict(data) if data is not None else None,
-            headers={k: [v] for k, v in sent.items()},
+            headers=request_headers,
             allow_redirects=False,
         )
         body = yield response.content()
@@ -216,7 +219,7 @@ def auth_request(**overrides: str | None) -> AuthRequest:
 
 
 class ProviderTestCase(TestCase):
-    def setUp(self) -> Deferred[None] | None:
+    def setUp(self) -> None:
         self.dir = Path(self.mktemp())
         self.dir.mkdir(parents=True)
         self.users_path = self.dir / "users.json"
@@ -237,14 +240,14 @@ class ProviderTestCase(TestCase):
         ca = pki.generate_ca("idp test CA")
         leaf = pki.issue_server_certificate(ca, [HOST])
         self.site = server.Site(resource.Resource())
-        self.port = reactor.listenSSL(
+        self.port = cast(IReactorSSL, reactor).listenSSL(
             0,
             self.site,
             PrivateCertificate.loadPEM(leaf.cert_pem + leaf.key_pem).options(),
             interface="127.0.0.1",
         )
         self.addCleanup(self.port.stopListening)
-        port = self.port.getHost().port
+        port = cast(IPv4Address, self.port.getHost()).port
         self.issuer = f"https://{HOST}:{port}"
         self.settings = ProviderSettings(
             issuer=self.issuer,
@@ -266,7 +269,7 @@ class ProviderTestCase(TestCase):
             self.users_path,
             self.dir / "idp-signing-key.pem",
             self.clock,
-            reactor,
+            cast(IReactorThreads, reactor),
             on_sign_in_attempt=lambda *attempt: self.attempts.append(attempt),
         )
         self.site.resource = self.provider.resource
@@ -275,8 +278,10 @@ class ProviderTestCase(TestCase):
         self.addCleanup(pool.closeCachedConnections)
         agent = Agent.usingEndpointFactory(reactor, LoopbackTLS(port, ca.cert_pem), pool=pool)
         # The scripted browsers keep their own cookies: treq's jar keeps none.
+        # treq types the jar as its own IndexableCookieJar; any CookieJar works.
         self.client = HTTPClient(
-            agent, cookiejar=CookieJar(DefaultCookiePolicy(allowed_domains=[]))
+            agent,
+            cookiejar=CookieJar(DefaultCookiePolicy(allowed_domains=[])),  # type: ignore[arg-type]
         )
         return None
 
@@ -741,7 +746,7 @@ class CodeExchangeTests(ProviderTestCase):
 class AuthorizationRequestTests(ProviderTestCase):
     @inlineCallbacks
     def test_bad_client_or_redirect_never_redirects(self) -> Generator[Deferred[Any], Any, None]:
-        for overrides in [
+        cases: list[dict[str, Any]] = [
             {"redirect_uri": "https://evil.example/cb"},
             {"redirect_uri": APP_CALLBACK + "/"},
             {"redirect_uri": OTHER_CALLBACK},  # crm's, not wiki's
@@ -751,7 +756,8 @@ class AuthorizationRequestTests(ProviderTestCase):
             {"client_id": "appproxy-connector"},
             # Even with other errors too.
             {"redirect_uri": "https://evil.example/cb", "response_type": "token"},
-        ]:
+        ]
+        for overrides in cases:
             response = yield self.browser().get(auth_request(**overrides).path)
             self.assertEqual(response.status, 400, overrides)
             self.assertIsNone(response.header("location"))
@@ -760,7 +766,7 @@ class AuthorizationRequestTests(ProviderTestCase):
 
     @inlineCallbacks
     def test_errors_redirect(self) -> Generator[Deferred[Any], Any, None]:
-        for overrides, error in [
+        cases: list[tuple[dict[str, Any], str]] = [
             ({"response_type": "token"}, "unsupported_response_type"),
             ({"scope": "profile"}, "invalid_scope"),
             ({"code_challenge": None}, "invalid_request"),
@@ -770,7 +776,8 @@ class AuthorizationRequestTests(ProviderTestCase):
             ({"max_age": "-1"}, "invalid_request"),
             ({"prompt": "none login"}, "invalid_request"),
             ({"request": "eyJ"}, "request_not_supported"),
-        ]:
+        ]
+        for overrides, error in cases:
             request = auth_request(**overrides)
             response = yield self.browser().get(request.path)
             self.assertEqual(response.status, 302, overrides)
@@ -1289,7 +1296,7 @@ class SettingsTests(SynchronousTestCase):
         self.assertRaises(
             ValueError, ProviderSettings, issuer="https://login.example.com", clients=(ok, ok)
         )
-        for kwargs in [
+        cases: list[dict[str, Any]] = [
             {"client_id": "", "client_secret": "s" * 16},
             {"client_id": "a:b", "client_secret": "s" * 16},
             {"client_id": "a", "client_secret": "short"},
@@ -1297,7 +1304,8 @@ class SettingsTests(SynchronousTestCase):
             {"client_id": "a", "client_secret": "s" * 16, "redirect_uris": ("http://x.test/cb",)},
             {"client_id": "a", "client_secret": "s" * 16, "redirect_uris": ("https://x/cb#f",)},
             {"client_id": "a", "client_secret": "s" * 16, "auth_methods": ("private_key_jwt",)},
-        ]:
+        ]
+        for kwargs in cases:
             self.assertRaises(ValueError, ClientRegistration, **kwargs)
         ClientRegistration(
             client_id="a", client_secret="s" * 16, redirect_uris=("http://127.0.0.1:8080/cb",)
@@ -1329,7 +1337,7 @@ class SigningKeyTests(SynchronousTestCase):
         self.assertEqual(
             jwt.get_unverified_header(token), {"alg": "ES256", "kid": key.kid, "typ": "JWT"}
         )
-        public = jwt.PyJWK(key.public_jwk).key
+        public = jwt.PyJWK(dict(key.public_jwk)).key
         self.assertEqual(jwt.decode(token, public, algorithms=["ES256"]), {"sub": "alice"})
 
     def test_refuses_readable(self) -> None:
@@ -1360,7 +1368,7 @@ class SigningKeyTests(SynchronousTestCase):
         os.chmod(users, 0o644)
         settings = ProviderSettings(issuer="https://login.example.com", clients=())
         with self.assertRaises(ValueError) as caught:
-            IdentityProvider(settings, users, self.path, Clock(), reactor)
+            IdentityProvider(settings, users, self.path, Clock(), cast(IReactorThreads, reactor))
         self.assertIn("chmod 600", str(caught.exception))
 
 

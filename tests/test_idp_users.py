@@ -16,6 +16,7 @@ import stat
 import sys
 import urllib.parse
 from pathlib import Path
+from typing import Any
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -170,7 +171,7 @@ class UserFileTests(SynchronousTestCase):
         self.assertIn("already exists", str(caught.exception))
 
     def test_add_invalid(self) -> None:
-        for kwargs in [
+        cases: list[dict[str, Any]] = [
             {"username": "", "password": "correct horse"},
             {"username": "-alice", "password": "correct horse"},
             {"username": "al ice", "password": "correct horse"},
@@ -179,7 +180,8 @@ class UserFileTests(SynchronousTestCase):
             {"username": "alice", "password": "correct horse", "groups": ["a,b"]},
             {"username": "alice", "password": "correct horse", "name": "line\nbreak"},
             {"username": "alice", "password": "correct horse", "totp_secret": "!!"},
-        ]:
+        ]
+        for kwargs in cases:
             self.assertRaises(ValueError, add_user, self.path, **kwargs)
         self.assertFalse(self.path.exists())
 

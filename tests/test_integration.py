@@ -8,10 +8,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet import reactor
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import gatherResults, inlineCallbacks
+from twisted.internet.interfaces import IReactorSSL
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
@@ -499,9 +501,11 @@ class BackendTLSTests(TestCase):
         pair = pki.issue_server_certificate(internal_ca, ["localhost"])
         (d.root / "internal-ca.pem").write_bytes(internal_ca.cert_pem)
         options = PrivateCertificate.loadPEM(pair.cert_pem + pair.key_pem).options()
-        port = reactor.listenSSL(0, server.Site(d.backend), options, interface="127.0.0.1")
+        port = cast(IReactorSSL, reactor).listenSSL(
+            0, server.Site(d.backend), options, interface="127.0.0.1"
+        )
         self.addCleanup(port.stopListening)
-        return f"https://localhost:{port.getHost().port}/"
+        return f"https://localhost:{cast(IPv4Address, port.getHost()).port}/"
         yield
 
     @inlineCallbacks

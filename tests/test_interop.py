@@ -12,10 +12,11 @@ Sign-in end to end against providers appproxy did not write:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 from twisted.internet import reactor
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
@@ -182,7 +183,7 @@ class RogueProviderTests(TestCase):
             client_secret=SECRET,
             apps=APPS,
         )
-        d.extra_ports = {"idp.test": served.port.getHost().port}
+        d.extra_ports = {"idp.test": cast(IPv4Address, served.port.getHost()).port}
         return provider, d
 
     @inlineCallbacks

@@ -10,7 +10,8 @@ import base64
 import hashlib
 import json
 from collections.abc import Callable, Mapping
-from typing import Any
+from functools import partial
+from typing import Any, cast
 from urllib.parse import parse_qs, parse_qsl, urlsplit
 
 import attrs
@@ -21,7 +22,7 @@ from hypothesis import strategies as st
 from treq.testing import StubTreq
 from twisted.internet import reactor, task
 from twisted.internet.defer import Deferred
-from twisted.logger import LogLevel, globalLogPublisher
+from twisted.logger import ILogObserver, LogLevel, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
@@ -108,7 +109,7 @@ class SettingsTests(SynchronousTestCase):
                 attrs.evolve(SETTINGS, algorithms=algorithms)
 
     def test_refuses_bad_values(self) -> None:
-        for changes in [
+        cases: list[dict[str, Any]] = [
             {"issuer": "http://idp.test"},
             {"issuer": "https://idp.test/?q"},
             {"issuer": "https://user@idp.test"},
@@ -125,7 +126,8 @@ class SettingsTests(SynchronousTestCase):
             {"provider_address": "[::1"},
             {"provider_address": "a b"},
             {"ca_pem": b"not a certificate"},
-        ]:
+        ]
+        for changes in cases:
             with self.assertRaises(ValueError, msg=changes):
                 attrs.evolve(SETTINGS, **changes)
 
@@ -184,7 +186,7 @@ class ParseMetadataTests(SynchronousTestCase):
 
     def test_not_a_json_object(self) -> None:
         for document in [b"", b"<html>", b"[]", b'"issuer"', b"\xff\xfe", b"[" * 100000]:
-            reason = reason_of(self, "discovery", lambda d=document: parse_metadata(d, ISSUER))
+            reason = reason_of(self, "discovery", partial(parse_metadata, document, ISSUER))
             self.assertIn("not a JSON object", reason)
 
     def test_duplicate_members_and_nan(self) -> None:
@@ -376,7 +378,7 @@ class CheckAuthorizationResponseTests(SynchronousTestCase):
             {"code": "c", "iss": ISSUER, "state": "state-1x"},
             {"code": "c", "iss": ISSUER, "state": "st\u00e4te-1"},
         ]:
-            self.assertIn("state", reason_of(self, "state", lambda a=args: self.check(a)))
+            self.assertIn("state", reason_of(self, "state", partial(self.check, args)))
 
     def test_error_with_wrong_state_is_a_state_failure(self) -> None:
         """A forged error response is not believed."""
@@ -460,7 +462,7 @@ class CheckAuthorizationResponseTests(SynchronousTestCase):
             {"state": "state-1", "iss": ISSUER, "code": "a b"},
             {"state": "state-1", "iss": ISSUER, "code": "x" * 5000},
         ]:
-            self.assertIn("code", reason_of(self, "authorization", lambda a=args: self.check(a)))
+            self.assertIn("code", reason_of(self, "authorization", partial(self.check, args)))
 
 
 def _keys(provider: FakeProvider) -> dict[str, jwt.PyJWK]:
@@ -765,8 +767,8 @@ class CheckClaimsPropertyTests(SynchronousTestCase):
 
 class ParseJwksTests(SynchronousTestCase):
     def test_skips_unusable_keys(self) -> None:
-        good = _RSA_PROVIDER.jwks()["keys"][0]
-        ec_key = _EC_PROVIDER.jwks()["keys"][0]
+        good = cast(dict[str, Any], _RSA_PROVIDER.jwks()["keys"][0])
+        ec_key = cast(dict[str, Any], _EC_PROVIDER.jwks()["keys"][0])
         small_rsa = _small_rsa_jwk()
         private = {**ec_key, "d": "AAAA", "kid": "private"}
         document = {
@@ -915,8 +917,10 @@ class JwksCacheTests(SynchronousTestCase):
 
     def test_skipped_keys_are_logged(self) -> None:
         events: list[dict[str, Any]] = []
-        globalLogPublisher.addObserver(events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        # A bound list.append cannot be declared to provide ILogObserver.
+        observer = cast(ILogObserver, events.append)
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
         deferred = self.cache.get_keys(None)
         document = {"keys": [*_RSA_PROVIDER.jwks()["keys"], {"kty": "oct", "k": "c2VjcmV0"}]}
         self.fetches[0].callback(json.dumps(document).encode())
@@ -955,7 +959,7 @@ class ParseTokenResponseTests(SynchronousTestCase):
 
     def test_no_id_token(self) -> None:
         for body in [b"{}", b'{"id_token": ""}', b'{"id_token": 5}', b"[]", b"nope"]:
-            reason_of(self, "token", lambda b=body: parse_token_response(200, b))
+            reason_of(self, "token", partial(parse_token_response, 200, body))
 
     def test_provider_error(self) -> None:
         reason = reason_of(
@@ -1272,7 +1276,7 @@ class RelyingPartyClockTests(SynchronousTestCase):
         """The fake's /authorize over HTTP: approves and redirects back."""
         metadata = self.successResultOf(self.rp.metadata())
         url = authorization_url(metadata, SETTINGS, state="s t", nonce="n", code_challenge="c")
-        response = self.successResultOf(self.stub.get(url, allow_redirects=False))
+        response = self.successResultOf(self.stub.get(url, allow_redirects=False))  # type: ignore[attr-defined]
         self.assertEqual(response.code, 302)
         [location] = response.headers.getRawHeaders(b"location")
         args = dict(parse_qsl(urlsplit(location.decode()).query))
@@ -1289,7 +1293,7 @@ class RelyingPartyClockTests(SynchronousTestCase):
             nonce="n",
             code_challenge="c",
         )
-        response = self.successResultOf(self.stub.get(evil, allow_redirects=False))
+        response = self.successResultOf(self.stub.get(evil, allow_redirects=False))  # type: ignore[attr-defined]
         self.assertEqual(response.code, 400)
 
     def test_users_and_step_up(self) -> None:
@@ -1317,8 +1321,10 @@ class RelyingPartyClockTests(SynchronousTestCase):
 
     def test_secret_never_logged(self) -> None:
         events: list[dict[str, Any]] = []
-        globalLogPublisher.addObserver(events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        # A bound list.append cannot be declared to provide ILogObserver.
+        observer = cast(ILogObserver, events.append)
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
         self.provider.token_error = (401, "invalid_client", "bad secret")
         self.failureResultOf(self.rp.exchange_code("the-code", "the-verifier"), SignInError)
         self.provider.mode = "wrong-aud"

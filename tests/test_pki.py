@@ -23,7 +23,7 @@ def _load(pair: pki.KeyPair) -> x509.Certificate:
     return x509.load_pem_x509_certificate(pair.cert_pem)
 
 
-def _ext(cert: x509.Certificate, kind: type[x509.ExtensionType]) -> x509.Extension:  # type: ignore[type-arg]
+def _ext(cert: x509.Certificate, kind: type[x509.ExtensionType]) -> x509.Extension:
     return cert.extensions.get_extension_for_class(kind)
 
 
@@ -164,7 +164,7 @@ class ConnectorCertificateTests(SynchronousTestCase):
 
 
 def _custom_cert(
-    names: list[x509.NameAttribute],  # type: ignore[type-arg]
+    names: list[x509.NameAttribute],
     sans: list[x509.GeneralName] | None,
 ) -> x509.Certificate:
     key = ec.generate_private_key(ec.SECP256R1())
@@ -184,7 +184,7 @@ def _custom_cert(
 
 
 class ConnectorIdentityTests(SynchronousTestCase):
-    def cn(self, value: str) -> x509.NameAttribute:  # type: ignore[type-arg]
+    def cn(self, value: str) -> x509.NameAttribute:
         return x509.NameAttribute(NameOID.COMMON_NAME, value)
 
     def uri(self, group: str) -> x509.UniformResourceIdentifier:

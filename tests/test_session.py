@@ -12,6 +12,7 @@ import re
 import string
 import zlib
 from pathlib import Path
+from typing import Any
 
 import attrs
 from hypothesis import assume, given
@@ -126,7 +127,7 @@ def b64encode(data: bytes) -> str:
 
 
 class SessionCookieCodecTests(SynchronousTestCase):
-    def assertInvalid(self, reason: str, value: str, **overrides: object) -> None:
+    def assertInvalid(self, reason: str, value: str, **overrides: Any) -> None:
         with self.assertRaises(InvalidCookie) as caught:
             decode(value, **overrides)
         self.assertEqual(caught.exception.reason, reason)
@@ -428,7 +429,7 @@ class SessionCookieCodecTests(SynchronousTestCase):
 
     def test_wrong_field_types_refused_on_encode(self) -> None:
         """encode refuses what could not decode to an equal session."""
-        for changes in [
+        cases: list[dict[str, object]] = [
             {"groups": ("a", 1)},
             {"groups": ["a"]},
             {"auth_time": True},
@@ -436,7 +437,8 @@ class SessionCookieCodecTests(SynchronousTestCase):
             {"name": 5},
             {"claims": {"k": 1}},
             {"claims": {1: "v"}},
-        ]:
+        ]
+        for changes in cases:
             self.assertRaises(ValueError, CODEC.encode, typical(**changes), COOKIE)
 
     def test_invalid_cookie_reason_only(self) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from h2.config import H2Configuration
 from h2.connection import H2Connection
+from h2.events import Event
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -35,7 +36,7 @@ class LivenessTests(SynchronousTestCase):
         self.peer.receive_data(self.transport.value())
         self.transport.clear()
 
-    def exchange(self) -> list[object]:
+    def exchange(self) -> list[Event]:
         events = self.peer.receive_data(self.transport.value())
         self.transport.clear()
         self.proto.dataReceived(self.peer.data_to_send())
