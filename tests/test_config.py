@@ -854,6 +854,8 @@ URL_ROWS = [
     _bad_url("internal_url", "http:intranet/", "has no host name"),
     _bad_url("internal_url", "http://:80/", "has no host name"),
     _bad_url("internal_url", "http://intra%6eet/", "has an invalid host name"),
+    _bad_url("internal_url", "http://" + "a" * 64 + ".corp/", "has an invalid host name"),
+    _bad_url("external_url", "https://" + "w" * 64 + ".example.com/", "has an invalid host name"),
     _bad_url("internal_url", "http://[fe80::1%25eth0]/", "has an invalid IPv6 address"),
     Bad("apps[0].internal_url", "http://[::1/", "is not a valid URL"),
     *(

@@ -12,6 +12,7 @@ from urllib.parse import SplitResult, urlsplit
 from appproxy.config._messages import quote
 from appproxy.config._table import Table
 from appproxy.config.model import DEFAULT_PORTS
+from appproxy.http.authority import parse_authority
 
 _DNS_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
 # Host names in URLs: a little looser than DNS (underscores occur in internal names).
@@ -97,7 +98,10 @@ def base_url(table: Table, name: str, *, external: bool) -> str:
         host = host_text.lower()
         if not host:
             table.fail(name, f"{shown} has no host name")
-        if not _URL_HOST.fullmatch(host):
+        # The front end parses published hosts with the one authority parser:
+        # what it would refuse (a label over 63 characters, a name over 253) is
+        # refused here, at load, not when the apps are published.
+        if not _URL_HOST.fullmatch(host) or parse_authority(host) is None:
             table.fail(name, f"{shown} has an invalid host name")
     port: int | None = None
     if port_part:
