@@ -24,7 +24,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer
 
-__all__ = ["Browser", "Form", "Page", "find_forms"]
+__all__ = ["Browser", "Form", "Page", "find_forms", "meta_refresh"]
 
 
 @implementer(IAgentEndpointFactory)
@@ -88,6 +88,32 @@ def find_forms(html: str) -> list[Form]:
     parser = _FormParser()
     parser.feed(html)
     return parser.forms
+
+
+class _RefreshParser(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.contents: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs_: list[tuple[str, str | None]]) -> None:
+        a = {k: v or "" for k, v in attrs_}
+        if tag == "meta" and a.get("http-equiv", "").lower() == "refresh":
+            self.contents.append(a.get("content", ""))
+
+
+def meta_refresh(html: str) -> str | None:
+    """
+    The URL of an immediate meta refresh (C{content="0;url=..."}, the
+    attribute's entities decoded) on the page, if there is one.
+    """
+    parser = _RefreshParser()
+    parser.feed(html)
+    for content in parser.contents:
+        delay, _, rest = content.partition(";")
+        key, _, url = rest.strip().partition("=")
+        if delay.strip() == "0" and key.strip().lower() == "url" and url.strip():
+            return url.strip()
+    return None
 
 
 @attrs.define
@@ -172,17 +198,36 @@ class Browser:
             self._store(host, header)
         return Page(url=url, status=response.code, headers=response.headers, body=content)
 
+    @staticmethod
+    def next_url(page: Page) -> str | None:
+        """Where the browser goes on from C{page}: a redirect or meta refresh."""
+        if page.status in (301, 302, 303, 307, 308):
+            location = page.header("location")
+            assert location is not None, "redirect without Location"
+            return urljoin(page.url, location)
+        content_type = page.header("content-type") or ""
+        if page.status == 200 and content_type.startswith("text/html"):
+            refresh = meta_refresh(page.text)
+            if refresh is not None:
+                return urljoin(page.url, refresh)
+        return None
+
+    @inlineCallbacks
+    def follow(self, page: Page) -> Any:
+        """Follow redirects and immediate meta refreshes from C{page}."""
+        for _ in range(self.max_redirects):
+            target = self.next_url(page)
+            if target is None:
+                return page
+            page = yield self.request("GET", target)
+        raise AssertionError(f"more than {self.max_redirects} redirects: {self.history[-6:]}")
+
     @inlineCallbacks
     def go(self, url: str, **kwargs: Any) -> Any:
         """GET C{url} and follow redirects to the final page."""
         page = yield self.request("GET", url, **kwargs)
-        for _ in range(self.max_redirects):
-            if page.status not in (301, 302, 303, 307, 308):
-                return page
-            location = page.header("location")
-            assert location is not None, "redirect without Location"
-            page = yield self.request("GET", urljoin(page.url, location))
-        raise AssertionError(f"more than {self.max_redirects} redirects: {self.history[-6:]}")
+        result = yield self.follow(page)
+        return result
 
     @inlineCallbacks
     def submit(
@@ -205,10 +250,5 @@ class Browser:
             result = yield self.request("GET", f"{action}?{urlencode(fields)}")
         if not follow:
             return result
-        for _ in range(self.max_redirects):
-            if result.status not in (301, 302, 303, 307, 308):
-                return result
-            location = result.header("location")
-            assert location is not None
-            result = yield self.request("GET", urljoin(result.url, location))
-        raise AssertionError("too many redirects after form submission")
+        final = yield self.follow(result)
+        return final

@@ -17,7 +17,7 @@ from cryptography import x509
 from twisted.trial.unittest import SynchronousTestCase
 
 from appproxy.cli.main import main
-from appproxy.config import load_service_config
+from appproxy.config import load_connector_config, load_service_config
 from appproxy.daemon import pki
 
 _KEYS = ["ca.key", "tls/service.key", "tls/tunnel.key", "connector/connector.key"]
@@ -91,7 +91,12 @@ class InitTests(SynchronousTestCase):
             out,
         )
         self.assertIn("https://demo.example.test:8443/", out)
-        self.assertIn(f"appproxy users add alice --state-dir {self.dir.absolute()}/state", out)
+        self.assertIn(f"appproxy users add alice --state-dir {self.dir.absolute()}\n", out)
+        self.assertIn(f"appproxy install service --config {self.dir.absolute()}/service.toml", out)
+        self.assertIn(
+            f"appproxy install connector --config {self.dir.absolute()}/connector/connector.toml",
+            out,
+        )
 
     def test_client_secret(self) -> None:
         """
@@ -302,6 +307,64 @@ class InitTests(SynchronousTestCase):
         self.assertEqual(service["service"]["listen"], "tcp:9443:interface=127.0.0.1")
         self.assertEqual(service["apps"][0]["external_url"], "https://demo.example.test:9443/")
 
+    def test_data_dir(self) -> None:
+        """
+        --data-dir writes an absolute service.state_dir (the one place the
+        service writes; /var/lib/appproxy under systemd) and makes no
+        DIR/state.
+        """
+        data = self.base / "var" / "lib" / "appproxy"
+        code, out, err = self.init("--data-dir", str(data))
+        self.assertEqual((code, err), (0, ""))
+        with open(self.dir / "service.toml", "rb") as f:
+            self.assertEqual(tomllib.load(f)["service"]["state_dir"], str(data.absolute()))
+        self.assertEqual(load_service_config(self.dir / "service.toml").state_dir, data.absolute())
+        self.assertFalse((self.dir / "state").exists())
+        self.assertFalse(data.exists())
+        self.assertIn(f"The service keeps its state in {data.absolute()}.", out)
+
+    def test_public_service(self) -> None:
+        """
+        --bind 0.0.0.0 --port 443: both listeners on every address, the URLs
+        without a port; the service reaches its own provider on loopback; the
+        connector resolves tunnel.DOMAIN (no service_address).
+        """
+        code, _, err = self.init("--bind", "0.0.0.0", "--port", "443", "--tunnel-port", "8444")
+        self.assertEqual((code, err), (0, ""))
+        config = load_service_config(self.dir / "service.toml")
+        self.assertEqual(config.listen, "tcp:443:interface=0.0.0.0")
+        self.assertEqual(config.tunnel_listen, "tcp:8444:interface=0.0.0.0")
+        self.assertEqual(config.apps[0].external_url, "https://demo.example.test/")
+        assert config.oidc is not None
+        self.assertEqual(config.oidc.provider_address, "127.0.0.1:443")
+        self.assertEqual(config.oidc.issuer, "https://login.example.test")
+        with open(self.dir / "connector/connector.toml", "rb") as f:
+            self.assertNotIn("service_address", tomllib.load(f)["connector"])
+        connector = load_connector_config(self.dir / "connector/connector.toml")
+        self.assertEqual(connector.service_address, "tunnel.example.test")
+
+    def test_remote_connector(self) -> None:
+        """--service-address is what the connector dials."""
+        code, _, err = self.init("--bind", "::", "--service-address", "203.0.113.10")
+        self.assertEqual((code, err), (0, ""))
+        config = load_service_config(self.dir / "service.toml")
+        self.assertEqual(config.listen, "tcp:8443:interface=\\:\\:")
+        assert config.oidc is not None
+        self.assertEqual(config.oidc.provider_address, "[::1]:8443")
+        connector = load_connector_config(self.dir / "connector/connector.toml")
+        self.assertEqual(connector.service_address, "203.0.113.10")
+
+    def test_bind_specific_address(self) -> None:
+        """A specific --bind address is the one everything dials."""
+        code, _, err = self.init("--bind", "192.0.2.7", "--port", "9443")
+        self.assertEqual((code, err), (0, ""))
+        config = load_service_config(self.dir / "service.toml")
+        self.assertEqual(config.listen, "tcp:9443:interface=192.0.2.7")
+        assert config.oidc is not None
+        self.assertEqual(config.oidc.provider_address, "192.0.2.7:9443")
+        connector = load_connector_config(self.dir / "connector/connector.toml")
+        self.assertEqual(connector.service_address, "192.0.2.7")
+
     def test_certificates(self) -> None:
         self.assertEqual(self.init()[0], 0)
         ca = _cert(self.dir / "ca.pem")
@@ -377,6 +440,13 @@ class InitTests(SynchronousTestCase):
         )
         self.assertEqual(code, 2)
         self.assertFalse(self.dir.exists())
+        for args in (("--bind", "not-an-ip"), ("--service-address", "bad name!")):
+            code, _, err = self.run_main(
+                "init", "--state-dir", str(self.dir), "--domain", "x.test", *args
+            )
+            self.assertEqual(code, 2, args)
+            self.assertIn(args[0], err)
+            self.assertFalse(self.dir.exists())
         code, _, err = self.run_main()
         self.assertEqual(code, 2)
         self.assertIn("init", err)

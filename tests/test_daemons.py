@@ -526,8 +526,9 @@ class EndToEndTests(TestCase):
 
         service = twistd(self, "appproxy", state / "service.toml", state.parent)
         yield service.wait_for("appproxy service ready")
-        self.assertIn(f"port={public}", service.output())
-        self.assertIn(f"port={tunnel}", service.output())
+        self.assertIn(
+            f"HTTPS on 127.0.0.1:{public}, tunnel on 127.0.0.1:{tunnel}", service.output()
+        )
 
         notify_path, notifications = notify_socket(self)
         connector = twistd(

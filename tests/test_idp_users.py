@@ -26,6 +26,7 @@ from appproxy.cli.users import add_users_command
 from appproxy.idp import passwords, totp
 from appproxy.idp.passwords import hash_password, verify_password_hash
 from appproxy.idp.users import User, UserStore, add_user
+from tests.servicedir import init_service_dir
 
 # A real hash of "correct horse", made once: the tests need not pay scrypt
 # for every user they write.
@@ -259,9 +260,9 @@ class RoundTripTests(SynchronousTestCase):
 
 class CommandTests(SynchronousTestCase):
     def setUp(self) -> None:
-        self.dir = Path(self.mktemp())
-        self.dir.mkdir()
-        self.path = self.dir / "users.json"
+        # The directory 'appproxy init' made; the service reads state/users.json.
+        self.dir = init_service_dir(Path(self.mktemp()))
+        self.path = self.dir / "state" / "users.json"
         parser = argparse.ArgumentParser(prog="appproxy")
         add_users_command(parser.add_subparsers())
         self.parser = parser
@@ -414,7 +415,9 @@ class CommandTests(SynchronousTestCase):
         self.assertIn("alice", self.fails("remove", "alice", "--state-dir", str(self.dir)))
 
     def test_list(self) -> None:
-        self.assertEqual(self.run_command("list", "--state-dir", str(self.dir)), "No users.\n")
+        self.assertEqual(
+            self.run_command("list", "--state-dir", str(self.dir)), f"No users in {self.path}.\n"
+        )
         self.add_alice()
         add_user(self.path, "bob", "correct horse", totp_secret=totp.generate_secret())
         self.run_command("disable", "bob", "--state-dir", str(self.dir))

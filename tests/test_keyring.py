@@ -26,6 +26,7 @@ from appproxy.access.keyring_file import (
     save_keyring,
 )
 from appproxy.cli.keys import add_keys_command
+from tests.servicedir import init_service_dir
 
 NOW = 1_700_000_000
 SECRET_A = bytes(range(32))
@@ -365,9 +366,9 @@ class FileTests(SynchronousTestCase):
 
 class KeysCommandTests(SynchronousTestCase):
     def setUp(self) -> None:
-        self.dir = Path(self.mktemp())
-        self.dir.mkdir()
-        self.path = self.dir / KEYRING_FILENAME
+        # The directory 'appproxy init' made; the service's ring is in state/.
+        self.dir = init_service_dir(Path(self.mktemp()))
+        self.path = self.dir / "state" / KEYRING_FILENAME
         self.parser = argparse.ArgumentParser(prog="appproxy")
         add_keys_command(self.parser.add_subparsers())
 

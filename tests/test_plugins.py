@@ -99,7 +99,7 @@ class PluginObjectTests(TestCase):
         self.assertEqual(service["config"], "/etc/appproxy/service.toml")
         connector = found["appproxy-connector"][0].options()
         connector.parseOptions([])
-        self.assertEqual(connector["config"], "/etc/appproxy/connector.toml")
+        self.assertEqual(connector["config"], "/etc/appproxy/connector/connector.toml")
 
     def test_options_reject_unknown(self) -> None:
         options = self.makers()["appproxy"][0].options()

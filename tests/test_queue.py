@@ -43,6 +43,7 @@ class QueueTests(SynchronousTestCase):
         """
         clock = Clock()
         queue = ConnectorGroupQueue("g", clock, timeout=5)
+        queue.connection_made(object())
         expired: list[ProxyJob] = []
         j = job()
         queue.put(j, expired.append)

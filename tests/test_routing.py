@@ -113,7 +113,18 @@ class HasDotSegmentsTests(SynchronousTestCase):
     def test_examples(self) -> None:
         for path in ["/..", "/../x", "/a/./b", "/a/%2e%2E/b", "/a/.%2e", "/a\\..\\b", "/a/..?x"]:
             self.assertTrue(has_dot_segments(path), path)
-        for path in ["/", "/a/b", "/a/.b", "/a/..b/", "/a/...", "/a?x=/../", "/a%2f.."]:
+        # Encoded separators, backslashes and path parameters too (Tomcat,
+        # Spring and IIS decode them before resolving the path).
+        for path in [
+            "/a%2f..",
+            "/a/..%2fb",
+            "/a/%2e%2e%2fb",
+            "/a/..%5cb",
+            "/a/..;/b",
+            "/%252e%252e",
+        ]:
+            self.assertTrue(has_dot_segments(path), path)
+        for path in ["/", "/a/b", "/a/.b", "/a/..b/", "/a/...", "/a?x=/../", "/100%25", "/a;b/c"]:
             self.assertFalse(has_dot_segments(path), path)
 
 
@@ -176,6 +187,33 @@ class RouterTests(SynchronousTestCase):
 
     def test_empty(self) -> None:
         self.assertIsNone(Router[App]([]).route("example.com", "/"))
+        self.assertFalse(Router[App]([]).publishes_host("example.com"))
+
+    def test_publishes_host(self) -> None:
+        """
+        A host is published whatever its apps' paths: C{[2001:db8::1]} has
+        only C{/app/}, which C{/robots.txt} is not under.
+        """
+        publishes = self.router.publishes_host
+        published: list[str | bytes] = [
+            "example.com",
+            b"EXAMPLE.com.:443",
+            "example.com:8443",
+            "[2001:DB8::1]",
+        ]
+        for host in published:
+            self.assertTrue(publishes(host), host)
+        self.assertIsNone(self.router.route("[2001:db8::1]", "/robots.txt"))
+        others: list[str | bytes | None] = [
+            None,
+            "other.example",
+            "example.com:8080",
+            "exa mple.com",
+            b"\xff",
+            "",
+        ]
+        for other in others:
+            self.assertFalse(publishes(other), other)
 
 
 hosts = st.sampled_from(["a.example", "b.example", "b.example:8443"])
@@ -191,6 +229,18 @@ request_paths = st.lists(st.sampled_from(["a", "b", "ab", "", "c"]), max_size=4)
 
 
 class RouterPropertyTests(SynchronousTestCase):
+    @given(apps_lists, hosts, request_paths)
+    def test_published_host(self, apps: list[App], host: str, path: str) -> None:
+        """
+        A host is published exactly when an app is on it; every request the
+        router routes is for a published host.
+        """
+        router = Router(apps)
+        published = router.publishes_host(host)
+        self.assertEqual(published, any(app.external_host == host for app in apps))
+        if router.route(host, path) is not None:
+            self.assertTrue(published)
+
     @given(
         apps_lists,
         hosts.flatmap(

@@ -31,7 +31,7 @@ from appproxy.access.cookie import (
 )
 from appproxy.access.keyring import KeyRing
 from appproxy.access.keyring_file import load_keyring, load_or_create_keyring, save_keyring
-from appproxy.access.session import Session, session_document
+from appproxy.access.session import Session, new_session_id, session_document
 
 NOW = 1_700_000_000
 COOKIE = "__Host-appproxy-wiki"
@@ -65,6 +65,7 @@ sessions = st.builds(
     expires_at=times,
     groups_ref=st.none() | texts,
     token_ref=st.none() | texts,
+    session_id=texts,
 ).filter(lambda s: s.issued_at < s.expires_at)
 
 # Characters a cookie value may be changed to: its own alphabet and others.
@@ -100,6 +101,7 @@ def typical(**changes: object) -> Session:
         "issued_at": NOW - 100,
         "expires_at": NOW + 8 * 3600,
         "token_ref": "t-7f3a",
+        "session_id": "Xq3m0T9c2vQ1kLwY8nB5aA",
     }
     fields.update(changes)
     return Session(**fields)  # type: ignore[arg-type]
@@ -204,14 +206,15 @@ class SessionCookieCodecTests(SynchronousTestCase):
         character.
         """
         # A value whose encoding is not a multiple of 4 characters long.
-        for _ in range(100):
-            value = CODEC.encode(typical(), COOKIE)
+        for attempt in range(100):
+            session = typical(session_id=f"id-{attempt}")
+            value = CODEC.encode(session, COOKIE)
             prefix, _, encoded = value.rpartition(".")
             if len(encoded) % 4 and "-" in encoded and "_" in encoded:
                 break
         self.assertNotEqual(len(encoded) % 4, 0)
         raw = b64decode(encoded)
-        self.assertEqual(decode(value), typical())
+        self.assertEqual(decode(value), session)
         padded = base64.urlsafe_b64encode(raw).decode()
         self.assertInvalid("malformed", f"{prefix}.{padded}")
         self.assertInvalid("malformed", f"{prefix}.{padded}=")
@@ -299,7 +302,7 @@ class SessionCookieCodecTests(SynchronousTestCase):
             {**good, "x": {"k": ["a", None]}},
             {**good, "x": {"k": None}},
         ]
-        for key in ("a", "u", "s", "i"):
+        for key in ("a", "u", "s", "i", "si"):
             variants += [{**good, key: None}, {**good, key: 1}, {**good, key: ["a"]}]
         for key in ("n", "e", "c", "gr", "tr"):
             variants += [{**good, key: 1}, {**good, key: ["a"]}, {**good, key: False}]
@@ -308,11 +311,30 @@ class SessionCookieCodecTests(SynchronousTestCase):
         for key in ("at", "ia", "ea"):
             variants += [{**good, key: True}, {**good, key: 1.5}, {**good, key: "1"}]
         for key in good:
-            variants.append({name: value for name, value in good.items() if name != key})
+            if key != "si":
+                variants.append({name: value for name, value in good.items() if name != key})
         for document in variants:
             with self.assertRaises(InvalidCookie, msg=repr(document)) as caught:
                 decode(sealed(document))
             self.assertEqual(caught.exception.reason, "malformed payload")
+
+    def test_older_cookie_without_session_id(self) -> None:
+        """
+        A cookie an older appproxy made, before sessions had an id, is
+        refused with its own reason: it could not be revoked.
+        """
+        good = session_document(typical())
+        del good["si"]
+        aad = cookie_module._session_aad("wiki", COOKIE)
+        value = CODEC._ciphers.seal(cookie_module._pack(good), aad)
+        self.assertInvalid("made by an older appproxy, without a session id", value)
+
+    def test_session_ids_are_new_and_kept(self) -> None:
+        """Every session gets a new random id; its cookie carries it."""
+        first, second = typical(session_id=new_session_id()), typical(session_id=new_session_id())
+        self.assertNotEqual(first.session_id, second.session_id)
+        self.assertEqual(len(first.session_id), 22)
+        self.assertEqual(decode(CODEC.encode(first, COOKIE)).session_id, first.session_id)
 
     def test_not_json_payload(self) -> None:
         aad = cookie_module._session_aad("wiki", COOKIE)

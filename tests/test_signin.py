@@ -320,10 +320,12 @@ grant = "mfa"
         response = yield browser.submit(
             page, {"username": "alice", "password": "correct horse"}, follow=False
         )
-        # Follow by hand until the hand-off URL.
+        # Follow by hand (redirects and the provider's meta refresh) until the hand-off URL.
         hand_off = None
-        while response.status in (302, 303):
-            location = urljoin(response.url, response.header("location"))
+        for _ in range(browser.max_redirects):
+            location = browser.next_url(response)
+            if location is None:
+                break
             if "/.appproxy/session" in location:
                 hand_off = location
                 break

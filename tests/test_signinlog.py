@@ -28,7 +28,15 @@ from appproxy.state.database import StateDatabase
 from appproxy.state.queries import read_sign_ins
 from appproxy.state.schema import DATABASE_NAME
 from appproxy.state.signinlog import SignInLog
-from appproxy.state.signins import RESULTS, STEPS, SignInEvent, format_events, format_time
+from appproxy.state.signins import (
+    COLUMNS,
+    RESULTS,
+    STEPS,
+    SignInEvent,
+    format_events,
+    format_time,
+)
+from tests.servicedir import init_service_dir
 
 T0 = 1_795_000_000.0  # 2026-11-18T11:06:40Z
 
@@ -143,6 +151,20 @@ class SignInEventTests(SynchronousTestCase):
             ],
         )
         self.assertEqual(format_events([]), [])
+
+    def test_format_events_header(self) -> None:
+        """With C{header}, a row of column titles comes first, the columns aligned under it."""
+        lines = format_events([event(request_id="a-rather-long-request-id")], header=True)
+        self.assertEqual(
+            lines,
+            [
+                "TIME                      RESULT   USER   APP   ADDRESS    STEP/POLICY  "
+                "REQUEST-ID                DETAIL",
+                "2026-11-18T11:06:40.000Z  success  alice  wiki  192.0.2.7  -            "
+                "a-rather-long-request-id",
+            ],
+        )
+        self.assertEqual(format_events([], header=True), ["  ".join(COLUMNS)])
 
 
 class ParseSinceTests(SynchronousTestCase):
@@ -343,9 +365,9 @@ class LogsCommandTests(TestCase):
     timeout = 20
 
     def setUp(self) -> None:
-        self.dir = Path(self.mktemp())
-        self.dir.mkdir()
-        self.path = self.dir / DATABASE_NAME
+        # The directory 'appproxy init' made; the service's database is in state/.
+        self.dir = init_service_dir(Path(self.mktemp()))
+        self.path = self.dir / "state" / DATABASE_NAME
 
     def run_command(self, *argv: str) -> tuple[int, str]:
         parser = argparse.ArgumentParser(prog="appproxy")
@@ -369,8 +391,9 @@ class LogsCommandTests(TestCase):
         await self.write(*recorded)
         code, out = self.run_command("logs", "sign-ins", "--state-dir", str(self.dir))
         self.assertEqual(code, 0)
-        self.assertEqual(out, "".join(line + "\n" for line in format_events(recorded)))
-        self.assertEqual(len(out.splitlines()), 2)
+        self.assertEqual(out, "".join(line + "\n" for line in format_events(recorded, header=True)))
+        self.assertEqual(len(out.splitlines()), 3)
+        self.assertEqual(out.splitlines()[0].split(), list(COLUMNS))
 
     async def test_json_lines(self) -> None:
         recorded = [event(), event(2, user="zoë", result="not-assigned", step="assignment")]
@@ -407,20 +430,22 @@ class LogsCommandTests(TestCase):
     async def test_empty(self) -> None:
         await self.write()
         self.assertEqual(
-            self.run_command("logs", "sign-ins", "--state-dir", str(self.dir)), (0, "")
+            self.run_command("logs", "sign-ins", "--state-dir", str(self.dir)),
+            (0, "  ".join(COLUMNS) + "\n"),
         )
         self.assertEqual(
             self.run_command("logs", "sign-ins", "--state-dir", str(self.dir), "--json"), (0, "")
         )
 
-    async def test_init_directory(self) -> None:
-        """The directory 'appproxy init' made (state in state/) is accepted too."""
-        self.path = self.dir / "state" / DATABASE_NAME
-        self.path.parent.mkdir()
+    async def test_state_directory_refused(self) -> None:
+        """The state directory itself holds no service.toml: the message names the right one."""
         await self.write(event())
+        with self.assertRaises(ValueError) as raised:
+            self.run_command("logs", "sign-ins", "--state-dir", str(self.dir / "state"))
         self.assertEqual(
-            self.run_command("logs", "sign-ins", "--state-dir", str(self.dir)),
-            (0, format_events([event()])[0] + "\n"),
+            str(raised.exception),
+            f"--state-dir {self.dir / 'state'} holds no service.toml, its parent does: "
+            f"use --state-dir {self.dir}",
         )
 
     def test_errors(self) -> None:

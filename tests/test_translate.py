@@ -251,13 +251,16 @@ class TranslateResponseHeadersTests(SynchronousTestCase):
 
     def test_set_cookie_path_whole_application(self) -> None:
         """
-        A cookie for the whole internal application gets the external prefix
-        without its trailing slash, so that it covers "/intranet" as well as
-        "/intranet/...".
+        The internal prefix keeps its trailing slash (C{/a/b/} and C{/a/b}
+        stay two paths); the internal root, the one path for the whole
+        application there, gets the external prefix without its slash, so
+        that it covers "/intranet" as well as "/intranet/...".  More in
+        L{tests.test_set_cookie}.
         """
         self.assertEqual(one(b"Set-Cookie", b"a=b; Path=/", NESTED), b"a=b; Path=/intranet")
         self.assertEqual(one(b"Set-Cookie", b"a=b; Path=/x", NESTED), b"a=b; Path=/intranet/x")
-        self.assertEqual(one(b"Set-Cookie", b"a=b; Path=/a/b/", BOTH), b"a=b; Path=/x")
+        self.assertEqual(one(b"Set-Cookie", b"a=b; Path=/a/b/", BOTH), b"a=b; Path=/x/")
+        self.assertEqual(one(b"Set-Cookie", b"a=b; Path=/a/b", BOTH), b"a=b; Path=/x")
         self.assertEqual(one(b"Set-Cookie", b"a=b; Path=/a/b/c/", BOTH), b"a=b; Path=/x/c/")
         self.assertEqual(one(b"Set-Cookie", b"a=b; Path=/wiki/", SAME_PATH), b"a=b; Path=/wiki/")
 

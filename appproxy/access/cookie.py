@@ -37,6 +37,7 @@ from appproxy.access.keyring import KeyRing
 from appproxy.access.session import (
     PAYLOAD_VERSION,
     Session,
+    older_session_document,
     session_document,
     session_from_document,
 )
@@ -77,7 +78,8 @@ class InvalidCookie(Exception):
 
     @ivar reason: why, in a few words: C{"malformed"}, C{"unknown or retired
         key"}, C{"decryption failed"}, C{"malformed payload"}, C{"expired"},
-        C{"wrong app"} or C{"issued in the future"}.  Never the value itself.
+        C{"wrong app"}, C{"issued in the future"} or C{"made by an older
+        appproxy, without a session id"}.  Never the value itself.
     """
 
     def __init__(self, reason: str) -> None:
@@ -266,6 +268,8 @@ class SessionCookieCodec:
         document = _unpack(self._ciphers.open(value, _session_aad(app, cookie_name)))
         session = session_from_document(document)
         if session is None:
+            if older_session_document(document):
+                raise InvalidCookie("made by an older appproxy, without a session id")
             raise InvalidCookie("malformed payload")
         if session.app != app:
             raise InvalidCookie("wrong app")

@@ -20,6 +20,7 @@ import string
 from urllib.parse import unquote
 
 from appproxy.http.authority import parse_authority
+from appproxy.http.paths import segment_is_dot
 
 __all__ = ["MAX_TARGET_LENGTH", "safe_redirect_target"]
 
@@ -31,9 +32,6 @@ MAX_TARGET_LENGTH = 2000
 # percent-encoded in the result.
 _URI_CHARS = frozenset(string.ascii_letters + string.digits + "-._~!$&'()*+,;=:@/?%")
 _BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
-# How many rounds of percent-decoding a path segment is inspected through
-# (a back end that decodes twice sees "%252e%252e" as "..").
-_DECODE_ROUNDS = 3
 
 
 def _split_app_url(app_external_url: str) -> tuple[str, str]:
@@ -79,25 +77,6 @@ def _normalise_authority(authority: str) -> str | None:
     return parsed.normalised(443)
 
 
-def _segment_is_dangerous(segment: str) -> bool:
-    """
-    Could a server read this path segment as C{.} or C{..}, or as more than
-    one segment?  Checked through several rounds of percent-decoding, with
-    C{\\} taken as C{/} and C{;} path parameters removed (C{..;x} is C{..}
-    to some servers).
-    """
-    for _ in range(_DECODE_ROUNDS):
-        parts = segment.replace("\\", "/").split("/")
-        if any(part.split(";", 1)[0] in (".", "..") for part in parts):
-            return True
-        decoded = unquote(segment)
-        if decoded == segment:
-            return False
-        segment = decoded
-    # Still changing after several rounds: nobody needs that.
-    return True
-
-
 def _path_is_safe(path: str) -> bool:
     """Is C{path} (starting with C{/}) free of traversal and of host-like starts?"""
     if path.startswith("//"):
@@ -108,7 +87,7 @@ def _path_is_safe(path: str) -> bool:
     first = unquote(unquote(segments[0]))
     if first.startswith(("/", "\\")):
         return False
-    return not any(_segment_is_dangerous(segment) for segment in segments)
+    return not any(segment_is_dot(segment) for segment in segments)
 
 
 def _encode(text: str) -> str:

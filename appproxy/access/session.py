@@ -10,6 +10,7 @@ L{appproxy.access.cookie}.  Pure code: no reactor, no I/O.
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Mapping
 
 import attrs
@@ -18,6 +19,8 @@ __all__ = [
     "PAYLOAD_VERSION",
     "ClaimValue",
     "Session",
+    "new_session_id",
+    "older_session_document",
     "session_document",
     "session_from_document",
 ]
@@ -27,6 +30,11 @@ ClaimValue = str | tuple[str, ...]
 
 #: The C{"v"} of every document appproxy seals (sessions and sealed blobs).
 PAYLOAD_VERSION = 1
+
+
+def new_session_id() -> str:
+    """A new session id: 128 random bits, URL-safe base64 (22 characters)."""
+    return secrets.token_urlsafe(16)
 
 
 @attrs.frozen(kw_only=True)
@@ -55,6 +63,8 @@ class Session:
         database, when they would make the cookie too large.
     @ivar token_ref: the key under which the ID token is stored (for
         sign-out's C{id_token_hint}); L{None} if not kept.
+    @ivar session_id: the session's id, random, the same in every copy of
+        its cookie: what sign-out and C{appproxy sessions revoke} revoke.
     """
 
     app: str
@@ -73,6 +83,7 @@ class Session:
     expires_at: int
     groups_ref: str | None = None
     token_ref: str | None = None
+    session_id: str = attrs.field(factory=new_session_id)
 
     def claim(self, name: str) -> ClaimValue | None:
         """
@@ -98,8 +109,10 @@ class Session:
 
 # The session as JSON: short keys, every field always present.
 _FIELDS = frozenset(
-    {"v", "a", "u", "s", "i", "n", "e", "g", "r", "m", "c", "x", "at", "ia", "ea", "gr", "tr"}
+    {"v", "a", "u", "s", "i", "n", "e", "g", "r", "m", "c", "x", "at", "ia", "ea", "gr", "tr", "si"}
 )
+# The fields of a session made before sessions had an id.
+_FIELDS_WITHOUT_ID = _FIELDS - {"si"}
 
 
 def session_document(session: Session) -> dict[str, object]:
@@ -125,7 +138,17 @@ def session_document(session: Session) -> dict[str, object]:
         "ea": session.expires_at,
         "gr": session.groups_ref,
         "tr": session.token_ref,
+        "si": session.session_id,
     }
+
+
+def older_session_document(document: object) -> bool:
+    """
+    Whether C{document} looks like a session an older appproxy made, before
+    sessions had an id: such a cookie cannot be revoked, so it is refused
+    (the user signs in once more).
+    """
+    return type(document) is dict and document.keys() == _FIELDS_WITHOUT_ID
 
 
 _STR = frozenset({str})
@@ -168,6 +191,7 @@ def session_from_document(document: object) -> Session | None:
             type(document["u"]),
             type(document["s"]),
             type(document["i"]),
+            type(document["si"]),
         }
         == _STR
         and {
@@ -209,4 +233,5 @@ def session_from_document(document: object) -> Session | None:
         expires_at=expires_at,
         groups_ref=document["gr"],
         token_ref=document["tr"],
+        session_id=document["si"],
     )

@@ -10,6 +10,7 @@ before anything is written; a failure while writing removes what was written.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 import re
 import secrets
@@ -20,7 +21,7 @@ from typing import TextIO
 
 import attrs
 
-from appproxy.cli.init_config import InitPlan, connector_toml, service_toml
+from appproxy.cli.init_config import Addresses, InitPlan, connector_toml, service_toml
 from appproxy.daemon import pki
 
 __all__ = ["UsageError", "add_init_command"]
@@ -82,6 +83,25 @@ def _http_url(value: str) -> str:
     return value
 
 
+def _ip(value: str) -> str:
+    try:
+        return ipaddress.ip_address(value.strip("[]")).compressed
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an IP address") from None
+
+
+def _service_address(value: str) -> str:
+    try:
+        return _ip(value)
+    except argparse.ArgumentTypeError:
+        try:
+            return _dns_name(value)
+        except UsageError:
+            raise argparse.ArgumentTypeError(
+                f"{value!r} is not an IP address or DNS name"
+            ) from None
+
+
 def _plan(args: argparse.Namespace) -> InitPlan:
     """Check the command line; nothing is written yet."""
     domain = _dns_name(args.domain)
@@ -94,10 +114,15 @@ def _plan(args: argparse.Namespace) -> InitPlan:
     app_host = _dns_name(f"{app_host_label}.{domain}")
     tunnel_host = _dns_name(f"tunnel.{domain}")
     internal_url = _http_url(args.internal_url)
-    port: int = args.port
-    listen: str = args.listen if args.listen is not None else f"tcp:{port}:interface=127.0.0.1"
-    if not listen.strip():
+    if args.listen is not None and not args.listen.strip():
         raise UsageError("--listen must not be empty")
+    addresses = Addresses.from_bind(
+        ipaddress.ip_address(args.bind),
+        port=args.port,
+        tunnel_port=args.tunnel_port,
+        listen=args.listen,
+        service_address=args.service_address,
+    )
     return InitPlan(
         state_dir=Path(args.state_dir).absolute(),
         domain=domain,
@@ -108,9 +133,13 @@ def _plan(args: argparse.Namespace) -> InitPlan:
         internal_url=internal_url,
         group=args.group,
         connector_id=args.connector_id,
-        port=port,
+        port=args.port,
         tunnel_port=args.tunnel_port,
-        listen=listen,
+        listen=addresses.listen,
+        tunnel_listen=addresses.tunnel_listen,
+        data_dir=Path(args.data_dir).absolute() if args.data_dir is not None else None,
+        service_address=addresses.service_address,
+        provider_address=addresses.provider_address,
     )
 
 
@@ -189,15 +218,19 @@ class _Writer:
                 pass
 
 
-def _write(state_dir: Path, existed: bool, files: list[tuple[str, bytes, int]]) -> None:
+def _write(plan: InitPlan, existed: bool, files: list[tuple[str, bytes, int]]) -> None:
     """Write C{files}; on any failure remove what was written and re-raise."""
+    state_dir = plan.state_dir
     writer = _Writer()
     try:
         if existed:
             os.chmod(state_dir, _DIR_MODE)
         else:
             writer.mkdir(state_dir)
-        for sub in ("tls", "connector", "state"):
+        subdirs = ["tls", "connector"]
+        if plan.data_dir is None:
+            subdirs.append("state")
+        for sub in subdirs:
             writer.mkdir(state_dir / sub)
         for name, data, mode in files:
             writer.write(state_dir / name, data, mode)
@@ -216,33 +249,39 @@ def _print_next_steps(plan: InitPlan, files: list[tuple[str, bytes, int]], out: 
     print(f"Wrote {state_dir}:", file=out)
     for name, _, mode in files:
         print(f"  {name}{'  (private key, mode 0600)' if mode == _KEY_MODE else ''}", file=out)
-    print("  state/  (durable state of the service)", file=out)
+    if plan.data_dir is None:
+        print("  state/  (durable state of the service)", file=out)
+    else:
+        print(f"The service keeps its state in {plan.data_dir}.", file=out)
     print("", file=out)
-    print("Start the service:", file=out)
+    print("Run both under systemd (as root, with the same virtualenv's appproxy):", file=out)
+    print(f"  appproxy install service --config {quoted}/service.toml", file=out)
+    connector_config = f"{quoted}/connector/connector.toml"
+    print(f"  appproxy install connector --config {connector_config}", file=out)
+    print("or in the foreground, the service:", file=out)
     print(
         f"  twistd --nodaemon --pidfile= appproxy --config {quoted}/service.toml",
         file=out,
     )
-    print("Start the connector (in another terminal):", file=out)
-    connector_config = f"{quoted}/connector/connector.toml"
+    print("and the connector (in another terminal):", file=out)
     print(
         f"  twistd --nodaemon --pidfile= appproxy-connector --config {connector_config}",
         file=out,
     )
     print("", file=out)
     print("Add a user who may sign in:", file=out)
-    print(f"  appproxy users add alice --state-dir {quoted}/state", file=out)
+    print(f"  appproxy users add alice --state-dir {quoted}", file=out)
     print("", file=out)
     external_url = plan.external_url
     print(f"Then open {external_url}", file=out)
     print(f"(the app at {plan.internal_url} must be running;", file=out)
     print(f" the certificate is signed by {quoted}/ca.pem), for example:", file=out)
-    if "interface=127.0.0.1" in plan.listen:
-        host_port = f"{plan.app_host}:{plan.port}"
-        print(
-            f"  curl --cacert {quoted}/ca.pem --resolve {host_port}:127.0.0.1 {external_url}",
-            file=out,
-        )
+    local, _, _ = plan.provider_address.rpartition(":")
+    host_port = f"{plan.app_host}:{plan.port}"
+    print(
+        f"  curl --cacert {quoted}/ca.pem --resolve {host_port}:{local} {external_url}",
+        file=out,
+    )
 
 
 def _cmd_init(args: argparse.Namespace, out: TextIO) -> int:
@@ -251,7 +290,7 @@ def _cmd_init(args: argparse.Namespace, out: TextIO) -> int:
     # Everything is generated before anything is written: a bad group or
     # connector id (ValueError from pki) leaves no trace.
     files = _files(plan)
-    _write(plan.state_dir, existed, files)
+    _write(plan, existed, files)
     _print_next_steps(plan, files, out)
     return 0
 
@@ -271,19 +310,43 @@ def add_init_command(subparsers: argparse._SubParsersAction[argparse.ArgumentPar
     )
     parser.add_argument("--domain", required=True, help="apps are published as NAME.DOMAIN")
     parser.add_argument(
-        "--listen",
+        "--data-dir",
         default=None,
-        metavar="ENDPOINT",
-        help="public listener endpoint (default: tcp:PORT:interface=127.0.0.1)",
+        metavar="DIR",
+        help="the service's state directory, service.state_dir (default: DIR/state; "
+        "under systemd: /var/lib/appproxy)",
     )
     parser.add_argument(
         "--port",
         type=_port,
         default=8443,
-        help="public HTTPS port in the app's URL (default: 8443)",
+        help="public HTTPS port, in every URL and the listener (default: 8443)",
     )
     parser.add_argument(
         "--tunnel-port", type=_port, default=8444, help="port connectors dial (default: 8444)"
+    )
+    parser.add_argument(
+        "--bind",
+        type=_ip,
+        default="127.0.0.1",
+        metavar="ADDRESS",
+        help="the address both listeners bind (default: 127.0.0.1; 0.0.0.0 or :: for a "
+        "public service)",
+    )
+    parser.add_argument(
+        "--service-address",
+        type=_service_address,
+        default=None,
+        metavar="ADDRESS",
+        help="the address the connector dials (default: the --bind address; for 0.0.0.0 "
+        "or :: none, so the connector resolves tunnel.DOMAIN)",
+    )
+    parser.add_argument(
+        "--listen",
+        default=None,
+        metavar="ENDPOINT",
+        help="public listener endpoint, overriding --bind and --port for the listener "
+        "(default: tcp:PORT:interface=ADDRESS)",
     )
     parser.add_argument("--group", default="default", help="connector group (default: default)")
     parser.add_argument(

@@ -6,11 +6,60 @@ rendered from it.  Pure: no I/O; L{appproxy.cli.init} writes the files.
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 
 import attrs
 
-__all__ = ["InitPlan", "connector_toml", "service_toml"]
+__all__ = ["Addresses", "InitPlan", "connector_toml", "service_toml"]
+
+
+def _host_port(address: str, port: int) -> str:
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+
+@attrs.frozen
+class Addresses:
+    """The two listeners, and the addresses that reach them."""
+
+    listen: str
+    """The public listener endpoint."""
+    tunnel_listen: str
+    """The connectors' listener endpoint."""
+    provider_address: str
+    """Where the service reaches its own built-in provider."""
+    service_address: str | None
+    """What the connector dials; L{None}: it resolves the tunnel host name."""
+
+    @classmethod
+    def from_bind(
+        cls,
+        bind: ipaddress.IPv4Address | ipaddress.IPv6Address,
+        *,
+        port: int,
+        tunnel_port: int,
+        listen: str | None = None,
+        service_address: str | None = None,
+    ) -> Addresses:
+        """
+        Both listeners bind C{bind}; the service reaches its built-in
+        provider through it (loopback for a wildcard address, 0.0.0.0 or
+        ::), and so does a connector unless C{service_address} says
+        otherwise; for a wildcard address it resolves the tunnel host name.
+        C{listen}, when given, replaces the public listener's endpoint.
+        """
+        interface = bind.compressed.replace(":", "\\:")
+        dialled: str | None
+        if bind.is_unspecified:
+            local, dialled = ("::1" if bind.version == 6 else "127.0.0.1"), None
+        else:
+            local = dialled = bind.compressed
+        return cls(
+            listen=listen if listen is not None else f"tcp:{port}:interface={interface}",
+            tunnel_listen=f"tcp:{tunnel_port}:interface={interface}",
+            provider_address=_host_port(local, port),
+            service_address=service_address if service_address is not None else dialled,
+        )
 
 
 @attrs.frozen
@@ -41,6 +90,14 @@ class InitPlan:
     """The port connectors dial."""
     listen: str
     """The public listener endpoint."""
+    tunnel_listen: str
+    """The listener endpoint for connectors."""
+    data_dir: Path | None
+    """C{service.state_dir} (absolute), or L{None} for C{state} next to the file."""
+    service_address: str | None
+    """The address connectors dial, or L{None} to resolve the tunnel host name."""
+    provider_address: str
+    """Where the service reaches its own built-in provider (C{host:port})."""
 
     def _origin(self, host: str) -> str:
         return f"https://{host}" if self.port == 443 else f"https://{host}:{self.port}"
@@ -87,8 +144,8 @@ def service_toml(plan: InitPlan) -> str:
 [service]
 # Public HTTPS listener (a Twisted endpoint string); appproxy adds TLS itself.
 listen = {_toml_str(plan.listen)}
-# Durable state (created if missing).
-state_dir = "state"
+# Durable state (created if missing; writable by the service's user).
+state_dir = {_toml_str(str(plan.data_dir) if plan.data_dir is not None else "state")}
 # Seconds a request may wait for a free connector before a 503.
 queue_timeout = 10
 # "text" for people, "json" (JSON lines on stdout) for machines.
@@ -102,7 +159,7 @@ key = "tls/service.key"
 
 [tunnel]
 # Listener for connectors (mutual TLS, HTTP/2).
-listen = {_toml_str(f"tcp:{plan.tunnel_port}:interface=127.0.0.1")}
+listen = {_toml_str(plan.tunnel_listen)}
 # The certificate connectors verify (it names the tunnel host).
 cert = "tls/tunnel.pem"
 key = "tls/tunnel.key"
@@ -156,13 +213,19 @@ callback_url = {_toml_str(login_origin + "/.appproxy/callback")}
 # Trust for the provider's TLS (default: the system's CA store).
 provider_ca = "ca.pem"
 # Connect here instead of resolving the issuer's host name.
-provider_address = {_toml_str(f"127.0.0.1:{plan.port}")}
+provider_address = {_toml_str(plan.provider_address)}
 
 [builtin_provider]
 # The service's own OpenID provider, for a machine with nothing else.
-# Add users with: appproxy users add NAME --state-dir DIR/state
+# Add users with: appproxy users add NAME --config THIS_FILE (or --state-dir with its directory)
 issuer = {_toml_str(login_origin)}
 """
+
+
+def _service_address(plan: InitPlan) -> str:
+    if plan.service_address is None:
+        return ' (a DNS name or IP address).\n# service_address = "203.0.113.10"'
+    return f".\nservice_address = {_toml_str(plan.service_address)}"
 
 
 def connector_toml(plan: InitPlan) -> str:
@@ -177,8 +240,7 @@ def connector_toml(plan: InitPlan) -> str:
 service_host = {_toml_str(plan.tunnel_host)}
 # The service's tunnel port.
 service_port = {plan.tunnel_port}
-# Dial this address instead of resolving service_host.
-service_address = "127.0.0.1"
+# Dial this address instead of resolving service_host{_service_address(plan)}
 # Tunnel connections kept open.
 connections = 4
 # Concurrent requests per connection.

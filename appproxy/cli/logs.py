@@ -1,6 +1,6 @@
 """
-C{appproxy logs sign-ins}: the sign-in log of a state directory, as aligned
-text or JSON Lines.
+C{appproxy logs sign-ins}: the sign-in log in the service's state database,
+as aligned text under a header row, or JSON Lines.
 
 The events are L{appproxy.state.signins}; the read-only reader is
 L{appproxy.state.queries.read_sign_ins}; this module parses the command line
@@ -14,12 +14,10 @@ import json
 import re
 import time
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, TextIO
 
-from appproxy.cli.arguments import at_least
+from appproxy.cli.arguments import add_state_options, at_least, resolve_state
 from appproxy.state.queries import read_sign_ins
-from appproxy.state.schema import DATABASE_NAME
 from appproxy.state.signins import format_events
 
 __all__ = ["add_logs_command", "parse_since"]
@@ -61,34 +59,28 @@ def parse_since(value: str, now: float) -> float:
     )
 
 
-def _database_path(state_dir: Path) -> Path:
-    """
-    The database in C{state_dir}: the service's state directory, or the
-    directory C{appproxy init} made (which holds it in C{state/}).
-    """
-    path = state_dir / DATABASE_NAME
-    nested = state_dir / "state" / DATABASE_NAME
-    if not path.exists() and nested.exists():
-        return nested
-    return path
-
-
 def _cmd_sign_ins(args: argparse.Namespace, out: TextIO) -> int:
     since = None if args.since is None else parse_since(args.since, time.time())
-    events = read_sign_ins(_database_path(Path(args.state_dir)), since=since, limit=args.limit)
+    files = resolve_state(args)
+    if not files.database.exists():
+        raise ValueError(
+            f"{files.database}: no sign-in log yet (the service creates this state database "
+            "when it starts with an [oidc] table)"
+        )
+    events = read_sign_ins(files.database, since=since, limit=args.limit)
     if args.json:
         for event in events:
             out.write(json.dumps(event.to_json(), separators=(",", ":")) + "\n")
     else:
-        for line in format_events(events):
+        for line in format_events(events, header=True):
             out.write(line + "\n")
     return 0
 
 
 def add_logs_command(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """
-    Add C{appproxy logs sign-ins --state-dir DIR [--since WHEN] [--limit N]
-    [--json]} to the C{appproxy} command.
+    Add C{appproxy logs sign-ins (--state-dir DIR | --config FILE)
+    [--since WHEN] [--limit N] [--json]} to the C{appproxy} command.
     """
     logs = subparsers.add_parser("logs", help="read the service's logs")
     which: Any = logs.add_subparsers(title="logs", metavar="LOG", required=True)
@@ -96,16 +88,12 @@ def add_logs_command(subparsers: argparse._SubParsersAction[argparse.ArgumentPar
         "sign-ins",
         help="the sign-in log",
         description=(
-            "Print the sign-in log, oldest first: one line per sign-in attempt "
-            "(time, result, user, app, address, failing step/policy, request id, detail)."
+            "Print the sign-in log, oldest first: a header row, then one line per sign-in "
+            "attempt (time, result, user, app, address, failing step/policy, request id, "
+            "detail); with --json, one JSON object per line and no header."
         ),
     )
-    parser.add_argument(
-        "--state-dir",
-        required=True,
-        metavar="DIR",
-        help="the service's state directory (or the directory 'appproxy init' made)",
-    )
+    add_state_options(parser)
     parser.add_argument(
         "--since",
         metavar="WHEN",

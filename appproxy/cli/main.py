@@ -2,13 +2,19 @@
 The C{appproxy} administration command: the parser, L{main} and the one-line
 error report.
 
-    appproxy init|users|keys|logs|policy ...
+    appproxy init|install|users|keys|logs|sessions|policy ...
 
 Each command group lives in its own C{appproxy.cli} module (L{appproxy.cli.init},
 ...); its subcommands are functions C{(args, out) -> int} registered with
 C{set_defaults(func=...)}, imported by an C{_add_*} function here only when the
 parser is built. Expected errors (L{OSError}, L{ValueError}) become one
 C{appproxy: error: ...} line on stderr and exit status 1; never a traceback.
+
+A command that works on a running service's files names the service the same
+way everywhere: C{--state-dir DIR} (the directory C{appproxy init} made) or
+C{--config FILE} (L{appproxy.cli.arguments.add_state_options}), and finds
+its files from the service's configuration
+(L{appproxy.cli.arguments.resolve_state}).
 """
 
 from __future__ import annotations
@@ -29,6 +35,12 @@ def _add_init(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -
     add_init_command(subparsers)
 
 
+def _add_install(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from appproxy.cli.install import add_install_command
+
+    add_install_command(subparsers)
+
+
 def _add_users(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     from appproxy.cli.users import add_users_command
 
@@ -47,6 +59,12 @@ def _add_logs(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -
     add_logs_command(subparsers)
 
 
+def _add_sessions(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from appproxy.cli.sessions import add_sessions_command
+
+    add_sessions_command(subparsers)
+
+
 def _add_policy(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     from appproxy.cli.policy import add_policy_command, load_policies
 
@@ -55,9 +73,11 @@ def _add_policy(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
 
 _SUBCOMMANDS: Sequence[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = (
     _add_init,
+    _add_install,
     _add_users,
     _add_keys,
     _add_logs,
+    _add_sessions,
     _add_policy,
 )
 

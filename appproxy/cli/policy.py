@@ -1,6 +1,7 @@
 """
 C{appproxy policy what-if}: the decision conditional access would make for a
-hypothetical sign-in, from a service configuration file.
+hypothetical sign-in, from the service's configuration (C{--config FILE}, or
+C{--state-dir DIR}: the directory C{appproxy init} made).
 
 The report itself is L{appproxy.access.what_if.what_if}; this module parses the
 command line, reads the configuration and prints.
@@ -16,7 +17,7 @@ from typing import TextIO
 from appproxy.access.policy import Assignment, PolicySet
 from appproxy.access.risk import RISK_SIGNALS
 from appproxy.access.what_if import what_if
-from appproxy.cli.arguments import at_least, comma_list
+from appproxy.cli.arguments import add_state_options, at_least, comma_list, config_path
 
 __all__ = ["LoadConfig", "add_policy_command", "load_policies"]
 
@@ -46,9 +47,9 @@ def add_policy_command(
     """
     Add C{appproxy policy what-if} to the C{appproxy} command.
 
-    @param load_config: reads the service configuration named by
-        C{--config}; it raises L{ValueError} or L{OSError} with a one-line
-        message on a bad file.
+    @param load_config: reads the service configuration file named by
+        C{--config FILE} or C{--state-dir DIR}; it raises L{ValueError} or
+        L{OSError} with a one-line message on a bad file.
     """
     parser = subparsers.add_parser(
         "policy",
@@ -64,7 +65,7 @@ def add_policy_command(
             "policies for a hypothetical sign-in, and show which policies apply and why."
         ),
     )
-    what.add_argument("--config", required=True, metavar="FILE", help="the service.toml")
+    add_state_options(what)
     what.add_argument("--user", required=True, help="the user name")
     what.add_argument(
         "--groups", default="", metavar="G,H", help="the user's groups, comma-separated"
@@ -101,7 +102,7 @@ def _cmd_what_if(args: argparse.Namespace, out: TextIO) -> int:
         ip = ipaddress.ip_address(args.ip)
     except ValueError:
         raise ValueError(f"--ip: {args.ip!r} is not an IP address") from None
-    policies, assignments = load_config(args.config)
+    policies, assignments = load_config(str(config_path(args)))
     out.write(
         what_if(
             policies,

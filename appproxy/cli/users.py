@@ -1,6 +1,7 @@
 """
 C{appproxy users add|passwd|totp|remove|disable|enable|list}: the built-in
-identity provider's users in the state directory's C{users.json}.
+identity provider's users, in the users file the service reads
+(C{[builtin_provider] users_file}, in its state directory).
 
 The file and its users are L{appproxy.idp.users}; this module parses the
 command line, asks for passwords and prints.
@@ -11,17 +12,18 @@ from __future__ import annotations
 import argparse
 import getpass
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Final, TextIO
 
 import attrs
 
-from appproxy.cli.arguments import comma_list
+from appproxy.cli.arguments import add_state_options, comma_list, hand_over, resolve_state
 from appproxy.idp import totp
 from appproxy.idp.passwords import hash_password
 from appproxy.idp.users import (
-    USERS_FILE,
+    User,
     UserStore,
     add_user,
     check_user_name,
@@ -38,10 +40,31 @@ _Command = Callable[[argparse.Namespace, TextIO], int]
 
 
 def _users_path(args: argparse.Namespace) -> Path:
-    state_dir = Path(args.state_dir)
-    if not state_dir.is_dir():
-        raise ValueError(f"{state_dir} does not exist or is not a directory")
-    return state_dir / USERS_FILE
+    """The users file of the service named on the command line."""
+    files = resolve_state(args)
+    path = files.users_file
+    if not path.parent.is_dir():
+        raise ValueError(
+            f"{path.parent} (the directory of the users file of {files.config_file}) does not "
+            "exist: create it (owned by the service's user, mode 0700) or start the service once"
+        )
+    return path
+
+
+def _handing_over(func: _Command) -> _Command:
+    """
+    C{func}, a command that changes the users file; then the file goes to
+    the owner of its directory (L{hand_over}).
+    """
+
+    def command(args: argparse.Namespace, out: TextIO) -> int:
+        code = func(args, out)
+        path = _users_path(args)
+        if path.exists():
+            hand_over(path)
+        return code
+
+    return command
 
 
 def _read_password(args: argparse.Namespace) -> str:
@@ -111,27 +134,48 @@ def _cmd_totp(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+def _end_sessions(args: argparse.Namespace, user: User, out: TextIO) -> None:
+    """
+    End the app sessions of C{user}, just removed or disabled: the sessions
+    whose user name (the claim C{oidc.username_claim} names) is theirs.
+    """
+    from appproxy.cli.sessions import end_user_sessions
+
+    files = resolve_state(args)
+    claim = files.config.oidc.username_claim if files.config.oidc is not None else ""
+    name = {"email": user.email, "name": user.display_name}.get(claim, user.name) or user.name
+    count = end_user_sessions(files, name, int(time.time()))
+    if count is not None:
+        print(f"Ended {count} session(s) of {name}", file=out)
+
+
 def _cmd_remove(args: argparse.Namespace, out: TextIO) -> int:
-    remove_user(_users_path(args), args.user)
+    path = _users_path(args)
+    user = UserStore.load(path).existing(args.user)
+    remove_user(path, args.user)
     print(f"Removed user {args.user}", file=out)
+    _end_sessions(args, user, out)
     return 0
 
 
 def _set_disabled(disabled: bool) -> _Command:
     def command(args: argparse.Namespace, out: TextIO) -> int:
-        update_user(
+        user = update_user(
             _users_path(args), args.user, lambda user: attrs.evolve(user, disabled=disabled)
         )
         print(f"{'Disabled' if disabled else 'Enabled'} user {args.user}", file=out)
+        if disabled:
+            _end_sessions(args, user, out)
         return 0
 
     return command
 
 
 def _cmd_list(args: argparse.Namespace, out: TextIO) -> int:
-    store = UserStore.load(_users_path(args))
+    path = _users_path(args)
+    store = UserStore.load(path)
     if not store.users:
-        print("No users.", file=out)
+        print(f"No users in {path}.", file=out)
         return 0
     rows = [("USER", "NAME", "EMAIL", "GROUPS", "ROLES", "TOTP", "STATE")]
     for name in sorted(store.users):
@@ -166,7 +210,10 @@ def add_users_command(subparsers: argparse._SubParsersAction[argparse.ArgumentPa
     parser = subparsers.add_parser(
         "users",
         help="manage the built-in identity provider's users",
-        description=f"Manage the users in STATE_DIR/{USERS_FILE} (the built-in provider's).",
+        description=(
+            "Manage the built-in provider's users, in the users file the service reads "
+            "(users.json in its state directory, or [builtin_provider] users_file)."
+        ),
     )
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
 
@@ -174,10 +221,8 @@ def add_users_command(subparsers: argparse._SubParsersAction[argparse.ArgumentPa
         sub = commands.add_parser(name, help=help, description=help)
         if user:
             sub.add_argument("user", metavar="USER", help="the user name")
-        sub.add_argument(
-            "--state-dir", required=True, metavar="DIR", help="the service's state directory"
-        )
-        sub.set_defaults(func=func)
+        add_state_options(sub)
+        sub.set_defaults(func=_handing_over(func) if user else func)
         return sub
 
     def password_stdin(sub: argparse.ArgumentParser) -> None:

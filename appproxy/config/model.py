@@ -210,6 +210,23 @@ class RiskConfig:
 
 
 @attrs.frozen(kw_only=True)
+class ClientLimits:
+    """
+    How long a public client may take to send its request (C{[service]}
+    C{client_*}); enforced by L{appproxy.frontend.deadlines}.
+    """
+
+    header_timeout: float = 30.0
+    """Seconds from a request's first byte (a connection's first request:
+    from the connection) to the end of its header block."""
+    body_min_rate: int = 512
+    """Bytes per second a request body must average after an allowance of
+    C{header_timeout} seconds (0: no minimum)."""
+    header_connections_per_address: int = 32
+    """Connections one client address may have reading a header block at once."""
+
+
+@attrs.frozen(kw_only=True)
 class ServiceConfig:
     """The service's configuration (C{service.toml})."""
 
@@ -230,6 +247,7 @@ class ServiceConfig:
     risk: RiskConfig = attrs.field(factory=RiskConfig)
     locations: tuple[NamedLocation, ...] = ()
     policies: tuple[Policy, ...] = ()
+    client_limits: ClientLimits = attrs.field(factory=ClientLimits)
 
     @property
     def login_hosts(self) -> frozenset[str]:

@@ -19,6 +19,7 @@ from appproxy.config.model import (
     LOG_FORMATS,
     AppConfig,
     BuiltinProviderConfig,
+    ClientLimits,
     OidcConfig,
     ServiceConfig,
 )
@@ -42,6 +43,9 @@ _SERVICE_KEYS = (
     "log_format",
     "certificates",
     "trusted_proxies",
+    "client_header_timeout",
+    "client_body_min_rate",
+    "client_header_connections_per_address",
 )
 _CERTIFICATE_KEYS = ("cert", "key")
 _TUNNEL_KEYS = ("listen", "cert", "key", "connector_ca")
@@ -74,6 +78,13 @@ def parse_service_config(data: Mapping[str, object], path: Path) -> ServiceConfi
     state_dir = service.path("state_dir")
     queue_timeout = service.number("queue_timeout", 10.0, 3600.0)
     log_format = service.choice("log_format", LOG_FORMATS, "text")
+    client_limits = ClientLimits(
+        header_timeout=service.number("client_header_timeout", 30.0, 3600.0),
+        body_min_rate=service.integer("client_body_min_rate", 512, 0, 1 << 30),
+        header_connections_per_address=service.integer(
+            "client_header_connections_per_address", 32, 1, 100_000
+        ),
+    )
     certificates = tuple(
         certificate_files(table, "cert", "key")
         for table in service.tables(
@@ -121,6 +132,7 @@ def parse_service_config(data: Mapping[str, object], path: Path) -> ServiceConfi
         risk=risk,
         locations=locations,
         policies=policies,
+        client_limits=client_limits,
     )
 
 

@@ -31,6 +31,7 @@ from twisted.web.client import (
     BrowserLikePolicyForHTTPS,
     HTTPConnectionPool,
     ResponseFailed,
+    _HTTP11ClientFactory,
 )
 from twisted.web.error import SchemeNotSupported
 from twisted.web.http_headers import Headers
@@ -155,13 +156,25 @@ class _CachedEndpoints:
         return endpoint
 
 
+class _QuietClientFactory(_HTTP11ClientFactory):
+    # "Starting factory _HTTP11ClientFactory(<function ... at 0x...>, ...)"
+    # per connection says nothing to an operator.
+    noisy = False
+
+
+class _QuietPool(HTTPConnectionPool):
+    _factory = _QuietClientFactory
+
+
 class BackendError(Exception):
     """
-    Why an internal app could not be reached, as the user will be told.
+    Why an internal app could not be reached.
 
     @ivar status: 502 or 504.
-    @ivar kind: a short code for the service (C{backend-refused}, ...).
-    @ivar detail: a sentence for the error page.
+    @ivar kind: a short code for the service (C{backend-refused}, ...): the
+        service's error page says what happened, in the user's terms, from it.
+    @ivar detail: a sentence for the logs of the connector and the service;
+        it names the internal URL, so it is never shown to the user.
     """
 
     def __init__(self, status: int, kind: str, detail: str) -> None:
@@ -173,7 +186,8 @@ class BackendError(Exception):
 
 def classify_failure(failure: Failure, url: str, timeout: float) -> BackendError:
     """
-    Turn a failed backend request into what the user is told.
+    Turn a failed backend request into an error for the service: a kind the
+    user is told about, and the detail for the logs.
     """
     exc = failure.value
     if isinstance(exc, DeferredTimeoutError | CancelledError | ierror.TimeoutError):
@@ -192,6 +206,13 @@ def classify_failure(failure: Failure, url: str, timeout: float) -> BackendError
         if reason.check(SSL.Error):
             return BackendError(
                 502, "backend-tls", f"The TLS certificate of {url} could not be verified."
+            )
+    for reason in reasons:
+        if reason.check(ValueError):
+            # Twisted's HTTP client refused the response's head (a
+            # malformed or conflicting Content-Length, ...).
+            return BackendError(
+                502, "backend-error", f"{url} sent a malformed response: {reason.value}"
             )
     if isinstance(exc, ResponseFailed) or reasons:
         return BackendError(
@@ -214,6 +235,9 @@ class BackendClient:
     _agents: dict[BackendApp, tuple[Agent, HTTPConnectionPool]] = attrs.field(
         init=False, factory=dict
     )
+    _retired: list[HTTPConnectionPool] = attrs.field(init=False, factory=list)
+    """Pools of apps no longer configured: requests in flight still return
+    their connections to them, which L{close} closes too."""
 
     def configure(self, apps: Mapping[str, BackendApp]) -> None:
         """
@@ -225,11 +249,12 @@ class BackendClient:
         for app in [a for a in self._agents if a not in current]:
             _agent, pool = self._agents.pop(app)
             pool.closeCachedConnections()
+            self._retired.append(pool)
 
     def _agent_for(self, app: BackendApp) -> Agent:
         entry = self._agents.get(app)
         if entry is None:
-            pool = HTTPConnectionPool(self.reactor, persistent=True)
+            pool = _QuietPool(self.reactor, persistent=True)
             pool.maxPersistentPerHost = MAX_PERSISTENT_PER_HOST
             pool.cachedConnectionTimeout = IDLE_CONNECTION_TIMEOUT
             agent = Agent.usingEndpointFactory(
@@ -254,6 +279,7 @@ class BackendClient:
     def close(self) -> Deferred[Any]:
         from twisted.internet.defer import gatherResults
 
-        pools = [pool for _agent, pool in self._agents.values()]
+        pools = [pool for _agent, pool in self._agents.values()] + self._retired
         self._agents.clear()
+        self._retired = []
         return gatherResults([pool.closeCachedConnections() for pool in pools])

@@ -28,7 +28,9 @@ from zope.interface import implementer
 
 from appproxy.connector.backend import BackendError, classify_failure
 from appproxy.http.headers import HOP_BY_HOP
+from appproxy.http.length import response_content_length
 from appproxy.tunnel.base import TunnelStream
+from appproxy.tunnel.fields import UnsendableFields
 
 if TYPE_CHECKING:
     from appproxy.connector.tunnel import ConnectorTunnelProtocol
@@ -115,7 +117,9 @@ class ResponseSender(Protocol):
         self.stream.response_transport = self.transport
 
     def dataReceived(self, data: bytes) -> None:
-        self.stream.send_response_data(data)
+        stream = self.stream
+        # Inside the tunnel's error boundary: a failure ends this stream only.
+        stream.proto.within_stream(stream.stream_id, stream.send_response_data, data)
 
     def connectionLost(self, reason: Failure = Failure(ResponseDone())) -> None:  # noqa: B008
         self.stream.response_transport = None
@@ -128,7 +132,8 @@ class ResponseSender(Protocol):
 def _response_headers(headers: Headers) -> list[tuple[bytes, bytes]]:
     """
     Backend response headers fit for HTTP/2: lowercase, without hop-by-hop
-    headers, the ones named in Connection, or appproxy's own.
+    headers, the ones named in Connection, appproxy's own, or
+    C{content-length} (the stream sends the checked length).
     """
     raw = [(name.lower(), value) for name, values in headers.getAllRawHeaders() for value in values]
     named = {
@@ -142,6 +147,7 @@ def _response_headers(headers: Headers) -> list[tuple[bytes, bytes]]:
         for name, value in raw
         if name not in HOP_BY_HOP
         and name not in named
+        and name != b"content-length"
         and not name.startswith(b"appproxy-")
         and not name.startswith(b":")
     ]
@@ -163,6 +169,9 @@ class ConnectorStream(TunnelStream):
     responded: bool = attrs.field(init=False, default=False)
     finished: bool = attrs.field(init=False, default=False)
     url: bytes = attrs.field(init=False, default=b"")
+    method: bytes = attrs.field(init=False, default=b"GET")
+    request_id: str = attrs.field(init=False, default="-")
+    """The service's request id (C{x-request-id}), for the log."""
 
     def start(self, event: RequestReceived) -> None:
         proto = self.proto
@@ -183,6 +192,8 @@ class ConnectorStream(TunnelStream):
             elif name == b"content-length":
                 length = int(value)
             else:
+                if name == b"x-request-id":
+                    self.request_id = value.decode("latin-1")
                 headers.addRawHeader(name, value)
         app = proto.factory.backend.apps.get(app_name.decode("latin-1"))
         if app is None:
@@ -197,6 +208,7 @@ class ConnectorStream(TunnelStream):
         authority = pseudo.get(b":authority", b"")
         headers.setRawHeaders(b"host", [authority])
         self.url = pseudo.get(b":scheme", b"http") + b"://" + authority + pseudo.get(b":path", b"/")
+        self.method = pseudo.get(b":method", b"GET")
         has_body = event.stream_ended is None
         if has_body:
             self.body = StreamBodyProducer(self, length)
@@ -206,22 +218,46 @@ class ConnectorStream(TunnelStream):
             )
             proto.flush()
         d = proto.factory.backend.request(
-            app, pseudo.get(b":method", b"GET"), self.url, headers, self.body, proto.clock
+            app, self.method, self.url, headers, self.body, proto.clock
         )
         self.request_d = d
         d.addCallbacks(self._got_response, self._request_failed, errbackArgs=(app.timeout,))
+        # What those raise ends this stream only (the tunnel's error boundary).
+        d.addErrback(proto.stream_errback, self.stream_id)
 
     def _got_response(self, response: IResponse) -> None:
         self.request_d = None
         if self.finished:
             response.deliverBody(Protocol())  # discard; the stream is gone
             return
-        headers = [(b":status", b"%d" % response.code), *_response_headers(response.headers)]
+        headers = [(b":status", b"%d" % response.code)]
+        declared = response.headers.getRawHeaders(b"content-length", [])
+        try:
+            length = response_content_length(
+                response.code,
+                self.method,
+                declared,
+                None if response.length is UNKNOWN_LENGTH else response.length,
+            )
+        except ValueError:
+            response.deliverBody(Protocol())  # a HEAD response: nothing to read
+            url = self.url.decode("latin-1")
+            self.fail(
+                BackendError(502, "backend-error", f"{url} sent Content-Length {declared!r}.")
+            )
+            return
+        if length is not None:
+            headers.append((b"content-length", b"%d" % length))
+        headers += _response_headers(response.headers)
         try:
             self.proto.conn.send_headers(self.stream_id, headers)
         except H2Error:
             self.abort_response()
             return
+        except UnsendableFields:
+            # The tunnel's error boundary answers 502; the body is not wanted.
+            response.deliverBody(Protocol())
+            raise
         self.responded = True
         self.proto.flush()
         response.deliverBody(ResponseSender(self))
@@ -239,8 +275,13 @@ class ConnectorStream(TunnelStream):
         self.fail(classify_failure(failure, self.url.decode("latin-1"), timeout))
 
     def fail(self, error: BackendError) -> None:
+        # The detail names the internal URL: it goes to the logs (here, and
+        # the service's, with the request id), never to the user's page.
         self.proto.log.info(
-            "Backend request failed: {detail}", detail=error.detail, kind=error.kind
+            "Backend request {rid} failed: {detail}",
+            rid=self.request_id,
+            detail=error.detail,
+            kind=error.kind,
         )
         if self.body is not None:
             self.body.fail(error.detail)

@@ -4,7 +4,11 @@ connector dialled out.
 
 Each stream the service opens is one user request, handled by a
 L{ConnectorStream} (L{appproxy.connector.request}); the one exception is the
-control stream on which the service pushes its settings.  The connector's
+control stream on which the service pushes its settings, told apart by a
+field the service never lets a user request carry (never by its path).
+What goes wrong in one stream ends that stream only: a 502 for the user if
+nothing was answered yet, a RST_STREAM otherwise (the base protocol's error
+boundary, L{TunnelProtocol.within_stream}).  The connector's
 capacity is its C{SETTINGS_MAX_CONCURRENT_STREAMS}; draining drops it to 0,
 lets the requests in flight finish and then says GOAWAY.
 """
@@ -24,7 +28,9 @@ from twisted.python.failure import Failure
 
 from appproxy.connector.backend import BackendClient, parse_settings
 from appproxy.connector.request import ConnectorStream
-from appproxy.tunnel.base import CONFIG_PATH, TunnelFactory, TunnelProtocol, TunnelStream
+from appproxy.tunnel.base import TunnelFactory, TunnelProtocol, TunnelStream
+from appproxy.tunnel.expiry import ExpiryWatch, watch_own_certificate
+from appproxy.tunnel.fields import CONTROL_FIELD, SETTINGS_CONTROL, UnsendableFields
 
 #: Largest settings document accepted from the service.
 MAX_SETTINGS_SIZE = 1 << 20
@@ -72,6 +78,8 @@ class ConnectorTunnelProtocol(TunnelProtocol["ConnectorTunnelFactory"]):
     client_side = False
     #: Fires when a drain asked for is done (the connection closed).
     _drained: Deferred[None] | None = None
+    #: Drains the connection at its certificate's notAfter.
+    _expiry: ExpiryWatch | None = None
 
     def local_settings(self) -> dict[int, int]:
         settings = super().local_settings()
@@ -80,10 +88,15 @@ class ConnectorTunnelProtocol(TunnelProtocol["ConnectorTunnelFactory"]):
 
     def connectionMade(self) -> None:
         super().connectionMade()
+        self._expiry = watch_own_certificate(
+            self.factory.clock, self.transport, self.drain, self.abort
+        )
         if self.factory.draining:
             self.drain()
 
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:  # noqa: B008
+        if self._expiry is not None:
+            self._expiry.stop()
         super().connectionLost(reason)
         if self._drained is not None:
             d, self._drained = self._drained, None
@@ -96,9 +109,12 @@ class ConnectorTunnelProtocol(TunnelProtocol["ConnectorTunnelFactory"]):
             # so the service knows it is safe to retry elsewhere.
             self.reset_stream(sid, ErrorCodes.REFUSED_STREAM)
             return
-        path = dict(event.headers).get(b":path")
+        control = dict(event.headers).get(CONTROL_FIELD)
         stream: ConnectorStream | _SettingsStream
-        if path == CONFIG_PATH:
+        if control is not None:
+            if control != SETTINGS_CONTROL:
+                self.reset_stream(sid, ErrorCodes.REFUSED_STREAM)
+                return
             stream = _SettingsStream(sid, self)
             self.streams[sid] = stream
             if event.stream_ended is not None:
@@ -126,6 +142,26 @@ class ConnectorTunnelProtocol(TunnelProtocol["ConnectorTunnelFactory"]):
     def stream_send_closed(self, stream: TunnelStream) -> None:
         if isinstance(stream, ConnectorStream):
             stream.stream_send_closed()
+
+    def stream_failed(self, stream_id: int, stream: TunnelStream | None, failure: Failure) -> None:
+        """
+        Stop what the stream started and, if the service has had no answer
+        yet, send it one: a 502 (the backend's answer cannot cross the
+        tunnel, or the connector failed), or a 500 on a control stream.
+        """
+        answered = isinstance(stream, ConnectorStream) and (stream.responded or stream.finished)
+        if not answered and not self.sent_end(stream_id):
+            if isinstance(stream, _SettingsStream):
+                headers = [(b":status", b"500")]
+            elif failure.check(UnsendableFields):
+                headers = _error_fields("backend-error", f"unusable response: {failure.value}")
+            else:
+                headers = _error_fields(
+                    "connector-error", f"the connector failed: {failure.value!r}"
+                )
+            self.conn.send_headers(stream_id, headers, end_stream=True)
+        if stream is not None:
+            stream.stream_aborted("the stream failed")
 
     def stream_finished(self, stream: ConnectorStream) -> None:
         self.streams.pop(stream.stream_id, None)
@@ -163,6 +199,16 @@ class ConnectorTunnelProtocol(TunnelProtocol["ConnectorTunnelFactory"]):
             self.transport.loseConnection()
 
 
+def _error_fields(kind: str, detail: str) -> list[tuple[bytes, bytes]]:
+    # Only visible ASCII in the detail: it must not make the answer unsendable.
+    printable = "".join(c if " " <= c <= "~" else "?" for c in detail[:300]).strip()
+    return [
+        (b":status", b"502"),
+        (b"appproxy-error", kind.encode("ascii")),
+        (b"appproxy-error-detail", printable.encode("ascii")),
+    ]
+
+
 @attrs.define(eq=False)
 class ConnectorTunnelFactory(TunnelFactory[ConnectorTunnelProtocol]):
     """
@@ -179,6 +225,8 @@ class ConnectorTunnelFactory(TunnelFactory[ConnectorTunnelProtocol]):
     """Stopping: new connections drain at once."""
     streams_started: int = attrs.field(init=False, default=0)
     """Requests taken from the service since start."""
+    stream_errors: int = attrs.field(init=False, default=0)
+    """Streams ended by an exception in their handling (the connection went on)."""
 
     def buildProtocol(self, addr: object) -> ConnectorTunnelProtocol:
         return ConnectorTunnelProtocol(self)

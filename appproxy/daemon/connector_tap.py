@@ -11,8 +11,10 @@ from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import IService, MultiService
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.interfaces import IProtocol, IProtocolFactory, IStreamClientEndpoint
 from twisted.logger import Logger
 from twisted.python import usage
+from zope.interface import implementer
 
 from appproxy.config import ConnectorConfig, load_connector_config
 from appproxy.connector.backend import BackendClient
@@ -34,7 +36,27 @@ INITIAL_RETRY_DELAY = 0.5
 MAX_RETRY_DELAY = 30.0
 
 
-Options = config_options("connector", "/etc/appproxy/connector.toml")
+Options = config_options("connector", "/etc/appproxy/connector/connector.toml")
+
+
+@implementer(IStreamClientEndpoint)
+class _DescribedEndpoint:
+    """
+    An endpoint that reads as host:port in the logs (L{ClientService} logs
+    its endpoint on every retry; Twisted's own endpoints have no C{str}).
+    """
+
+    def __init__(self, endpoint: IStreamClientEndpoint, description: str) -> None:
+        self._endpoint = endpoint
+        self._description = description
+
+    def connect(self, factory: IProtocolFactory) -> Deferred[IProtocol]:
+        return self._endpoint.connect(factory)
+
+    def __str__(self) -> str:
+        return self._description
+
+    __repr__ = __str__
 
 
 class ConnectorService(MultiService):
@@ -54,8 +76,11 @@ class ConnectorService(MultiService):
             reactor, self.backend, config.capacity, config.ping_interval
         )
         self.tls = tls = ReloadableTLS(self._tls(config))
-        endpoint = wrapClientTLS(
-            tls, HostnameEndpoint(reactor, config.service_address, config.service_port)
+        endpoint = _DescribedEndpoint(
+            wrapClientTLS(
+                tls, HostnameEndpoint(reactor, config.service_address, config.service_port)
+            ),
+            f"{config.service_host}:{config.service_port} (TLS, via {config.service_address})",
         )
         for _ in range(config.connections):
             ClientService(

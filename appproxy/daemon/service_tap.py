@@ -17,6 +17,7 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 
 from appproxy.config import ServiceConfig, load_service_config
+from appproxy.daemon.plain_http import HTTPSOnlyFactory
 from appproxy.daemon.runtime import (
     config_options,
     make_daemon,
@@ -25,6 +26,7 @@ from appproxy.daemon.runtime import (
     use_log_format,
 )
 from appproxy.daemon.tls import ReloadableTLS, SNIServerContextFactory, tunnel_server_context
+from appproxy.frontend.deadlines import ClientDeadlines
 from appproxy.frontend.front_end import FrontEnd
 from appproxy.frontend.proxy import ProxyHTTPFactory
 from appproxy.gate.setup import SignInSetup, build_sign_in
@@ -54,6 +56,7 @@ class AppProxyService(Service):
         self.reactor = reactor
         self.groups = ConnectorGroups(reactor, config.queue_timeout)
         self.frontend = FrontEnd(config.apps, self.groups, reactor)
+        self.client_deadlines = ClientDeadlines(reactor, config.client_limits)
         self.tunnel_factory = ServiceTunnelFactory(reactor, self.groups, config.apps)
         self.public_tls = ReloadableTLS(self._public_tls(config))
         self.tunnel_tls = ReloadableTLS(self._tunnel_tls(config))
@@ -103,6 +106,7 @@ class AppProxyService(Service):
         self.public_tls.current = public_tls
         self.tunnel_tls.current = tunnel_tls
         self.groups.timeout = config.queue_timeout
+        self.client_deadlines.limits = config.client_limits
         for group in self.groups:
             group.timeout = config.queue_timeout
         self.frontend.set_apps(config.apps)
@@ -132,8 +136,13 @@ class AppProxyService(Service):
         self.public_port = self._listen(
             config.listen,
             "service.listen",
-            TLSMemoryBIOFactory(
-                self.public_tls, False, ProxyHTTPFactory(self.frontend, self.reactor)
+            HTTPSOnlyFactory(
+                TLSMemoryBIOFactory(
+                    self.public_tls,
+                    False,
+                    ProxyHTTPFactory(self.frontend, self.reactor, self.client_deadlines),
+                ),
+                self.reactor,
             ),
         )
         self.tunnel_port = self._listen(
@@ -150,8 +159,8 @@ class AppProxyService(Service):
         assert self.public_port is not None and self.tunnel_port is not None
         self.log.info(
             "appproxy service ready: HTTPS on {public}, tunnel on {tunnel}, apps: {apps}",
-            public=str(self.public_port.getHost()),
-            tunnel=str(self.tunnel_port.getHost()),
+            public=_host_port(self.public_port.getHost()),
+            tunnel=_host_port(self.tunnel_port.getHost()),
             apps=", ".join(f"{a.name} ({a.external_url})" for a in self.config.apps),
         )
         notify(b"READY=1")
@@ -182,6 +191,14 @@ class AppProxyService(Service):
         for protocol in list(protocols):
             protocol.abort()
         return succeed(None)
+
+
+def _host_port(address: Any) -> str:
+    """C{127.0.0.1:8443} (C{[::1]:8443}) for a log line, not the address's repr."""
+    host, port = getattr(address, "host", None), getattr(address, "port", None)
+    if host is None or port is None:
+        return str(getattr(address, "name", None) or address)
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def makeService(options: usage.Options) -> IService:

@@ -8,6 +8,8 @@ Pure: no reactor, no I/O; the caller supplies the time.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import attrs
 
 from appproxy.frontend.errorpage import (
@@ -18,14 +20,20 @@ from appproxy.frontend.errorpage import (
     render_not_found,
 )
 
+if TYPE_CHECKING:
+    from appproxy.config import AppConfig
+
 __all__ = [
     "JWKS_PATH",
     "REFUSED_METHODS",
     "ROBOTS_PATH",
     "SERVICE",
     "Answer",
+    "app_label",
+    "connection_lost_page",
     "error_answer",
     "jwks_answer",
+    "no_connector_page",
     "not_found_answer",
     "robots_answer",
     "upstream_error_page",
@@ -40,14 +48,29 @@ REFUSED_METHODS = frozenset({b"CONNECT", b"TRACE"})
 #: The source an error page names when the service itself refused.
 SERVICE = "appproxy service"
 
-_UPSTREAM_TITLES = {
-    "backend-refused": "Internal application unreachable",
-    "backend-reset": "Internal application closed the connection",
-    "backend-tls": "Internal application TLS failure",
-    "timeout": "Internal application timed out",
-    "backend-error": "Internal application error",
-    "bad-request": "Bad request",
+#: What the user is told when the way to the app failed, by the connector's
+#: C{appproxy-error} kind: a title, and a sentence about the app (C{{app}}).
+#: The connector's own detail (the internal URL, the low-level reason) never
+#: reaches the page: it goes to the service's log with the request id.
+_UPSTREAM_PAGES = {
+    "backend-refused": ("Application unreachable", "{app} cannot be reached right now."),
+    "backend-reset": (
+        "Application connection lost",
+        "{app} closed the connection before it answered.",
+    ),
+    "backend-tls": (
+        "Application unreachable",
+        "A secure connection to {app} could not be established.",
+    ),
+    "timeout": ("Application timed out", "{app} did not answer in time."),
+    "backend-error": ("Application error", "The request to {app} failed."),
 }
+_UPSTREAM_DEFAULT = ("Bad gateway", "{app} could not be reached.")
+#: What follows every such sentence.
+_TRY_AGAIN = (
+    " Please try again in a few minutes; if it keeps happening, contact your"
+    " administrator and quote the request ID below."
+)
 
 
 @attrs.frozen
@@ -89,13 +112,52 @@ def not_found_answer(host: str, *, request_id: str, now: float, accept: bytes | 
     return Answer(404, *render_not_found(host, request_id, format_timestamp(now), accept))
 
 
-def upstream_error_page(kind: str, detail: str) -> tuple[str, str, str]:
+def app_label(app: AppConfig | None) -> str:
+    """
+    The app as an error page names it: its configured name and the address
+    the user opened, never anything internal.
+    """
+    if app is None:
+        return "The application"
+    return f"{app.name} ({app.external_url})"
+
+
+def upstream_error_page(kind: str, app: AppConfig | None) -> tuple[str, str, str]:
     """
     The title, detail and source of the error page for an error the connector
-    reported (C{appproxy-error: kind}, with C{detail}).
+    (or the service's end of the tunnel) reported as C{appproxy-error: kind}.
+
+    The detail names the app in the user's terms; the technical detail that
+    came with the error is for the log, not for this page.
     """
+    label = app_label(app)
+    if kind == "bad-request":
+        return "Bad request", f"The request cannot be forwarded to {label}.", SERVICE
+    title, sentence = _UPSTREAM_PAGES.get(kind, _UPSTREAM_DEFAULT)
+    return title, sentence.format(app=label) + _TRY_AGAIN, "internal application"
+
+
+def no_connector_page(app: AppConfig | None) -> tuple[str, str, str]:
+    """
+    The title, detail and source of the 503 when no connector took the
+    request (none connected, or all busy until the queue timeout).
+    """
+    label = app_label(app)
     return (
-        _UPSTREAM_TITLES.get(kind, "Bad gateway"),
-        detail or "The internal application could not be reached.",
-        "internal application" if kind != "bad-request" else SERVICE,
+        "No connector available",
+        f"No connector is available for {label} right now." + _TRY_AGAIN,
+        "connector",
+    )
+
+
+def connection_lost_page(app: AppConfig | None) -> tuple[str, str, str]:
+    """
+    The title, detail and source of the 502 when the tunnel connection
+    carrying the request was lost before the app answered.
+    """
+    label = app_label(app)
+    return (
+        "Connector connection lost",
+        f"The connection to {label} was lost before it answered." + _TRY_AGAIN,
+        "connector",
     )

@@ -3,8 +3,9 @@ The user's request as the tunnel sees it: a streaming L{twisted.web.http.Request
 
 twisted.web's own C{Request} buffers the whole request body (in memory, then a
 temporary file) before the application sees the request.  L{ExchangeRequest}
-starts as soon as the headers are in (C{gotLength}, called by both the
-HTTP/1.1 and the HTTP/2 channel once the header block is complete); once a
+starts as soon as the header block is complete (L{_headers_complete}: at
+C{gotLength} for HTTP/1.1, at C{parseCookies} for HTTP/2, whose stream calls
+C{gotLength} in the middle of the block); once a
 subclass has queued it for a connector, it streams the body into the tunnel
 with back pressure and relays the response.  It is the user side of the
 exchange (L{appproxy.tunnel.queue.Exchange}).
@@ -22,7 +23,14 @@ from twisted.web import http
 from twisted.web._http2 import H2Stream
 
 from appproxy.config import AppConfig
-from appproxy.frontend.answers import SERVICE, Answer, error_answer, upstream_error_page
+from appproxy.frontend.answers import (
+    SERVICE,
+    Answer,
+    connection_lost_page,
+    error_answer,
+    no_connector_page,
+    upstream_error_page,
+)
 from appproxy.frontend.front_end import FrontEnd
 from appproxy.frontend.relay import ResponseRelay, relayed_headers
 from appproxy.tunnel.queue import ExchangeStream, NoCapacity, ProxyJob
@@ -60,16 +68,53 @@ class ExchangeRequest(http.Request):
         self._input_paused = False
         self._relay: ResponseRelay | None = None
         self._done = False
+        self._started = False
         self._started_at = 0.0
+        #: The request line: method, target and version.
+        self._head = (b"", b"", b"")
 
     # -- parsing hooks (called by the channel) -----------------------------
 
     def gotLength(self, length: int | None) -> None:
         """
-        The header block is complete: start the request now, without waiting
-        for (or buffering) the body.
+        The body's length is known; for HTTP/1.1 the header block is complete.
+
+        The HTTP/1.1 channel calls this once, after the whole header block
+        (C{allHeadersReceived}).  The HTTP/2 stream calls it for every
+        C{content-length} header I{while still adding headers} (and once at
+        the end when there was none): for HTTP/2 the block is complete only
+        at L{parseCookies}, which the stream calls right after the last
+        header.
         """
         self.length = length
+        if self._is_h2:
+            return
+        channel: Any = self.channel
+        self._head = (channel._command, channel._path, channel._version)
+        if length is None:
+            # A chunked body: start at its first chunk (or at its end, if it
+            # is empty), once the first chunk size has been read, so that a
+            # request whose framing is broken from the start never reaches
+            # the internal app.
+            return
+        self._headers_complete()
+
+    def parseCookies(self) -> None:
+        super().parseCookies()
+        if self._is_h2 and not self._started:
+            channel: Any = self.channel
+            self._head = (channel.command, channel.path, b"HTTP/2")
+            self._headers_complete()
+
+    def _headers_complete(self) -> None:
+        """
+        The header block is complete: start the request now, once, without
+        waiting for (or buffering) the body.
+        """
+        if self._started:
+            return
+        self._started = True
+        length = self.length
         self._body_complete = length == 0
         self._started_at = time.monotonic()
         try:
@@ -83,7 +128,10 @@ class ExchangeRequest(http.Request):
         raise NotImplementedError
 
     def handleContentChunk(self, data: bytes) -> None:
-        if self._done:
+        self._headers_complete()
+        if self._done or not data:
+            # An empty chunk (an empty HTTP/2 DATA frame) carries nothing to
+            # forward; L{appproxy.frontend.h2_guard} bounds how many come.
             return
         if self._body_flowing and not self._body and self._stream is not None:
             if not self._stream.write_body(data):
@@ -98,6 +146,7 @@ class ExchangeRequest(http.Request):
         """
         Called by the channel once the whole body is in: end the stream.
         """
+        self._headers_complete()
         self._body_complete = True
         if self._done:
             return
@@ -129,14 +178,9 @@ class ExchangeRequest(http.Request):
     def _queue_timed_out(self, job: ProxyJob) -> None:
         job.cancelled = True
         assert self.app is not None
-        self._respond_error(
-            503,
-            "No connector available",
-            f"No connector available for {self.app.name}: no connector of the group "
-            f"'{self.app.connector_group}' took the request within "
-            f"{self.frontend.groups.timeout:g} seconds.",
-            source="connector",
-        )
+        title, detail, source = no_connector_page(self.app)
+        cause = self.frontend.groups[self.app.connector_group].unavailable_reason()
+        self._respond_error(503, title, detail, source=source, cause=cause)
 
     # -- Exchange: called by the tunnel ----------------------------------------
 
@@ -191,8 +235,8 @@ class ExchangeRequest(http.Request):
     def upstream_error(self, status: int, kind: str, detail: str) -> None:
         if self._done:
             return
-        title, detail, source = upstream_error_page(kind, detail)
-        self._respond_error(status, title, detail, source=source)
+        title, page_detail, source = upstream_error_page(kind, self.app)
+        self._respond_error(status, title, page_detail, source=source, cause=f"{kind}: {detail}")
 
     def stream_lost(self, job: ProxyJob, reason: str) -> None:
         self._stream = None
@@ -211,13 +255,8 @@ class ExchangeRequest(http.Request):
             )
             self._enqueue(job)
             return
-        self._respond_error(
-            502,
-            "Connector connection lost",
-            f"The connection to the connector was lost before the internal application "
-            f"answered ({reason}).",
-            source="connector",
-        )
+        title, detail, source = connection_lost_page(self.app)
+        self._respond_error(502, title, detail, source=source, cause=reason)
 
     # -- the user's side -------------------------------------------------------
 
@@ -268,6 +307,17 @@ class ExchangeRequest(http.Request):
         values = self.requestHeaders.getRawHeaders(b"accept")
         return b", ".join(values) if values else None
 
+    def _refuse_malformed(self, detail: str) -> None:
+        """
+        Answer 400 to a malformed request.  An HTTP/1.1 connection is closed
+        after it: what follows on it may not be framed as the client meant.
+        """
+        if not self._is_h2 and self.channel is not None:
+            channel: Any = self.channel
+            channel.persistent = False
+            self.responseHeaders.setRawHeaders(b"connection", [b"close"])
+        self._respond_error_soon(400, "Bad request", detail)
+
     def _respond_soon(self, answer: Answer) -> None:
         # Never finish from inside the channel's header parsing: the HTTP/1.1
         # channel still has work to do on this request after gotLength returns.
@@ -278,16 +328,25 @@ class ExchangeRequest(http.Request):
     ) -> None:
         self.frontend.clock.callLater(0, self._respond_error, status, title, detail, source)
 
-    def _respond_error(self, status: int, title: str, detail: str, source: str = SERVICE) -> None:
+    def _respond_error(
+        self, status: int, title: str, detail: str, source: str = SERVICE, cause: str = ""
+    ) -> None:
+        """
+        Answer with an error page.  C{detail} is what the user reads;
+        C{cause}, the technical reason (internal URLs, addresses), only goes
+        to the log line, with the request id.
+        """
         if self._done:
             return
         log.warn(
-            "{status} for request {rid} ({app}): {detail} [source: {source}]",
+            "{status} for request {rid} ({app}): {cause} [source: {source}]",
             status=status,
             rid=self.request_id,
             app=self.app.name if self.app else "-",
+            title=title,
             detail=detail,
             source=source,
+            cause=cause or detail,
         )
         self._respond(
             error_answer(

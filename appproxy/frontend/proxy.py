@@ -21,6 +21,7 @@ from twisted.web import http
 from twisted.web.iweb import INonQueuedRequestFactory
 from zope.interface import implementer
 
+from appproxy.frontend.deadlines import ClientDeadlines, deadline_channel_protocol
 from appproxy.frontend.front_end import FrontEnd
 from appproxy.frontend.request import ProxyRequest
 
@@ -51,21 +52,21 @@ class ProxyHTTPFactory(http.HTTPFactory):
     #: Idle connections are closed after this many seconds.
     timeOut = 120
     noisy = False
+    #: Stricter HTTP/1.1, or HTTP/2 with a bound on empty DATA frames.
+    protocol = deadline_channel_protocol
 
-    def __init__(self, frontend: FrontEnd, clock: IReactorTime) -> None:
+    def __init__(
+        self, frontend: FrontEnd, clock: IReactorTime, deadlines: ClientDeadlines | None = None
+    ) -> None:
         super().__init__(reactor=clock)
         self.frontend = frontend
         self.request_factory = ProxyRequestFactory(frontend)
+        #: Header deadline, body rate (L{appproxy.frontend.deadlines}).
+        self.client_deadlines = deadlines or ClientDeadlines(clock)
 
     def buildProtocol(self, addr: IAddress | None) -> Any:
         protocol: Any = super().buildProtocol(addr)
         protocol.requestFactory = self.request_factory
-        channel = protocol._channel
-        channel.maxHeaders = 100
-        channel.totalHeadersSize = 16384
-        # A single over-long line gets the same 400 as too many header bytes
-        # (LineReceiver would otherwise just drop the connection).
-        channel.lineLengthExceeded = lambda line: channel._respondToBadRequestAndDisconnect()
         return protocol
 
     def log(self, request: Any) -> None:

@@ -35,12 +35,14 @@ from appproxy.frontend.answers import (
 )
 from appproxy.frontend.exchange import ExchangeRequest
 from appproxy.frontend.front_end import FrontEnd
-from appproxy.frontend.routing import has_dot_segments, internal_path
+from appproxy.frontend.routing import internal_path
 from appproxy.gate.paths import HAND_OFF_PATH, SIGN_IN_PATH, SIGN_OUT_PATH
 from appproxy.gate.replies import Admit, Reply
 from appproxy.http.cookies import parse_cookies
+from appproxy.http.fields import single_field_problem
 from appproxy.http.forwarding import client_address
 from appproxy.http.headers import new_request_id, prepare_request_headers
+from appproxy.http.paths import has_dot_segments
 from appproxy.identity.headers import strip_appproxy_cookies, strip_spoofed_headers
 from appproxy.tunnel.queue import ProxyJob
 
@@ -65,6 +67,7 @@ class ProxyRequest(ExchangeRequest):
     # -- parsing hooks: a login host's page reads its (small) body itself ---
 
     def handleContentChunk(self, data: bytes) -> None:
+        self._headers_complete()
         if self._local is None or self._done:
             super().handleContentChunk(data)
             return
@@ -76,6 +79,7 @@ class ProxyRequest(ExchangeRequest):
         self.content.write(data)
 
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        self._headers_complete()
         if self._local is None or self._done:
             super().requestReceived(command, path, version)
             return
@@ -86,35 +90,35 @@ class ProxyRequest(ExchangeRequest):
     # -- deciding ----------------------------------------------------------------
 
     def _begin(self, length: int | None) -> None:
-        channel: Any = self.channel
-        if self._is_h2:
-            method, uri, version = channel.command, channel.path, b"HTTP/2"
-        else:
-            method, uri, version = channel._command, channel._path, channel._version
+        method, uri, version = self._head
         self.method, self.uri, self.clientproto = method, uri, version
         self.path = uri.split(b"?", 1)[0]
         self.request_id = new_request_id()
-        host_values = self.requestHeaders.getRawHeaders(b"host")
-        host = host_values[0] if host_values and len(host_values) == 1 else None
+        problem = single_field_problem(self.requestHeaders.getAllRawHeaders(), http2=self._is_h2)
+        if problem is not None:
+            self._refuse_malformed(problem)
+            return
+        host = self.requestHeaders.getRawHeaders(b"host", [b""])[0]
 
         if not uri.startswith(b"/"):
             self._respond_error_soon(400, "Bad request", "The request target must be a path.")
             return
         if has_dot_segments(self.path.decode("latin-1")):
-            # '..' could climb out of the published internal path.
-            self._respond_error_soon(400, "Bad request", "The path contains '.' or '..' segments.")
+            # '..', however encoded, could climb out of the published path.
+            self._refuse_malformed("The path contains '.' or '..' segments.")
             return
-        if host is not None and host.lower() in self.frontend.login_hosts:
+        if host.lower() in self.frontend.login_hosts:
             self._begin_login(host.lower())
             return
-        app = self.frontend.router.route(host, self.path) if host is not None else None
-        if app is None:
-            self._respond_soon(self._not_found(host.decode("latin-1") if host else ""))
-            return
-        self.app = app
-        if self.path == ROBOTS_PATH:
+        if self.path == ROBOTS_PATH and self.frontend.router.publishes_host(host):
+            # Every published host, whatever its apps' path prefixes.
             self._respond_soon(robots_answer())
             return
+        app = self.frontend.router.route(host, self.path)
+        if app is None:
+            self._respond_soon(self._not_found(host.decode("latin-1")))
+            return
+        self.app = app
         if method in REFUSED_METHODS:
             self._respond_error_soon(
                 405, "Method not allowed", f"{method.decode('latin-1')} is not supported."
@@ -129,18 +133,19 @@ class ProxyRequest(ExchangeRequest):
             self._forward(app, ())
             return
         client_ip = self._resolved_client_ip()
+        cookies = parse_cookies(self.requestHeaders.getRawHeaders(b"cookie"))
         if self.path == HAND_OFF_PATH and method in (b"GET", b"HEAD"):
             self._reply_when_ready(
                 sign_in.hand_off(
                     app,
                     self._query_args(),
+                    cookies,
                     client_ip=str(client_ip),
                     request_id=self.request_id,
                     accept=self._accept(),
                 )
             )
             return
-        cookies = parse_cookies(self.requestHeaders.getRawHeaders(b"cookie"))
         if self.path == SIGN_OUT_PATH:
             self._reply_when_ready(
                 sign_in.sign_out(
@@ -186,6 +191,7 @@ class ProxyRequest(ExchangeRequest):
             for value in values
         ]
         raw = strip_appproxy_cookies(strip_spoofed_headers(raw, self.frontend.protected_headers))
+        raw = _one_content_length(raw, self.length)
         headers = prepare_request_headers(
             raw,
             client_address=str(self._resolved_client_ip()),
@@ -342,3 +348,22 @@ class ProxyRequest(ExchangeRequest):
         ip = self._resolved_client_ip()
         kind = IPv6Address if ip.version == 6 else IPv4Address
         return kind("TCP", str(ip), getattr(address, "port", 0))
+
+
+def _one_content_length(
+    headers: list[tuple[bytes, bytes]], length: int | None
+) -> list[tuple[bytes, bytes]]:
+    """
+    C{headers} with at most one C{content-length}, where the first one was.
+
+    HTTP/2 lets a field repeat, and the HTTP/2 parser accepts repeated equal
+    C{content-length} values (it refuses unequal ones); an HTTP/1.1 back end
+    refuses a request with two.
+    """
+    places = [i for i, (name, _) in enumerate(headers) if name.lower() == b"content-length"]
+    if len(places) < 2 or length is None:
+        return headers
+    drop = set(places[1:])
+    kept = [header for i, header in enumerate(headers) if i not in drop]
+    kept[places[0]] = (b"content-length", b"%d" % length)
+    return kept

@@ -7,11 +7,11 @@ Pure: no reactor, no I/O.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from typing import Generic, Protocol, TypeVar
 
 from appproxy.http.authority import parse_authority
+from appproxy.http.paths import has_dot_segments
 
 __all__ = [
     "RoutableApp",
@@ -57,6 +57,15 @@ def normalise_host(host: str, default_port: int = 443) -> str | None:
     return authority.canonical().normalised(default_port)
 
 
+def _normalise_request_host(host: bytes | str | None) -> str | None:
+    """A request's C{Host} normalised (bytes decoded as latin-1), or None."""
+    if host is None:
+        return None
+    if isinstance(host, bytes):
+        host = host.decode("latin-1")
+    return normalise_host(host)
+
+
 def _matches_prefix(path: str, prefix: str) -> bool:
     """Does C{path} start with C{prefix}, or equal it without its trailing slash?"""
     return path.startswith(prefix) or path == prefix[:-1]
@@ -79,23 +88,6 @@ def internal_path(external_path_prefix: str, internal_path_prefix: str, request_
     else:
         raise ValueError(f"{request_path!r} is not under {external_path_prefix!r}")
     return translated + question + query
-
-
-_ENCODED_DOT = re.compile(r"%2e", re.IGNORECASE)
-
-
-def has_dot_segments(request_path: str) -> bool:
-    """
-    Does the path (query string ignored) have a C{.} or C{..} segment, plain
-    or percent-encoded, with C{/} or C{\\} as separator?
-
-    Browsers remove dot segments before sending a request, so such a path is
-    suspicious: forwarded as is, C{/wiki/../admin} would let a request escape
-    the published internal path prefix.  Callers should reject it (400).
-    """
-    path = request_path.partition("?")[0]
-    path = _ENCODED_DOT.sub(".", path)
-    return any(segment in (".", "..") for segment in re.split(r"[/\\]", path))
 
 
 class Router(Generic[App]):
@@ -124,6 +116,14 @@ class Router(Generic[App]):
             candidates.sort(key=lambda app: len(app.external_path), reverse=True)
         self._by_host = by_host
 
+    def publishes_host(self, host: bytes | str | None) -> bool:
+        """
+        Is an application published on this host (the C{Host} header or
+        C{:authority}), whatever its path?  None or malformed gives False.
+        """
+        normalised = _normalise_request_host(host)
+        return normalised is not None and normalised in self._by_host
+
     def route(self, host: bytes | str | None, path: bytes | str) -> App | None:
         """
         The application for a request, or None.
@@ -133,11 +133,7 @@ class Router(Generic[App]):
         @param path: the request target, query string allowed (ignored for
             routing); bytes are decoded as latin-1.
         """
-        if host is None:
-            return None
-        if isinstance(host, bytes):
-            host = host.decode("latin-1")
-        normalised = normalise_host(host)
+        normalised = _normalise_request_host(host)
         if normalised is None:
             return None
         if isinstance(path, bytes):

@@ -22,9 +22,11 @@ from appproxy.access.redirects import safe_redirect_target
 from appproxy.access.risk import AnonymizerList, FailedSignIns
 from appproxy.access.session import Session
 from appproxy.config import AppConfig, OidcConfig, ServiceConfig
+from appproxy.gate.binding import BrowserBinding, bind_browser
 from appproxy.gate.claims import decide, refusal
 from appproxy.gate.paths import FLOW_LIFETIME, SIGN_IN_PATH
 from appproxy.gate.replies import Header, Reply, Requester, error_page, failure_page, redirect
+from appproxy.gate.sessions import SessionRegistry
 from appproxy.http.forwarding import IPAddress
 from appproxy.identity.assertion import AssertionSigner
 from appproxy.oidc.client import RelyingParty
@@ -59,6 +61,8 @@ class GateContext:
     sign_in_log: SignInLog
     assertion: AssertionSigner
     clock: IReactorTime
+    #: The sessions issued and ended; the revocations every request is checked against.
+    sessions: SessionRegistry
     apps: dict[str, AppConfig] = attrs.field(init=False)
     login_origin: str = attrs.field(init=False)
 
@@ -191,12 +195,19 @@ class GateContext:
         uri: bytes,
         requester: Requester,
         *,
+        cookies: Mapping[str, str] | None = None,
+        binding: BrowserBinding | None = None,
         step_up: bool = False,
         prompt: str | None = None,
     ) -> Reply:
         """
         Send the browser to the login host to sign in to C{app}, then back
         to C{uri}; a page instead if the request's body would be lost.
+
+        @param cookies: the request's cookies, on the app's host: the sign-in
+            is bound to this browser (L{bind_browser}).
+        @param binding: the binding of the sign-in this one continues (a
+            step-up, from the login host); no new one is made.
         """
         if method not in (b"GET", b"HEAD"):
             # A redirect would lose the request's body.
@@ -208,10 +219,21 @@ class GateContext:
                 requester,
                 headers=((b"www-authenticate", b'Cookie realm="appproxy"'),),
             )
+        headers: list[Header] = []
+        if binding is None:
+            binding, set_binding = bind_browser(cookies or {})
+            if set_binding is not None:
+                headers.append(set_binding)
         target = safe_redirect_target(uri.decode("latin-1"), app.external_url)
         sealed = self.sealer.seal(
             "sign-in-request",
-            {"app": app.name, "target": target, "step_up": step_up, "prompt": prompt},
+            {
+                "app": app.name,
+                "target": target,
+                "step_up": step_up,
+                "prompt": prompt,
+                "binding": binding.to_text(),
+            },
             self.now() + FLOW_LIFETIME,
         )
-        return redirect(f"{self.login_origin}{SIGN_IN_PATH}?{urlencode({'r': sealed})}")
+        return redirect(f"{self.login_origin}{SIGN_IN_PATH}?{urlencode({'r': sealed})}", *headers)

@@ -4,7 +4,9 @@ code flow (PKCE, C{state} bound to a short-lived flow cookie, C{nonce}) for
 the app named in the sealed sign-in request; L{Flow.callback} finishes it:
 the code is exchanged, the ID token verified, assignment and policy
 evaluated, a session made and handed off, sealed and single-use, to the
-app's host.  Every attempt and decision goes to the sign-in log.
+app's host, bound to the browser that began the sign-in there (the
+L{BrowserBinding} the sign-in request carries, kept in the flow cookie).
+Every attempt and decision goes to the sign-in log.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from twisted.logger import Logger
 from appproxy.access.cookie import CookieTooLarge, InvalidCookie
 from appproxy.access.session import Session
 from appproxy.config import AppConfig
+from appproxy.gate.binding import BrowserBinding
 from appproxy.gate.claims import next_step, session_from_claims
 from appproxy.gate.context import GateContext
 from appproxy.gate.paths import (
@@ -33,6 +36,7 @@ from appproxy.gate.paths import (
 from appproxy.gate.replies import Reply, Requester, redirect
 from appproxy.http.cookies import clear_cookie, set_cookie
 from appproxy.http.forwarding import IPAddress
+from appproxy.idp.authorize import APP_PARAMETER
 from appproxy.oidc.authorize import authorization_url, check_authorization_response, new_pkce
 from appproxy.oidc.errors import SignInError
 
@@ -44,6 +48,12 @@ log = Logger()
 def _provider_error(args: Mapping[str, str]) -> str:
     error = args.get("error", "")[:100]
     return f"The identity provider refused the sign-in ({error!r})."
+
+
+def _is_builtin_provider(context: GateContext) -> bool:
+    """Is the provider the service's own (which names the app signed in to)?"""
+    builtin = context.config.builtin_provider
+    return builtin is not None and context.oidc.issuer.rstrip("/") == builtin.issuer
 
 
 @attrs.frozen(slots=False)  # no slots: SignIn joins it with the other parts
@@ -73,6 +83,9 @@ class Flow:
         app = context.apps.get(str(request.get("app")))
         if app is None or not app.signs_in:
             return refuse("The sign-in is for an app that is no longer published.")
+        binding = BrowserBinding.from_text(request.get("binding"))
+        if binding is None:
+            return refuse("The sign-in link is invalid or has expired. Open the app again.")
         step_up = request.get("step_up") is True
         prompt = request.get("prompt")
         state = secrets.token_urlsafe(32)
@@ -88,6 +101,7 @@ class Flow:
                 "target": str(request.get("target", "")),
                 "step_up": step_up,
                 "reauth": prompt == "login",
+                "binding": binding.to_text(),
             },
             now + FLOW_LIFETIME,
         )
@@ -102,6 +116,9 @@ class Flow:
                 prompt="login" if step_up or prompt == "login" else None,
                 acr_values=context.oidc.step_up_acr_values if step_up else None,
             )
+            if _is_builtin_provider(context):
+                # The built-in provider names the app on its sign-in page.
+                url += "&" + urlencode({APP_PARAMETER: app.name})
             return redirect(url, set_cookie(flow_cookie_name(state), flow, max_age=FLOW_LIFETIME))
 
         def failed(failure: Any) -> Reply:
@@ -180,6 +197,9 @@ class Flow:
         app = context.apps.get(app_name)
         if app is None or not app.signs_in:
             return fail("state", "The sign-in is for an app that is no longer published.", 400)
+        binding = BrowserBinding.from_text(flow.get("binding"))
+        if binding is None:
+            return fail("state", "The sign-in has expired. Open the app again to sign in.", 400)
         try:
             metadata = await context.relying_party.metadata()
             code = check_authorization_response(args, expected_state=state, metadata=metadata)
@@ -219,6 +239,7 @@ class Flow:
                 b"GET",
                 target.encode(),
                 requester,
+                binding=binding,
                 step_up=step == "step-up",
                 prompt="login" if step == "reauthenticate" else None,
             )
@@ -238,6 +259,9 @@ class Flow:
                 "Your account has more claims than a session cookie can carry.",
                 500,
             )
+        # Recorded before the browser gets the cookie, so that it can be listed and ended.
+        if not await context.sessions.record_issued(session, requester.client_ip):
+            return fail("session", "The session could not be recorded. Try again.", 500)
         context.record("success", app.name, user, requester, detail=", ".join(session.amr))
         hand_off = context.sealer.seal(
             "hand-off",
@@ -246,6 +270,7 @@ class Flow:
                 "cookie": cookie,
                 "target": target,
                 "jti": secrets.token_urlsafe(16),
+                "binding": binding.to_text(),
                 "max_age": session.expires_at - now if app.persistent_cookie else None,
             },
             now + HAND_OFF_LIFETIME,

@@ -41,7 +41,8 @@ class Gate:
     ) -> Admit | Reply | defer.Deferred[Admit | Reply]:
         """
         Decide on one request to C{app}: go on (with identity headers), or a
-        reply (sign in first, refused by policy).  A session whose groups are
+        reply (sign in first, also when the session has been ended; refused
+        by policy; 503 when ended sessions cannot be known).  A session whose groups are
         kept in the state database waits for them unless they are cached.
         """
         context = self.context
@@ -49,10 +50,23 @@ class Gate:
         now = context.now()
         session = context.session(app, cookies, now)
         if session is None:
-            return context.send_to_sign_in(app, method, uri, requester)
+            return context.send_to_sign_in(app, method, uri, requester, cookies=cookies)
+        standing = context.sessions.standing(session, now)
+        if standing == "revoked":
+            return context.send_to_sign_in(app, method, uri, requester, cookies=cookies)
+        if standing == "unknown":
+            return context.error_page(
+                503,
+                "Sessions cannot be checked",
+                "The list of ended sessions cannot be read, so no signed-in request is let"
+                " through. Try again in a minute.",
+                requester,
+            )
 
         def decide(groups: tuple[str, ...]) -> Admit | Reply:
-            return self._decide(app, session, groups, method, uri, client_ip, requester, now)
+            return self._decide(
+                app, session, groups, method, uri, cookies, client_ip, requester, now
+            )
 
         if session.groups_ref is None:
             return decide(session.groups)
@@ -63,7 +77,7 @@ class Gate:
 
         def loaded(stored: object) -> Admit | Reply:
             if not isinstance(stored, list):
-                return context.send_to_sign_in(app, method, uri, requester)
+                return context.send_to_sign_in(app, method, uri, requester, cookies=cookies)
             return decide(tuple(stored))
 
         return loading.addCallback(loaded)
@@ -75,6 +89,7 @@ class Gate:
         groups: tuple[str, ...],
         method: bytes,
         uri: bytes,
+        cookies: Mapping[str, str],
         client_ip: IPAddress,
         requester: Requester,
         now: int,
@@ -85,9 +100,13 @@ class Gate:
         decision = context.decide(app, session, client_ip, now)
         step = next_step(decision)
         if step == "step-up":
-            return context.send_to_sign_in(app, method, uri, requester, step_up=True)
+            return context.send_to_sign_in(
+                app, method, uri, requester, cookies=cookies, step_up=True
+            )
         if step == "reauthenticate":
-            return context.send_to_sign_in(app, method, uri, requester, prompt="login")
+            return context.send_to_sign_in(
+                app, method, uri, requester, cookies=cookies, prompt="login"
+            )
         if step == "refuse":
             return context.refused(decision, app, session.user, requester)
         try:

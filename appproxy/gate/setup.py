@@ -25,6 +25,7 @@ from appproxy.access.policy import MfaRule, PolicySet
 from appproxy.access.risk import AnonymizerList, FailedSignIns, load_anonymizer_list
 from appproxy.config import ConfigError, OidcConfig, ServiceConfig
 from appproxy.gate.context import GateContext
+from appproxy.gate.sessions import SessionRegistry
 from appproxy.gate.signin import SignIn
 from appproxy.identity.assertion import AssertionSigner, load_or_create_assertion_key
 from appproxy.oidc.client import RelyingParty
@@ -105,6 +106,7 @@ class SignInSetup:
         self.assertion: AssertionSigner | None = None
         self.identity_provider: Any = None
         self._purge: LoopingCall | None = None
+        self.sessions: SessionRegistry | None = None
         oidc = config.oidc
         if oidc is None:
             return
@@ -127,6 +129,8 @@ class SignInSetup:
         except (OSError, ValueError) as e:
             raise _state_error(state / DATABASE_NAME, str(e)) from None
         self.sign_in_log = SignInLog(self.database)
+        self.sessions = SessionRegistry(self.database, reactor)
+        self.sessions.load_at_startup(state / DATABASE_NAME)
         self.failures = FailedSignIns(
             limit=config.risk.failed_sign_in_limit, window=config.risk.failed_sign_in_window
         )
@@ -144,6 +148,7 @@ class SignInSetup:
                 sign_in_log=self.sign_in_log,
                 assertion=self.assertion,
                 clock=reactor,
+                sessions=self.sessions,
             )
         )
         if config.builtin_provider is not None:
@@ -151,6 +156,7 @@ class SignInSetup:
         self._purge = LoopingCall(self._purge_expired)
         self._purge.clock = reactor
         self._purge.start(PURGE_INTERVAL, now=False)
+        self.sessions.start()
 
     def _identity_provider(self, config: ServiceConfig, now: int) -> Any:
         from appproxy.idp.provider import ClientRegistration, IdentityProvider, ProviderSettings
@@ -190,9 +196,14 @@ class SignInSetup:
                 clock=self.reactor,
                 reactor=self.reactor,
                 on_sign_in_attempt=self._provider_attempt,
+                app_names=self._app_names,
             )
         except (OSError, ValueError) as e:
             raise _state_error(builtin.users_file, str(e)) from None
+
+    def _app_names(self) -> frozenset[str]:
+        """The apps users sign in to, as configured now: the provider may name them."""
+        return frozenset(app.name for app in self.config.apps if app.signs_in)
 
     def _provider_attempt(self, user: str | None, address: str, ok: bool, step: str) -> None:
         """The built-in provider's password and OTP checks, for risk and the log."""
@@ -283,6 +294,8 @@ class SignInSetup:
         """Write what is pending and close the state database."""
         if self._purge is not None and self._purge.running:
             self._purge.stop()
+        if self.sessions is not None:
+            self.sessions.stop()
         closing: defer.Deferred[Any] = defer.succeed(None)
         if self.sign_in is not None:
             closing = self.sign_in.relying_party.close()

@@ -18,6 +18,7 @@ import attrs
 
 from appproxy.http.authority import Authority, parse_authority
 from appproxy.http.headers import is_valid_header_value
+from appproxy.http.set_cookie import CookieScope, translate_set_cookie
 
 __all__ = ["UrlMapping", "translate_response_headers", "translate_url"]
 
@@ -42,9 +43,9 @@ class _Prefix:
         return self.url[len(self.scheme) + 1 :]
 
     @property
-    def cookie_host(self) -> str:
-        """The host as a cookie C{Domain} value: no port, no brackets."""
-        return self.host.removeprefix("[").removesuffix("]")
+    def cookie_scope(self) -> CookieScope:
+        """The host (as a cookie C{Domain} value: no port, no brackets) and path."""
+        return CookieScope(self.host.removeprefix("[").removesuffix("]"), self.path)
 
 
 @attrs.frozen
@@ -260,55 +261,9 @@ def _translate_link(value: str, mapping: UrlMapping) -> str:
     return "".join(out)
 
 
-def _translate_cookie_path(path: str, mapping: UrlMapping) -> str:
-    internal_path = mapping._internal_prefix.path
-    external_path = mapping._external_prefix.path
-    if internal_path == external_path:
-        return path
-    if path in (internal_path, internal_path[:-1]) and path:
-        # The whole application: RFC 6265 path-match of "/app" covers "/app"
-        # and "/app/..." -- exactly the external paths routed to the app
-        # (while "/app/" would miss a request for "/app").
-        return _bare(external_path)
-    if path.startswith(internal_path):
-        return external_path + path[len(internal_path) :]
-    return path
-
-
-def _translate_cookie_domain(domain: str, mapping: UrlMapping) -> str:
-    dot = "." if domain.startswith(".") else ""
-    name = domain[len(dot) :]
-    internal = mapping._internal_prefix
-    if name.isascii() and name.lower() in (internal.host, internal.cookie_host):
-        return dot + mapping._external_prefix.cookie_host
-    return domain
-
-
 def _translate_set_cookie(value: str, mapping: UrlMapping) -> str:
-    parts = value.split(";")
-    for index in range(1, len(parts)):
-        name, equals, attribute_value = parts[index].partition("=")
-        if not equals:
-            continue
-        key = name.strip(_OWS).lower()
-        if key == "domain":
-            translate: Callable[[str, UrlMapping], str] = _translate_cookie_domain
-        elif key == "path":
-            translate = _translate_cookie_path
-        else:
-            continue
-        core = attribute_value.strip(_OWS)
-        if not core:
-            continue
-        start = attribute_value.index(core[0])
-        parts[index] = (
-            name
-            + equals
-            + attribute_value[:start]
-            + translate(core, mapping)
-            + attribute_value[start + len(core) :]
-        )
-    return ";".join(parts)
+    internal = mapping._internal_prefix.cookie_scope
+    return translate_set_cookie(value, internal, mapping._external_prefix.cookie_scope)
 
 
 _TRANSLATORS: dict[bytes, Callable[[str, UrlMapping], str]] = {
@@ -329,7 +284,9 @@ def translate_response_headers(
     C{Location}, C{Content-Location} (the whole value; absolute-path
     references are translated too when the internal and external paths
     differ), C{Refresh} (the URL after C{url=}), C{Link} (each C{<...>}) and
-    C{Set-Cookie} (C{Domain} and C{Path} attributes) are translated; other
+    C{Set-Cookie} (C{Domain} and C{Path} attributes, unless the cookie's
+    C{Domain} is neither the internal host nor a parent domain of it) are
+    translated; other
     headers pass through.  Names and order are unchanged.  A translated value
     that would contain a control character (other than HTAB) is discarded in
     favour of the original value.

@@ -5,7 +5,9 @@ error sent back to the client, or straight away with a code when the
 browser's SSO session will do.  Its forms are posted back here (POST, see
 L{appproxy.idp.signin}).
 
-Only the authorization code flow, with PKCE (S256), in query mode.
+Only the authorization code flow, with PKCE (S256), in query mode.  The
+sign-in page names the app the user signs in to when the request names one
+of the service's apps (L{APP_PARAMETER}), the client otherwise.
 """
 
 from __future__ import annotations
@@ -15,14 +17,25 @@ import re
 import attrs
 from twisted.web.server import Request
 
-from appproxy.idp._http import BadParameter, message, param, redirect, with_query
+from appproxy.idp._http import (
+    BadParameter,
+    message,
+    param,
+    param_or_empty,
+    redirect,
+    with_query,
+)
 from appproxy.idp.context import ProviderContext
 from appproxy.idp.forms import otp_form, sign_in_form
 from appproxy.idp.settings import MFA_ACR_VALUES
 from appproxy.idp.signin import issue_code, login_post
 from appproxy.idp.store import AuthRequest
 
-__all__ = ["render_authorize", "render_authorize_post"]
+__all__ = ["APP_PARAMETER", "render_authorize", "render_authorize_post"]
+
+#: The authorization request's parameter that names the app the user signs
+#: in to, for the sign-in page; appproxy's own, only names of its apps count.
+APP_PARAMETER = "appproxy_app"
 
 _CODE_CHALLENGE_RE = re.compile(r"[A-Za-z0-9_-]{43}\Z")
 _DIGITS_RE = re.compile(r"[0-9]{1,9}\Z")
@@ -43,6 +56,16 @@ class _AuthorizationError(Exception):
     error: str
     description: str
     state: str | None
+
+
+def _app_name(context: ProviderContext, request: Request) -> str | None:
+    """
+    The app the request says the user signs in to (C{appproxy_app}), if it
+    is one of the service's own: anything else, which a crafted link could
+    hold, is ignored.
+    """
+    name = param_or_empty(request, APP_PARAMETER)
+    return name if name and name in context.app_names() else None
 
 
 def _parse_authorization(context: ProviderContext, request: Request) -> AuthRequest:
@@ -107,6 +130,7 @@ def _parse_authorization(context: ProviderContext, request: Request) -> AuthRequ
             raise fail("invalid_request", "max_age must be a non-negative integer")
         max_age = int(max_age_text)
     return AuthRequest(
+        app=_app_name(context, request),
         client_id=client.client_id,
         redirect_uri=redirect_uri,
         state=state,

@@ -8,6 +8,7 @@ response later).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Final
 
@@ -92,6 +93,10 @@ class ProviderContext:
     @ivar clock: the time source (POSIX seconds).
     @ivar reactor: runs password checks in its thread pool.
     @ivar on_sign_in_attempt: a L{SignInAttemptHook}, or L{None}.
+    @ivar app_names: the names of the apps the provider's own service signs
+        users in to, now; an authorization request naming one of them
+        (C{appproxy_app}) has the sign-in page name it, and any other name
+        is ignored, so a crafted link cannot put its own words on the page.
     """
 
     settings: ProviderSettings
@@ -101,6 +106,7 @@ class ProviderContext:
     clock: IReactorTime
     reactor: IReactorThreads
     on_sign_in_attempt: SignInAttemptHook | None = None
+    app_names: Callable[[], Collection[str]] = tuple
 
     def now(self) -> float:
         return float(self.clock.seconds())

@@ -33,9 +33,12 @@ def format_user_code(code: str) -> str:
 
 
 def _client_label(context: ProviderContext, login: Login) -> tuple[str, str | None]:
-    """The client's name and, for a device, the code it shows."""
+    """
+    The name of what the user signs in to (the app the authorization
+    request names, else the client) and, for a device, the code it shows.
+    """
     if login.auth is not None:
-        return login.auth.client_id, None
+        return login.auth.app or login.auth.client_id, None
     grant = context.store.device(login.device_code or "", context.now())
     if grant is None:
         return "a device", ""

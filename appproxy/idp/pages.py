@@ -7,6 +7,11 @@ error announced with C{role="alert"}; no script, no external assets (the
 pages are served with C{Content-Security-Policy: default-src 'none';
 style-src 'unsafe-inline'; form-action 'self'}).  Every value is escaped.
 
+Browsers apply C{form-action} to every redirect that follows a form's POST
+(Chromium does), so a form posted here is never answered with a redirect to
+another origin: L{continue_page} moves the browser on instead, by a
+C{<meta http-equiv="refresh">} and a link, a navigation of its own.
+
 Pure: no reactor, no I/O.
 """
 
@@ -15,11 +20,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 from html import escape
 from typing import Final
+from urllib.parse import quote
 
 from appproxy.frontend.errorpage import VIEWPORT_META, html_page
 
 __all__ = [
     "CONTENT_SECURITY_POLICY",
+    "continue_page",
     "device_code_page",
     "device_confirm_page",
     "message_page",
@@ -46,6 +53,11 @@ button.secondary{background:#eaeef2;color:#1f2328}\
 .error{padding:.6rem .8rem;border-radius:4px;background:#ffebe9;color:#82071e;\
 border:1px solid #ff8182}\
 .muted{color:#57606a;font-size:.9rem}"""
+
+
+#: What a URL in a refresh or a link may hold as it is; anything else
+#: (quotes, spaces, angle brackets, non-ASCII) is percent-encoded.
+_URL_SAFE: Final = ":/?#[]@!$&()*+,;=%-._~"
 
 
 def _e(text: str) -> str:
@@ -187,3 +199,27 @@ def device_confirm_page(
 def message_page(title: str, message: str) -> bytes:
     """A page with a title and one paragraph (errors, "signed out", ...)."""
     return _page(title, f"<p>{_e(message)}</p>\n")
+
+
+def continue_page(url: str) -> bytes:
+    """
+    The answer to a form posted here that sends the browser to C{url} on
+    another origin: a page that goes there at once (C{<meta
+    http-equiv="refresh" content="0;url=...">}) with a link for a browser
+    that does not refresh.  A redirect would be subject to the page's
+    C{form-action 'self'}, and blocked.
+    """
+    target = _e(quote(url, safe=_URL_SAFE))
+    return html_page(
+        title="Signing in",
+        style=_STYLE,
+        head=[
+            '<meta name="referrer" content="no-referrer">',
+            VIEWPORT_META,
+            f'<meta http-equiv="refresh" content="0;url={target}">',
+        ],
+        main=(
+            "<h1>Signing in</h1>\n"
+            f'<p><a href="{target}" id="continue">Continue to the application</a></p>\n'
+        ),
+    )

@@ -48,7 +48,7 @@ L{appproxy.idp.context}, the settings are L{appproxy.idp.settings}.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -121,6 +121,7 @@ class IdentityProvider:
         *,
         on_sign_in_attempt: SignInAttemptHook | None = None,
         store: ProviderStore | None = None,
+        app_names: Callable[[], Collection[str]] = tuple,
     ) -> None:
         """
         @param users_path: C{users.json} (it may not exist yet: no users).
@@ -129,6 +130,9 @@ class IdentityProvider:
         @param reactor: runs password checks in its thread pool.
         @param store: where the provider keeps its state; by default in
             this process's memory (L{MemoryStore}).
+        @param app_names: the names of the apps of the service the provider
+            belongs to, now: the sign-in page names the one an
+            authorization request names (C{appproxy_app}), and no other.
         @raise ValueError: if the users file or the key file is unusable.
         """
         users = UsersFile(Path(users_path))
@@ -142,6 +146,7 @@ class IdentityProvider:
             clock=clock,
             reactor=reactor,
             on_sign_in_attempt=on_sign_in_attempt,
+            app_names=app_names,
         )
         self.resource: resource.IResource = self._build_resource()
 

@@ -7,6 +7,11 @@ authorization code or an approved device.
 Every step checks the form's anti-forgery token and the browser it was made
 for; failed steps count towards the lockout of the user name and the client
 address.
+
+A finished sign-in is answered with a page that moves the browser on to the
+client (L{appproxy.idp.pages.continue_page}), never a redirect: browsers
+apply the form's C{form-action 'self'} to every redirect after its POST, and
+the client's redirect URI is on another origin.
 """
 
 from __future__ import annotations
@@ -18,11 +23,12 @@ from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
 from twisted.web.server import Request
 
-from appproxy.idp import totp
+from appproxy.idp import pages, totp
 from appproxy.idp._http import (
     BadParameter,
     client_address,
     cookie,
+    html,
     message,
     param,
     param_or_empty,
@@ -181,8 +187,19 @@ def _complete(
     context.store.add_session(session_id, identity, now)
     set_cookie(request, SSO_COOKIE, session_id)
     if login.auth is not None:
-        return issue_code(context, request, login.auth, identity, status=303)
+        # A page, not a redirect: see the module's docstring.
+        location = _code_location(context, login.auth, identity)
+        return html(request, 200, pages.continue_page(location))
     return _approve_device(context, request, login.device_code or "", identity)
+
+
+def _code_location(context: ProviderContext, auth: AuthRequest, identity: Identity) -> str:
+    """The client's redirect URI with a new authorization code."""
+    code = new_token()
+    context.store.add_code(code, CodeGrant(auth=auth, identity=identity), context.now())
+    return with_query(
+        auth.redirect_uri, {"code": code, "state": auth.state, "iss": context.settings.issuer}
+    )
 
 
 def issue_code(
@@ -193,13 +210,11 @@ def issue_code(
     *,
     status: int,
 ) -> bytes:
-    """Send the browser back to the client with a new authorization code."""
-    code = new_token()
-    context.store.add_code(code, CodeGrant(auth=auth, identity=identity), context.now())
-    location = with_query(
-        auth.redirect_uri, {"code": code, "state": auth.state, "iss": context.settings.issuer}
-    )
-    return redirect(request, location, status)
+    """
+    Redirect the browser back to the client with a new authorization code
+    (the answer to a GET; a posted form gets L{pages.continue_page}).
+    """
+    return redirect(request, _code_location(context, auth, identity), status)
 
 
 def _device_decision(

@@ -84,6 +84,9 @@ class AuthRequest:
     max_age: int | None
     mfa: bool
     login_hint: str | None
+    #: The app the user signs in to, as the sign-in page names it: one of
+    #: the service's own apps (L{appproxy.idp.context.ProviderContext.app_names}), else L{None}.
+    app: str | None = None
 
 
 @attrs.frozen(kw_only=True)

@@ -27,7 +27,7 @@ from twisted.internet.ssl import (
     trustRootFromCertificates,
 )
 from twisted.python.failure import Failure
-from twisted.web.client import URI, Agent, HTTPConnectionPool, ResponseDone
+from twisted.web.client import URI, Agent, HTTPConnectionPool, ResponseDone, _HTTP11ClientFactory
 from twisted.web.error import SchemeNotSupported
 from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import IAgentEndpointFactory, IResponse
@@ -145,6 +145,16 @@ def _trust_root(ca_pem: bytes | None) -> Any:
     return trustRootFromCertificates(certificates)
 
 
+class _QuietClientFactory(_HTTP11ClientFactory):
+    # "Starting factory _HTTP11ClientFactory(<function ... at 0x...>, ...)"
+    # per connection says nothing to an operator.
+    noisy = False
+
+
+class _QuietPool(HTTPConnectionPool):
+    _factory = _QuietClientFactory
+
+
 def provider_http_client(
     reactor: Any, settings: RelyingPartySettings
 ) -> tuple[HTTPClient, HTTPConnectionPool]:
@@ -153,7 +163,7 @@ def provider_http_client(
     (close its cached connections when done).  It keeps no cookies: a
     provider's cookies have no business in a back channel.
     """
-    pool = HTTPConnectionPool(reactor, persistent=True)
+    pool = _QuietPool(reactor, persistent=True)
     agent = Agent.usingEndpointFactory(
         reactor, _ProviderEndpoints(reactor, settings, _trust_root(settings.ca_pem)), pool=pool
     )

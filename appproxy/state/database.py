@@ -3,7 +3,8 @@ The service's durable state: one SQLite database in the state directory.
 
 C{STATE_DIR/appproxy.sqlite} holds the sign-in log, values stored by
 reference (a user's groups when they would make the session cookie too
-large, ID tokens kept for sign-out) and the single-use ids of hand-offs.
+large, ID tokens kept for sign-out), the single-use ids of hand-offs, and
+the sessions issued and revoked (L{appproxy.state.sessions}).
 
 The service uses it off the reactor thread through
 L{twisted.enterprise.adbapi}, over one connection: SQLite serialises writers
@@ -30,7 +31,7 @@ from twisted.enterprise import adbapi
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.python.failure import Failure
 
-from appproxy.state import queries
+from appproxy.state import queries, sessions
 from appproxy.state._settled import all_settled
 from appproxy.state.schema import (
     BUSY_TIMEOUT_MS,
@@ -40,6 +41,7 @@ from appproxy.state.schema import (
     migrate_now,
     unusable,
 )
+from appproxy.state.sessions import Revocation, SessionRecord
 from appproxy.state.signins import SignInEvent
 
 __all__ = [
@@ -52,6 +54,10 @@ _T = TypeVar("_T")
 
 #: The default number of references kept in memory by L{StateDatabase}.
 REFERENCE_CACHE_SIZE = 10_000
+
+
+def _purge_all(txn: Any, now: float) -> int:
+    return queries.purge_expired(txn, now) + sessions.purge_expired_sessions(txn, now)
 
 
 class StateDatabaseClosed(Exception):
@@ -298,13 +304,30 @@ class StateDatabase:
 
     def purge_expired(self, now: float) -> Deferred[int]:
         """
-        Delete the references and used ids that have expired by C{now}.
+        Delete the references, used ids, sessions and revocations that have
+        expired by C{now}.
 
         @return: fires with how many rows were deleted.
         """
         for cache_key in [k for k, (_, exp) in self._cache.items() if now >= exp]:
             del self._cache[cache_key]
-        return self._run(queries.purge_expired, now)
+        return self._run(_purge_all, now)
+
+    # -- sessions issued and revoked
+
+    def record_session(self, record: SessionRecord) -> Deferred[None]:
+        """Record a session just issued (for C{appproxy sessions list})."""
+        return self._run(sessions.insert_session, record)
+
+    def revoke_session(self, session_id: str, now: int, expires_at: int) -> Deferred[Revocation]:
+        """Revoke the session C{session_id} (which expires at C{expires_at})."""
+        return self._run(
+            sessions.insert_revocation, "session", session_id, now, max(expires_at, now + 1)
+        )
+
+    def revocations_since(self, seq: int, now: int) -> Deferred[list[Revocation]]:
+        """The revocations in force at C{now} made after C{seq}, in order."""
+        return self._run(sessions.select_revocations, seq, now)
 
     # -- single-use ids
 

@@ -87,6 +87,32 @@ _MIGRATIONS: Sequence[Sequence[str]] = (
         "CREATE INDEX used_ids_by_expiry ON used_ids (expires_at)",
         f"PRAGMA application_id = {APPLICATION_ID}",
     ),
+    # 2: sessions issued, and revocations (appproxy.state.sessions).
+    (
+        """
+        CREATE TABLE sessions (
+            id TEXT PRIMARY KEY,
+            user TEXT NOT NULL,
+            app TEXT NOT NULL,
+            issued_at INTEGER NOT NULL,
+            expires_at INTEGER NOT NULL,
+            client_address TEXT NOT NULL
+        ) WITHOUT ROWID
+        """,
+        "CREATE INDEX sessions_by_user ON sessions (user, issued_at)",
+        "CREATE INDEX sessions_by_expiry ON sessions (expires_at)",
+        """
+        CREATE TABLE revocations (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            kind TEXT NOT NULL CHECK (kind IN ('session', 'user')),
+            subject TEXT NOT NULL,
+            revoked_at INTEGER NOT NULL,
+            expires_at INTEGER NOT NULL
+        )
+        """,
+        "CREATE INDEX revocations_by_subject ON revocations (kind, subject)",
+        "CREATE INDEX revocations_by_expiry ON revocations (expires_at)",
+    ),
 )
 
 #: The schema version this appproxy writes.

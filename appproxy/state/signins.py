@@ -16,7 +16,7 @@ import attrs
 
 from appproxy.oidc.errors import SIGN_IN_STEPS
 
-__all__ = ["RESULTS", "STEPS", "SignInEvent", "format_events", "format_time"]
+__all__ = ["COLUMNS", "RESULTS", "STEPS", "SignInEvent", "format_events", "format_time"]
 
 #: How a sign-in ended.
 RESULTS: frozenset[str] = frozenset(
@@ -144,12 +144,27 @@ def _step_and_policy(event: SignInEvent) -> str | None:
     return event.step if event.step is not None else event.policy
 
 
-def format_events(events: Sequence[SignInEvent]) -> list[str]:
+#: The column titles of L{format_events}' header row.
+COLUMNS: tuple[str, ...] = (
+    "TIME",
+    "RESULT",
+    "USER",
+    "APP",
+    "ADDRESS",
+    "STEP/POLICY",
+    "REQUEST-ID",
+    "DETAIL",
+)
+
+
+def format_events(events: Sequence[SignInEvent], *, header: bool = False) -> list[str]:
     """
     Events as aligned text columns: time, result, user, app, address,
-    step/policy, request id, detail.  One line per event; no header.
+    step/policy, request id, detail.  One line per event, after a row of
+    L{COLUMNS} if C{header} (even with no events).
     """
-    rows = [
+    rows = [list(COLUMNS)] if header else []
+    rows += [
         [
             format_time(event.time),
             event.result,

@@ -9,11 +9,16 @@ L{TunnelProtocol} feeds an L{h2.connection.H2Connection} the way Twisted's own
 HTTP/2 server does: bytes in, events out, C{data_to_send()} written back.  It
 adds what both ends need:
 
- - the factory (L{TunnelFactory}) that holds the clock, the PING interval and
-   the set of connected protocols;
- - per-stream outbound buffers that send DATA only within the peer's flow
-   control window, and tell the stream when its buffer has drained so it can
-   resume whatever produces its data;
+ - the factory (L{TunnelFactory}) that holds the clock, the PING interval,
+   the set of connected protocols and the count of failed streams;
+ - per-stream outbound buffers (L{appproxy.tunnel.outbound});
+ - the per-stream error boundary (L{TunnelProtocol.within_stream}): every
+   stream event, and whatever either end does for one stream outside of an
+   event, runs inside it; an exception there ends that stream (its user gets
+   an error page, the peer a RST_STREAM), is logged with the request id and
+   counted, and the connection and its other streams go on.  Only
+   connection-level events (SETTINGS, PING, GOAWAY) and HTTP/2 protocol
+   errors end the connection;
  - liveness: a PING every C{ping_interval}; a connection whose previous PING is
    still unanswered is aborted.
 
@@ -24,14 +29,10 @@ DATA only once the far side has consumed it.
 from __future__ import annotations
 
 import os
-from collections import deque
-from collections.abc import Iterable
-from typing import Any, Generic, TypeVar
+from collections.abc import Callable
+from typing import Any, Generic, ParamSpec, TypeVar
 
-import attrs
 import hyperframe.frame
-from h2.config import H2Configuration
-from h2.connection import H2Connection
 from h2.errors import ErrorCodes
 from h2.events import (
     ConnectionTerminated,
@@ -49,12 +50,19 @@ from h2.events import (
 )
 from h2.exceptions import H2Error, ProtocolError
 from h2.settings import SettingCodes
+from h2.stream import StreamState
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Factory, Protocol
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
+from appproxy.tunnel.connection import TunnelConnection
+from appproxy.tunnel.fields import UnsendableFields
 from appproxy.tunnel.frame_repr import bounded_raw_data_repr
+from appproxy.tunnel.outbound import OutboundStreams
+from appproxy.tunnel.stream import TunnelStream
+
+__all__ = ["TunnelFactory", "TunnelProtocol", "TunnelStream", "bounded_raw_data_repr"]
 
 # h2 reprs every frame it receives; see L{bounded_raw_data_repr}.
 hyperframe.frame._raw_data_repr = bounded_raw_data_repr
@@ -70,44 +78,21 @@ MAX_FRAME_SIZE = 1 << 18
 #: Request and response header lists larger than this are refused.
 MAX_HEADER_LIST_SIZE = 1 << 16
 
-#: The path of the control stream on which the service pushes its settings to
-#: the connector (no user request reaches it: see L{appproxy.tunnel.service}).
-CONFIG_PATH = b"/.appproxy/config"
-
-
-@attrs.define(eq=False)
-class TunnelStream:
-    """
-    One stream's outbound state.  Subclasses add what the stream is for.
-    """
-
-    stream_id: int
-    """The HTTP/2 stream id."""
-    outbound: deque[bytes] = attrs.field(init=False, factory=deque)
-    """DATA waiting for flow-control window."""
-    outbound_size: int = attrs.field(init=False, default=0)
-    """How many bytes C{outbound} holds."""
-    end_pending: bool = attrs.field(init=False, default=False)
-    """C{end_stream} was asked for while data was buffered."""
-    closed: bool = attrs.field(init=False, default=False)
-    """The stream has ended or been reset; nothing more is sent."""
-    local_closed: bool = attrs.field(init=False, default=False)
-    """Our side has sent END_STREAM."""
-
-    def outbound_drained(self) -> None:
-        """
-        The outbound buffer emptied after having been blocked: resume whatever
-        produces this stream's data.
-        """
-
-    def stream_aborted(self, reason: str) -> None:
-        """
-        The stream was reset by the peer or the connection went away.
-        """
-
-
 _P = TypeVar("_P", bound="TunnelProtocol[Any]")
 _F = TypeVar("_F", bound="TunnelFactory[Any]")
+_A = ParamSpec("_A")
+
+#: The events that concern one stream: what their handlers raise ends that
+#: stream only (see L{TunnelProtocol.within_stream}).
+_STREAM_EVENTS = (
+    DataReceived,
+    ResponseReceived,
+    RequestReceived,
+    StreamEnded,
+    StreamReset,
+    InformationalResponseReceived,
+    TrailersReceived,
+)
 
 
 class TunnelFactory(Factory[_P]):
@@ -120,9 +105,11 @@ class TunnelFactory(Factory[_P]):
     clock: IReactorTime
     ping_interval: float
     protocols: set[_P]
+    stream_errors: int
+    """Streams ended by an exception in their handling (the connection went on)."""
 
 
-class TunnelProtocol(Protocol, Generic[_F]):
+class TunnelProtocol(OutboundStreams, Protocol, Generic[_F]):
     """
     Base for the service's and the connector's tunnel protocols.
     """
@@ -135,17 +122,9 @@ class TunnelProtocol(Protocol, Generic[_F]):
         self.factory = factory
         self.clock = factory.clock
         self.ping_interval = factory.ping_interval
-        self.conn = H2Connection(
-            H2Configuration(
-                client_side=self.client_side,
-                header_encoding=None,
-                # Each end checks what it receives; checking what we send
-                # as well would only do the same work twice.
-                validate_inbound_headers=True,
-                validate_outbound_headers=False,
-                normalize_outbound_headers=False,
-            )
-        )
+        # Each end checks what it receives with h2, and what it sends with
+        # the cheaper checks of TunnelConnection.
+        self.conn = TunnelConnection(self.client_side)
         self.streams: dict[int, TunnelStream] = {}
         self._ping_call: IDelayedCall | None = None
         self._ping_outstanding: bytes | None = None
@@ -231,10 +210,22 @@ class TunnelProtocol(Protocol, Generic[_F]):
         self.flush()
 
     def dispatch(self, event: Event) -> None:
-        if isinstance(event, DataReceived):
-            self.data_received(event)
+        if isinstance(event, _STREAM_EVENTS):
+            self.within_stream(event.stream_id, self._stream_event, event)
         elif isinstance(event, WindowUpdated):
             self.window_updated(event.stream_id)
+        elif isinstance(event, RemoteSettingsChanged):
+            self.remote_settings_changed()
+        elif isinstance(event, PingAckReceived):
+            if event.ping_data == self._ping_outstanding:
+                self._ping_outstanding = None
+        elif isinstance(event, ConnectionTerminated):
+            self.terminated = True
+            self.connection_terminated(event)
+
+    def _stream_event(self, event: Event) -> None:
+        if isinstance(event, DataReceived):
+            self.data_received(event)
         elif isinstance(event, ResponseReceived):
             self.response_received(event)
         elif isinstance(event, RequestReceived):
@@ -245,17 +236,98 @@ class TunnelProtocol(Protocol, Generic[_F]):
             self._stream_reset(event.stream_id, event.error_code)
         elif isinstance(event, InformationalResponseReceived):
             self.informational_received(event)
-        elif isinstance(event, RemoteSettingsChanged):
-            self.remote_settings_changed()
-        elif isinstance(event, PingAckReceived):
-            if event.ping_data == self._ping_outstanding:
-                self._ping_outstanding = None
-        elif isinstance(event, ConnectionTerminated):
-            self.terminated = True
-            self.connection_terminated(event)
-        elif isinstance(event, TrailersReceived):
-            # Trailers are not forwarded; the stream still ends normally.
-            pass
+        # TrailersReceived: trailers are not forwarded; the stream still
+        # ends normally.
+
+    # -- the per-stream error boundary -----------------------------------
+
+    def within_stream(
+        self, stream_id: int, handler: Callable[_A, object], *args: _A.args, **kw: _A.kwargs
+    ) -> None:
+        """
+        Run C{handler}, which works on stream C{stream_id}, inside the
+        stream's error boundary: whatever it raises ends that stream (see
+        L{stream_error}), never the connection.  Every stream event goes
+        through here, and so does what each end does for a stream outside
+        of an event (a backend's answer, a job taken from the queue).
+        """
+        try:
+            handler(*args, **kw)
+        except Exception:
+            self.stream_error(stream_id, Failure())
+
+    def stream_errback(self, failure: Failure, stream_id: int) -> None:
+        """
+        The error boundary for a L{Deferred} chain working on C{stream_id}:
+        add it last.
+        """
+        self.stream_error(stream_id, failure)
+        self.flush()
+
+    def stream_error(self, stream_id: int, failure: Failure) -> None:
+        """
+        Handling stream C{stream_id} raised: log it with the request id,
+        count it, let the subclass answer (L{stream_failed}) and reset the
+        stream.  The connection and its other streams go on.
+        """
+        self.factory.stream_errors += 1
+        stream = self.streams.get(stream_id)
+        rid = stream.request_id if stream is not None else "-"
+        if failure.check(UnsendableFields):
+            self.log.warn(
+                "Stream {sid} (request {rid}) ended: {error}",
+                sid=stream_id,
+                rid=rid,
+                error=str(failure.value),
+            )
+        else:
+            self.log.failure(
+                "Stream {sid} (request {rid}) failed; ending that stream only",
+                failure,
+                LogLevel.error,
+                sid=stream_id,
+                rid=rid,
+            )
+        try:
+            self.stream_failed(stream_id, stream, failure)
+        except Exception:
+            self.log.failure(
+                "Ending stream {sid} (request {rid}) failed too", sid=stream_id, rid=rid
+            )
+        if stream is not None:
+            stream.closed = True
+        current = self.streams.get(stream_id)
+        if current is not None and current is not stream:
+            # h2 never opened the failed stream, and its id went to the next.
+            return
+        self.streams.pop(stream_id, None)
+        code = ErrorCodes.NO_ERROR if self.sent_end(stream_id) else ErrorCodes.INTERNAL_ERROR
+        self.reset_stream(stream_id, code)
+
+    def stream_failed(self, stream_id: int, stream: TunnelStream | None, failure: Failure) -> None:
+        """
+        Handling C{stream} failed with C{failure}: answer its user if that
+        is still possible and release what it holds.  The base class resets
+        the stream afterwards.
+        """
+        if stream is not None:
+            stream.stream_aborted("the stream failed")
+
+    def stream_open(self, stream_id: int) -> bool:
+        """
+        Whether h2 still counts C{stream_id} as open (against the peer's
+        C{SETTINGS_MAX_CONCURRENT_STREAMS}).
+        """
+        stream = self.conn.streams.get(stream_id)
+        return stream is not None and not stream.closed
+
+    def sent_end(self, stream_id: int) -> bool:
+        """Whether our side of C{stream_id} is closed (or the stream is)."""
+        stream = self.conn.streams.get(stream_id)
+        return stream is None or stream.state_machine.state in (
+            StreamState.HALF_CLOSED_LOCAL,
+            StreamState.CLOSED,
+        )
 
     def data_received(self, event: DataReceived) -> None:
         raise NotImplementedError
@@ -283,100 +355,3 @@ class TunnelProtocol(Protocol, Generic[_F]):
         if stream is not None:
             stream.closed = True
             stream.stream_aborted(f"the stream was reset ({ErrorCodes(error_code).name})")
-
-    # -- outbound --------------------------------------------------------
-
-    def reset_stream(self, stream_id: int, code: ErrorCodes = ErrorCodes.CANCEL) -> None:
-        """
-        Reset a stream we no longer want; quietly ignore one already closed.
-        """
-        self.streams.pop(stream_id, None)
-        if not self.connected:
-            return
-        try:
-            self.conn.reset_stream(stream_id, code)
-        except H2Error:
-            pass
-        self.flush()
-
-    def send_data(self, stream: TunnelStream, data: bytes) -> bool:
-        """
-        Queue C{data} on C{stream} and send as much as the flow-control window
-        allows.
-
-        @return: C{True} if everything went out, C{False} if some is buffered
-            (the caller should pause its producer until C{outbound_drained}).
-        """
-        if stream.closed or not self.connected:
-            return True
-        if data:
-            stream.outbound.append(data)
-            stream.outbound_size += len(data)
-        drained = self._send_pending(stream)
-        self.flush()
-        return drained
-
-    def end_stream(self, stream: TunnelStream) -> None:
-        if stream.closed or not self.connected:
-            return
-        stream.end_pending = True
-        self._send_pending(stream)
-        self.flush()
-
-    def _send_pending(self, stream: TunnelStream) -> bool:
-        conn = self.conn
-        sid = stream.stream_id
-        outbound = stream.outbound
-        try:
-            while outbound:
-                window = min(conn.local_flow_control_window(sid), conn.max_outbound_frame_size)
-                if window <= 0:
-                    return False
-                chunk = outbound[0]
-                if len(chunk) <= window:
-                    outbound.popleft()
-                    conn.send_data(sid, chunk)
-                    stream.outbound_size -= len(chunk)
-                else:
-                    conn.send_data(sid, chunk[:window])
-                    outbound[0] = chunk[window:]
-                    stream.outbound_size -= window
-            if stream.end_pending:
-                stream.end_pending = False
-                conn.end_stream(sid)
-                stream.local_closed = True
-                self.stream_send_closed(stream)
-        except H2Error as e:
-            # The stream was closed under us (reset by the peer); drop it.
-            self.log.debug("Dropping data for closed stream {sid}: {e}", sid=sid, e=str(e))
-            outbound.clear()
-            stream.outbound_size = 0
-            stream.closed = True
-        return True
-
-    def stream_send_closed(self, stream: TunnelStream) -> None:
-        """
-        Our side of C{stream} is closed (END_STREAM sent).
-        """
-
-    def window_updated(self, stream_id: int) -> None:
-        if stream_id == 0:
-            candidates: Iterable[TunnelStream] = list(self.streams.values())
-        else:
-            one = self.streams.get(stream_id)
-            candidates = [one] if one is not None else []
-        for stream in candidates:
-            if stream.outbound or stream.end_pending:
-                if self._send_pending(stream) and not stream.closed:
-                    stream.outbound_drained()
-
-    def acknowledge(self, stream_id: int, length: int) -> None:
-        """
-        Reopen the receive window for C{length} bytes that were consumed.
-        """
-        if length and self.connected:
-            try:
-                self.conn.acknowledge_received_data(length, stream_id)
-            except H2Error:
-                return
-            self.flush()

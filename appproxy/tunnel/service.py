@@ -4,14 +4,17 @@ connector dialled.
 
 When a connector connects, its client certificate names its group.  The
 service first pushes the group's application settings (backend TLS, timeouts)
-on one stream, then consumes the group's queue: it keeps C{capacity - active}
-outstanding C{get()}s, where capacity is the connector's
-C{SETTINGS_MAX_CONCURRENT_STREAMS}, and opens one stream per job.
+on a control stream, marked by a field no user request can carry (see
+L{appproxy.tunnel.fields}); then it consumes the group's queue: one
+outstanding C{get()} while it has room, capacity being the connector's
+C{SETTINGS_MAX_CONCURRENT_STREAMS}, and one stream per job.  A stream's room
+is given back only once h2 counts the stream as closed.  A settings push that
+fails (refused, reset, unanswered) closes the connection cleanly: the
+connector dials again and gets its settings afresh.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 
 import attrs
@@ -30,8 +33,11 @@ from zope.interface import implementer
 
 from appproxy.config import AppConfig
 from appproxy.daemon.tls import peer_connector_identity
-from appproxy.tunnel.base import CONFIG_PATH, TunnelFactory, TunnelProtocol, TunnelStream
+from appproxy.tunnel.base import TunnelFactory, TunnelProtocol, TunnelStream
+from appproxy.tunnel.expiry import ExpiryWatch, watch_connector_certificate
+from appproxy.tunnel.fields import UnsendableFields, request_line_problem, user_fields
 from appproxy.tunnel.queue import ConnectorGroupQueue, ConnectorGroups, ProxyJob
+from appproxy.tunnel.service_control import SettingsChannel
 from appproxy.tunnel.service_stream import ServiceStream
 
 #: Extra time the service waits beyond the app's backend timeout, which the
@@ -39,24 +45,6 @@ from appproxy.tunnel.service_stream import ServiceStream
 RESPONSE_GRACE = 5.0
 #: Upper bound on streams per connection, whatever the connector offers.
 MAX_CAPACITY = 1000
-
-
-def connector_settings(apps: Sequence[AppConfig]) -> bytes:
-    """
-    The per-app settings a connector needs, as the JSON pushed to it.
-    """
-    return json.dumps(
-        {
-            "apps": {
-                app.name: {
-                    "verify_tls": app.verify_backend_tls,
-                    "ca_pem": app.backend_ca_pem.decode("ascii") if app.backend_ca_pem else None,
-                    "timeout": app.backend_timeout,
-                }
-                for app in apps
-            }
-        }
-    ).encode("utf-8")
 
 
 @implementer(IHandshakeListener)
@@ -77,10 +65,13 @@ class ServiceTunnelProtocol(TunnelProtocol["ServiceTunnelFactory"]):
         self.active: set[ServiceStream] = set()
         self._gets: list[Deferred[ProxyJob]] = []
         self._filling = False
-        self._config_streams: set[int] = set()
-        self._settings_pending = False
+        self.settings = SettingsChannel(self)
+        #: Closing after a failed settings push, once the active streams end.
+        self.closing = False
         #: Response body bytes received from the connector.
         self.bytes_received = 0
+        #: Closes the connection at the connector certificate's notAfter.
+        self.expiry: ExpiryWatch | None = None
 
     # -- connection ------------------------------------------------------
 
@@ -92,7 +83,7 @@ class ServiceTunnelProtocol(TunnelProtocol["ServiceTunnelFactory"]):
             return
         self.connector_id = identity.connector_id
         self.group = self.groups[identity.group]
-        self.group.connections.add(self)
+        self.group.connection_made(self, identity.connector_id)
         peer = self.transport.getPeer() if self.transport is not None else None
         self.log.info(
             "Connector {connector} of group {group} connected from {peer}",
@@ -100,41 +91,37 @@ class ServiceTunnelProtocol(TunnelProtocol["ServiceTunnelFactory"]):
             group=identity.group,
             peer=str(getattr(peer, "host", peer)),
         )
-        self.push_settings()
+        self.expiry = watch_connector_certificate(self)
+        self.settings.push()
 
-    def push_settings(self) -> None:
+    def close_when_idle(self) -> None:
         """
-        Send the connector the settings of its group's apps (at connect, and
-        again after a reload).  Waits for a free stream if it is at capacity.
+        Take no more jobs; once the streams in flight have ended, say GOAWAY
+        and close.
         """
-        if self.group is None or not self.connected:
+        if not self.closing:
+            self.closing = True
+            self._stop_consuming()
+        self._close_when_idle()
+
+    def _close_when_idle(self) -> None:
+        if self.active or self.transport is None or not self.connected:
             return
-        if self.ready and self._open_streams() >= self.capacity:
-            self._settings_pending = True
-            return
-        self._settings_pending = False
-        apps = [a for a in self.factory.apps if a.connector_group == self.group.name]
-        sid = self.conn.get_next_available_stream_id()
-        self._config_streams.add(sid)
-        self.conn.send_headers(
-            sid,
-            [
-                (b":method", b"POST"),
-                (b":scheme", b"https"),
-                (b":authority", b"appproxy"),
-                (b":path", CONFIG_PATH),
-                (b"content-type", b"application/json"),
-            ],
-        )
-        stream = TunnelStream(sid)
-        self.streams[sid] = stream
-        self.send_data(stream, connector_settings(apps))
-        self.end_stream(stream)
+        if self.closing:
+            try:
+                self.conn.close_connection()
+            except H2Error:
+                pass
+            self.flush()
+        self.transport.loseConnection()
 
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:  # noqa: B008
+        if self.expiry is not None:
+            self.expiry.stop()
         self._stop_consuming()
+        self.settings.stop()
         if self.group is not None:
-            self.group.connections.discard(self)
+            self.group.connection_lost(self)
             self.log.info(
                 "Connector {connector} of group {group} disconnected",
                 connector=self.connector_id,
@@ -154,13 +141,15 @@ class ServiceTunnelProtocol(TunnelProtocol["ServiceTunnelFactory"]):
         for stream in [s for s in self.active if s.stream_id > last]:
             stream.job.dispatched = False
             stream.stream_aborted("the connector is shutting down")
-        if not self.active:
-            self.transport.loseConnection()  # type: ignore[union-attr]
+        self._close_when_idle()
 
     # -- consuming the queue ----------------------------------------------
 
-    def _open_streams(self) -> int:
-        return len(self.active) + len(self._config_streams)
+    def open_streams(self) -> int:
+        # Ours, and h2's count (the one it enforces against the connector's
+        # SETTINGS_MAX_CONCURRENT_STREAMS): they agree, as a stream leaves
+        # `active` only once h2 counts it closed.
+        return max(len(self.active) + len(self.settings), self.conn.open_outbound_streams)
 
     def _stop_consuming(self) -> None:
         self.ready = False
@@ -168,7 +157,7 @@ class ServiceTunnelProtocol(TunnelProtocol["ServiceTunnelFactory"]):
         for d in gets:
             d.cancel()
 
-    def _fill(self) -> None:
+    def fill(self) -> None:
         """
         Wait for the next job while there is room.
 
@@ -177,12 +166,12 @@ class ServiceTunnelProtocol(TunnelProtocol["ServiceTunnelFactory"]):
         load spreads over every connector of the group instead of filling one
         connection's capacity first.
         """
-        if self._filling or not self.ready or self.terminated or self.group is None:
+        if self._filling or not self.ready or self.terminated or self.closing or self.group is None:
             return
         self._filling = True
         try:
-            while self.ready and not self._gets and self._open_streams() < self.capacity:
-                d = self.group.get()
+            while self.ready and not self._gets and self.open_streams() < self.capacity:
+                d = self.group.get(self)
                 self._gets.append(d)
                 d.addCallbacks(self._got_job, self._get_failed, callbackArgs=(d,), errbackArgs=(d,))
         finally:
@@ -197,50 +186,97 @@ class ServiceTunnelProtocol(TunnelProtocol["ServiceTunnelFactory"]):
         except ValueError:
             pass
         if job.cancelled:
-            self._fill()
+            self.fill()
             return
         job.stop_timer()
         self._open(job)
-        self._fill()
+        self.fill()
 
     def _open(self, job: ProxyJob) -> None:
-        app = job.app
         sid = self.conn.get_next_available_stream_id()
+        stream = ServiceStream(sid, self, job)
+        self.streams[sid] = stream
+        self.active.add(stream)
+        self.within_stream(sid, self._send_request, stream)
+
+    def _send_request(self, stream: ServiceStream) -> None:
+        job = stream.job
+        app = job.app
+        problem = request_line_problem(job.method, job.path)
+        if problem is not None:
+            raise UnsendableFields(problem)
         headers = [
             (b":method", job.method),
             (b":scheme", app.internal_scheme.encode("ascii")),
             (b":authority", app.internal_netloc.encode("ascii")),
             (b":path", job.path),
-            *job.headers,
+            *user_fields(job.headers),
             (b"appproxy-app", app.name.encode("ascii")),
         ]
         if job.needs_dispatch_ack:
             headers.append((b"appproxy-ack", b"1"))
-        stream = ServiceStream(sid, self, job)
-        try:
-            self.conn.send_headers(sid, headers, end_stream=not job.has_body)
-        except H2Error as e:
-            self.log.info("Request {rid} not forwardable: {e}", rid=job.request_id, e=str(e))
-            self.reset_stream(sid, ErrorCodes.PROTOCOL_ERROR)
-            job.cancelled = True
-            job.exchange.upstream_error(400, "bad-request", "The request cannot be forwarded.")
-            return
+        self.conn.send_headers(stream.stream_id, headers, end_stream=not job.has_body)
         job.attempts += 1
-        self.streams[sid] = stream
-        self.active.add(stream)
-        stream.timer = self.clock.callLater(app.backend_timeout + RESPONSE_GRACE, stream.timed_out)
+        stream.timer = self.clock.callLater(
+            app.backend_timeout + RESPONSE_GRACE,
+            self.within_stream,
+            stream.stream_id,
+            stream.timed_out,
+        )
         job.exchange.stream_opened(stream)
         self.flush()
 
-    def stream_finished(self, stream: ServiceStream) -> None:
+    def stream_finished(self, stream: ServiceStream, code: ErrorCodes) -> None:
+        """
+        C{stream} is done with: reset it (with C{code}) if h2 still counts it
+        open, reopen the window for what it received unread, and only then
+        give its room to the next job.
+        """
+        sid = stream.stream_id
         self.active.discard(stream)
-        self.streams.pop(stream.stream_id, None)
-        if self.terminated and not self.active and self.transport is not None:
-            self.transport.loseConnection()
-        elif self._settings_pending:
-            self.push_settings()
+        self.streams.pop(sid, None)
+        if self.connected and not self.terminated:
+            if self.stream_open(sid):
+                try:
+                    self.conn.reset_stream(sid, code)
+                except H2Error:
+                    pass
+            unacked, stream.unacked = stream.unacked, 0
+            self.acknowledge(sid, unacked)
+            self.flush()
+        if self.terminated or self.closing:
+            self._close_when_idle()
+        elif self.settings.pending:
+            self.settings.push()
         else:
-            self._fill()
+            self.fill()
+
+    def stream_failed(self, stream_id: int, stream: TunnelStream | None, failure: Failure) -> None:
+        if stream_id in self.settings:
+            self.settings.failed(stream_id, f"the stream failed: {failure.value}")
+            return
+        if not isinstance(stream, ServiceStream) or stream.finished:
+            return
+        stream._done(ErrorCodes.INTERNAL_ERROR)
+        job = stream.job
+        if stream.responded:
+            job.exchange.stream_lost(job, f"the tunnel stream failed: {failure.value}")
+            return
+        if failure.check(UnsendableFields):
+            status, kind, detail = 400, "bad-request", str(failure.value)
+        else:
+            status, kind, detail = 502, "tunnel-error", f"the stream failed: {failure.value!r}"
+        # Not from here: this may run inside the queue's put(), itself
+        # inside the front end's parsing of the request.
+        self.clock.callLater(0, job.exchange.upstream_error, status, kind, detail)
+
+    def _stream_reset(self, stream_id: int, error_code: int | ErrorCodes) -> None:
+        if stream_id in self.settings:
+            self.settings.failed(
+                stream_id, f"the connector reset the stream ({ErrorCodes(error_code).name})"
+            )
+            return
+        super()._stream_reset(stream_id, error_code)
 
     # -- events ------------------------------------------------------------
 
@@ -251,7 +287,7 @@ class ServiceTunnelProtocol(TunnelProtocol["ServiceTunnelFactory"]):
             gets, self._gets = self._gets, []
             for d in gets:
                 d.cancel()
-        self._fill()
+        self.fill()
 
     def informational_received(self, event: InformationalResponseReceived) -> None:
         stream = self.streams.get(event.stream_id)
@@ -262,18 +298,8 @@ class ServiceTunnelProtocol(TunnelProtocol["ServiceTunnelFactory"]):
 
     def response_received(self, event: ResponseReceived) -> None:
         sid = event.stream_id
-        if sid in self._config_streams:
-            settings_status = dict(event.headers).get(b":status", b"")
-            if settings_status == b"204":
-                self.ready = True
-                self._fill()
-            else:
-                self.log.error(
-                    "Connector {connector} refused its settings (status {status}); closing",
-                    connector=self.connector_id,
-                    status=settings_status.decode("latin-1"),
-                )
-                self.abort()
+        if sid in self.settings:
+            self.settings.answered(sid, dict(event.headers).get(b":status", b""))
             return
         stream = self.streams.get(sid)
         if not isinstance(stream, ServiceStream) or stream.finished:
@@ -299,14 +325,15 @@ class ServiceTunnelProtocol(TunnelProtocol["ServiceTunnelFactory"]):
             else:
                 headers.append((name, value))
         if error_kind is not None:
-            stream._done()
-            self.reset_stream(sid, ErrorCodes.NO_ERROR)
+            stream._done(ErrorCodes.NO_ERROR)
             stream.job.exchange.upstream_error(
                 status, error_kind.decode("latin-1"), error_detail.decode("latin-1")
             )
             return
-        stream.responded = True
+        # Responded only once the user side took the head: if it raises,
+        # nothing went to the user yet and the boundary answers 502.
         stream.job.exchange.response_started(status, headers)
+        stream.responded = True
 
     def data_received(self, event: DataReceived) -> None:
         stream = self.streams.get(event.stream_id)
@@ -323,18 +350,15 @@ class ServiceTunnelProtocol(TunnelProtocol["ServiceTunnelFactory"]):
         stream.job.exchange.response_data(event.data)
 
     def stream_ended(self, stream_id: int) -> None:
-        if stream_id in self._config_streams:
-            self._config_streams.discard(stream_id)
-            self.streams.pop(stream_id, None)
-            self._fill()
+        if stream_id in self.settings:
+            self.settings.ended(stream_id)
             return
         stream = self.streams.get(stream_id)
         if not isinstance(stream, ServiceStream) or stream.finished:
             return
-        stream._done()
-        if stream.job.has_body and not stream.local_closed:
-            # The app answered before the whole body was sent: stop sending it.
-            self.reset_stream(stream_id, ErrorCodes.NO_ERROR)
+        # If the app answered before the whole body was sent, this resets the
+        # stream: the rest of the body is not wanted.
+        stream._done(ErrorCodes.NO_ERROR)
         stream.job.exchange.response_ended()
 
 
@@ -351,6 +375,7 @@ class ServiceTunnelFactory(TunnelFactory[ServiceTunnelProtocol]):
     """The apps of every group; each connection pushes its group's."""
     ping_interval: float = 15.0
     protocols: set[ServiceTunnelProtocol] = attrs.field(init=False, factory=set)
+    stream_errors: int = attrs.field(init=False, default=0)
 
     def buildProtocol(self, addr: object) -> ServiceTunnelProtocol:
         return ServiceTunnelProtocol(self)
@@ -361,4 +386,4 @@ class ServiceTunnelFactory(TunnelFactory[ServiceTunnelProtocol]):
         """
         self.apps = apps
         for protocol in list(self.protocols):
-            protocol.push_settings()
+            protocol.settings.push()

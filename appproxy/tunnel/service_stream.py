@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import attrs
+from h2.errors import ErrorCodes
 from twisted.internet.interfaces import IDelayedCall
 
 from appproxy.tunnel.base import TunnelStream
@@ -37,6 +38,9 @@ class ServiceStream(TunnelStream):
     timer: IDelayedCall | None = attrs.field(init=False, default=None)
     """Gives up on the stream if the connector does not answer in time."""
 
+    def __attrs_post_init__(self) -> None:
+        self.request_id = self.job.request_id
+
     # ExchangeStream: called by the user side
 
     def write_body(self, data: bytes) -> bool:
@@ -49,8 +53,7 @@ class ServiceStream(TunnelStream):
     def cancel(self) -> None:
         if self.finished:
             return
-        self._done()
-        self.proto.reset_stream(self.stream_id)
+        self._done(ErrorCodes.CANCEL)
 
     def pauseProducing(self) -> None:
         self.paused = True
@@ -95,18 +98,21 @@ class ServiceStream(TunnelStream):
         self.timer = None
         if self.finished:
             return
-        self._done()
-        self.proto.reset_stream(self.stream_id)
+        self._done(ErrorCodes.CANCEL)
         self.job.exchange.upstream_error(
             504,
             "timeout",
             f"The connector did not answer within {self.job.app.backend_timeout:g} seconds.",
         )
 
-    def _done(self) -> None:
+    def _done(self, code: ErrorCodes = ErrorCodes.CANCEL) -> None:
+        """
+        The stream is over for us: the protocol resets it with C{code} if h2
+        still counts it open, then gives its room to the next job.
+        """
         self.finished = True
         self.closed = True
         if self.timer is not None and self.timer.active():
             self.timer.cancel()
         self.timer = None
-        self.proto.stream_finished(self)
+        self.proto.stream_finished(self, code)

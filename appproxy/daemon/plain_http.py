@@ -1,0 +1,190 @@
+"""
+Plain HTTP on the HTTPS port: an answer instead of an empty reply.
+
+A browser or C{curl} sent to C{http://host:443/} starts with a request line
+("GET / HTTP/1.1"), not a TLS ClientHello, and a TLS listener just drops the
+connection: the user sees "empty reply from server".  L{HTTPSOnlyFactory}
+wraps the public listener's TLS factory and looks at the first byte of each
+connection, as nginx does for its C{497} answer:
+
+  - C{0x16} (a TLS handshake record) or anything else that is not an
+    upper-case letter: the connection is the TLS factory's, every byte
+    passed on unchanged;
+  - an upper-case letter (the first of an HTTP method): the header block is
+    read (at most L{HEADER_LIMIT} bytes, for at most L{HEADER_TIMEOUT}
+    seconds) and discarded, then a fixed C{400 Bad Request} with a short
+    text body is sent and the connection closed.  Nothing the client sent
+    is parsed or reflected.
+
+TLS records always begin with a content type from 20 to 24, never with a
+letter, so no TLS client is ever refused.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.interfaces import IAddress, IDelayedCall, IProtocolFactory, IReactorTime
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+__all__ = [
+    "FIRST_BYTE_TIMEOUT",
+    "HEADER_LIMIT",
+    "HEADER_TIMEOUT",
+    "LINGER",
+    "PLAIN_HTTP_REPLY",
+    "HTTPSOnlyFactory",
+]
+
+log = Logger()
+
+#: Seconds a new connection may stay silent before it is closed.
+FIRST_BYTE_TIMEOUT = 30.0
+#: Seconds a plain HTTP client gets to send its header block.
+HEADER_TIMEOUT = 5.0
+#: Bytes of a plain HTTP request read (and discarded) before answering.
+HEADER_LIMIT = 16384
+#: Seconds the connection stays open for reading after the answer (so the
+#: client reads it instead of a reset), unless the client closes first.
+LINGER = 5.0
+
+_BODY = (
+    b"400 Bad Request\n\n"
+    b"This address only accepts HTTPS, and the request was sent as plain HTTP.\n"
+    b"Open it with https:// instead of http://.\n"
+)
+#: The whole answer to a plain HTTP request, always the same bytes.
+PLAIN_HTTP_REPLY = (
+    b"HTTP/1.1 400 Bad Request\r\n"
+    b"Content-Type: text/plain; charset=utf-8\r\n"
+    b"Content-Length: %d\r\n"
+    b"Cache-Control: no-store\r\n"
+    b"Connection: close\r\n"
+    b"\r\n" % len(_BODY)
+) + _BODY
+
+_HTTP_METHOD_START = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+
+class _FirstByte(Protocol):
+    """
+    One connection until its first byte says what it is; then either the TLS
+    protocol's (everything passed on) or a plain HTTP request to refuse.
+    """
+
+    def __init__(self, factory: HTTPSOnlyFactory, addr: IAddress | None) -> None:
+        self.factory = factory
+        self.addr = addr
+        self._inner: Any = None
+        self._plain = False
+        self._plain_read = 0
+        self._answered = False
+        self._timer: IDelayedCall | None = None
+        self._tail = b""
+
+    def connectionMade(self) -> None:
+        self._set_timer(FIRST_BYTE_TIMEOUT, self._give_up)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._inner is not None:
+            self._inner.dataReceived(data)
+        elif self._plain:
+            self._plain_data(data)
+        elif data:
+            if data[0] in _HTTP_METHOD_START:
+                self._plain = True
+                self._set_timer(HEADER_TIMEOUT, self._answer)
+                self._plain_data(data)
+            else:
+                self._hand_to_tls(data)
+
+    def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:  # noqa: B008
+        self._cancel_timer()
+        if self._inner is not None:
+            inner, self._inner = self._inner, None
+            inner.connectionLost(reason)
+
+    # -- TLS -------------------------------------------------------------------
+
+    def _hand_to_tls(self, data: bytes) -> None:
+        self._cancel_timer()
+        inner = self.factory.wrapped.buildProtocol(self.addr)
+        if inner is None:
+            self.transport.loseConnection()  # type: ignore[union-attr]
+            return
+        self._inner = inner
+        inner.makeConnection(self.transport)
+        inner.dataReceived(data)
+
+    # -- plain HTTP --------------------------------------------------------------
+
+    def _plain_data(self, data: bytes) -> None:
+        if self._answered:
+            return  # lingering: discard
+        self._plain_read += len(data)
+        # Only the last few bytes are kept, to find the end of the headers.
+        window = self._tail + data
+        self._tail = window[-3:]
+        if b"\r\n\r\n" in window or b"\n\n" in window or self._plain_read >= HEADER_LIMIT:
+            self._answer()
+
+    def _answer(self) -> None:
+        if self._answered or self.transport is None:
+            return
+        self._answered = True
+        peer = self.transport.getPeer()
+        log.debug(
+            "Plain HTTP request on the HTTPS port from {peer}: answered 400",
+            peer=str(getattr(peer, "host", "?")),
+        )
+        self.transport.write(PLAIN_HTTP_REPLY)
+        # Close our side once written, keep reading (and discarding) until the
+        # client closes or LINGER passes: closing with unread input would
+        # reset the connection, and the client could lose the answer.
+        lose_write = getattr(self.transport, "loseWriteConnection", None)
+        if lose_write is None:
+            self.transport.loseConnection()
+            return
+        lose_write()
+        self._set_timer(LINGER, self._give_up)
+
+    # -- timers ------------------------------------------------------------------
+
+    def _give_up(self) -> None:
+        self._timer = None
+        if self.transport is not None:
+            self.transport.abortConnection()  # type: ignore[attr-defined]
+
+    def _set_timer(self, seconds: float, call: Any) -> None:
+        self._cancel_timer()
+        self._timer = self.factory.clock.callLater(seconds, call)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+
+class HTTPSOnlyFactory(Factory):
+    """
+    The public listener's factory: TLS connections go to C{wrapped} (a
+    C{TLSMemoryBIOFactory}); a plain HTTP request gets a C{400} that says to
+    use HTTPS.
+    """
+
+    noisy = False
+
+    def __init__(self, wrapped: IProtocolFactory, clock: IReactorTime) -> None:
+        self.wrapped = wrapped
+        self.clock = clock
+
+    def startFactory(self) -> None:
+        self.wrapped.doStart()
+
+    def stopFactory(self) -> None:
+        self.wrapped.doStop()
+
+    def buildProtocol(self, addr: IAddress | None) -> Protocol:
+        return _FirstByte(self, addr)

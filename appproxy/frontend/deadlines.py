@@ -1,0 +1,283 @@
+"""
+Deadlines for slow HTTP/1.1 clients on the public listener.
+
+twisted.web's only timer is an idle timer that every byte restarts, so a
+client sending one header byte every two seconds holds a connection as long
+as it likes (slowloris).  L{DeadlineHTTPChannel} adds, from
+L{appproxy.config.model.ClientLimits}:
+
+  - a deadline on the header block, as nginx's C{client_header_timeout}
+    and HAProxy's C{timeout http-request}: C{header_timeout} seconds from the
+    connection (the TLS handshake included) for the first request, from its
+    first byte for the next ones on a kept-alive connection;
+  - a minimum rate for the body, as Apache's C{mod_reqtimeout} C{MinRate}:
+    the body starts with C{header_timeout} seconds of credit, and each byte
+    buys C{1 / body_min_rate} more, never more than C{header_timeout} ahead.
+    Time the service itself stops reading (the tunnel is slow, or the
+    request waits for the connector's dispatch acknowledgement) is not
+    counted against the client;
+  - a bound on how many connections one address may have reading a header
+    block at once (L{ClientDeadlines}); one more is closed at once.  The
+    front end's C{trusted_proxies} are exempt: behind a reverse proxy every
+    connection comes from its address.
+
+A client that misses a deadline gets C{408 Request Timeout} (when nothing
+of a response was sent yet) and its connection is closed.  HTTP/2 clients
+(ALPN h2) leave this channel before their first frame.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import attrs
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from appproxy.config.model import ClientLimits
+from appproxy.frontend.channels import ProxyChannelProtocol, StrictHTTPChannel
+from appproxy.http.forwarding import IPNetwork, unmapped
+
+__all__ = ["ClientDeadlines", "DeadlineHTTPChannel", "deadline_channel_protocol"]
+
+log = Logger()
+
+#: Sent to a client that missed a deadline before any response began.
+_TIMEOUT_BODY = b"The request was not sent in time.\r\n"
+REQUEST_TIMEOUT = (
+    b"HTTP/1.1 408 Request Timeout\r\n"
+    b"Connection: close\r\n"
+    b"Content-Type: text/plain; charset=utf-8\r\n"
+    b"Content-Length: %d\r\n\r\n%s" % (len(_TIMEOUT_BODY), _TIMEOUT_BODY)
+)
+#: Seconds a timed-out client gets to read the 408 before it is cut off.
+CLOSE_GRACE = 2.0
+
+_IDLE, _HEADERS, _BODY, _HANDLING = "idle", "headers", "body", "handling"
+
+
+@attrs.define(eq=False)
+class ClientDeadlines:
+    """
+    What the connections of one public listener share: the limits (replaced
+    on reload) and how many connections of each address are reading a
+    header block.
+    """
+
+    clock: IReactorTime
+    limits: ClientLimits = attrs.field(factory=ClientLimits)
+    reading_headers: dict[str, int] = attrs.field(factory=dict)
+    """Client address -> connections reading a header block."""
+    trusted: Callable[[], Sequence[IPNetwork]] = lambda: ()
+    """The reverse proxies in front of the service (not bounded per address)."""
+
+    def exempt(self, address: str) -> bool:
+        """Whether C{address} is a trusted proxy's."""
+        proxies = self.trusted()
+        if not proxies:
+            return False
+        try:
+            ip = unmapped(ipaddress.ip_address(address))
+        except ValueError:
+            return False
+        return any(ip in network for network in proxies)
+
+    def enter(self, address: str) -> bool:
+        """One more connection of C{address} reads a header block; C{False}: too many."""
+        count = self.reading_headers.get(address, 0)
+        if count >= self.limits.header_connections_per_address:
+            return False
+        self.reading_headers[address] = count + 1
+        return True
+
+    def leave(self, address: str) -> None:
+        count = self.reading_headers.get(address, 0) - 1
+        if count > 0:
+            self.reading_headers[address] = count
+        else:
+            self.reading_headers.pop(address, None)
+
+
+class DeadlineHTTPChannel(StrictHTTPChannel):
+    """The public HTTP/1.1 channel, with the deadlines of the module docstring."""
+
+    deadlines: ClientDeadlines | None = None
+    _phase = _IDLE
+    _address: str | None = None
+    """Set while counted in L{ClientDeadlines.reading_headers}."""
+    _timer: IDelayedCall | None = None
+    _deadline = 0.0
+    _closing = False
+
+    # -- twisted.web's hooks ----------------------------------------------------
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self._start_headers()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._phase == _IDLE and data:
+            self._start_headers()
+        if not self._closing:
+            super().dataReceived(data)
+
+    def lineReceived(self, line: bytes) -> None:
+        # Pipelined requests are replayed from a buffer, line by line.
+        if self._phase == _IDLE:
+            self._start_headers()
+        if not self._closing:
+            super().lineReceived(line)
+
+    def allHeadersReceived(self) -> None:
+        self._leave_headers()
+        self._stop_timer()
+        if self.length == 0:
+            self._phase = _HANDLING
+        else:
+            self._phase = _BODY
+            limits = self._limits()
+            if limits is not None and limits.body_min_rate:
+                self._deadline = self._now() + limits.header_timeout
+                self._arm(self._deadline)
+        super().allHeadersReceived()
+
+    def rawDataReceived(self, data: bytes) -> None:
+        limits = self._limits()
+        if self._phase == _BODY and limits is not None and limits.body_min_rate:
+            self._deadline = min(
+                self._deadline + len(data) / limits.body_min_rate,
+                self._now() + limits.header_timeout,
+            )
+        super().rawDataReceived(data)
+
+    def allContentReceived(self) -> None:
+        self._phase = _HANDLING
+        self._stop_timer()
+        super().allContentReceived()
+
+    def requestDone(self, request: Any) -> None:
+        # The next request's bytes (maybe buffered already) start its deadline.
+        self._phase = _IDLE
+        super().requestDone(request)
+
+    def setTimeout(self, period: float | None) -> float | None:
+        if period is None:
+            # twisted.web stops its idle timer when the request is complete,
+            # when the connection is lost and when it hands over to HTTP/2:
+            # none of them is a time to keep ours.
+            self._leave_headers()
+            self._stop_timer()
+        previous: float | None = super().setTimeout(period)
+        return previous
+
+    def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:  # noqa: B008
+        self._leave_headers()
+        self._stop_timer()
+        super().connectionLost(reason)
+
+    # -- the deadlines -----------------------------------------------------------
+
+    def _limits(self) -> ClientLimits | None:
+        return None if self.deadlines is None else self.deadlines.limits
+
+    def _now(self) -> float:
+        assert self.deadlines is not None
+        return self.deadlines.clock.seconds()
+
+    def _start_headers(self) -> None:
+        self._phase = _HEADERS
+        deadlines = self.deadlines
+        if deadlines is None or self._closing or self.transport is None:
+            return
+        address = str(getattr(self.transport.getPeer(), "host", "?"))
+        if not deadlines.exempt(address):
+            if not deadlines.enter(address):
+                log.info(
+                    "Closing a connection from {address}: it already has {n} reading headers",
+                    address=address,
+                    n=deadlines.limits.header_connections_per_address,
+                )
+                self._closing = True
+                self.transport.abortConnection()  # type: ignore[attr-defined]
+                return
+            self._address = address
+        self._deadline = self._now() + deadlines.limits.header_timeout
+        self._arm(self._deadline)
+
+    def _leave_headers(self) -> None:
+        if self._address is not None and self.deadlines is not None:
+            self.deadlines.leave(self._address)
+        self._address = None
+
+    def _arm(self, when: float) -> None:
+        self._stop_timer()
+        assert self.deadlines is not None
+        self._timer = self.deadlines.clock.callLater(max(0.0, when - self._now()), self._expired)
+
+    def _stop_timer(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    def _expired(self) -> None:
+        self._timer = None
+        now = self._now()
+        if self._phase == _BODY:
+            if now < self._deadline:
+                self._arm(self._deadline)
+                return
+            request = self.requests[-1] if self.requests else None
+            if getattr(request, "_input_paused", False):
+                # The service stopped reading, not the client: fresh credit.
+                assert self.deadlines is not None
+                self._deadline = now + self.deadlines.limits.header_timeout
+                self._arm(self._deadline)
+                return
+        elif self._phase != _HEADERS:
+            return
+        self._time_out()
+
+    def _time_out(self) -> None:
+        phase = self._phase
+        self._leave_headers()
+        self._closing = True
+        transport = self.transport
+        if transport is None:
+            return
+        limits = self._limits()
+        log.info(
+            "Client {peer} too slow sending its request {what} (limits: headers in {limit:g} s,"
+            " body at {rate} bytes/s); closing",
+            peer=str(getattr(transport.getPeer(), "host", "?")),
+            what="headers" if phase == _HEADERS else "body",
+            limit=0.0 if limits is None else limits.header_timeout,
+            rate=0 if limits is None else limits.body_min_rate,
+        )
+        request = self.requests[-1] if self.requests else None
+        if request is None or not getattr(request, "startedWriting", False):
+            transport.write(REQUEST_TIMEOUT)
+        transport.loseConnection()
+        assert self.deadlines is not None
+        self._timer = self.deadlines.clock.callLater(CLOSE_GRACE, self._cut)
+
+    def _cut(self) -> None:
+        self._timer = None
+        if self.transport is not None:
+            self.transport.abortConnection()  # type: ignore[attr-defined]
+
+
+def deadline_channel_protocol(factory: Any) -> ProxyChannelProtocol:
+    """
+    The public listener's protocol (an C{HTTPFactory}'s C{protocol}) whose
+    HTTP/1.1 channel keeps C{factory.client_deadlines}.
+    """
+    channel = DeadlineHTTPChannel()
+    channel.deadlines = getattr(factory, "client_deadlines", None)
+    frontend = getattr(factory, "frontend", None)
+    if channel.deadlines is not None and frontend is not None:
+        channel.deadlines.trusted = lambda: frontend.trusted_proxies
+    return ProxyChannelProtocol(channel)

@@ -1,0 +1,63 @@
+"""
+The tunnel's HTTP/2 connection: h2's, with each header block checked and
+protected on the way out (see L{appproxy.tunnel.fields}).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, cast
+
+from h2.config import H2Configuration
+from h2.connection import H2Connection
+
+from appproxy.tunnel.fields import Field, UnsendableFields, field_problem, protect
+
+if TYPE_CHECKING:
+    from hpack.struct import HeaderWeaklyTyped
+
+
+class TunnelConnection(H2Connection):
+    """
+    An L{H2Connection} that never sends a header block the far end would
+    take for a protocol error of the whole connection (it raises
+    L{UnsendableFields}, which ends one stream), and that sends secrets and
+    unique values as HPACK never-indexed fields.
+
+    h2's own outbound normalisation would do the second, but it also
+    lowercases and copies every field of every block; the tunnel's fields
+    are lowercase already.
+    """
+
+    def __init__(self, client_side: bool) -> None:
+        super().__init__(
+            H2Configuration(
+                client_side=client_side,
+                header_encoding=None,
+                validate_inbound_headers=True,
+                validate_outbound_headers=False,
+                normalize_outbound_headers=False,
+            )
+        )
+
+    def send_headers(
+        self,
+        stream_id: int,
+        headers: Iterable[HeaderWeaklyTyped],
+        end_stream: bool = False,
+        priority_weight: int | None = None,
+        priority_depends_on: int | None = None,
+        priority_exclusive: bool | None = None,
+    ) -> None:
+        fields = cast(list[Field], list(headers))
+        problem = field_problem(fields)
+        if problem is not None:
+            raise UnsendableFields(problem)
+        super().send_headers(
+            stream_id,
+            protect(fields),
+            end_stream,
+            priority_weight,
+            priority_depends_on,
+            priority_exclusive,
+        )

@@ -1,0 +1,131 @@
+"""
+Header fields on the tunnel, decided without I/O.
+
+ - which fields HPACK must never index (RFC 7541 section 7.1.3): every user
+   of a tunnel connection shares its compression context, so secrets and
+   one-off values are sent as never-indexed literals and never enter it;
+ - what the far end's HTTP/2 stack would refuse (RFC 9113 section 8.2.1):
+   h2 treats a malformed header block as a protocol error of the whole
+   connection, so each end checks what it is about to send and ends only
+   that stream instead;
+ - which request lines the connector's HTTP client can send;
+ - the marker of control streams: a field in the tunnel's own reserved
+   C{appproxy-} namespace, which the service removes from every user
+   request (L{user_fields}), so no user request can be taken for control
+   traffic, whatever its path.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+
+from hpack import NeverIndexedHeaderTuple
+
+Field = tuple[bytes, bytes]
+
+#: Fields whose values are secrets (credentials, session cookies, the signed
+#: identity assertion) or unique per request: never indexed by HPACK.
+NEVER_INDEXED: frozenset[bytes] = frozenset(
+    {
+        b"authorization",
+        b"proxy-authorization",
+        b"cookie",
+        b"set-cookie",
+        b"x-appproxy-jwt-assertion",
+        b"x-request-id",
+    }
+)
+
+#: The namespace of the tunnel's own fields (C{appproxy-app},
+#: C{appproxy-error}, ...): set by the two ends, never taken from a user.
+TUNNEL_PREFIX = b"appproxy-"
+#: Marks a control stream; its value says which (C{settings}).
+CONTROL_FIELD = b"appproxy-control"
+#: The control stream on which the service pushes its settings.
+SETTINGS_CONTROL = b"settings"
+
+# RFC 9110 token characters, lowercase only (HTTP/2 field names).
+_BAD_NAME = re.compile(rb"[^!#$%&'*+\-.^_`|~0-9a-z]")
+# RFC 9113 8.2.1: no NUL, CR or LF; no leading or trailing SP or HTAB.
+_BAD_VALUE = re.compile(rb"[\x00\r\n]|\A[ \t]|[ \t]\Z")
+_METHOD = re.compile(rb"\A[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+# What Twisted's HTTP client accepts as a request target (visible ASCII).
+_TARGET = re.compile(rb"\A[\x21-\x7e]+\Z")
+_DIGITS = re.compile(rb"\A[0-9]+\Z")
+_PSEUDO = frozenset({b":status", b":method", b":scheme", b":authority", b":path"})
+#: Connection-specific fields HTTP/2 forbids (RFC 9113 section 8.2.2).
+_CONNECTION_SPECIFIC = frozenset(
+    {b"connection", b"proxy-connection", b"keep-alive", b"transfer-encoding", b"upgrade"}
+)
+
+
+class UnsendableFields(ValueError):
+    """
+    A header block the far end would refuse, or a request line the
+    connector's HTTP client cannot send.  It ends one stream.
+    """
+
+
+def protect(fields: Iterable[Field]) -> list[Field]:
+    """
+    C{fields} with those named in L{NEVER_INDEXED} turned into HPACK
+    never-indexed fields.
+    """
+    return [
+        NeverIndexedHeaderTuple(name, value) if name in NEVER_INDEXED else (name, value)
+        for name, value in fields
+    ]
+
+
+def field_problem(fields: Iterable[Field]) -> str | None:
+    """
+    Why the far end's HTTP/2 stack would refuse this header block, or
+    C{None}.  Which pseudo-header fields a request or a response needs is
+    the caller's business; their values are checked like any other.
+    """
+    lengths = 0
+    regular = False
+    for name, value in fields:
+        if name[:1] == b":":
+            if regular or name not in _PSEUDO:
+                return f"misplaced or unknown pseudo-header field {name[:64]!r}"
+        elif not name or _BAD_NAME.search(name):
+            return f"invalid field name {name[:64]!r}"
+        else:
+            regular = True
+        if value and _BAD_VALUE.search(value):
+            return f"invalid value for the field {name.decode('ascii')!r}"
+        if name in _CONNECTION_SPECIFIC or (name == b"te" and value.lower() != b"trailers"):
+            return f"connection-specific field {name.decode('ascii')!r}"
+        if name == b"content-length":
+            lengths += 1
+            if lengths > 1 or not _DIGITS.match(value):
+                return "invalid content-length"
+    return None
+
+
+def request_line_problem(method: bytes, path: bytes) -> str | None:
+    """
+    Why the connector's HTTP client could not send this method and path
+    (it refuses any but a token method and a visible-ASCII target), or
+    C{None}.
+    """
+    if not _METHOD.match(method):
+        return "the method is not a token"
+    if not _TARGET.match(path):
+        return "the path has characters other than visible ASCII"
+    return None
+
+
+def user_fields(fields: Sequence[Field]) -> list[Field]:
+    """
+    A user request's fields without any a user must not set on the tunnel:
+    pseudo-header fields and the tunnel's own C{appproxy-} namespace (so
+    no user request can pass for control traffic).
+    """
+    return [
+        (name, value)
+        for name, value in fields
+        if name[:1] != b":" and not name.startswith(TUNNEL_PREFIX)
+    ]

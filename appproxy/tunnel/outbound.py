@@ -1,0 +1,134 @@
+"""
+The sending half of a tunnel connection, mixed into
+L{appproxy.tunnel.base.TunnelProtocol}: per-stream outbound buffers that send
+DATA only within the peer's flow-control window and tell the stream when its
+buffer has drained; resets; reopening the receive window as data is
+consumed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from h2.errors import ErrorCodes
+from h2.exceptions import H2Error
+from twisted.logger import Logger
+
+from appproxy.tunnel.connection import TunnelConnection
+from appproxy.tunnel.stream import TunnelStream
+
+
+class OutboundStreams:
+    """
+    What both ends send on their streams.
+    """
+
+    log: Logger
+    conn: TunnelConnection
+    connected: int
+    streams: dict[int, TunnelStream]
+
+    def flush(self) -> None:
+        raise NotImplementedError
+
+    def within_stream(self, stream_id: int, handler: Callable[..., object], *args: Any) -> None:
+        raise NotImplementedError
+
+    def reset_stream(self, stream_id: int, code: ErrorCodes = ErrorCodes.CANCEL) -> None:
+        """
+        Reset a stream we no longer want; quietly ignore one already closed.
+        """
+        self.streams.pop(stream_id, None)
+        if not self.connected:
+            return
+        try:
+            self.conn.reset_stream(stream_id, code)
+        except H2Error:
+            pass
+        self.flush()
+
+    def send_data(self, stream: TunnelStream, data: bytes) -> bool:
+        """
+        Queue C{data} on C{stream} and send as much as the flow-control window
+        allows.
+
+        @return: C{True} if everything went out, C{False} if some is buffered
+            (the caller should pause its producer until C{outbound_drained}).
+        """
+        if stream.closed or not self.connected:
+            return True
+        if data:
+            stream.outbound.append(data)
+            stream.outbound_size += len(data)
+        drained = self._send_pending(stream)
+        self.flush()
+        return drained
+
+    def end_stream(self, stream: TunnelStream) -> None:
+        if stream.closed or not self.connected:
+            return
+        stream.end_pending = True
+        self._send_pending(stream)
+        self.flush()
+
+    def _send_pending(self, stream: TunnelStream) -> bool:
+        conn = self.conn
+        sid = stream.stream_id
+        outbound = stream.outbound
+        try:
+            while outbound:
+                window = min(conn.local_flow_control_window(sid), conn.max_outbound_frame_size)
+                if window <= 0:
+                    return False
+                chunk = outbound[0]
+                if len(chunk) <= window:
+                    outbound.popleft()
+                    conn.send_data(sid, chunk)
+                    stream.outbound_size -= len(chunk)
+                else:
+                    conn.send_data(sid, chunk[:window])
+                    outbound[0] = chunk[window:]
+                    stream.outbound_size -= window
+            if stream.end_pending:
+                stream.end_pending = False
+                conn.end_stream(sid)
+                stream.local_closed = True
+                self.stream_send_closed(stream)
+        except H2Error as e:
+            # The stream was closed under us (reset by the peer); drop it.
+            self.log.debug("Dropping data for closed stream {sid}: {e}", sid=sid, e=str(e))
+            outbound.clear()
+            stream.outbound_size = 0
+            stream.closed = True
+        return True
+
+    def stream_send_closed(self, stream: TunnelStream) -> None:
+        """
+        Our side of C{stream} is closed (END_STREAM sent).
+        """
+
+    def window_updated(self, stream_id: int) -> None:
+        if stream_id == 0:
+            candidates: Iterable[TunnelStream] = list(self.streams.values())
+        else:
+            one = self.streams.get(stream_id)
+            candidates = [one] if one is not None else []
+        for stream in candidates:
+            if stream.outbound or stream.end_pending:
+                self.within_stream(stream.stream_id, self._resume_sending, stream)
+
+    def _resume_sending(self, stream: TunnelStream) -> None:
+        if self._send_pending(stream) and not stream.closed:
+            stream.outbound_drained()
+
+    def acknowledge(self, stream_id: int, length: int) -> None:
+        """
+        Reopen the receive window for C{length} bytes that were consumed.
+        """
+        if length and self.connected:
+            try:
+                self.conn.acknowledge_received_data(length, stream_id)
+            except H2Error:
+                return
+            self.flush()
