@@ -222,7 +222,7 @@ class ClientLimits:
     body_min_rate: int = 512
     """Bytes per second a request body must average after an allowance of
     C{header_timeout} seconds (0: no minimum)."""
-    header_connections_per_address: int = 32
+    header_connections_per_address: int = 256
     """Connections one client address may have reading a header block at once."""
 
 

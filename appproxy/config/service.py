@@ -82,7 +82,7 @@ def parse_service_config(data: Mapping[str, object], path: Path) -> ServiceConfi
         header_timeout=service.number("client_header_timeout", 30.0, 3600.0),
         body_min_rate=service.integer("client_body_min_rate", 512, 0, 1 << 30),
         header_connections_per_address=service.integer(
-            "client_header_connections_per_address", 32, 1, 100_000
+            "client_header_connections_per_address", 256, 1, 100_000
         ),
     )
     certificates = tuple(
