@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 SOURCES := $(shell find appproxy twisted -name '*.py') pyproject.toml setup.cfg
 
-.PHONY: demo test lint bench install clean
+.PHONY: demo test lint bench install clean system-deps
 
 $(VENV)/.installed: $(SOURCES)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,8 +25,13 @@ demo: install
 	$(PY) -m appproxy.cli.demo run
 
 ## Run the whole test suite (trial); the last line reads "N passed, N failed".
-test: install tests/interop/node_modules/.installed
-	$(PY) tools/run_tests.py
+test: system-deps install tests/interop/node_modules/.installed
+	PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 $(PY) tools/run_tests.py
+
+# Programs pip cannot bring (Node.js, Chromium, h2load, systemd-analyze...),
+# installed with apt when missing.
+system-deps:
+	bash tools/system_deps.sh
 
 lint: install
 	$(VENV)/bin/ruff check appproxy tests benchmarks tools twisted
