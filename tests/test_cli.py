@@ -6,16 +6,19 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import stat
 import subprocess
 import sys
+import tempfile
 import tomllib
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 from cryptography import x509
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
+from appproxy.cli.install import hidden_path_problem
 from appproxy.cli.main import main
 from appproxy.config import load_connector_config, load_service_config
 from appproxy.daemon import pki
@@ -46,6 +49,45 @@ def _cert(path: Path) -> x509.Certificate:
     return x509.load_pem_x509_certificate(path.read_bytes())
 
 
+class InitInstallStepTests(SynchronousTestCase):
+    """
+    C{appproxy init} prints the C{appproxy install} steps only when install
+    would accept the paths (its own check), and otherwise what to do instead.
+    """
+
+    def init_in(self, directory: Path, prefix: str) -> str:
+        self.patch(sys, "prefix", prefix)
+        out = io.StringIO()
+        with redirect_stdout(out), redirect_stderr(io.StringIO()):
+            code = main(["init", "--state-dir", str(directory), "--domain", "example.test"])
+        self.assertEqual(code, 0)
+        return out.getvalue()
+
+    def assertNoInstallStep(self, out: str, hidden: str) -> None:
+        self.assertNotIn("appproxy install", out.replace("'appproxy install' cannot", ""))
+        self.assertIn("'appproxy install' cannot run these under systemd: ", out)
+        self.assertIn(f"under {hidden}", out)
+        self.assertIn("init into /etc/appproxy with --data-dir /var/lib/appproxy", out)
+        self.assertIn("twistd --nodaemon --pidfile= appproxy --config", out)
+
+    def test_visible_paths(self) -> None:
+        directory = Path(self.mktemp()).absolute()
+        if hidden_path_problem(prefix=Path("/opt/appproxy"), config=directory, state=None):
+            raise SkipTest(f"{directory} is where a systemd unit cannot see it")
+        out = self.init_in(directory, "/opt/appproxy")
+        self.assertIn(f"appproxy install service --config {directory}/service.toml", out)
+        self.assertNotIn("cannot run these under systemd", out)
+
+    def test_state_dir_in_tmp(self) -> None:
+        base = Path(tempfile.mkdtemp(dir="/tmp"))
+        self.addCleanup(shutil.rmtree, base)
+        self.assertNoInstallStep(self.init_in(base / "appproxy", "/opt/appproxy"), "/tmp")
+
+    def test_python_under_root(self) -> None:
+        directory = Path(self.mktemp()).absolute()
+        self.assertNoInstallStep(self.init_in(directory, "/root/.venv"), "/root")
+
+
 class InitTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.base = Path(self.mktemp())
@@ -64,6 +106,8 @@ class InitTests(SynchronousTestCase):
         )
 
     def test_files_and_modes(self) -> None:
+        # A virtualenv a systemd unit can see (this one may be under /root).
+        self.patch(sys, "prefix", "/opt/appproxy")
         code, out, err = self.init()
         self.assertEqual((code, err), (0, ""))
         self.assertEqual(stat.S_IMODE(self.dir.stat().st_mode), 0o700)
@@ -92,11 +136,12 @@ class InitTests(SynchronousTestCase):
         )
         self.assertIn("https://demo.example.test:8443/", out)
         self.assertIn(f"appproxy users add alice --state-dir {self.dir.absolute()}\n", out)
-        self.assertIn(f"appproxy install service --config {self.dir.absolute()}/service.toml", out)
-        self.assertIn(
-            f"appproxy install connector --config {self.dir.absolute()}/connector/connector.toml",
-            out,
-        )
+        if hidden_path_problem(prefix=Path(sys.prefix), config=self.dir, state=None) is None:
+            config = self.dir.absolute()
+            self.assertIn(f"appproxy install service --config {config}/service.toml", out)
+            self.assertIn(
+                f"appproxy install connector --config {config}/connector/connector.toml", out
+            )
 
     def test_client_secret(self) -> None:
         """

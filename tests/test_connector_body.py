@@ -21,6 +21,15 @@ class FakeStream:
     def cancel_from_backend(self) -> None:
         pass
 
+    def body_delivered(self) -> None:
+        self.delivered = True
+
+    def upload_started(self) -> None:
+        pass
+
+    def body_queued(self) -> None:
+        pass
+
 
 class StreamBodyProducerTests(SynchronousTestCase):
     def test_body_complete_before_start(self) -> None:

@@ -11,7 +11,7 @@ import io
 import json
 import os
 import stat
-from contextlib import redirect_stderr
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 from hypothesis import given
@@ -26,6 +26,7 @@ from appproxy.access.keyring_file import (
     save_keyring,
 )
 from appproxy.cli.keys import add_keys_command
+from appproxy.cli.main import main
 from tests.servicedir import init_service_dir
 
 NOW = 1_700_000_000
@@ -448,6 +449,49 @@ class KeysCommandTests(SynchronousTestCase):
             self.run_keys("remove", "a")
         self.assertIn("retire it first", str(caught.exception))
         self.assertEqual(len(load_keyring(self.path).keys), 2)
+
+    def test_new_ids_never_start_with_dash(self) -> None:
+        """Key ids (8 characters) never start with '-', which would read as an option."""
+        ring = KeyRing.create(NOW)
+        for step in range(600):
+            ring = ring.rotated(NOW + step)
+        ids = [k.id for k in ring.keys]
+        self.assertEqual(len(set(ids)), 601)
+        self.assertEqual([i for i in ids if i.startswith("-") or len(i) != 8], [])
+
+    def run_main(self, *argv: str) -> tuple[int, str, str]:
+        out, err = io.StringIO(), io.StringIO()
+        with redirect_stdout(out), redirect_stderr(err):
+            code = main(list(argv))
+        return code, out.getvalue(), err.getvalue()
+
+    def test_id_starting_with_dash(self) -> None:
+        """
+        A key id that starts with '-' (made before ids avoided it) is given
+        after '--', and the error without it says so.
+        """
+        save_keyring(self.path, KeyRing(keys=(key("-9gDNiTF", NOW), key("new", NOW + 1))))
+        code, _, err = self.run_main("keys", "retire", "-9gDNiTF", "--state-dir", str(self.dir))
+        self.assertEqual(code, 2)
+        self.assertIn("the following arguments are required: KEY_ID", err)
+        self.assertIn("after '--'", err)
+        code, out, err = self.run_main(
+            "keys", "retire", "--state-dir", str(self.dir), "--", "-9gDNiTF"
+        )
+        self.assertEqual((code, err), (0, ""))
+        self.assertIn("Retired key -9gDNiTF", out)
+        self.assertIsNone(load_keyring(self.path).find("-9gDNiTF"))
+        code, out, _ = self.run_main(
+            "keys", "remove", "--state-dir", str(self.dir), "--", "-9gDNiTF"
+        )
+        self.assertEqual(code, 0)
+        self.assertEqual([k.id for k in load_keyring(self.path).keys], ["new"])
+
+    def test_no_hint_without_dash(self) -> None:
+        code, _, err = self.run_main("keys", "retire", "--state-dir", str(self.dir))
+        self.assertEqual(code, 2)
+        self.assertIn("the following arguments are required: KEY_ID", err)
+        self.assertNotIn("'--'", err)
 
     def test_subcommand_required(self) -> None:
         with redirect_stderr(io.StringIO()) as err, self.assertRaises(SystemExit):

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from appproxy.frontend.routing import Router, has_dot_segments, internal_path, normalise_host
+from appproxy.http.paths import segment_is_dot
 
 
 @attrs.frozen
@@ -126,6 +127,15 @@ class HasDotSegmentsTests(SynchronousTestCase):
             self.assertTrue(has_dot_segments(path), path)
         for path in ["/", "/a/b", "/a/.b", "/a/..b/", "/a/...", "/a?x=/../", "/100%25", "/a;b/c"]:
             self.assertFalse(has_dot_segments(path), path)
+
+    @given(st.text(alphabet="/\\.%2eEfF5cC;a?", max_size=16))
+    def test_whole_path_shortcut(self, path: str) -> None:
+        """
+        The shortcut for paths without a dot or an escape gives the verdict
+        of the segment-by-segment check.
+        """
+        segments = path.partition("?")[0].split("/")
+        self.assertEqual(has_dot_segments(path), any(segment_is_dot(s) for s in segments))
 
 
 class RouterTests(SynchronousTestCase):

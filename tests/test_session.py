@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from appproxy.access import cookie as cookie_module
+from appproxy.access import session as session_module
 from appproxy.access.cookie import (
     CLOCK_SKEW,
     MAX_COOKIE_BYTES,
@@ -31,7 +32,7 @@ from appproxy.access.cookie import (
 )
 from appproxy.access.keyring import KeyRing
 from appproxy.access.keyring_file import load_keyring, load_or_create_keyring, save_keyring
-from appproxy.access.session import Session, new_session_id, session_document
+from appproxy.access.session import Session, new_session_id, new_token, session_document
 
 NOW = 1_700_000_000
 COOKIE = "__Host-appproxy-wiki"
@@ -559,3 +560,37 @@ class SealerTests(SynchronousTestCase):
             purpose="flow",
             now=NOW,
         )
+
+
+class NewTokenTests(SynchronousTestCase):
+    """
+    Ids an administrator types after a command never start with C{-}
+    (C{sessions revoke --session -abc} would read it as an option).
+    """
+
+    @given(st.integers(1, 48), st.binary(min_size=48, max_size=48), st.randoms())
+    def test_never_starts_with_dash(self, nbytes: int, random_bytes: bytes, rng: Any) -> None:
+        """
+        Whatever bytes the system's randomness gives: the id does not start
+        with C{-}, has C{token_urlsafe}'s length and alphabet, and keeps all
+        but its first character.
+        """
+        drawn = base64.urlsafe_b64encode(random_bytes[:nbytes]).rstrip(b"=").decode("ascii")
+        self.patch(session_module.secrets, "token_urlsafe", lambda n: drawn)
+        self.patch(session_module.secrets, "choice", rng.choice)
+        token = new_token(nbytes)
+        self.assertFalse(token.startswith("-"), token)
+        self.assertEqual(len(token), len(drawn))
+        self.assertEqual(token[1:], drawn[1:])
+        self.assertRegex(token, r"\A[A-Za-z0-9_-]+\Z")
+
+    def test_dash_replaced(self) -> None:
+        """Bytes whose first 6 bits are 62 encode to a leading C{-}: replaced."""
+        self.patch(session_module.secrets, "token_urlsafe", lambda n: "-9gDNiTF")
+        self.assertEqual(new_token(6)[1:], "9gDNiTF")
+        self.assertNotEqual(new_token(6)[0], "-")
+
+    def test_session_ids(self) -> None:
+        ids = {new_session_id() for _ in range(2000)}
+        self.assertEqual(len(ids), 2000)
+        self.assertFalse([i for i in ids if i.startswith("-") or len(i) != 22])

@@ -6,10 +6,11 @@ judges: h2's own inbound validation, Twisted's HTTP client, hpack's decoder.
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from h2.exceptions import ProtocolError
 from h2.utilities import HeaderValidationFlags, validate_headers
-from hpack import Decoder, Encoder, NeverIndexedHeaderTuple
+from hpack import Decoder, Encoder, HeaderTuple, NeverIndexedHeaderTuple
 from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
@@ -18,6 +19,9 @@ from twisted.web._newclient import _ensureValidMethod, _ensureValidURI
 from appproxy.tunnel.fields import (
     CONTROL_FIELD,
     NEVER_INDEXED,
+    TunnelEncoder,
+    _first_problem,
+    _plainly_fine,
     field_problem,
     protect,
     request_line_problem,
@@ -42,6 +46,20 @@ values = st.one_of(
     st.lists(_nasty, max_size=6).map(bytes),
 )
 fields = st.lists(st.tuples(names, values), max_size=4)
+# Blocks for the fast path: what its joins and counts could be fooled by
+# (LF, the separator; pseudo-header fields in and out of place).
+_joiner = st.sampled_from(b"\x00\r\n \t:aZ-")
+block_names = st.one_of(
+    names,
+    st.sampled_from([b":path", b":status", b":method", b":other", b"a\nb", b"a\n", b"\n"]),
+    st.lists(_joiner, max_size=4).map(bytes),
+)
+block_values = st.one_of(
+    values,
+    st.sampled_from([b"a\nb", b"\n", b" a", b"a\t", b"", b"0"]),
+    st.lists(_joiner, max_size=4).map(bytes),
+)
+blocks = st.lists(st.tuples(block_names, block_values), max_size=6)
 
 
 def h2_accepts(block: list[tuple[bytes, bytes]]) -> bool:
@@ -90,6 +108,42 @@ class FieldProblemTests(SynchronousTestCase):
             self.assertIsNotNone(field_problem(bad), bad)
 
 
+class FastPathTests(SynchronousTestCase):
+    @given(blocks)
+    def test_same_verdict(self, block: list[tuple[bytes, bytes]]) -> None:
+        """
+        The whole-block fast path clears no block the field-by-field check
+        refuses, and field_problem says what the field-by-field check says.
+        """
+        if _plainly_fine(block):
+            self.assertIsNone(_first_problem(block), block)
+        self.assertEqual(field_problem(block), _first_problem(block))
+        self.assertEqual(field_problem(iter(block)), _first_problem(block))
+
+    def test_usual_blocks_cleared(self) -> None:
+        """The blocks of every request and response take the fast path."""
+        request = [
+            (b":method", b"GET"),
+            (b":scheme", b"http"),
+            (b":authority", b"127.0.0.1:8080"),
+            (b":path", b"/a?b=c"),
+            (b"user-agent", b"Mozilla/5.0 (X11; Linux x86_64)"),
+        ]
+        response = [(b":status", b"200"), (b"content-length", b"1024"), (b"x-a", b"")]
+        self.assertTrue(_plainly_fine(request))
+        self.assertTrue(_plainly_fine(response))
+        for bad in (
+            [(b"x-a", b"1"), (b":path", b"/")],
+            [(b"content-length", b"1"), (b"content-length", b"1")],
+            [(b"x-a", b"a\nb")],
+            [(b"x-a\nx-b", b"1")],
+            [(b"x-a", b"1 ")],
+            [(b"", b"1")],
+        ):
+            self.assertFalse(_plainly_fine(bad), bad)
+            self.assertIsNotNone(field_problem(bad), bad)
+
+
 class RequestLineTests(SynchronousTestCase):
     @given(
         st.lists(_nasty, min_size=0, max_size=5).map(bytes),
@@ -120,6 +174,28 @@ class ProtectTests(SynchronousTestCase):
         table_names = {n for n, _ in encoder.header_table.dynamic_entries}
         self.assertFalse(table_names & NEVER_INDEXED)
 
+    @given(st.lists(st.tuples(st.sampled_from([*sorted(NEVER_INDEXED), b"x-a"]), values)))
+    def test_encoder_picks_by_name(self, block: list[tuple[bytes, bytes]]) -> None:
+        """
+        The tunnel's encoder sends the names in NEVER_INDEXED as
+        never-indexed literals from plain tuples, with their values as they
+        are (no Huffman coding to undo at the far end), and never puts them
+        in its table.
+        """
+        encoder = TunnelEncoder()
+        data = encoder.encode(block)
+        decoded = Decoder().decode(data, raw=True)
+        self.assertEqual([(n, v) for n, v in decoded], block)
+        for header in decoded:
+            if header[1]:
+                self.assertEqual(
+                    isinstance(header, NeverIndexedHeaderTuple), header[0] in NEVER_INDEXED
+                )
+                if header[0] in NEVER_INDEXED:
+                    self.assertIn(header[1], data)
+        table_names = {n for n, _ in encoder.header_table.dynamic_entries}
+        self.assertFalse(table_names & NEVER_INDEXED)
+
     def test_user_fields_drop_tunnel_namespace(self) -> None:
         block = [
             (CONTROL_FIELD, b"settings"),
@@ -132,3 +208,51 @@ class ProtectTests(SynchronousTestCase):
             user_fields(block),
             [(b"x-appproxy-user", b"kept: the service strips those itself"), (b"accept", b"*/*")],
         )
+
+
+class TunnelEncoderTests(SynchronousTestCase):
+    @given(
+        st.lists(
+            st.tuples(
+                st.sampled_from([*sorted(NEVER_INDEXED), b"x-a", b":path", "x-text"]),
+                st.one_of(values, st.text(max_size=4)),
+                st.sampled_from(["tuple", "never", "indexable", "sensitive"]),
+            ),
+            max_size=6,
+        ),
+        st.booleans(),
+    )
+    def test_same_block_as_hpack(
+        self, spec: list[tuple[bytes | str, bytes | str, str]], resize: bool
+    ) -> None:
+        """
+        What hpack's own encoder sends with the never-indexed names marked
+        (the same bytes but for the Huffman coding of those values), and
+        what its decoder reads back, in every tuple form hpack takes.
+        """
+        block: list[Any] = []
+        marked: list[Any] = []
+        for name, value, form in spec:
+            secret = (name.encode() if isinstance(name, str) else name) in NEVER_INDEXED
+            if form == "never":
+                block.append(NeverIndexedHeaderTuple(name, value))
+            elif form == "indexable":
+                block.append(HeaderTuple(name, value))
+            elif form == "sensitive":
+                block.append((name, value, True))
+            else:
+                block.append((name, value))
+            hidden = secret or form in ("never", "sensitive")
+            marked.append(NeverIndexedHeaderTuple(name, value) if hidden else (name, value))
+        ours, theirs = TunnelEncoder(), Encoder()
+        if resize:
+            ours.header_table_size = theirs.header_table_size = 256
+        data = ours.encode(block)
+        decoded = Decoder().decode(data, raw=True)
+        expected = Decoder().decode(theirs.encode(marked), raw=True)
+        self.assertEqual(decoded, expected)
+        self.assertEqual(
+            [isinstance(h, NeverIndexedHeaderTuple) for h in decoded],
+            [isinstance(h, NeverIndexedHeaderTuple) for h in expected],
+        )
+        self.assertEqual(ours.header_table.dynamic_entries, theirs.header_table.dynamic_entries)

@@ -16,6 +16,7 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.endpoints import connectProtocol
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import deferLater
+from twisted.logger import ILogObserver, formatEvent, globalLogPublisher
 from twisted.trial.unittest import TestCase
 
 from tests import deployment
@@ -206,6 +207,10 @@ class IsolationTests(TestCase):
         )
         assert d.service is not None
         service = d.service
+        events: list[dict[str, Any]] = []
+        observer = cast(ILogObserver, events.append)
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
         client = d.client()
         gone: Deferred[Any] = client.get(d.url("gone", f"/slow?delay={SLOW}"))
         kept: Deferred[Any] = client.get(d.url("web", f"/slow?delay={SLOW}"))
@@ -214,14 +219,21 @@ class IsolationTests(TestCase):
         d.write_service_config(d.public_port, d.tunnel_port)
         service.reload()
         response = yield gone
-        yield response.content()
+        page = yield response.text()
         self.assertEqual(response.code, 502)
+        (rid,) = response.headers.getRawHeaders("x-request-id")
+        self.assertIn(f"gone (https://gone.{DOMAIN}/)", page)
+        self.assertIn("Application withdrawn", page)
         response = yield kept
         self.assertEqual(response.code, 200)
         yield response.content()
         self.assert_same_tunnel()
-        # The front end's failure, logged with its traceback by the boundary.
-        self.flushLoggedErrors(KeyError)
+        # Handled, not contained: one clear line with the request id, no
+        # traceback, nothing for the stream error boundary.
+        self.assertEqual([e for e in events if "log_failure" in e], [])
+        lines = [formatEvent(e) for e in events if "removed by a reload" in formatEvent(e)]
+        self.assertEqual(len(lines), 1, lines)
+        self.assertIn(f"{rid} (gone)", lines[0])
 
 
 __all__ = ["deployment"]

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
 
 import attrs
+
+from appproxy.access.session import new_token
 
 __all__ = [
     "KEY_ID_RE",
@@ -100,7 +101,7 @@ def _new_secret() -> bytes:
 
 def _new_key_id(taken: set[str]) -> str:
     while True:
-        key_id = secrets.token_urlsafe(6)  # 6 bytes: 8 characters
+        key_id = new_token(6)  # 6 bytes: 8 characters, never starting with '-'
         if key_id not in taken:
             return key_id
 

@@ -20,6 +20,7 @@ __all__ = [
     "ClaimValue",
     "Session",
     "new_session_id",
+    "new_token",
     "older_session_document",
     "session_document",
     "session_from_document",
@@ -32,9 +33,30 @@ ClaimValue = str | tuple[str, ...]
 PAYLOAD_VERSION = 1
 
 
+#: The characters an id may start with: URL-safe base64 without C{-}.
+_FIRST_CHARACTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_"
+
+
+def new_token(nbytes: int) -> str:
+    """
+    C{secrets.token_urlsafe(nbytes)}, but never starting with C{-}: an id an
+    administrator types after a command (C{appproxy sessions revoke
+    --session ID}, C{appproxy keys retire KEY_ID}) would otherwise read as
+    an option.  A leading C{-} is replaced by a character drawn uniformly
+    from the other 63, so the first character stays uniform over those.
+    """
+    token = secrets.token_urlsafe(nbytes)
+    if token.startswith("-"):
+        token = secrets.choice(_FIRST_CHARACTERS) + token[1:]
+    return token
+
+
 def new_session_id() -> str:
-    """A new session id: 128 random bits, URL-safe base64 (22 characters)."""
-    return secrets.token_urlsafe(16)
+    """
+    A new session id: 128 random bits, URL-safe base64 (22 characters),
+    never starting with C{-} (L{new_token}).
+    """
+    return new_token(16)
 
 
 @attrs.frozen(kw_only=True)

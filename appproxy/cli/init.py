@@ -15,6 +15,7 @@ import os
 import re
 import secrets
 import shlex
+import sys
 import urllib.parse
 from pathlib import Path
 from typing import TextIO
@@ -22,6 +23,7 @@ from typing import TextIO
 import attrs
 
 from appproxy.cli.init_config import Addresses, InitPlan, connector_toml, service_toml
+from appproxy.cli.install import hidden_path_problem
 from appproxy.daemon import pki
 
 __all__ = ["UsageError", "add_init_command"]
@@ -254,11 +256,26 @@ def _print_next_steps(plan: InitPlan, files: list[tuple[str, bytes, int]], out: 
     else:
         print(f"The service keeps its state in {plan.data_dir}.", file=out)
     print("", file=out)
-    print("Run both under systemd (as root, with the same virtualenv's appproxy):", file=out)
-    print(f"  appproxy install service --config {quoted}/service.toml", file=out)
     connector_config = f"{quoted}/connector/connector.toml"
-    print(f"  appproxy install connector --config {connector_config}", file=out)
-    print("or in the foreground, the service:", file=out)
+    # What 'appproxy install' checks: a unit sees neither /home, /root nor /tmp.
+    problem = hidden_path_problem(
+        prefix=Path(sys.prefix),
+        config=state_dir / "service.toml",
+        state=plan.data_dir if plan.data_dir is not None else state_dir / "state",
+    )
+    if problem is None:
+        print("Run both under systemd (as root, with the same virtualenv's appproxy):", file=out)
+        print(f"  appproxy install service --config {quoted}/service.toml", file=out)
+        print(f"  appproxy install connector --config {connector_config}", file=out)
+        print("or in the foreground, the service:", file=out)
+    else:
+        print(f"'appproxy install' cannot run these under systemd: {problem}.", file=out)
+        print(
+            "For a systemd install, init into /etc/appproxy with --data-dir /var/lib/appproxy"
+            " from a virtualenv in /opt/appproxy (see README.md, 'Setting up').",
+            file=out,
+        )
+        print("Run both in the foreground, the service:", file=out)
     print(
         f"  twistd --nodaemon --pidfile= appproxy --config {quoted}/service.toml",
         file=out,

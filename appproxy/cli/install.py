@@ -126,6 +126,29 @@ def _check_visible(what: str, path: Path) -> None:
             )
 
 
+def hidden_path_problem(*, prefix: Path, config: Path, state: Path | None) -> str | None:
+    """
+    Why C{appproxy install} refuses to run a daemon from the virtualenv
+    C{prefix} with the configuration C{config} and the state directory
+    C{state} (a unit could not see one of them), or L{None} if it does not.
+    C{appproxy init} asks this too, to print an install step only when it
+    can work.
+    """
+    python = Path(os.path.realpath(prefix / "bin" / "python"))
+    try:
+        for what, path in (
+            ("--prefix", prefix),
+            (_PYTHON, python),
+            ("the configuration", config),
+            ("state", state),
+        ):
+            if path is not None:
+                _check_visible(what, path)
+    except ValueError as e:
+        return str(e)
+    return None
+
+
 def _account(name: str, dry_run: bool, say: Callable[[str], None]) -> _Account:
     """The user C{name}, created (a system user with its own group) if missing."""
     try:
@@ -263,14 +286,9 @@ def _install(kind: _Kind, args: argparse.Namespace, out: TextIO) -> int:
         )
     python = Path(os.path.realpath(prefix / "bin" / "python"))
     loaded, state = _load(kind, config)
-    for what, path in (
-        ("--prefix", prefix),
-        (_PYTHON, python),
-        ("the configuration", config),
-        ("state", state),
-    ):
-        if path is not None:
-            _check_visible(what, path)
+    problem = hidden_path_problem(prefix=prefix, config=config, state=state)
+    if problem is not None:
+        raise ValueError(problem)
     if not dry_run and os.geteuid() != 0:
         raise ValueError("run as root (it creates a user and sets ownership), or use --dry-run")
     account = _account(args.user, dry_run, say)

@@ -22,7 +22,8 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
-from typing import TextIO
+from contextvars import ContextVar
+from typing import NoReturn, TextIO
 
 __all__ = ["main"]
 
@@ -82,8 +83,39 @@ _SUBCOMMANDS: Sequence[Callable[[argparse._SubParsersAction[argparse.ArgumentPar
 )
 
 
+#: The words being parsed, for L{_Parser.error}'s hint.
+_WORDS: ContextVar[Sequence[str]] = ContextVar("_WORDS", default=())
+
+_DASH_HINT = (
+    " (a value that starts with '-' must come last, after '--' (... -- -9gDNiTF),"
+    " or be joined to its option by '=' (--session=-abc))"
+)
+
+
+class _Parser(argparse.ArgumentParser):
+    """
+    An argument parser (its subcommands' parsers are of this class too)
+    whose error for a missing argument hints at C{--} when the command line
+    holds a word that starts with C{-} and is no option of the command: a
+    key or session id such as C{-9gDNiTF}, read as an unknown option.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        troubles = ("arguments are required", "expected one argument", "unrecognized arguments")
+        if any(trouble in message for trouble in troubles):
+            options = self._option_string_actions
+            dashed = [
+                word
+                for word in _WORDS.get()
+                if word.startswith("-") and word != "--" and word.split("=")[0] not in options
+            ]
+            if dashed:
+                message += _DASH_HINT
+        super().error(message)
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=_PROG, description="appproxy administration")
+    parser: argparse.ArgumentParser = _Parser(prog=_PROG, description="appproxy administration")
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
     for add in _SUBCOMMANDS:
         add(subparsers)
@@ -93,11 +125,14 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the C{appproxy} command; return its exit status."""
     parser = _parser()
+    words = _WORDS.set(list(sys.argv[1:] if argv is None else argv))
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:
         # argparse has printed usage or help already.
         return e.code if isinstance(e.code, int) else 2
+    finally:
+        _WORDS.reset(words)
     func: Callable[[argparse.Namespace, TextIO], int] | None = getattr(args, "func", None)
     if func is None:
         parser.print_help(sys.stderr)

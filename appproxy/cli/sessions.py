@@ -5,7 +5,10 @@ ending them.
     appproxy sessions list (--state-dir DIR | --config FILE) [--user NAME] [--all] [--json]
     appproxy sessions revoke (--state-dir DIR | --config FILE) (--user NAME | --session ID)
 
-Revoking writes to the service's state database; every service process
+C{--user NAME} matches user names as app assignment does (C{allowed_users}:
+case-insensitively), among the users of the recorded sessions and of the
+built-in provider; revoking a user nobody knows is an error, and writes
+nothing.  Revoking writes to the service's state database; every service process
 using it refuses the sessions within a few seconds (L{appproxy.gate.sessions}).
 The records and revocations are L{appproxy.state.sessions}; this module
 parses the command line and prints.
@@ -21,9 +24,10 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from appproxy.cli.arguments import ServiceFiles, add_state_options, hand_over, resolve_state
-from appproxy.state.sessions import SessionRecord, list_sessions, revoke
+from appproxy.idp.users import User, UserStore
+from appproxy.state.sessions import SessionRecord, list_sessions, recorded_users, revoke
 
-__all__ = ["add_sessions_command", "end_user_sessions"]
+__all__ = ["add_sessions_command", "end_user_sessions", "session_user_name"]
 
 
 def _when(seconds: int) -> str:
@@ -56,6 +60,35 @@ def _revoke(database: Path, now: int, **which: str) -> int:
                 hand_over(path)
 
 
+def session_user_name(files: ServiceFiles, user: User) -> str:
+    """
+    The user name the sessions of C{user}, a user of the built-in provider,
+    carry: the claim C{oidc.username_claim} names.
+    """
+    claim = files.config.oidc.username_claim if files.config.oidc is not None else ""
+    return {"email": user.email, "name": user.display_name}.get(claim, user.name) or user.name
+
+
+def _same_user(a: str, b: str) -> bool:
+    """Whether C{a} and C{b} name the same user, as app assignment compares them."""
+    return a.casefold() == b.casefold()
+
+
+def _matching_users(files: ServiceFiles, database: Path, name: str) -> list[str]:
+    """
+    The user names, among those of the recorded sessions and of the built-in
+    provider's users, that are C{name} as app assignment compares them.
+    """
+    known = set(recorded_users(database))
+    if files.config.builtin_provider is not None:
+        try:
+            users = list(UserStore.load(files.users_file).users.values())
+        except (OSError, ValueError):
+            users = []  # an unreadable users file must not stop sessions from ending
+        known.update(session_user_name(files, user) for user in users)
+    return sorted(user for user in known if _same_user(user, name))
+
+
 def end_user_sessions(files: ServiceFiles, user: str, now: int) -> int | None:
     """
     Revoke every session of C{user} in the service's state database.
@@ -70,7 +103,9 @@ def end_user_sessions(files: ServiceFiles, user: str, now: int) -> int | None:
 
 def _cmd_list(args: argparse.Namespace, out: TextIO) -> int:
     now = int(time.time())
-    records = list_sessions(_database(resolve_state(args)), now, args.user, expired=args.all)
+    records = list_sessions(_database(resolve_state(args)), now, expired=args.all)
+    if args.user is not None:
+        records = [record for record in records if _same_user(record.user, args.user)]
     if args.json:
         for record in records:
             document: dict[str, Any] = {
@@ -109,14 +144,22 @@ def _cmd_list(args: argparse.Namespace, out: TextIO) -> int:
 
 def _cmd_revoke(args: argparse.Namespace, out: TextIO) -> int:
     now = int(time.time())
-    database = _database(resolve_state(args))
+    files = resolve_state(args)
+    database = _database(files)
     if args.user is not None:
-        count = _revoke(database, now, user=args.user)
-        print(
-            f"Revoked the sessions of {args.user} issued until now ({count} in force);"
-            " the service refuses them within a few seconds.",
-            file=out,
-        )
+        users = _matching_users(files, database, args.user)
+        if not users:
+            raise ValueError(
+                f"no user {args.user!r}: no session of theirs is recorded and the built-in"
+                " provider has no such user; nothing revoked"
+            )
+        for user in users:
+            count = _revoke(database, now, user=user)
+            print(
+                f"Revoked the sessions of {user} issued until now ({count} in force);"
+                " the service refuses them within a few seconds.",
+                file=out,
+            )
     else:
         _revoke(database, now, session=args.session)
         print(
@@ -141,7 +184,9 @@ def add_sessions_command(subparsers: argparse._SubParsersAction[argparse.Argumen
         description="List the sessions issued that have not expired, oldest first.",
     )
     add_state_options(listing)
-    listing.add_argument("--user", metavar="NAME", help="only this user's sessions")
+    listing.add_argument(
+        "--user", metavar="NAME", help="only this user's sessions (case-insensitive)"
+    )
     listing.add_argument("--all", action="store_true", help="expired sessions too")
     listing.add_argument("--json", action="store_true", help="one JSON object per line")
     listing.set_defaults(func=_cmd_list)
@@ -156,6 +201,12 @@ def add_sessions_command(subparsers: argparse._SubParsersAction[argparse.Argumen
     )
     add_state_options(revoking)
     which = revoking.add_mutually_exclusive_group(required=True)
-    which.add_argument("--user", metavar="NAME", help="every session of this user")
-    which.add_argument("--session", metavar="ID", help="the session with this id")
+    which.add_argument(
+        "--user", metavar="NAME", help="every session of this user (case-insensitive)"
+    )
+    which.add_argument(
+        "--session",
+        metavar="ID",
+        help="the session with this id (one starting with '-': --session=ID)",
+    )
     revoking.set_defaults(func=_cmd_revoke)

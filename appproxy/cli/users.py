@@ -93,8 +93,7 @@ def _read_password(args: argparse.Namespace) -> str:
 def _cmd_add(args: argparse.Namespace, out: TextIO) -> int:
     path = _users_path(args)
     check_user_name(args.user)
-    if args.user in UserStore.load(path).users:
-        raise ValueError(f"user {args.user!r} already exists")
+    UserStore.load(path).check_new_name(args.user)
     password = _read_password(args)
     add_user(
         path,
@@ -139,11 +138,10 @@ def _end_sessions(args: argparse.Namespace, user: User, out: TextIO) -> None:
     End the app sessions of C{user}, just removed or disabled: the sessions
     whose user name (the claim C{oidc.username_claim} names) is theirs.
     """
-    from appproxy.cli.sessions import end_user_sessions
+    from appproxy.cli.sessions import end_user_sessions, session_user_name
 
     files = resolve_state(args)
-    claim = files.config.oidc.username_claim if files.config.oidc is not None else ""
-    name = {"email": user.email, "name": user.display_name}.get(claim, user.name) or user.name
+    name = session_user_name(files, user)
     count = end_user_sessions(files, name, int(time.time()))
     if count is not None:
         print(f"Ended {count} session(s) of {name}", file=out)

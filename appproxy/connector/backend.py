@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
+from weakref import WeakKeyDictionary
 
 import attrs
 from OpenSSL import SSL
@@ -25,6 +26,7 @@ from twisted.internet.interfaces import (
 )
 from twisted.internet.ssl import Certificate, CertificateOptions, trustRootFromCertificates
 from twisted.python.failure import Failure
+from twisted.web._newclient import HTTP11ClientProtocol
 from twisted.web.client import (
     URI,
     Agent,
@@ -37,6 +39,8 @@ from twisted.web.error import SchemeNotSupported
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgentEndpointFactory, IBodyProducer, IPolicyForHTTPS, IResponse
 from zope.interface import implementer
+
+from appproxy.http.redact import redact_query
 
 #: Idle persistent connections kept per internal host.
 MAX_PERSISTENT_PER_HOST = 64
@@ -156,10 +160,54 @@ class _CachedEndpoints:
         return endpoint
 
 
+#: Each backend request's response parser (see L{connection_tokens}).
+_PARSERS: WeakKeyDictionary[Any, Any] = WeakKeyDictionary()
+
+
+class _ParserKeepingProtocol(HTTP11ClientProtocol):
+    """
+    Twisted's HTTP/1.1 client, noting each request's response parser: the
+    parser keeps the Connection header (with Keep-Alive, Transfer-Encoding,
+    ...) in its C{connHeaders}, out of C{response.headers}.
+    """
+
+    def request(self, request: Any) -> Deferred[IResponse]:
+        finished: Deferred[IResponse] = super().request(request)
+        parser = getattr(self, "_parser", None)
+        if parser is not None:
+            # A retry on another connection (same request) replaces it.
+            _PARSERS[request] = parser
+        return finished
+
+
+def connection_tokens(response: IResponse) -> frozenset[bytes]:
+    """
+    The lowercased tokens of a backend response's C{Connection} header: the
+    headers it names are hop-by-hop (RFC 9110 7.6.1) and must not reach the
+    user.  Twisted's client does not put C{Connection} in
+    C{response.headers}; L{_ParserKeepingProtocol} keeps where it does.
+    """
+    request = getattr(response, "request", None)
+    # The response's request is a proxyForInterface of the one sent.
+    parser = _PARSERS.get(getattr(request, "original", request))
+    conn_headers = getattr(parser, "connHeaders", None)
+    if not isinstance(conn_headers, Headers):
+        return frozenset()
+    return frozenset(
+        token.strip().lower()
+        for value in conn_headers.getRawHeaders(b"connection", [])
+        for token in value.split(b",")
+        if token.strip()
+    )
+
+
 class _QuietClientFactory(_HTTP11ClientFactory):
     # "Starting factory _HTTP11ClientFactory(<function ... at 0x...>, ...)"
     # per connection says nothing to an operator.
     noisy = False
+
+    def buildProtocol(self, addr: Any) -> HTTP11ClientProtocol:
+        return _ParserKeepingProtocol(self._quiescentCallback)
 
 
 class _QuietPool(HTTPConnectionPool):
@@ -187,8 +235,10 @@ class BackendError(Exception):
 def classify_failure(failure: Failure, url: str, timeout: float) -> BackendError:
     """
     Turn a failed backend request into an error for the service: a kind the
-    user is told about, and the detail for the logs.
+    user is told about, and the detail for the logs (the URL's query
+    values hidden: they may be secrets).
     """
+    url = redact_query(url)
     exc = failure.value
     if isinstance(exc, DeferredTimeoutError | CancelledError | ierror.TimeoutError):
         return BackendError(504, "timeout", f"{url} did not answer within {timeout:g} seconds.")
@@ -271,9 +321,16 @@ class BackendClient:
         headers: Headers,
         body: IBodyProducer | None,
         clock: IReactorTime,
+        timed: bool = True,
     ) -> Deferred[IResponse]:
+        """
+        Send a request to C{app}.  With C{timed}, it fails with a timeout if
+        the response headers take over C{app.timeout} seconds; without it,
+        the caller times it (from the end of the request body).
+        """
         d = self._agent_for(app).request(method, url, headers, body)
-        d.addTimeout(app.timeout, clock)
+        if timed:
+            d.addTimeout(app.timeout, clock)
         return d
 
     def close(self) -> Deferred[Any]:

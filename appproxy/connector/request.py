@@ -10,133 +10,54 @@ connection paused while the window is shut.
 
 from __future__ import annotations
 
-from collections import deque
 from typing import TYPE_CHECKING, Any
 
 import attrs
 from h2.events import RequestReceived
 from h2.exceptions import H2Error
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IConsumer
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
-from twisted.web.client import ResponseDone
-from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer, IResponse
-from zope.interface import implementer
+from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
 
-from appproxy.connector.backend import BackendError, classify_failure
+from appproxy.connector.backend import BackendError, classify_failure, connection_tokens
+from appproxy.connector.bodies import ResponseSender, StreamBodyProducer
 from appproxy.http.headers import HOP_BY_HOP
 from appproxy.http.length import response_content_length
+from appproxy.http.redact import redact_query
 from appproxy.tunnel.base import TunnelStream
+from appproxy.tunnel.connector_stream import (
+    ENDED,
+    Action,
+    CancelTimer,
+    ConnectorStreamInput,
+    ConnectorStreamMachine,
+    Invalid,
+    SetTimer,
+    TimedOut,
+)
 from appproxy.tunnel.fields import UnsendableFields
+
+__all__ = ["ConnectorStream", "ResponseSender", "StreamBodyProducer"]
+
+I = ConnectorStreamInput  # noqa: E741
 
 if TYPE_CHECKING:
     from appproxy.connector.tunnel import ConnectorTunnelProtocol
 
 
-@implementer(IBodyProducer)
-@attrs.define(eq=False)
-class StreamBodyProducer:
-    """
-    The request body as it arrives over the tunnel, fed to the backend
-    connection.  Tunnel DATA is acknowledged (reopening the service's window)
-    only once the backend connection has taken it.
-    """
-
-    stream: ConnectorStream
-    length: int | str
-    """The C{content-length}, or C{UNKNOWN_LENGTH}."""
-    _consumer: IConsumer | None = attrs.field(init=False, default=None)
-    _buffer: deque[tuple[bytes, int]] = attrs.field(init=False, factory=deque)
-    """Data (and its flow-controlled length) the backend did not take yet."""
-    _paused: bool = attrs.field(init=False, default=False)
-    _ended: bool = attrs.field(init=False, default=False)
-    _finished: Deferred[None] | None = attrs.field(init=False, default=None)
-
-    def startProducing(self, consumer: IConsumer) -> Deferred[None]:
-        self._consumer = consumer
-        finished: Deferred[None] = Deferred()
-        self._finished = finished
-        # The whole body may be here already, firing finished right away.
-        self._drain()
-        return finished
-
-    def data(self, data: bytes, flow_length: int) -> None:
-        if self._consumer is None or self._paused or self._buffer:
-            self._buffer.append((data, flow_length))
-            return
-        self._consumer.write(data)
-        self.stream.acknowledge(flow_length)
-
-    def end(self) -> None:
-        self._ended = True
-        self._drain()
-
-    def fail(self, reason: str) -> None:
-        self._buffer.clear()
-        d, self._finished = self._finished, None
-        if d is not None:
-            d.errback(Failure(ConnectionError(reason)))
-
-    def _drain(self) -> None:
-        consumer = self._consumer
-        if consumer is None:
-            return
-        while self._buffer and not self._paused:
-            data, flow_length = self._buffer.popleft()
-            consumer.write(data)
-            self.stream.acknowledge(flow_length)
-        if self._ended and not self._buffer and self._finished is not None:
-            d, self._finished = self._finished, None
-            d.callback(None)
-
-    def pauseProducing(self) -> None:
-        self._paused = True
-
-    def resumeProducing(self) -> None:
-        self._paused = False
-        self._drain()
-
-    def stopProducing(self) -> None:
-        self._buffer.clear()
-        self._finished = None
-        self.stream.cancel_from_backend()
-
-
-class ResponseSender(Protocol):
-    """
-    Receives the backend response body and sends it down the tunnel stream.
-    """
-
-    def __init__(self, stream: ConnectorStream) -> None:
-        self.stream = stream
-
-    def connectionMade(self) -> None:
-        self.stream.response_transport = self.transport
-
-    def dataReceived(self, data: bytes) -> None:
-        stream = self.stream
-        # Inside the tunnel's error boundary: a failure ends this stream only.
-        stream.proto.within_stream(stream.stream_id, stream.send_response_data, data)
-
-    def connectionLost(self, reason: Failure = Failure(ResponseDone())) -> None:  # noqa: B008
-        self.stream.response_transport = None
-        if reason.check(ResponseDone, PotentialDataLoss):
-            self.stream.end_response()
-        else:
-            self.stream.abort_response()
-
-
-def _response_headers(headers: Headers) -> list[tuple[bytes, bytes]]:
+def _response_headers(
+    headers: Headers, connection: frozenset[bytes] = frozenset()
+) -> list[tuple[bytes, bytes]]:
     """
     Backend response headers fit for HTTP/2: lowercase, without hop-by-hop
-    headers, the ones named in Connection, appproxy's own, or
+    headers, the ones named in Connection (C{connection}: its tokens, which
+    Twisted's client keeps out of C{headers}), appproxy's own, or
     C{content-length} (the stream sends the checked length).
     """
     raw = [(name.lower(), value) for name, values in headers.getAllRawHeaders() for value in values]
-    named = {
+    named = set(connection) | {
         token.strip().lower()
         for name, value in raw
         if name == b"connection"
@@ -156,22 +77,69 @@ def _response_headers(headers: Headers) -> list[tuple[bytes, bytes]]:
 @attrs.define(eq=False)
 class ConnectorStream(TunnelStream):
     """
-    One user request: tunnel stream in, backend request out.
+    One user request: tunnel stream in, backend request out.  A shell over
+    L{ConnectorStreamMachine}: it feeds the machine what happens and carries
+    out what the machine decides (the backend's timer, its 504, an abort).
     """
 
     proto: ConnectorTunnelProtocol
+    machine: ConnectorStreamMachine = attrs.field(
+        init=False, factory=lambda: ConnectorStreamMachine(0.0, False)
+    )
     body: StreamBodyProducer | None = attrs.field(init=False, default=None)
     """The request body on its way to the backend, if there is one."""
     request_d: Deferred[IResponse] | None = attrs.field(init=False, default=None)
     """The backend request, until it answers."""
     response_transport: Any = attrs.field(init=False, default=None)
     """The backend response body's transport, paused when the tunnel is full."""
-    responded: bool = attrs.field(init=False, default=False)
-    finished: bool = attrs.field(init=False, default=False)
     url: bytes = attrs.field(init=False, default=b"")
     method: bytes = attrs.field(init=False, default=b"GET")
     request_id: str = attrs.field(init=False, default="-")
     """The service's request id (C{x-request-id}), for the log."""
+    timer: Any = attrs.field(init=False, default=None)
+    """The machine's one timer (L{SetTimer})."""
+
+    @property
+    def finished(self) -> bool:
+        return self.machine.ended
+
+    @property
+    def responded(self) -> bool:
+        """The service has an answer: response headers, or an error."""
+        return self.machine.responded
+
+    def _feed(self, event: ConnectorStreamInput) -> None:
+        """Feed the machine; carry out its actions; tear down once it ends."""
+        machine = self.machine
+        before = machine.state
+        actions = machine.feed(event, self.proto.clock.seconds())
+        for action in actions:
+            self._act(action)
+        if machine.state is not before and machine.ended and before not in ENDED:
+            self._finish()
+
+    def _act(self, action: Action) -> None:
+        if isinstance(action, SetTimer):
+            self._stop_timer()
+            delay = max(0.0, action.at - self.proto.clock.seconds())
+            self.timer = self.proto.clock.callLater(delay, self._feed, I.TIMER_FIRED)
+        elif isinstance(action, CancelTimer):
+            self._stop_timer()
+        elif isinstance(action, TimedOut):
+            url = redact_query(self.url.decode("latin-1"))
+            self.fail(BackendError(504, "timeout", f"{url} {action.detail}"))
+            if self.request_d is not None:
+                d, self.request_d = self.request_d, None
+                d.cancel()
+        elif isinstance(action, Invalid):
+            self.proto.log.error(
+                "Stream {rid}: {input} is not allowed in {state}",
+                rid=self.request_id,
+                input=action.input.value,
+                state=action.state.value,
+            )
+        else:  # Abort
+            self._abort(action.reason)
 
     def start(self, event: RequestReceived) -> None:
         proto = self.proto
@@ -195,6 +163,7 @@ class ConnectorStream(TunnelStream):
                 if name == b"x-request-id":
                     self.request_id = value.decode("latin-1")
                 headers.addRawHeader(name, value)
+        has_body = event.stream_ended is None
         app = proto.factory.backend.apps.get(app_name.decode("latin-1"))
         if app is None:
             self.fail(
@@ -205,11 +174,14 @@ class ConnectorStream(TunnelStream):
                 )
             )
             return
+        # Timed by the machine, by idleness, not by the backend client.
+        machine = self.machine
+        machine.limit = app.timeout
+        machine.has_body = has_body
         authority = pseudo.get(b":authority", b"")
         headers.setRawHeaders(b"host", [authority])
         self.url = pseudo.get(b":scheme", b"http") + b"://" + authority + pseudo.get(b":path", b"/")
         self.method = pseudo.get(b":method", b"GET")
-        has_body = event.stream_ended is None
         if has_body:
             self.body = StreamBodyProducer(self, length)
         if ack:
@@ -217,8 +189,9 @@ class ConnectorStream(TunnelStream):
                 self.stream_id, [(b":status", b"100"), (b"appproxy-dispatched", b"1")]
             )
             proto.flush()
+        self._feed(I.REQUEST_SENT)
         d = proto.factory.backend.request(
-            app, self.method, self.url, headers, self.body, proto.clock
+            app, self.method, self.url, headers, self.body, proto.clock, timed=False
         )
         self.request_d = d
         d.addCallbacks(self._got_response, self._request_failed, errbackArgs=(app.timeout,))
@@ -241,14 +214,14 @@ class ConnectorStream(TunnelStream):
             )
         except ValueError:
             response.deliverBody(Protocol())  # a HEAD response: nothing to read
-            url = self.url.decode("latin-1")
+            url = redact_query(self.url.decode("latin-1"))
             self.fail(
                 BackendError(502, "backend-error", f"{url} sent Content-Length {declared!r}.")
             )
             return
         if length is not None:
             headers.append((b"content-length", b"%d" % length))
-        headers += _response_headers(response.headers)
+        headers += _response_headers(response.headers, connection_tokens(response))
         try:
             self.proto.conn.send_headers(self.stream_id, headers)
         except H2Error:
@@ -258,7 +231,7 @@ class ConnectorStream(TunnelStream):
             # The tunnel's error boundary answers 502; the body is not wanted.
             response.deliverBody(Protocol())
             raise
-        self.responded = True
+        self._feed(I.RESPONSE_STARTED)
         self.proto.flush()
         response.deliverBody(ResponseSender(self))
 
@@ -268,7 +241,7 @@ class ConnectorStream(TunnelStream):
             return
         self.proto.log.debug(
             "Backend request to {url} failed: {failure!r} {reasons!r}",
-            url=self.url.decode("latin-1"),
+            url=redact_query(self.url.decode("latin-1")),
             failure=failure.value,
             reasons=[r.value for r in getattr(failure.value, "reasons", [])],
         )
@@ -297,7 +270,7 @@ class ConnectorStream(TunnelStream):
             )
         except H2Error:
             pass
-        self._finish()
+        self._feed(I.ERROR_ANSWERED)
         self.proto.flush()
 
     # -- request body, from the tunnel -----------------------------------------
@@ -312,9 +285,28 @@ class ConnectorStream(TunnelStream):
         if self.body is not None:
             self.body.end()
 
+    def upload_started(self) -> None:
+        """The backend connection asks for the body."""
+        self._feed(I.UPLOAD_STARTED)
+
+    def body_queued(self) -> None:
+        """Body bytes wait for the backend: its idle clock runs."""
+        self._feed(I.BODY_QUEUED)
+
     def acknowledge(self, flow_length: int) -> None:
+        # The backend took body: it is not idle.
         if not self.finished:
+            self._feed(I.BODY_TAKEN)
             self.proto.acknowledge(self.stream_id, flow_length)
+
+    def body_delivered(self) -> None:
+        """The backend took the whole body: its time to answer starts now."""
+        self._feed(I.BODY_DELIVERED)
+
+    def _stop_timer(self) -> None:
+        if self.timer is not None and self.timer.active():
+            self.timer.cancel()
+        self.timer = None
 
     def cancel_from_backend(self) -> None:
         """
@@ -340,24 +332,43 @@ class ConnectorStream(TunnelStream):
         self.proto.end_stream(self)
 
     def stream_send_closed(self) -> None:
-        self._finish()
+        self._feed(I.RESPONSE_ENDED)
 
     def abort_response(self) -> None:
         if self.finished:
             return
-        self._finish()
+        self._feed(I.FAILED)
         self.proto.reset_stream(self.stream_id)
 
     # -- teardown ----------------------------------------------------------------
 
     def stream_aborted(self, reason: str) -> None:
         """
-        The service reset the stream (the user left) or the tunnel dropped:
-        stop the backend request.
+        The service reset the stream (the user left), the tunnel dropped, or
+        handling it failed (answered by the error boundary): stop the
+        backend request.
         """
         if self.finished:
             return
-        self._finish()
+        self._feed(I.PEER_RESET)
+        self._stop_backend(reason)
+
+    def _abort(self, reason: str) -> None:
+        """The machine refused an input: answer 502 if we can, stop the rest."""
+        proto = self.proto
+        if not proto.sent_end(self.stream_id):
+            try:
+                proto.conn.send_headers(
+                    self.stream_id,
+                    [(b":status", b"502"), (b"appproxy-error", b"connector-error")],
+                    end_stream=True,
+                )
+            except H2Error:
+                proto.reset_stream(self.stream_id)
+            proto.flush()
+        self._stop_backend(reason)
+
+    def _stop_backend(self, reason: str) -> None:
         if self.body is not None:
             self.body.fail(reason)
         if self.request_d is not None:
@@ -367,6 +378,6 @@ class ConnectorStream(TunnelStream):
             self.response_transport.stopProducing()
 
     def _finish(self) -> None:
-        self.finished = True
+        self._stop_timer()
         self.closed = True
         self.proto.stream_finished(self)

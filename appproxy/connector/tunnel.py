@@ -19,7 +19,7 @@ import json
 
 import attrs
 from h2.errors import ErrorCodes
-from h2.events import DataReceived, RequestReceived
+from h2.events import ConnectionTerminated, DataReceived, RequestReceived
 from h2.exceptions import H2Error
 from h2.settings import SettingCodes
 from twisted.internet.defer import Deferred, succeed
@@ -29,8 +29,20 @@ from twisted.python.failure import Failure
 from appproxy.connector.backend import BackendClient, parse_settings
 from appproxy.connector.request import ConnectorStream
 from appproxy.tunnel.base import TunnelFactory, TunnelProtocol, TunnelStream
+from appproxy.tunnel.connector_machine import (
+    AcceptRequest,
+    AcceptSettings,
+    Action,
+    Advertise,
+    Close,
+    ConnectorInput,
+    ConnectorMachine,
+    Invalid,
+)
 from appproxy.tunnel.expiry import ExpiryWatch, watch_own_certificate
 from appproxy.tunnel.fields import CONTROL_FIELD, SETTINGS_CONTROL, UnsendableFields
+
+N = ConnectorInput
 
 #: Largest settings document accepted from the service.
 MAX_SETTINGS_SIZE = 1 << 20
@@ -61,9 +73,12 @@ class _SettingsStream(TunnelStream):
             proto.log.info(
                 "Settings received for apps: {apps}", apps=", ".join(sorted(backend.apps))
             )
+            applied = N.SETTINGS_APPLIED
         except ValueError as e:
             proto.log.error("Refusing the service's settings: {error}", error=str(e))
             status = b"400"
+            applied = N.SETTINGS_REFUSED
+        proto._feed(applied)
         proto.streams.pop(self.stream_id, None)
         proto.conn.send_headers(self.stream_id, [(b":status", status)], end_stream=True)
         proto.flush()
@@ -72,7 +87,9 @@ class _SettingsStream(TunnelStream):
 class ConnectorTunnelProtocol(TunnelProtocol["ConnectorTunnelFactory"]):
     """
     The connector's end of one tunnel connection: its backend client and
-    capacity are its factory's.
+    capacity are its factory's.  A shell over L{ConnectorMachine}: it feeds
+    the machine the streams the service opens, their ends, drain and GOAWAY,
+    and carries out what it decides (take, refuse, advertise, close).
     """
 
     client_side = False
@@ -80,6 +97,7 @@ class ConnectorTunnelProtocol(TunnelProtocol["ConnectorTunnelFactory"]):
     _drained: Deferred[None] | None = None
     #: Drains the connection at its certificate's notAfter.
     _expiry: ExpiryWatch | None = None
+    machine: ConnectorMachine
 
     def local_settings(self) -> dict[int, int]:
         settings = super().local_settings()
@@ -87,6 +105,7 @@ class ConnectorTunnelProtocol(TunnelProtocol["ConnectorTunnelFactory"]):
         return settings
 
     def connectionMade(self) -> None:
+        self.machine = ConnectorMachine(self.factory.capacity)
         super().connectionMade()
         self._expiry = watch_own_certificate(
             self.factory.clock, self.transport, self.drain, self.abort
@@ -98,32 +117,53 @@ class ConnectorTunnelProtocol(TunnelProtocol["ConnectorTunnelFactory"]):
         if self._expiry is not None:
             self._expiry.stop()
         super().connectionLost(reason)
+        if hasattr(self, "machine"):
+            self._feed(N.CONNECTION_LOST)
         if self._drained is not None:
             d, self._drained = self._drained, None
             d.callback(None)
 
+    def _feed(self, event: ConnectorInput) -> list[Action]:
+        """Feed the machine; carry out the actions it returns but the stream's own."""
+        actions = self.machine.feed(event)
+        for action in actions:
+            if isinstance(action, Advertise):
+                self.conn.update_settings({SettingCodes.MAX_CONCURRENT_STREAMS: action.capacity})
+                self.flush()
+            elif isinstance(action, Close):
+                self._close(action.goaway)
+            elif isinstance(action, Invalid):
+                self.log.error(
+                    "Tunnel: {input} is not allowed in {state}",
+                    input=action.input.value,
+                    state=action.state.value,
+                )
+        return actions
+
     def request_received(self, event: RequestReceived) -> None:
         sid = event.stream_id
-        if self._drained is not None:
-            # Opened before the service saw our capacity drop to 0: refused,
-            # so the service knows it is safe to retry elsewhere.
-            self.reset_stream(sid, ErrorCodes.REFUSED_STREAM)
-            return
         control = dict(event.headers).get(CONTROL_FIELD)
-        stream: ConnectorStream | _SettingsStream
-        if control is not None:
-            if control != SETTINGS_CONTROL:
-                self.reset_stream(sid, ErrorCodes.REFUSED_STREAM)
-                return
-            stream = _SettingsStream(sid, self)
-            self.streams[sid] = stream
+        if control is None:
+            kind = N.REQUEST_OPENED
+        elif control == SETTINGS_CONTROL:
+            kind = N.CONTROL_OPENED
+        else:
+            kind = N.UNKNOWN_CONTROL
+        [action] = self._feed(kind)
+        if isinstance(action, AcceptSettings):
+            settings = _SettingsStream(sid, self)
+            self.streams[sid] = settings
             if event.stream_ended is not None:
-                stream.request_ended()
-            return
-        stream = ConnectorStream(sid, self)
-        self.streams[sid] = stream
-        self.factory.streams_started += 1
-        stream.start(event)
+                settings.request_ended()
+        elif isinstance(action, AcceptRequest):
+            stream = ConnectorStream(sid, self)
+            self.streams[sid] = stream
+            self.factory.streams_started += 1
+            stream.start(event)
+        else:
+            # Refused (draining, or an unknown control stream): the service
+            # knows it is safe to retry elsewhere.
+            self.reset_stream(sid, ErrorCodes.REFUSED_STREAM)
 
     def data_received(self, event: DataReceived) -> None:
         stream = self.streams.get(event.stream_id)
@@ -142,6 +182,9 @@ class ConnectorTunnelProtocol(TunnelProtocol["ConnectorTunnelFactory"]):
     def stream_send_closed(self, stream: TunnelStream) -> None:
         if isinstance(stream, ConnectorStream):
             stream.stream_send_closed()
+
+    def connection_terminated(self, event: ConnectionTerminated) -> None:
+        self._feed(N.GOAWAY_RECEIVED)
 
     def stream_failed(self, stream_id: int, stream: TunnelStream | None, failure: Failure) -> None:
         """
@@ -165,11 +208,11 @@ class ConnectorTunnelProtocol(TunnelProtocol["ConnectorTunnelFactory"]):
 
     def stream_finished(self, stream: ConnectorStream) -> None:
         self.streams.pop(stream.stream_id, None)
-        if self._drained is not None and not self._busy():
-            self._close()
+        self._feed(N.REQUEST_FINISHED)
 
     def _busy(self) -> bool:
-        return any(isinstance(s, ConnectorStream) and not s.finished for s in self.streams.values())
+        """Requests are in flight."""
+        return self.machine.active > 0
 
     def drain(self) -> Deferred[None]:
         """
@@ -183,18 +226,16 @@ class ConnectorTunnelProtocol(TunnelProtocol["ConnectorTunnelFactory"]):
             return succeed(None)
         if self._drained is None:
             self._drained = Deferred()
-            self.conn.update_settings({SettingCodes.MAX_CONCURRENT_STREAMS: 0})
-            self.flush()
-            if not self._busy():
-                self._close()
+            self._feed(N.DRAIN_REQUESTED)
         return self._drained
 
-    def _close(self) -> None:
-        try:
-            self.conn.close_connection()
-        except H2Error:
-            pass
-        self.flush()
+    def _close(self, goaway: bool = True) -> None:
+        if goaway:
+            try:
+                self.conn.close_connection()
+            except H2Error:
+                pass
+            self.flush()
         if self.transport is not None:
             self.transport.loseConnection()
 

@@ -7,18 +7,20 @@ from __future__ import annotations
 from typing import Any
 
 import attrs
-from twisted.application.internet import ClientService, backoffPolicy
+from twisted.application.internet import ClientService
 from twisted.application.service import IService, MultiService
-from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.defer import CancelledError, Deferred, gatherResults
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IProtocol, IProtocolFactory, IStreamClientEndpoint
 from twisted.logger import Logger
 from twisted.python import usage
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from appproxy.config import ConnectorConfig, load_connector_config
 from appproxy.connector.backend import BackendClient
 from appproxy.connector.tunnel import ConnectorTunnelFactory
+from appproxy.daemon.redial import DialReport, Redial, watched_factory
 from appproxy.daemon.runtime import (
     config_options,
     make_daemon,
@@ -30,9 +32,10 @@ from appproxy.daemon.tls import ReloadableTLS, tunnel_client_options
 
 #: Seconds in-flight requests get to finish after GOAWAY when stopping.
 DRAIN_TIMEOUT = 60.0
-#: Redial backoff: first retry after about this many seconds, doubling...
+#: Redial backoff: first retry after about this many seconds, doubling with
+#: each failure until a tunnel is established (L{appproxy.daemon.redial})...
 INITIAL_RETRY_DELAY = 0.5
-#: ...up to this many.
+#: ...up to this many (each with +-20% jitter).
 MAX_RETRY_DELAY = 30.0
 
 
@@ -43,15 +46,24 @@ Options = config_options("connector", "/etc/appproxy/connector/connector.toml")
 class _DescribedEndpoint:
     """
     An endpoint that reads as host:port in the logs (L{ClientService} logs
-    its endpoint on every retry; Twisted's own endpoints have no C{str}).
+    its endpoint on every retry; Twisted's own endpoints have no C{str}),
+    and reports why connecting failed.
     """
 
-    def __init__(self, endpoint: IStreamClientEndpoint, description: str) -> None:
+    def __init__(
+        self, endpoint: IStreamClientEndpoint, description: str, report: DialReport
+    ) -> None:
         self._endpoint = endpoint
         self._description = description
+        self._report = report
 
     def connect(self, factory: IProtocolFactory) -> Deferred[IProtocol]:
-        return self._endpoint.connect(factory)
+        def failed(failure: Failure) -> Failure:
+            if not failure.check(CancelledError):
+                self._report.connection_failed(failure)
+            return failure
+
+        return self._endpoint.connect(factory).addErrback(failed)
 
     def __str__(self) -> str:
         return self._description
@@ -76,17 +88,27 @@ class ConnectorService(MultiService):
             reactor, self.backend, config.capacity, config.ping_interval
         )
         self.tls = tls = ReloadableTLS(self._tls(config))
+        description = (
+            f"{config.service_host}:{config.service_port} (TLS, via {config.service_address})"
+        )
+        #: Why connections fail, told once per reason (all connections).
+        self.report = DialReport(self.log, description, config.service_host)
         endpoint = _DescribedEndpoint(
             wrapClientTLS(
                 tls, HostnameEndpoint(reactor, config.service_address, config.service_port)
             ),
-            f"{config.service_host}:{config.service_port} (TLS, via {config.service_address})",
+            description,
+            self.report,
         )
+        #: Each connection's backoff, reset once its tunnel is established.
+        self.redials: list[Redial] = []
         for _ in range(config.connections):
+            redial = Redial(INITIAL_RETRY_DELAY, MAX_RETRY_DELAY)
+            self.redials.append(redial)
             ClientService(
                 endpoint,
-                self.factory,
-                retryPolicy=backoffPolicy(INITIAL_RETRY_DELAY, MAX_RETRY_DELAY, 2.0),
+                watched_factory(self.factory, redial, self.report),
+                retryPolicy=redial,
                 clock=reactor,
             ).setServiceParent(self)
 

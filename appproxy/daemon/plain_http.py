@@ -18,6 +18,13 @@ connection, as nginx does for its C{497} answer:
 
 TLS records always begin with a content type from 20 to 24, never with a
 letter, so no TLS client is ever refused.
+
+Each connection counts against its address's bound on connections reading a
+header block (L{appproxy.frontend.deadlines.ClientDeadlines}) from the TCP
+accept, not only once TLS starts: a client opening connections that never
+send a byte (or never finish the handshake) is held to the same bound, and
+one more is closed at once.  The HTTP channel takes the count over when the
+connection turns out to be TLS; trusted proxies are exempt.
 """
 
 from __future__ import annotations
@@ -28,6 +35,9 @@ from twisted.internet.interfaces import IAddress, IDelayedCall, IProtocolFactory
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+
+from appproxy.frontend.deadlines import ClientDeadlines
+from appproxy.frontend.peer import address_text
 
 __all__ = [
     "FIRST_BYTE_TIMEOUT",
@@ -83,9 +93,39 @@ class _FirstByte(Protocol):
         self._answered = False
         self._timer: IDelayedCall | None = None
         self._tail = b""
+        #: The address counted in the deadlines' bound, while it is.
+        self._counted: str | None = None
 
     def connectionMade(self) -> None:
+        if not self._count():
+            return
         self._set_timer(FIRST_BYTE_TIMEOUT, self._give_up)
+
+    def _count(self) -> bool:
+        """Count this connection for its address; C{False}: it was one too many."""
+        deadlines = self.factory.deadlines
+        if deadlines is None or self.transport is None:
+            return True
+        address = str(getattr(self.transport.getPeer(), "host", "?"))
+        if deadlines.exempt(address):
+            return True
+        if not deadlines.enter(address):
+            log.info(
+                "Closing a connection from {address}: it already has {n} reading headers",
+                address=address,
+                n=deadlines.limits.header_connections_per_address,
+            )
+            # Whatever it still sends is discarded.
+            self._plain = self._answered = True
+            self.transport.abortConnection()  # type: ignore[attr-defined]
+            return False
+        self._counted = address
+        return True
+
+    def _uncount(self) -> None:
+        if self._counted is not None and self.factory.deadlines is not None:
+            self.factory.deadlines.leave(self._counted)
+        self._counted = None
 
     def dataReceived(self, data: bytes) -> None:
         if self._inner is not None:
@@ -102,6 +142,7 @@ class _FirstByte(Protocol):
 
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:  # noqa: B008
         self._cancel_timer()
+        self._uncount()
         if self._inner is not None:
             inner, self._inner = self._inner, None
             inner.connectionLost(reason)
@@ -110,6 +151,8 @@ class _FirstByte(Protocol):
 
     def _hand_to_tls(self, data: bytes) -> None:
         self._cancel_timer()
+        # The HTTP channel counts the connection from here on.
+        self._uncount()
         inner = self.factory.wrapped.buildProtocol(self.addr)
         if inner is None:
             self.transport.loseConnection()  # type: ignore[union-attr]
@@ -134,10 +177,9 @@ class _FirstByte(Protocol):
         if self._answered or self.transport is None:
             return
         self._answered = True
-        peer = self.transport.getPeer()
         log.debug(
             "Plain HTTP request on the HTTPS port from {peer}: answered 400",
-            peer=str(getattr(peer, "host", "?")),
+            peer=address_text(self.transport.getPeer()),
         )
         self.transport.write(PLAIN_HTTP_REPLY)
         # Close our side once written, keep reading (and discarding) until the
@@ -171,14 +213,22 @@ class HTTPSOnlyFactory(Factory):
     """
     The public listener's factory: TLS connections go to C{wrapped} (a
     C{TLSMemoryBIOFactory}); a plain HTTP request gets a C{400} that says to
-    use HTTPS.
+    use HTTPS.  C{deadlines}, if given, bounds each address's connections
+    from the TCP accept on.
     """
 
     noisy = False
 
-    def __init__(self, wrapped: IProtocolFactory, clock: IReactorTime) -> None:
+    def __init__(
+        self,
+        wrapped: IProtocolFactory,
+        clock: IReactorTime,
+        deadlines: ClientDeadlines | None = None,
+    ) -> None:
         self.wrapped = wrapped
         self.clock = clock
+        #: The bound on connections per address (L{None}: none).
+        self.deadlines = deadlines
 
     def startFactory(self) -> None:
         self.wrapped.doStart()

@@ -56,7 +56,9 @@ class AppProxyService(Service):
         self.reactor = reactor
         self.groups = ConnectorGroups(reactor, config.queue_timeout)
         self.frontend = FrontEnd(config.apps, self.groups, reactor)
-        self.client_deadlines = ClientDeadlines(reactor, config.client_limits)
+        self.client_deadlines = ClientDeadlines(
+            reactor, config.client_limits, trusted=lambda: self.frontend.trusted_proxies
+        )
         self.tunnel_factory = ServiceTunnelFactory(reactor, self.groups, config.apps)
         self.public_tls = ReloadableTLS(self._public_tls(config))
         self.tunnel_tls = ReloadableTLS(self._tunnel_tls(config))
@@ -143,6 +145,7 @@ class AppProxyService(Service):
                     ProxyHTTPFactory(self.frontend, self.reactor, self.client_deadlines),
                 ),
                 self.reactor,
+                self.client_deadlines,
             ),
         )
         self.tunnel_port = self._listen(

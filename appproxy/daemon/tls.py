@@ -29,9 +29,11 @@ from twisted.internet.ssl import (
     TLSVersion,
     optionsForClientTLS,
 )
+from twisted.logger import Logger
 from zope.interface import implementer
 
 from appproxy.daemon import pki
+from appproxy.daemon.tls_failures import RefusalLog, log_refused_certificates
 
 __all__ = [
     "SNIServerContextFactory",
@@ -40,6 +42,10 @@ __all__ = [
     "tunnel_client_options",
     "tunnel_server_context",
 ]
+
+#: The service's log of refused connector certificates: one per service
+#: process, so its rate limit holds across reloads.
+TUNNEL_REFUSALS = RefusalLog(Logger(namespace="appproxy.daemon.tls"))
 
 
 def _load_chain(cert_pem: bytes, key_pem: bytes) -> tuple[list[x509.Certificate], Any]:
@@ -152,7 +158,8 @@ def tunnel_server_context(
 ) -> IOpenSSLServerConnectionCreator:
     """
     The service side of the tunnel: TLS 1.2+, ALPN h2 only, and a client
-    certificate signed by the connector CA is required.
+    certificate signed by the connector CA is required; certificates
+    refused are logged with the peer's address (L{TUNNEL_REFUSALS}).
     """
     ca_certs = x509.load_pem_x509_certificates(connector_ca_pem)
     chain, key = _load_chain(cert_pem, key_pem)
@@ -166,7 +173,7 @@ def tunnel_server_context(
     )
     # Build (and check) the context now rather than on the first connection.
     options.getContext()
-    return options
+    return log_refused_certificates(options, TUNNEL_REFUSALS)
 
 
 def tunnel_client_options(

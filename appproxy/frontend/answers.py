@@ -37,6 +37,7 @@ __all__ = [
     "not_found_answer",
     "robots_answer",
     "upstream_error_page",
+    "withdrawn_app_page",
 ]
 
 #: Every host the service answers for keeps itself out of search engines.
@@ -160,4 +161,19 @@ def connection_lost_page(app: AppConfig | None) -> tuple[str, str, str]:
         "Connector connection lost",
         f"The connection to {label} was lost before it answered." + _TRY_AGAIN,
         "connector",
+    )
+
+
+def withdrawn_app_page(app: AppConfig | None) -> tuple[str, str, str]:
+    """
+    The title, detail and source of the 502 when a configuration reload
+    removed the app while its request was on its way.
+    """
+    label = app_label(app)
+    return (
+        "Application withdrawn",
+        f"{label} was removed from this service while your request was on its way;"
+        " its answer was not passed on. If the application should still be"
+        " here, contact your administrator and quote the request ID below.",
+        SERVICE,
     )

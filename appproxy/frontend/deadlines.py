@@ -13,17 +13,20 @@ L{appproxy.config.model.ClientLimits}:
   - a minimum rate for the body, as Apache's C{mod_reqtimeout} C{MinRate}:
     the body starts with C{header_timeout} seconds of credit, and each byte
     buys C{1 / body_min_rate} more, never more than C{header_timeout} ahead.
-    Time the service itself stops reading (the tunnel is slow, or the
-    request waits for the connector's dispatch acknowledgement) is not
-    counted against the client;
+    Time the service itself stops reading (the tunnel is slow, the
+    request waits for the connector's dispatch acknowledgement, or the
+    client is not reading its response) is not counted against the client;
   - a bound on how many connections one address may have reading a header
     block at once (L{ClientDeadlines}); one more is closed at once.  The
     front end's C{trusted_proxies} are exempt: behind a reverse proxy every
-    connection comes from its address.
+    connection comes from its address.  A connection counts from its TCP
+    accept: L{appproxy.daemon.plain_http} counts it until it starts TLS,
+    this channel from then on (the handshake included).
 
 A client that misses a deadline gets C{408 Request Timeout} (when nothing
 of a response was sent yet) and its connection is closed.  HTTP/2 clients
-(ALPN h2) leave this channel before their first frame.
+(ALPN h2) leave this channel before their first frame; the same limits
+apply to them in L{appproxy.frontend.h2_deadlines}.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from twisted.python.failure import Failure
 
 from appproxy.config.model import ClientLimits
 from appproxy.frontend.channels import ProxyChannelProtocol, StrictHTTPChannel
+from appproxy.frontend.peer import peer_text
 from appproxy.http.forwarding import IPNetwork, unmapped
 
 __all__ = ["ClientDeadlines", "DeadlineHTTPChannel", "deadline_channel_protocol"]
@@ -109,6 +113,8 @@ class DeadlineHTTPChannel(StrictHTTPChannel):
     _phase = _IDLE
     _address: str | None = None
     """Set while counted in L{ClientDeadlines.reading_headers}."""
+    _peer: str | None = None
+    """The client's address (the transport's peer)."""
     _timer: IDelayedCall | None = None
     _deadline = 0.0
     _closing = False
@@ -193,7 +199,10 @@ class DeadlineHTTPChannel(StrictHTTPChannel):
         deadlines = self.deadlines
         if deadlines is None or self._closing or self.transport is None:
             return
-        address = str(getattr(self.transport.getPeer(), "host", "?"))
+        address = self._peer
+        if address is None:
+            # The same for every request of the connection: asked once.
+            address = self._peer = str(getattr(self.transport.getPeer(), "host", "?"))
         if not deadlines.exempt(address):
             if not deadlines.enter(address):
                 log.info(
@@ -230,8 +239,7 @@ class DeadlineHTTPChannel(StrictHTTPChannel):
             if now < self._deadline:
                 self._arm(self._deadline)
                 return
-            request = self.requests[-1] if self.requests else None
-            if getattr(request, "_input_paused", False):
+            if self.input_paused():
                 # The service stopped reading, not the client: fresh credit.
                 assert self.deadlines is not None
                 self._deadline = now + self.deadlines.limits.header_timeout
@@ -252,7 +260,7 @@ class DeadlineHTTPChannel(StrictHTTPChannel):
         log.info(
             "Client {peer} too slow sending its request {what} (limits: headers in {limit:g} s,"
             " body at {rate} bytes/s); closing",
-            peer=str(getattr(transport.getPeer(), "host", "?")),
+            peer=peer_text(transport),
             what="headers" if phase == _HEADERS else "body",
             limit=0.0 if limits is None else limits.header_timeout,
             rate=0 if limits is None else limits.body_min_rate,

@@ -30,9 +30,12 @@ from appproxy.frontend.answers import (
     error_answer,
     no_connector_page,
     upstream_error_page,
+    withdrawn_app_page,
 )
+from appproxy.frontend.client_input import ClientInput
 from appproxy.frontend.front_end import FrontEnd
 from appproxy.frontend.relay import ResponseRelay, relayed_headers
+from appproxy.http.redact import redact_query
 from appproxy.tunnel.queue import ExchangeStream, NoCapacity, ProxyJob
 
 __all__ = ["BODY_BUFFER_LIMIT", "ExchangeRequest"]
@@ -65,7 +68,7 @@ class ExchangeRequest(http.Request):
         self._body_size = 0
         self._body_complete = False
         self._body_flowing = False
-        self._input_paused = False
+        self._input = ClientInput(self, self._is_h2)
         self._relay: ResponseRelay | None = None
         self._done = False
         self._started = False
@@ -135,12 +138,12 @@ class ExchangeRequest(http.Request):
             return
         if self._body_flowing and not self._body and self._stream is not None:
             if not self._stream.write_body(data):
-                self._pause_input()
+                self._input.pause()
             return
         self._body.append(data)
         self._body_size += len(data)
         if self._body_size > BODY_BUFFER_LIMIT or self._body_flowing:
-            self._pause_input()
+            self._input.pause()
 
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
         """
@@ -148,6 +151,10 @@ class ExchangeRequest(http.Request):
         """
         self._headers_complete()
         self._body_complete = True
+        if not self._is_h2:
+            # What the connection carries next is the next request's, which
+            # the channel reads (and holds back) itself.
+            self._input.resume()
         if self._done:
             return
         if self._body_flowing and not self._body and self._stream is not None:
@@ -208,16 +215,36 @@ class ExchangeRequest(http.Request):
         if self._body_complete:
             stream.end_body()
         else:
-            self._resume_input()
+            self._input.resume()
 
     def response_started(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         if self._done or self.app is None:
             return
         assert self._stream is not None
-        self._relay = ResponseRelay(self, self._stream, self.frontend.clock, self._is_h2)
         app = self.app
-        mapping = self.frontend.mappings[app.name] if app.translate_urls_in_headers else None
-        self._relay.start(status, relayed_headers(headers, mapping))
+        mapping = self.frontend.mappings.get(app.name)
+        if mapping is None:
+            self._app_withdrawn(status)
+            return
+        self._relay = ResponseRelay(self, self._stream, self.frontend.clock, self._is_h2)
+        self._relay.start(
+            status, relayed_headers(headers, mapping if app.translate_urls_in_headers else None)
+        )
+
+    def _app_withdrawn(self, status: int) -> None:
+        """
+        A reload removed the app while its request was in flight: its answer
+        is not passed on (the app is no longer published); the tunnel stream
+        is reset (by L{_respond}) and the user gets a 502 page naming the app.
+        """
+        title, detail, source = withdrawn_app_page(self.app)
+        self._respond_error(
+            502,
+            title,
+            detail,
+            source=source,
+            cause=f"the app was removed by a reload; its {status} answer was dropped",
+        )
 
     def response_data(self, data: bytes) -> None:
         if self._done:
@@ -236,7 +263,8 @@ class ExchangeRequest(http.Request):
         if self._done:
             return
         title, page_detail, source = upstream_error_page(kind, self.app)
-        self._respond_error(status, title, page_detail, source=source, cause=f"{kind}: {detail}")
+        cause = f"{kind}: {redact_query(detail)}"  # the URL's query may hold secrets
+        self._respond_error(status, title, page_detail, source=source, cause=cause)
 
     def stream_lost(self, job: ProxyJob, reason: str) -> None:
         self._stream = None
@@ -247,7 +275,7 @@ class ExchangeRequest(http.Request):
             self._done = True
             self._stop_relay()
             self.unregisterProducer()
-            self._abort_client()
+            self._input.abort()
             return
         if job.retryable():
             log.info(
@@ -272,30 +300,6 @@ class ExchangeRequest(http.Request):
         if self._stream is not None:
             stream, self._stream = self._stream, None
             stream.cancel()
-
-    def _input(self) -> Any:
-        """
-        What to pause to stop reading the body: the HTTP/2 stream (which then
-        stops opening its window), or the HTTP/1.1 connection's transport.
-        """
-        return self.channel if self._is_h2 else self.transport
-
-    def _pause_input(self) -> None:
-        if self._input_paused or self.channel is None:
-            return
-        self._input_paused = True
-        self._input().pauseProducing()
-
-    def _resume_input(self) -> None:
-        if not self._input_paused or self.channel is None:
-            return
-        self._input_paused = False
-        self._input().resumeProducing()
-
-    def _abort_client(self) -> None:
-        if self.channel is not None:
-            # An HTTP/2 stream is reset; an HTTP/1.1 connection is dropped.
-            self._input().abortConnection()
 
     def _stop_relay(self) -> None:
         if self._relay is not None:
@@ -373,6 +377,11 @@ class ExchangeRequest(http.Request):
         headers.setRawHeaders(b"x-request-id", [self.request_id.encode("ascii")])
         if self._job is not None:
             self._job.cancelled = True
+        if self._stream is not None:
+            # The service answers instead of the app (a timed-out HTTP/2
+            # body): the app's stream is no longer wanted.
+            stream, self._stream = self._stream, None
+            stream.cancel()
         self.write(answer.body)
         self._finish()
 
@@ -385,4 +394,5 @@ class ExchangeRequest(http.Request):
             channel: Any = self.channel
             channel.persistent = False
             channel.dataReceived = lambda data: None
+            self._input.resume()
         self.finish()

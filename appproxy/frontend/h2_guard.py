@@ -30,6 +30,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web._http2 import H2Connection
 
+from appproxy.frontend.peer import peer_text
+
 __all__ = ["EMPTY_DATA_BURST", "EMPTY_DATA_RATE", "GuardedH2Connection"]
 
 #: Empty DATA frames (not ending their stream) a connection may send at once.
@@ -66,12 +68,27 @@ class GuardedH2Connection(H2Connection):
         if self._flooded:
             # Close only once the whole batch of events is handled: the
             # connection's event loop goes on after a handler returns.
-            log.warn(
-                "Empty DATA frame flood from {peer}: GOAWAY",
-                peer=str(self.transport.getPeer()) if self.transport else "-",
-            )
+            log.warn("Empty DATA frame flood from {peer}: GOAWAY", peer=peer_text(self.transport))
             self.conn.close_connection(error_code=h2.errors.ErrorCodes.ENHANCE_YOUR_CALM)
             self._terminate(Failure(ConnectionLost("Empty DATA frame flood")))
+
+    def timeoutConnection(self) -> None:
+        # twisted.web's, logging the client as host:port, not an object's repr.
+        log.info("Timing out HTTP/2 client {peer}", peer=peer_text(self.transport))
+        streams = self.conn.open_outbound_streams + self.conn.open_inbound_streams
+        codes = h2.errors.ErrorCodes
+        self.conn.close_connection(error_code=codes.PROTOCOL_ERROR if streams else codes.NO_ERROR)
+        transport: Any = self.transport
+        transport.write(self.conn.data_to_send())
+        if self.abortTimeout is not None:
+            self._abortingCall = self.callLater(self.abortTimeout, self.forceAbortClient)
+        transport.loseConnection()
+
+    def forceAbortClient(self) -> None:
+        log.info("Forcibly timing out HTTP/2 client {peer}", peer=peer_text(self.transport))
+        self._abortingCall = None
+        transport: Any = self.transport
+        transport.abortConnection()
 
     def _terminate(self, reason: Failure) -> None:
         # A TLS transport closes only once its producer is gone, and this

@@ -20,7 +20,7 @@ from twisted.internet.interfaces import IAddress
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http
-from twisted.web.resource import IResource, getChildForRequest
+from twisted.web.resource import IResource, UnsupportedMethod, getChildForRequest
 from twisted.web.server import NOT_DONE_YET
 
 from appproxy.config import AppConfig
@@ -39,7 +39,7 @@ from appproxy.frontend.routing import internal_path
 from appproxy.gate.paths import HAND_OFF_PATH, SIGN_IN_PATH, SIGN_OUT_PATH
 from appproxy.gate.replies import Admit, Reply
 from appproxy.http.cookies import parse_cookies
-from appproxy.http.fields import single_field_problem
+from appproxy.http.fields import SINGLE_FIELDS, single_field_problem
 from appproxy.http.forwarding import client_address
 from appproxy.http.headers import new_request_id, prepare_request_headers
 from appproxy.http.paths import has_dot_segments
@@ -91,10 +91,21 @@ class ProxyRequest(ExchangeRequest):
 
     def _begin(self, length: int | None) -> None:
         method, uri, version = self._head
+        self.request_id = new_request_id()
+        if uri is None:
+            # An HTTP/2 CONNECT names an authority, not a path (RFC 9113
+            # 8.5): refused as an HTTP/1.1 CONNECT's authority target is.
+            self.method, self.uri, self.path, self.clientproto = method, b"", b"", version
+            self._respond_error_soon(400, "Bad request", "The request target must be a path.")
+            return
         self.method, self.uri, self.clientproto = method, uri, version
         self.path = uri.split(b"?", 1)[0]
-        self.request_id = new_request_id()
-        problem = single_field_problem(self.requestHeaders.getAllRawHeaders(), http2=self._is_h2)
+        # Only the fields it judges: two lookups, not a walk of every field.
+        fields = self.requestHeaders
+        problem = single_field_problem(
+            [(name, fields.getRawHeaders(name, [])) for name, _ in SINGLE_FIELDS],
+            http2=self._is_h2,
+        )
         if problem is not None:
             self._refuse_malformed(problem)
             return
@@ -110,9 +121,12 @@ class ProxyRequest(ExchangeRequest):
         if host.lower() in self.frontend.login_hosts:
             self._begin_login(host.lower())
             return
-        if self.path == ROBOTS_PATH and self.frontend.router.publishes_host(host):
+        if self.path in (ROBOTS_PATH, JWKS_PATH) and self.frontend.router.publishes_host(host):
             # Every published host, whatever its apps' path prefixes.
-            self._respond_soon(robots_answer())
+            if self.path == ROBOTS_PATH:
+                self._respond_soon(robots_answer())
+            else:
+                self._respond_soon(jwks_answer(self.frontend.jwks))
             return
         app = self.frontend.router.route(host, self.path)
         if app is None:
@@ -125,9 +139,6 @@ class ProxyRequest(ExchangeRequest):
             )
             return
 
-        if self.path == JWKS_PATH:
-            self._respond_soon(jwks_answer(self.frontend.jwks))
-            return
         sign_in = self.frontend.sign_in
         if not app.signs_in or sign_in is None:
             self._forward(app, ())
@@ -191,7 +202,8 @@ class ProxyRequest(ExchangeRequest):
             for value in values
         ]
         raw = strip_appproxy_cookies(strip_spoofed_headers(raw, self.frontend.protected_headers))
-        raw = _one_content_length(raw, self.length)
+        if len(self.requestHeaders.getRawHeaders(b"content-length", ())) > 1:
+            raw = _one_content_length(raw, self.length)
         headers = prepare_request_headers(
             raw,
             client_address=str(self._resolved_client_ip()),
@@ -268,6 +280,9 @@ class ProxyRequest(ExchangeRequest):
             self.parseCookies()
         try:
             body = getChildForRequest(resource, self).render(self)
+        except UnsupportedMethod as refused:
+            self._method_not_allowed(refused.allowedMethods)
+            return
         except Exception:
             log.failure("Unexpected error in the service's own page")
             self._respond_error(500, "Internal error", "The service failed unexpectedly.")
@@ -280,6 +295,13 @@ class ProxyRequest(ExchangeRequest):
         self.setHeader(b"content-length", b"%d" % len(body))
         self.write(body)
         self.finish()
+
+    def _method_not_allowed(self, allowed: Sequence[bytes]) -> None:
+        """A 405 from a resource that does not serve the method, with C{Allow}."""
+        names = set(allowed) | ({b"HEAD"} if b"GET" in allowed else set())
+        self.responseHeaders.setRawHeaders(b"allow", [b", ".join(sorted(names))])
+        method = self.method.decode("latin-1")
+        self._respond_error(405, "Method not allowed", f"{method} is not allowed here.")
 
     def _not_found(self, host: str) -> Answer:
         now = self.frontend.clock.seconds()

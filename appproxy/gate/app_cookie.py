@@ -122,7 +122,10 @@ class AppCookie:
         now = context.now()
         session = context.session(app, cookies, now)
         clear = clear_cookie(app.cookie_name)
-        context.record("signed-out", app.name, session.user if session else None, requester)
+        if session is not None and context.sessions.standing(session, now) != "revoked":
+            # Only a session this ends is a sign-out: a request without one
+            # (or with one ended before) would only fill the sign-in log.
+            context.record("signed-out", app.name, session.user, requester)
         page = signed_out(app.name, clear)
         ended = context.sessions.end(session, now) if session else defer.succeed(False)
         token: defer.Deferred[object | None]

@@ -49,4 +49,9 @@ def has_dot_segments(path: str) -> bool:
     Does C{path} (its query string, if any, ignored) have a segment that a
     server could read as C{.} or C{..}?  See L{segment_is_dot}.
     """
-    return any(segment_is_dot(segment) for segment in path.partition("?")[0].split("/"))
+    path = path.partition("?")[0]
+    if "." not in path and "%" not in path:
+        # Neither a dot nor an escape that could decode to one (as in
+        # segment_is_dot, for the whole path at once).
+        return False
+    return any(segment_is_dot(segment) for segment in path.split("/"))

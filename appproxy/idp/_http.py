@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import urllib.parse
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final
 
 import attrs
@@ -22,6 +22,7 @@ __all__ = [
     "Endpoint",
     "NotFound",
     "OAuthError",
+    "allowed_methods",
     "clear_cookie",
     "client_address",
     "cookie",
@@ -29,6 +30,7 @@ __all__ = [
     "html",
     "json_response",
     "message",
+    "method_not_allowed",
     "oauth_error",
     "param",
     "redirect",
@@ -185,6 +187,21 @@ def _not_found(request: Request) -> bytes:
     return message(request, 404, "Not found", "There is nothing here.")
 
 
+def allowed_methods(methods: Iterable[bytes]) -> bytes:
+    """An C{Allow} field's value: C{methods}, and HEAD wherever GET is."""
+    allowed = set(methods)
+    if b"GET" in allowed:
+        allowed.add(b"HEAD")
+    return b", ".join(sorted(allowed))
+
+
+def method_not_allowed(request: Request, methods: Iterable[bytes]) -> bytes:
+    """A 405 page naming the methods the endpoint serves (RFC 9110 15.5.6)."""
+    request.setHeader(b"allow", allowed_methods(methods))
+    verb = request.method.decode("latin-1")
+    return message(request, 405, "Method not allowed", f"{verb} is not allowed here.")
+
+
 class Endpoint(resource.Resource):
     """A leaf resource dispatching on the method (HEAD is served as GET)."""
 
@@ -197,9 +214,12 @@ class Endpoint(resource.Resource):
     def render(self, request: Request) -> Any:
         if request.postpath not in ([], [b""]):
             return _not_found(request)
-        handler = self._handlers.get(request.method)
+        method = request.method
+        if method == b"HEAD" and method not in self._handlers:
+            method = b"GET"
+        handler = self._handlers.get(method)
         if handler is None:
-            raise resource.UnsupportedMethod(sorted(self._handlers))
+            return method_not_allowed(request, self._handlers)
         return handler(request)
 
 

@@ -13,6 +13,12 @@ C{os.replace})::
                          "groups": ["staff"], "roles": ["editor"],
                          "totp": "<base32 secret>" or null, "disabled": false}}}
 
+User names are unique regardless of case, as app assignment
+(C{allowed_users}) compares them: adding one that differs from another only
+in case is refused.  Sign-in looks the name up exactly as stored; should a
+file hold two such names (written by hand, or by an older version), neither
+signs in until one is removed.
+
 Checking the password of a user who does not exist costs the same scrypt
 time, so response times do not tell which user names exist.  Hashing takes
 tens of milliseconds: callers on the reactor thread must run
@@ -249,7 +255,32 @@ class UserStore:
         _write_atomically(path, data)
 
     def get(self, name: str) -> User | None:
-        return self.users.get(name)
+        """The user named exactly C{name}, unless another's name differs only in case."""
+        return None if self._ambiguous(name) else self.users.get(name)
+
+    def same_name(self, name: str) -> str | None:
+        """
+        The stored user name that is C{name} up to case (as app assignment
+        compares names: casefolded), or L{None}.
+        """
+        folded = name.casefold()
+        if name in self.users:
+            return name
+        return next((stored for stored in self.users if stored.casefold() == folded), None)
+
+    def check_new_name(self, name: str) -> None:
+        """
+        @raise ValueError: if a user of this name exists, or of a name that
+            differs only in case.
+        """
+        stored = self.same_name(name)
+        if stored == name:
+            raise ValueError(f"user {name!r} already exists")
+        if stored is not None:
+            raise ValueError(
+                f"user {stored!r} already exists, and user names that differ only in case"
+                " are the same user to app assignment: choose another name"
+            )
 
     def existing(self, name: str) -> User:
         """
@@ -275,13 +306,18 @@ class UserStore:
         disabled; L{None} otherwise.  Always costs one scrypt computation,
         whether or not the user exists.  Blocking: run it in a thread.
         """
-        user = self.users.get(name)
+        user = self.get(name)
         # Loaded users' hashes are well formed (checked by from_json).
         encoded = user.password_hash if user is not None else DECOY_HASH
         ok = verify_password_hash(encoded, password)
         if user is None or user.disabled or not ok:
             return None
         return user
+
+    def _ambiguous(self, name: str) -> bool:
+        """Whether another user's name differs from C{name} only in case."""
+        folded = name.casefold()
+        return any(other != name and other.casefold() == folded for other in self.users)
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
@@ -308,7 +344,8 @@ def add_user(
     Only an empty password is refused here; the C{appproxy users} commands
     also refuse short ones.
 
-    @raise ValueError: if the user exists, or a value is invalid.
+    @raise ValueError: if the user exists (or one whose name differs only in
+        case), or a value is invalid.
     """
     check_user_name(username)
     if not password:
@@ -320,8 +357,7 @@ def add_user(
     if totp_secret is not None:
         totp.decode_secret(totp_secret)
     store = UserStore.load(path)
-    if username in store.users:
-        raise ValueError(f"user {username!r} already exists")
+    store.check_new_name(username)
     user = User(
         name=username,
         display_name=name,

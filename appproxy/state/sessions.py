@@ -42,11 +42,13 @@ __all__ = [
     "list_sessions",
     "purge_expired_sessions",
     "read_revocations",
+    "recorded_users",
     "revoke",
     "revoke_session",
     "revoke_user",
     "select_revocations",
     "select_sessions",
+    "select_users",
 ]
 
 _T = TypeVar("_T")
@@ -227,6 +229,12 @@ def select_sessions(
     ]
 
 
+def select_users(txn: Any) -> list[str]:
+    """The user names of the recorded sessions (expired or not), sorted."""
+    txn.execute("SELECT DISTINCT user FROM sessions ORDER BY user")
+    return [row[0] for row in txn.fetchall()]
+
+
 def purge_expired_sessions(txn: Any, now: float) -> int:
     """Delete the sessions and revocations expired by C{now}; how many."""
     txn.execute("DELETE FROM sessions WHERE expires_at <= ?", (now,))
@@ -298,6 +306,11 @@ def revoke(path: Path, now: int, *, user: str | None = None, session: str | None
     if record is None:
         raise ValueError(f"no session {session!r} (or it has already expired)")
     return 1
+
+
+def recorded_users(path: Path) -> list[str]:
+    """L{select_users} on the database at C{path}, synchronously."""
+    return _connected(path, select_users, write=False)
 
 
 def read_revocations(path: Path, now: int) -> list[Revocation]:

@@ -20,7 +20,15 @@ adds what both ends need:
    connection-level events (SETTINGS, PING, GOAWAY) and HTTP/2 protocol
    errors end the connection;
  - liveness: a PING every C{ping_interval}; a connection whose previous PING is
-   still unanswered is aborted.
+   still unanswered is aborted;
+ - the transport's back pressure: the protocol is its TCP transport's
+   streaming producer, as Twisted's own HTTP/2 server is its transport's.  While the transport's
+   buffer is full (C{pauseProducing}) no DATA is sent (the streams' own
+   producers pause as their buffers fill), and a peer that never reads
+   while it keeps sending frames we must answer (PING, SETTINGS, ...) is
+   dropped once L{outbound.MAX_BUFFERED_CONTROL_BYTES} have piled up
+   (C{_maxBufferedControlFrameBytes} in twisted.web's HTTP/2);
+ - C{TCP_NODELAY}: small frames (headers, acknowledgements) go at once.
 
 Inbound flow control is the subclasses' business: they acknowledge received
 DATA only once the far side has consumed it.
@@ -54,6 +62,7 @@ from h2.stream import StreamState
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger, LogLevel
+from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 
 from appproxy.tunnel.connection import TunnelConnection
@@ -131,11 +140,25 @@ class TunnelProtocol(OutboundStreams, Protocol, Generic[_F]):
         self.connected = False
         self.terminated = False
         self._receiving = False
+        #: The transport's buffer is full: no DATA until it resumes us.
+        self.transport_paused = False
+        #: Bytes written while paused (see MAX_BUFFERED_CONTROL_BYTES).
+        self.paused_bytes = 0
 
     # -- connection life -------------------------------------------------
 
     def connectionMade(self) -> None:
         self.connected = True
+        # On the TCP transport under TLS (TLS would hold a clean close until
+        # its producer went away): its buffer is where the bytes pile up.
+        tcp: Any = self.transport
+        if isinstance(tcp, TLSMemoryBIOProtocol):
+            tcp = tcp.transport
+        tcp.registerProducer(self, True)
+        try:
+            tcp.setTcpNoDelay(True)
+        except (AttributeError, OSError):
+            pass  # not TCP (memory transports in tests, UNIX sockets)
         self.conn.initiate_connection()
         self.conn.update_settings(self.local_settings())
         self.conn.increment_flow_control_window(CONNECTION_WINDOW - 65535)
@@ -170,6 +193,8 @@ class TunnelProtocol(OutboundStreams, Protocol, Generic[_F]):
             return
         data = self.conn.data_to_send()
         if data and self.transport is not None and self.connected:
+            if self.transport_paused and self.unread(len(data)):
+                return
             self.transport.write(data)
 
     def abort(self) -> None:

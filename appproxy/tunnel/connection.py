@@ -1,6 +1,6 @@
 """
-The tunnel's HTTP/2 connection: h2's, with each header block checked and
-protected on the way out (see L{appproxy.tunnel.fields}).
+The tunnel's HTTP/2 connection: h2's, with each header block checked on the
+way out and its secrets sent never indexed (see L{appproxy.tunnel.fields}).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, cast
 from h2.config import H2Configuration
 from h2.connection import H2Connection
 
-from appproxy.tunnel.fields import Field, UnsendableFields, field_problem, protect
+from appproxy.tunnel.fields import Field, TunnelEncoder, UnsendableFields, field_problem
 
 if TYPE_CHECKING:
     from hpack.struct import HeaderWeaklyTyped
@@ -26,7 +26,8 @@ class TunnelConnection(H2Connection):
 
     h2's own outbound normalisation would do the second, but it also
     lowercases and copies every field of every block; the tunnel's fields
-    are lowercase already.
+    are lowercase already.  The encoder (L{TunnelEncoder}) picks the
+    never-indexed fields by name: no field is rewrapped per block.
     """
 
     def __init__(self, client_side: bool) -> None:
@@ -39,6 +40,7 @@ class TunnelConnection(H2Connection):
                 normalize_outbound_headers=False,
             )
         )
+        self.encoder = TunnelEncoder()
 
     def send_headers(
         self,
@@ -49,13 +51,13 @@ class TunnelConnection(H2Connection):
         priority_depends_on: int | None = None,
         priority_exclusive: bool | None = None,
     ) -> None:
-        fields = cast(list[Field], list(headers))
+        fields = cast(list[Field], headers if isinstance(headers, list) else list(headers))
         problem = field_problem(fields)
         if problem is not None:
             raise UnsendableFields(problem)
         super().send_headers(
             stream_id,
-            protect(fields),
+            fields,
             end_stream,
             priority_weight,
             priority_depends_on,

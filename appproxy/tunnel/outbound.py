@@ -18,19 +18,63 @@ from twisted.logger import Logger
 from appproxy.tunnel.connection import TunnelConnection
 from appproxy.tunnel.stream import TunnelStream
 
+#: Bytes written while the transport has paused us (frames the peer made us
+#: send without reading them) beyond which the peer is dropped.
+MAX_BUFFERED_CONTROL_BYTES = 1 << 18
+
 
 class OutboundStreams:
     """
-    What both ends send on their streams.
+    What both ends send on their streams, and the transport's back pressure
+    on it (the protocol is its TCP transport's streaming producer).
     """
 
     log: Logger
     conn: TunnelConnection
     connected: int
     streams: dict[int, TunnelStream]
+    transport_paused: bool
+    paused_bytes: int
 
     def flush(self) -> None:
         raise NotImplementedError
+
+    def abort(self) -> None:
+        raise NotImplementedError
+
+    # -- IPushProducer -----------------------------------------------------
+
+    def pauseProducing(self) -> None:
+        """The transport's buffer is full: no DATA until it resumes us."""
+        self.transport_paused = True
+
+    def resumeProducing(self) -> None:
+        self.transport_paused = False
+        self.paused_bytes = 0
+        if self.connected:
+            # Every stream with DATA waiting sends what its window allows.
+            self.window_updated(0)
+            self.flush()
+
+    def stopProducing(self) -> None:
+        """The transport is closing: connectionLost follows."""
+
+    def unread(self, size: int) -> bool:
+        """
+        C{size} more bytes are written while the transport has paused us:
+        whether the peer, which is not reading them, is dropped for it.
+        """
+        self.paused_bytes += size
+        if self.paused_bytes <= MAX_BUFFERED_CONTROL_BYTES:
+            return False
+        self.log.warn(
+            "Tunnel peer does not read what it makes us send ({size} bytes waiting);"
+            " dropping the connection",
+            size=self.paused_bytes,
+        )
+        self.connected = False
+        self.abort()
+        return True
 
     def within_stream(self, stream_id: int, handler: Callable[..., object], *args: Any) -> None:
         raise NotImplementedError
@@ -78,6 +122,9 @@ class OutboundStreams:
         outbound = stream.outbound
         try:
             while outbound:
+                if self.transport_paused:
+                    # The transport's buffer is full: resumeProducing goes on.
+                    return False
                 window = min(conn.local_flow_control_window(sid), conn.max_outbound_frame_size)
                 if window <= 0:
                     return False

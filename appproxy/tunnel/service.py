@@ -11,19 +11,22 @@ C{SETTINGS_MAX_CONCURRENT_STREAMS}, and one stream per job.  A stream's room
 is given back only once h2 counts the stream as closed.  A settings push that
 fails (refused, reset, unanswered) closes the connection cleanly: the
 connector dials again and gets its settings afresh.
+
+The protocol is a shell: the connection's state (settings push, capacity,
+jobs, drain) is L{appproxy.tunnel.connection_machine}'s, each stream's
+(and its idle timing) L{appproxy.tunnel.machine}'s; it feeds them h2's
+events and its own and carries out their actions.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Sequence
 
 import attrs
 from h2.errors import ErrorCodes
 from h2.events import (
     ConnectionTerminated,
-    DataReceived,
-    InformationalResponseReceived,
-    ResponseReceived,
 )
 from h2.exceptions import H2Error
 from twisted.internet.defer import CancelledError, Deferred
@@ -34,21 +37,37 @@ from zope.interface import implementer
 from appproxy.config import AppConfig
 from appproxy.daemon.tls import peer_connector_identity
 from appproxy.tunnel.base import TunnelFactory, TunnelProtocol, TunnelStream
+from appproxy.tunnel.connection_machine import (
+    Action,
+    Close,
+    ConnectionInput,
+    ConnectionMachine,
+    ConnectionState,
+    Invalid,
+    OpenStream,
+    PushSettings,
+    ReturnJob,
+    StopWanting,
+    WantJob,
+)
 from appproxy.tunnel.expiry import ExpiryWatch, watch_connector_certificate
 from appproxy.tunnel.fields import UnsendableFields, request_line_problem, user_fields
+from appproxy.tunnel.machine import StreamInput
 from appproxy.tunnel.queue import ConnectorGroupQueue, ConnectorGroups, ProxyJob
 from appproxy.tunnel.service_control import SettingsChannel
+from appproxy.tunnel.service_events import ServiceStreamEvents
 from appproxy.tunnel.service_stream import ServiceStream
 
 #: Extra time the service waits beyond the app's backend timeout, which the
-#: connector enforces, before it gives up on a stream itself.
+#: connector enforces, before it gives up on a stream gone idle itself
+#: (L{appproxy.tunnel.machine}).
 RESPONSE_GRACE = 5.0
 #: Upper bound on streams per connection, whatever the connector offers.
 MAX_CAPACITY = 1000
 
 
 @implementer(IHandshakeListener)
-class ServiceTunnelProtocol(TunnelProtocol["ServiceTunnelFactory"]):
+class ServiceTunnelProtocol(ServiceStreamEvents, TunnelProtocol["ServiceTunnelFactory"]):
     """
     The service's end of one tunnel connection.
     """
@@ -60,14 +79,15 @@ class ServiceTunnelProtocol(TunnelProtocol["ServiceTunnelFactory"]):
         self.groups = factory.groups
         self.group: ConnectorGroupQueue | None = None
         self.connector_id = "?"
-        self.capacity = 0
-        self.ready = False
+        #: The connection's state: settings push, capacity, jobs, drain.
+        self.machine = ConnectionMachine(MAX_CAPACITY)
         self.active: set[ServiceStream] = set()
         self._gets: list[Deferred[ProxyJob]] = []
-        self._filling = False
+        #: Jobs the queue handed over, until the machine opens or returns each.
+        self._offered: deque[ProxyJob] = deque()
+        self._actions: deque[Action] = deque()
+        self._acting = False
         self.settings = SettingsChannel(self)
-        #: Closing after a failed settings push, once the active streams end.
-        self.closing = False
         #: Response body bytes received from the connector.
         self.bytes_received = 0
         #: Closes the connection at the connector certificate's notAfter.
@@ -94,20 +114,74 @@ class ServiceTunnelProtocol(TunnelProtocol["ServiceTunnelFactory"]):
         self.expiry = watch_connector_certificate(self)
         self.settings.push()
 
+    @property
+    def ready(self) -> bool:
+        """Taking jobs: the connector acknowledged its settings, no drain."""
+        return self.machine.state is ConnectionState.READY
+
+    @property
+    def capacity(self) -> int:
+        return self.machine.capacity
+
     def close_when_idle(self) -> None:
         """
         Take no more jobs; once the streams in flight have ended, say GOAWAY
         and close.
         """
-        if not self.closing:
-            self.closing = True
-            self._stop_consuming()
-        self._close_when_idle()
+        self.feed(ConnectionInput.DRAIN_REQUESTED)
 
-    def _close_when_idle(self) -> None:
-        if self.active or self.transport is None or not self.connected:
+    # -- the machine -------------------------------------------------------
+
+    def feed(self, event: ConnectionInput, value: int = 0) -> None:
+        """
+        Give the connection's machine an input and carry out its actions.
+        Actions that feed it again (a job the queue hands over at once)
+        queue theirs behind: no recursion, however many jobs wait.
+        """
+        self._actions.extend(self.machine.feed(event, value))
+        if self._acting:
             return
-        if self.closing:
+        self._acting = True
+        try:
+            while self._actions:
+                self._act(self._actions.popleft())
+        finally:
+            self._acting = False
+
+    def _act(self, action: Action) -> None:
+        if isinstance(action, WantJob):
+            if self.group is not None:
+                d = self.group.get(self)
+                self._gets.append(d)
+                d.addCallbacks(self._got_job, self._get_failed, callbackArgs=(d,), errbackArgs=(d,))
+        elif isinstance(action, StopWanting):
+            gets, self._gets = self._gets, []
+            for d in gets:
+                d.cancel()
+        elif isinstance(action, OpenStream):
+            self._open(self._offered.popleft())
+        elif isinstance(action, ReturnJob):
+            job = self._offered.popleft()
+            # From the reactor: this runs inside the queue's hand-over.
+            self.clock.callLater(
+                0, job.exchange.stream_lost, job, "the tunnel connection is closing"
+            )
+        elif isinstance(action, PushSettings):
+            self.settings.send()
+        elif isinstance(action, Close):
+            self._close(action.goaway)
+        elif isinstance(action, Invalid):
+            self.log.error(
+                "Connector {connector}: {input} is not allowed in {state}",
+                connector=self.connector_id,
+                input=action.input.value,
+                state=action.state.value,
+            )
+
+    def _close(self, goaway: bool) -> None:
+        if self.transport is None or not self.connected:
+            return
+        if goaway:
             try:
                 self.conn.close_connection()
             except H2Error:
@@ -118,7 +192,7 @@ class ServiceTunnelProtocol(TunnelProtocol["ServiceTunnelFactory"]):
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:  # noqa: B008
         if self.expiry is not None:
             self.expiry.stop()
-        self._stop_consuming()
+        self.feed(ConnectionInput.CONNECTION_LOST)
         self.settings.stop()
         if self.group is not None:
             self.group.connection_lost(self)
@@ -136,46 +210,27 @@ class ServiceTunnelProtocol(TunnelProtocol["ServiceTunnelFactory"]):
         connection state on GOAWAY); streams it never processed are retried
         elsewhere.
         """
-        self._stop_consuming()
+        self.feed(ConnectionInput.GOAWAY_RECEIVED)
         last = event.last_stream_id or 0
         for stream in [s for s in self.active if s.stream_id > last]:
             stream.job.dispatched = False
             stream.stream_aborted("the connector is shutting down")
-        self._close_when_idle()
 
     # -- consuming the queue ----------------------------------------------
 
     def open_streams(self) -> int:
-        # Ours, and h2's count (the one it enforces against the connector's
-        # SETTINGS_MAX_CONCURRENT_STREAMS): they agree, as a stream leaves
-        # `active` only once h2 counts it closed.
-        return max(len(self.active) + len(self.settings), self.conn.open_outbound_streams)
-
-    def _stop_consuming(self) -> None:
-        self.ready = False
-        gets, self._gets = self._gets, []
-        for d in gets:
-            d.cancel()
-
-    def fill(self) -> None:
         """
-        Wait for the next job while there is room.
+        Streams open, the control streams included.  The machine's count
+        agrees with h2's (the one h2 enforces against the connector's
+        C{SETTINGS_MAX_CONCURRENT_STREAMS}): a stream gives its room back
+        (L{ConnectionInput.STREAM_CLOSED}) only once h2 counts it closed.
 
-        One outstanding C{get()} per connection, re-issued as soon as a job is
+        One job at a time is asked of the queue, again as soon as one is
         taken: the queue's waiters then alternate between connections, so
-        load spreads over every connector of the group instead of filling one
-        connection's capacity first.
+        load spreads over every connector of the group instead of filling
+        one connection's capacity first.
         """
-        if self._filling or not self.ready or self.terminated or self.closing or self.group is None:
-            return
-        self._filling = True
-        try:
-            while self.ready and not self._gets and self.open_streams() < self.capacity:
-                d = self.group.get(self)
-                self._gets.append(d)
-                d.addCallbacks(self._got_job, self._get_failed, callbackArgs=(d,), errbackArgs=(d,))
-        finally:
-            self._filling = False
+        return self.machine.open
 
     def _get_failed(self, failure: Failure, d: Deferred[ProxyJob]) -> None:
         failure.trap(CancelledError)
@@ -186,11 +241,11 @@ class ServiceTunnelProtocol(TunnelProtocol["ServiceTunnelFactory"]):
         except ValueError:
             pass
         if job.cancelled:
-            self.fill()
+            self.feed(ConnectionInput.JOB_CANCELLED)
             return
         job.stop_timer()
-        self._open(job)
-        self.fill()
+        self._offered.append(job)
+        self.feed(ConnectionInput.JOB_OFFERED)
 
     def _open(self, job: ProxyJob) -> None:
         sid = self.conn.get_next_available_stream_id()
@@ -217,12 +272,7 @@ class ServiceTunnelProtocol(TunnelProtocol["ServiceTunnelFactory"]):
             headers.append((b"appproxy-ack", b"1"))
         self.conn.send_headers(stream.stream_id, headers, end_stream=not job.has_body)
         job.attempts += 1
-        stream.timer = self.clock.callLater(
-            app.backend_timeout + RESPONSE_GRACE,
-            self.within_stream,
-            stream.stream_id,
-            stream.timed_out,
-        )
+        stream.start(app.backend_timeout + RESPONSE_GRACE)
         job.exchange.stream_opened(stream)
         self.flush()
 
@@ -233,6 +283,7 @@ class ServiceTunnelProtocol(TunnelProtocol["ServiceTunnelFactory"]):
         give its room to the next job.
         """
         sid = stream.stream_id
+        was_active = stream in self.active
         self.active.discard(stream)
         self.streams.pop(sid, None)
         if self.connected and not self.terminated:
@@ -244,12 +295,8 @@ class ServiceTunnelProtocol(TunnelProtocol["ServiceTunnelFactory"]):
             unacked, stream.unacked = stream.unacked, 0
             self.acknowledge(sid, unacked)
             self.flush()
-        if self.terminated or self.closing:
-            self._close_when_idle()
-        elif self.settings.pending:
-            self.settings.push()
-        else:
-            self.fill()
+        if was_active:
+            self.feed(ConnectionInput.STREAM_CLOSED)
 
     def stream_failed(self, stream_id: int, stream: TunnelStream | None, failure: Failure) -> None:
         if stream_id in self.settings:
@@ -257,6 +304,7 @@ class ServiceTunnelProtocol(TunnelProtocol["ServiceTunnelFactory"]):
             return
         if not isinstance(stream, ServiceStream) or stream.finished:
             return
+        stream.feed(StreamInput.FAILED)
         stream._done(ErrorCodes.INTERNAL_ERROR)
         job = stream.job
         if stream.responded:
@@ -281,85 +329,11 @@ class ServiceTunnelProtocol(TunnelProtocol["ServiceTunnelFactory"]):
     # -- events ------------------------------------------------------------
 
     def remote_settings_changed(self) -> None:
-        self.capacity = min(self.conn.remote_settings.max_concurrent_streams, MAX_CAPACITY)
-        if self.capacity <= len(self.active):
-            # The connector is draining (capacity 0) or shrank: stop waiting.
-            gets, self._gets = self._gets, []
-            for d in gets:
-                d.cancel()
-        self.fill()
-
-    def informational_received(self, event: InformationalResponseReceived) -> None:
-        stream = self.streams.get(event.stream_id)
-        if isinstance(stream, ServiceStream) and not stream.job.dispatched:
-            stream.job.dispatched = True
-            if stream.job.has_body:
-                stream.job.exchange.body_wanted(stream)
-
-    def response_received(self, event: ResponseReceived) -> None:
-        sid = event.stream_id
-        if sid in self.settings:
-            self.settings.answered(sid, dict(event.headers).get(b":status", b""))
-            return
-        stream = self.streams.get(sid)
-        if not isinstance(stream, ServiceStream) or stream.finished:
-            self.reset_stream(sid)
-            return
-        if stream.timer is not None and stream.timer.active():
-            stream.timer.cancel()
-        stream.timer = None
-        stream.job.dispatched = True
-        status = 502
-        headers: list[tuple[bytes, bytes]] = []
-        error_kind: bytes | None = None
-        error_detail = b""
-        for name, value in event.headers:
-            if name.startswith(b":"):
-                if name == b":status":
-                    status = int(value)
-            elif name.startswith(b"appproxy-"):
-                if name == b"appproxy-error":
-                    error_kind = value
-                elif name == b"appproxy-error-detail":
-                    error_detail = value
-            else:
-                headers.append((name, value))
-        if error_kind is not None:
-            stream._done(ErrorCodes.NO_ERROR)
-            stream.job.exchange.upstream_error(
-                status, error_kind.decode("latin-1"), error_detail.decode("latin-1")
-            )
-            return
-        # Responded only once the user side took the head: if it raises,
-        # nothing went to the user yet and the boundary answers 502.
-        stream.job.exchange.response_started(status, headers)
-        stream.responded = True
-
-    def data_received(self, event: DataReceived) -> None:
-        stream = self.streams.get(event.stream_id)
-        length = event.flow_controlled_length
-        if not isinstance(stream, ServiceStream) or stream.finished:
-            # Settings stream reply or a stream we gave up on: just reopen the window.
-            self.acknowledge(event.stream_id, length)
-            return
-        self.bytes_received += len(event.data)
-        if stream.paused or stream.held:
-            stream.unacked += length
-        else:
-            self.acknowledge(event.stream_id, length)
-        stream.job.exchange.response_data(event.data)
-
-    def stream_ended(self, stream_id: int) -> None:
-        if stream_id in self.settings:
-            self.settings.ended(stream_id)
-            return
-        stream = self.streams.get(stream_id)
-        if not isinstance(stream, ServiceStream) or stream.finished:
-            return
-        # If the app answered before the whole body was sent, this resets the
-        # stream: the rest of the body is not wanted.
-        stream._done(ErrorCodes.NO_ERROR)
-        stream.job.exchange.response_ended()
+        # The connector draining (capacity 0) or shrinking: the machine stops
+        # asking for jobs.
+        self.feed(
+            ConnectionInput.CAPACITY_CHANGED, self.conn.remote_settings.max_concurrent_streams
+        )
 
 
 @attrs.define(eq=False)

@@ -20,6 +20,7 @@ import attrs
 from twisted.internet.interfaces import IDelayedCall
 
 from appproxy.config import AppConfig
+from appproxy.tunnel.connection_machine import ConnectionInput, ConnectionState
 from appproxy.tunnel.fields import CONTROL_FIELD, SETTINGS_CONTROL
 from appproxy.tunnel.stream import TunnelStream
 
@@ -57,8 +58,6 @@ class SettingsChannel:
     proto: ServiceTunnelProtocol
     timers: dict[int, IDelayedCall | None] = attrs.field(init=False, factory=dict)
     """The settings streams in flight, each with its deadline until answered."""
-    pending: bool = attrs.field(init=False, default=False)
-    """A push waits for a free stream."""
 
     def __contains__(self, stream_id: int) -> bool:
         return stream_id in self.timers
@@ -69,15 +68,22 @@ class SettingsChannel:
     def push(self) -> None:
         """
         Send the connector the settings of its group's apps (at connect, and
-        again after a reload).  Waits for a free stream if it is at capacity.
+        again after a reload).  The connection's machine decides when: it
+        waits for a free stream if the connection is at capacity, and sends
+        nothing while draining (it then calls L{send}).
         """
         proto = self.proto
-        if proto.group is None or not proto.connected or proto.closing:
+        if proto.group is None or not proto.connected:
             return
-        if proto.ready and proto.open_streams() >= proto.capacity:
-            self.pending = True
-            return
-        self.pending = False
+        if proto.machine.state is ConnectionState.CONNECTING:
+            proto.feed(ConnectionInput.HANDSHAKE_DONE)
+        else:
+            proto.feed(ConnectionInput.SETTINGS_CHANGED)
+
+    def send(self) -> None:
+        """Open a control stream and push the settings on it."""
+        proto = self.proto
+        assert proto.group is not None
         apps = [a for a in proto.factory.apps if a.connector_group == proto.group.name]
         sid = proto.conn.get_next_available_stream_id()
         self.timers[sid] = proto.clock.callLater(
@@ -110,13 +116,11 @@ class SettingsChannel:
             self.failed(stream_id, f"refused with status {status.decode('latin-1')}")
             return
         self._cancel(stream_id)
-        self.proto.ready = True
-        self.proto.fill()
+        self.proto.feed(ConnectionInput.SETTINGS_ACKED)
 
     def ended(self, stream_id: int) -> None:
         """Settings stream C{stream_id} is over: its room is free again."""
         self._forget(stream_id)
-        self.proto.fill()
 
     def failed(self, stream_id: int, why: str) -> None:
         """
@@ -124,16 +128,19 @@ class SettingsChannel:
         closes cleanly once its streams in flight have ended, and the
         connector dials again.
         """
-        self._forget(stream_id)
         proto = self.proto
-        if proto.closing or not proto.connected:
+        if stream_id in self.timers and proto.connected and not proto.terminated:
+            # Unanswered: reset it, so that h2 counts it closed too.
+            proto.reset_stream(stream_id)
+        self._forget(stream_id)
+        if proto.machine.state not in (ConnectionState.READY, ConnectionState.AWAITING_SETTINGS):
             return
         proto.log.error(
             "Connector {connector}: settings push failed ({why}); closing the connection",
             connector=proto.connector_id,
             why=why,
         )
-        proto.close_when_idle()
+        proto.feed(ConnectionInput.SETTINGS_FAILED)
 
     def stop(self) -> None:
         """The connection is gone: cancel the deadlines."""
@@ -150,5 +157,7 @@ class SettingsChannel:
 
     def _forget(self, stream_id: int) -> None:
         self._cancel(stream_id)
-        self.timers.pop(stream_id, None)
         self.proto.streams.pop(stream_id, None)
+        if self.timers.pop(stream_id, False) is not False:
+            # Its room is free again.
+            self.proto.feed(ConnectionInput.STREAM_CLOSED)

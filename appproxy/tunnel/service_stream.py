@@ -6,6 +6,7 @@ the stream L{appproxy.tunnel.service.ServiceTunnelProtocol} feeds the response.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import attrs
@@ -13,6 +14,17 @@ from h2.errors import ErrorCodes
 from twisted.internet.interfaces import IDelayedCall
 
 from appproxy.tunnel.base import TunnelStream
+from appproxy.tunnel.machine import (
+    Action,
+    AnswerError,
+    CancelTimer,
+    CutResponse,
+    Invalid,
+    ResetStream,
+    SetTimer,
+    StreamInput,
+    StreamMachine,
+)
 from appproxy.tunnel.queue import ProxyJob
 
 if TYPE_CHECKING:
@@ -36,7 +48,9 @@ class ServiceStream(TunnelStream):
     responded: bool = attrs.field(init=False, default=False)
     finished: bool = attrs.field(init=False, default=False)
     timer: IDelayedCall | None = attrs.field(init=False, default=None)
-    """Gives up on the stream if the connector does not answer in time."""
+    """The machine's timer (L{SetTimer}): gives up on a stream gone idle."""
+    machine: StreamMachine | None = attrs.field(init=False, default=None)
+    """The stream's state and timing, once its request headers went out."""
 
     def __attrs_post_init__(self) -> None:
         self.request_id = self.job.request_id
@@ -45,7 +59,11 @@ class ServiceStream(TunnelStream):
 
     def write_body(self, data: bytes) -> bool:
         self.job.body_sent = True
-        return self.proto.send_data(self, data)
+        self.feed(StreamInput.BODY_SENT)
+        if self.proto.send_data(self, data):
+            return True
+        self.feed(StreamInput.SEND_BLOCKED)
+        return False
 
     def end_body(self) -> None:
         self.proto.end_stream(self)
@@ -53,14 +71,18 @@ class ServiceStream(TunnelStream):
     def cancel(self) -> None:
         if self.finished:
             return
+        self.feed(StreamInput.CANCELLED)
         self._done(ErrorCodes.CANCEL)
 
     def pauseProducing(self) -> None:
         self.paused = True
+        self.feed(StreamInput.RESPONSE_PAUSED)
 
     def resumeProducing(self) -> None:
         self.paused = False
         self._ack_pending()
+        if not self.held:
+            self.feed(StreamInput.RESPONSE_RESUMED)
 
     def hold(self) -> None:
         """
@@ -68,10 +90,13 @@ class ServiceStream(TunnelStream):
         L{appproxy.frontend.exchange.ExchangeRequest.response_data}).
         """
         self.held = True
+        self.feed(StreamInput.RESPONSE_PAUSED)
 
     def release(self) -> None:
         self.held = False
         self._ack_pending()
+        if not self.paused:
+            self.feed(StreamInput.RESPONSE_RESUMED)
 
     def _ack_pending(self) -> None:
         if self.unacked and not self.paused and not self.held:
@@ -84,26 +109,88 @@ class ServiceStream(TunnelStream):
     # TunnelStream
 
     def outbound_drained(self) -> None:
+        self.feed(StreamInput.SEND_UNBLOCKED)
         self.job.exchange.body_drained()
 
     def stream_aborted(self, reason: str) -> None:
         if self.finished:
             return
+        self.feed(StreamInput.PEER_RESET)
         self._done()
         self.job.exchange.stream_lost(self.job, reason)
 
-    # from the protocol
+    # the machine
 
-    def timed_out(self) -> None:
+    def start(self, limit: float) -> None:
+        """The request headers went out: the machine takes over the timing."""
+        self.machine = StreamMachine(limit, self.job.has_body, self.proto.clock.seconds())
+        self._act(self.machine.start())
+
+    def feed(self, event: StreamInput) -> None:
+        """Give the machine an input; carry out what it says."""
+        machine = self.machine
+        if machine is not None:
+            actions = machine.feed(event, self.proto.clock.seconds())
+            if actions:
+                self._act(actions)
+
+    def _timer_fired(self) -> None:
         self.timer = None
-        if self.finished:
-            return
-        self._done(ErrorCodes.CANCEL)
-        self.job.exchange.upstream_error(
-            504,
-            "timeout",
-            f"The connector did not answer within {self.job.app.backend_timeout:g} seconds.",
-        )
+        self.feed(StreamInput.TIMER_FIRED)
+
+    def _act(self, actions: list[Action]) -> None:
+        # Whatever ended the stream before these actions answered it already.
+        answered = self.finished
+        # An input out of order may come from inside the user side's own
+        # call (write_body): answer it from the reactor, not from there.
+        later = False
+        for action in actions:
+            if isinstance(action, SetTimer):
+                delay = max(0.0, action.at - self.proto.clock.seconds())
+                if self.timer is not None and self.timer.active():
+                    self.timer.reset(delay)
+                else:
+                    self.timer = self.proto.clock.callLater(
+                        delay, self.proto.within_stream, self.stream_id, self._timer_fired
+                    )
+            elif isinstance(action, CancelTimer):
+                self._cancel_timer()
+            elif isinstance(action, Invalid):
+                later = True
+                self.proto.factory.stream_errors += 1
+                self.proto.log.error(
+                    "Stream {sid} (request {rid}): {input} is not allowed in {state}",
+                    sid=self.stream_id,
+                    rid=self.request_id,
+                    input=action.input.value,
+                    state=action.state.value,
+                )
+            elif answered:
+                continue
+            elif isinstance(action, ResetStream):
+                if not self.finished:
+                    self._done(ErrorCodes[action.code])
+            elif isinstance(action, AnswerError):
+                self._answer(
+                    later,
+                    self.job.exchange.upstream_error,
+                    action.status,
+                    action.kind,
+                    action.detail,
+                )
+            elif isinstance(action, CutResponse):
+                self._answer(later, self.job.exchange.stream_lost, self.job, action.reason)
+
+    def _answer(self, later: bool, answer: Callable[..., None], *args: object) -> None:
+        if later:
+            self.proto.clock.callLater(0, answer, *args)
+        else:
+            answer(*args)
+
+    def _cancel_timer(self) -> None:
+        if self.timer is not None and self.timer.active():
+            self.timer.cancel()
+        self.timer = None
 
     def _done(self, code: ErrorCodes = ErrorCodes.CANCEL) -> None:
         """
@@ -112,7 +199,5 @@ class ServiceStream(TunnelStream):
         """
         self.finished = True
         self.closed = True
-        if self.timer is not None and self.timer.active():
-            self.timer.cancel()
-        self.timer = None
+        self._cancel_timer()
         self.proto.stream_finished(self, code)

@@ -1,0 +1,277 @@
+"""
+One request stream as the connector's end sees it, as a state machine
+without I/O (the service's view is L{appproxy.tunnel.machine}; its states
+do not fit here: the connector talks to the backend, not to the user).
+
+    headers-received --request-sent--> backend-requesting --upload-started--> uploading
+           |                 (no body) |                                          |
+           |                           v                      body-delivered      |
+           |                 awaiting-backend-response <---------------------------/
+           |                           | response-started
+           v                           v
+        done (error answered)      responding --response-ended--> done
+                   any live state: peer-reset, failed --> reset
+
+The machine times the backend, by idleness, per direction (one lazy timer;
+moving bytes only note the time):
+
+ - from the request to the backend until it takes the body, and from the
+   end of the body to the response headers: C{limit} seconds;
+ - while the body flows: the backend took no byte for C{limit} seconds
+   while we had bytes for it.  Time with nothing to give is not counted
+   (the user is slow: the service times that), so a slow steady upload is
+   not a slow backend, and a backend that never reads is.
+
+A timeout is L{TimedOut}: the shell answers 504 and cancels the backend
+request.  The response body is timed by the service (it sees the stall
+first-hand, and resets the stream).  An input a state does not allow is a
+defined error (L{Invalid}, then L{Abort}), never an exception.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Mapping
+
+import attrs
+
+
+class ConnectorStreamState(enum.Enum):
+    # Members are singletons: hash by identity, not by name (a Python call).
+    __hash__ = object.__hash__
+
+    HEADERS_RECEIVED = "headers-received"
+    """The request headers are in; no backend request yet."""
+    BACKEND_REQUESTING = "backend-requesting"
+    """The backend request is made; its connection has not asked for the body yet."""
+    UPLOADING = "uploading"
+    """The backend connection takes the request body."""
+    AWAITING_BACKEND_RESPONSE = "awaiting-backend-response"
+    """The request is complete at the backend; its response headers are awaited."""
+    RESPONDING = "responding"
+    """The response headers went to the service; the body follows."""
+    DONE = "done"
+    """Answered: the whole response, or an error answer."""
+    RESET = "reset"
+    """Ended early: reset by the service, the tunnel lost, or failed."""
+
+
+class ConnectorStreamInput(enum.Enum):
+    # Members are singletons: hash by identity, not by name (a Python call).
+    __hash__ = object.__hash__
+
+    REQUEST_SENT = "request-sent"
+    """The backend request was made (C{has_body} says whether a body follows)."""
+    UPLOAD_STARTED = "upload-started"
+    """The backend connection asked for the body."""
+    BODY_QUEUED = "body-queued"
+    """Request body bytes wait for the backend."""
+    BODY_TAKEN = "body-taken"
+    """The backend took all the bytes we had."""
+    BODY_DELIVERED = "body-delivered"
+    """The backend took the whole body."""
+    RESPONSE_STARTED = "response-started"
+    ERROR_ANSWERED = "error-answered"
+    """The shell answered the service with an error of its own (no response yet)."""
+    RESPONSE_ENDED = "response-ended"
+    PEER_RESET = "peer-reset"
+    """The service reset the stream, or the tunnel went."""
+    FAILED = "failed"
+    """Handling the stream raised, or the response body broke off."""
+    TIMER_FIRED = "timer-fired"
+
+
+@attrs.frozen
+class SetTimer:
+    """Arm the stream's one timer to fire at C{at} (replacing any armed one)."""
+
+    at: float
+
+
+@attrs.frozen
+class CancelTimer:
+    """Disarm the stream's timer."""
+
+
+@attrs.frozen
+class TimedOut:
+    """Answer 504 (kind C{timeout}) and cancel the backend request."""
+
+    detail: str
+
+
+@attrs.frozen
+class Abort:
+    """Stop the stream: a 502 if nothing was answered yet, else a reset."""
+
+    reason: str
+
+
+@attrs.frozen
+class Invalid:
+    """An input the state does not allow: log it (an L{Abort} follows)."""
+
+    state: ConnectorStreamState
+    input: ConnectorStreamInput
+
+
+Action = SetTimer | CancelTimer | TimedOut | Abort | Invalid
+
+S = ConnectorStreamState
+I = ConnectorStreamInput  # noqa: E741
+
+_TIMED = (S.BACKEND_REQUESTING, S.UPLOADING, S.AWAITING_BACKEND_RESPONSE)
+_LIVE = (S.HEADERS_RECEIVED, *_TIMED, S.RESPONDING)
+_ENDED = (S.DONE, S.RESET)
+#: The states of an ended stream.
+ENDED = frozenset(_ENDED)
+
+#: (state, input) -> (next state, handler or C{None}).  A pair that is not
+#: here is an invalid input: the stream is aborted.
+TRANSITIONS: Mapping[
+    tuple[ConnectorStreamState, ConnectorStreamInput], tuple[ConnectorStreamState, str | None]
+] = {
+    (S.HEADERS_RECEIVED, I.REQUEST_SENT): (S.BACKEND_REQUESTING, "_sent"),
+    (S.HEADERS_RECEIVED, I.BODY_QUEUED): (S.HEADERS_RECEIVED, None),
+    (S.HEADERS_RECEIVED, I.ERROR_ANSWERED): (S.DONE, None),
+    # The backend's connection is being made: the clock runs from the request.
+    (S.BACKEND_REQUESTING, I.UPLOAD_STARTED): (S.UPLOADING, "_upload_started"),
+    (S.BACKEND_REQUESTING, I.BODY_QUEUED): (S.BACKEND_REQUESTING, None),
+    (S.BACKEND_REQUESTING, I.BODY_DELIVERED): (S.AWAITING_BACKEND_RESPONSE, "_restart"),
+    # The body flows: the clock runs only while bytes wait for the backend.
+    (S.UPLOADING, I.BODY_QUEUED): (S.UPLOADING, "_queued"),
+    (S.UPLOADING, I.BODY_TAKEN): (S.UPLOADING, "_taken"),
+    (S.UPLOADING, I.BODY_DELIVERED): (S.AWAITING_BACKEND_RESPONSE, "_restart"),
+    **{(s, I.RESPONSE_STARTED): (S.RESPONDING, "_stop") for s in _TIMED},
+    **{(s, I.ERROR_ANSWERED): (S.DONE, "_stop") for s in _TIMED},
+    **{(s, I.TIMER_FIRED): (s, "_timer_fired") for s in _TIMED},
+    # An app may answer before it read the whole body; body moves on.
+    (S.RESPONDING, I.BODY_QUEUED): (S.RESPONDING, None),
+    (S.RESPONDING, I.BODY_TAKEN): (S.RESPONDING, None),
+    (S.RESPONDING, I.BODY_DELIVERED): (S.RESPONDING, None),
+    (S.RESPONDING, I.TIMER_FIRED): (S.RESPONDING, None),
+    (S.RESPONDING, I.RESPONSE_ENDED): (S.DONE, None),
+    **{(s, I.PEER_RESET): (S.RESET, "_stop") for s in _LIVE},
+    **{(s, I.FAILED): (S.RESET, "_stop") for s in _LIVE},
+    # An ended stream ignores everything: what arrives late is moot.
+    **{(s, i): (s, None) for s in _ENDED for i in ConnectorStreamInput},
+}
+
+
+@attrs.define(eq=False)
+class ConnectorStreamMachine:
+    """
+    One request stream's state and the backend's timing.  C{limit} is the
+    app's backend timeout; C{has_body} says whether a request body follows.
+    """
+
+    limit: float
+    has_body: bool
+    state: ConnectorStreamState = attrs.field(init=False, default=S.HEADERS_RECEIVED)
+    last: float = attrs.field(init=False, default=0.0)
+    """When the current wait began, or the backend last took bytes."""
+    armed: float | None = attrs.field(init=False, default=None)
+    """When the armed timer fires, if one is."""
+    waiting: bool = attrs.field(init=False, default=False)
+    """Request body bytes wait for the backend."""
+
+    @property
+    def ended(self) -> bool:
+        return self.state in _ENDED
+
+    @property
+    def responded(self) -> bool:
+        """The service has an answer (response headers, or an error)."""
+        return self.state is S.RESPONDING or self.state is S.DONE
+
+    def feed(self, event: ConnectorStreamInput, now: float) -> list[Action]:
+        """Take one input at time C{now}; return what the shell must do."""
+        entry = _DISPATCH.get((self.state, event))
+        if entry is None:
+            return self._invalid(event)
+        self.state, handler = entry
+        if handler is None:
+            return []
+        return handler(self, now)
+
+    # -- handlers ----------------------------------------------------------
+
+    def _sent(self, now: float) -> list[Action]:
+        if not self.has_body:
+            self.state = S.AWAITING_BACKEND_RESPONSE
+        self.last = now
+        return self._arm(now + self.limit)
+
+    def _upload_started(self, now: float) -> list[Action]:
+        # Bytes that arrived before count from now: the backend was not asked yet.
+        self.last = now
+        return []
+
+    def _queued(self, now: float) -> list[Action]:
+        if not self.waiting:
+            self.waiting = True
+            return self._restart(now)
+        return []
+
+    def _taken(self, now: float) -> list[Action]:
+        self.waiting = False
+        self.last = now
+        return []
+
+    def _restart(self, now: float) -> list[Action]:
+        self.last = now
+        due = self.due()
+        if due is None or (self.armed is not None and self.armed <= due):
+            return []
+        return self._arm(due)
+
+    def _stop(self, now: float) -> list[Action]:
+        if self.armed is None:
+            return []
+        self.armed = None
+        return [CancelTimer()]
+
+    def _timer_fired(self, now: float) -> list[Action]:
+        self.armed = None
+        due = self.due()
+        if due is None:
+            return []  # nothing to give: a new byte arms it again
+        if now + 1e-6 < due:
+            return self._arm(due)
+        state = self.state
+        self.state = S.DONE
+        limit = f"{self.limit:g}"
+        if state is S.UPLOADING:
+            detail = f"did not read the request body for {limit} seconds."
+        else:
+            detail = f"did not answer within {limit} seconds."
+        return [TimedOut(detail)]
+
+    # -- timing ------------------------------------------------------------
+
+    def due(self) -> float | None:
+        """When the current wait runs out, or C{None} while it is stopped."""
+        if self.state is S.UPLOADING and not self.waiting:
+            return None
+        return self.last + self.limit
+
+    def _arm(self, at: float) -> list[Action]:
+        self.armed = at
+        return [SetTimer(at)]
+
+    def _invalid(self, event: ConnectorStreamInput) -> list[Action]:
+        state = self.state
+        self.state = S.RESET
+        actions: list[Action] = [Invalid(state, event), *self._stop(0.0)]
+        actions.append(Abort(f"{event.value} is not allowed in {state.value}"))
+        return actions
+
+
+#: L{TRANSITIONS} with the handlers looked up once.
+_DISPATCH: Mapping[
+    tuple[ConnectorStreamState, ConnectorStreamInput],
+    tuple[ConnectorStreamState, Callable[[ConnectorStreamMachine, float], list[Action]] | None],
+] = {
+    pair: (state, None if name is None else getattr(ConnectorStreamMachine, name))
+    for pair, (state, name) in TRANSITIONS.items()
+}

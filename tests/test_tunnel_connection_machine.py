@@ -1,0 +1,169 @@
+"""
+The tunnel connection's state machine (L{appproxy.tunnel.connection_machine}),
+driven directly: every (state, input) pair, the settings push, capacity,
+drain and liveness, and random input sequences against its invariants.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+from hypothesis import given
+from hypothesis import strategies as st
+from twisted.trial.unittest import SynchronousTestCase
+
+from appproxy.tunnel.connection_machine import (
+    TRANSITIONS,
+    Action,
+    Close,
+    ConnectionInput,
+    ConnectionMachine,
+    ConnectionState,
+    Invalid,
+    OpenStream,
+    PushSettings,
+    ReturnJob,
+    StopWanting,
+    WantJob,
+)
+
+C = ConnectionState
+N = ConnectionInput
+
+
+def machine_in(state: ConnectionState, capacity: int = 2) -> ConnectionMachine:
+    m = ConnectionMachine(max_capacity=10)
+    if state is C.CLOSED:
+        m.feed(N.CONNECTION_LOST)
+        return m
+    if state is C.CONNECTING:
+        return m
+    m.feed(N.HANDSHAKE_DONE)
+    m.feed(N.CAPACITY_CHANGED, capacity)
+    if state is C.AWAITING_SETTINGS:
+        return m
+    m.feed(N.SETTINGS_ACKED)
+    m.feed(N.STREAM_CLOSED)
+    if state is C.DRAINING:
+        m.feed(N.JOB_OFFERED)  # one stream in flight: draining waits for it
+        m.feed(N.DRAIN_REQUESTED)
+    assert m.state is state, (state, m.state)
+    return m
+
+
+class TableTests(SynchronousTestCase):
+    def test_every_pair(self) -> None:
+        for state, event in itertools.product(ConnectionState, ConnectionInput):
+            with self.subTest(state=state, event=event):
+                m = machine_in(state)
+                actions = m.feed(event, 1)
+                entry = TRANSITIONS.get((state, event))
+                if entry is None:
+                    self.assertEqual(actions, [Invalid(state, event)])
+                    self.assertIs(m.state, state)
+                else:
+                    self.assertIs(m.state, entry[0])
+                if event is N.JOB_OFFERED:
+                    answers = [a for a in actions if isinstance(a, OpenStream | ReturnJob)]
+                    self.assertEqual(len(answers), 1)
+                if state is C.CLOSED:
+                    self.assertEqual([a for a in actions if not isinstance(a, ReturnJob)], [])
+                self.assertGreaterEqual(m.open, 0)
+
+    def test_undefined_pairs(self) -> None:
+        """What h2 or the shell can never send in that state is an Invalid, not an exception."""
+        for pair in [
+            (C.CONNECTING, N.SETTINGS_ACKED),
+            (C.CONNECTING, N.STREAM_CLOSED),
+            (C.DRAINING, N.HANDSHAKE_DONE),
+            (C.READY, N.HANDSHAKE_DONE),
+        ]:
+            self.assertNotIn(pair, TRANSITIONS)
+
+
+class BehaviourTests(SynchronousTestCase):
+    def test_settings_then_jobs(self) -> None:
+        m = ConnectionMachine(max_capacity=10)
+        self.assertEqual(m.feed(N.HANDSHAKE_DONE), [PushSettings()])
+        # No job before the connector acknowledged its settings.
+        self.assertEqual(m.feed(N.CAPACITY_CHANGED, 2), [])
+        self.assertEqual(m.feed(N.SETTINGS_ACKED), [WantJob()])
+        self.assertEqual(m.feed(N.JOB_OFFERED), [OpenStream()])  # full: the push is open
+        self.assertEqual(m.feed(N.STREAM_CLOSED), [WantJob()])
+
+    def test_capacity_capped_and_shrinking(self) -> None:
+        m = machine_in(C.READY, capacity=50)
+        self.assertEqual(m.capacity, 10)
+        self.assertEqual(m.feed(N.CAPACITY_CHANGED, 0), [StopWanting()])
+        self.assertEqual(m.feed(N.JOB_OFFERED), [ReturnJob()])
+        self.assertIs(m.state, C.READY)
+        self.assertEqual(m.feed(N.CAPACITY_CHANGED, 1), [WantJob()])
+
+    def test_reload_push_waits_for_room(self) -> None:
+        m = machine_in(C.READY, capacity=1)
+        m.feed(N.JOB_OFFERED)
+        self.assertEqual(m.feed(N.SETTINGS_CHANGED), [])
+        self.assertTrue(m.push_pending)
+        self.assertEqual(m.feed(N.STREAM_CLOSED), [PushSettings()])
+        self.assertEqual(m.open, 1)
+
+    def test_failed_push_drains_then_closes(self) -> None:
+        m = machine_in(C.READY, capacity=3)
+        m.feed(N.JOB_OFFERED)
+        self.assertEqual(m.feed(N.SETTINGS_FAILED), [StopWanting()])
+        self.assertEqual(m.feed(N.STREAM_CLOSED), [Close(goaway=True)])
+        self.assertEqual(m.feed(N.STREAM_CLOSED), [Invalid(C.DRAINING, N.STREAM_CLOSED)])
+
+    def test_goaway_closes_without_saying_it(self) -> None:
+        m = machine_in(C.READY)
+        self.assertEqual(m.feed(N.GOAWAY_RECEIVED), [StopWanting(), Close(goaway=False)])
+
+    def test_cancelled_job_asks_again(self) -> None:
+        m = machine_in(C.READY)
+        self.assertTrue(m.wanting)
+        self.assertEqual(m.feed(N.JOB_CANCELLED), [WantJob()])
+        self.assertEqual(m.open, 0)
+
+    def test_closed_returns_jobs(self) -> None:
+        m = machine_in(C.READY)
+        self.assertEqual(m.feed(N.CONNECTION_LOST), [StopWanting()])
+        self.assertEqual(m.feed(N.JOB_OFFERED), [ReturnJob()])
+        self.assertEqual(m.feed(N.SETTINGS_CHANGED), [])
+
+
+class PropertyTests(SynchronousTestCase):
+    @given(
+        st.lists(
+            st.tuples(st.sampled_from(list(ConnectionInput)), st.integers(0, 20)),
+            max_size=60,
+        )
+    )
+    def test_invariants(self, steps: list[tuple[ConnectionInput, int]]) -> None:
+        """
+        Whatever the inputs: nothing raises; open streams never go negative
+        and a stream is opened only within the peer's offer (capped); every
+        offered job gets exactly one answer; one ask at a time; one Close;
+        nothing but a job's answer once closed.
+        """
+        m = ConnectionMachine(max_capacity=10)
+        closes = 0
+        for event, value in steps:
+            was_closed = m.state is C.CLOSED
+            wanting = m.wanting
+            actions: list[Action] = m.feed(event, value)
+            self.assertGreaterEqual(m.open, 0)
+            self.assertLessEqual(m.capacity, 10)
+            if any(isinstance(a, OpenStream) for a in actions):
+                self.assertLessEqual(m.open, m.capacity)
+            if event is N.JOB_OFFERED:
+                answers = [a for a in actions if isinstance(a, OpenStream | ReturnJob)]
+                self.assertEqual(len(answers), 1)
+            else:
+                self.assertFalse(any(isinstance(a, OpenStream | ReturnJob) for a in actions))
+            if any(isinstance(a, WantJob) for a in actions):
+                self.assertTrue(m.wanting)
+                self.assertFalse(wanting and event is not N.JOB_OFFERED)
+            closes += sum(isinstance(a, Close) for a in actions)
+            self.assertLessEqual(closes, 1)
+            if was_closed:
+                self.assertEqual([a for a in actions if not isinstance(a, ReturnJob)], [])

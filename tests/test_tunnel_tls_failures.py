@@ -1,0 +1,195 @@
+"""
+A connector whose tunnel TLS fails says why, once, and backs off; the
+service logs the connector certificates it refuses, with the peer's address
+(L{appproxy.daemon.redial}, L{appproxy.daemon.tls_failures}), through the
+real service and connector on loopback with real TLS.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Generator
+from typing import Any, cast
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.task import deferLater
+from twisted.logger import ILogObserver, Logger, LogLevel, formatEvent, globalLogPublisher
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from appproxy.config import load_connector_config
+from appproxy.daemon import connector_tap, pki, tls
+from appproxy.daemon.connector_tap import ConnectorService
+from appproxy.daemon.redial import Redial
+from appproxy.daemon.tls_failures import RefusalLog
+from tests.deployment import DOMAIN, Deployment
+
+SCHEDULING = "Scheduling retry"
+
+
+def _events(testcase: Any) -> list[dict[str, Any]]:
+    events: list[dict[str, Any]] = []
+    observer = cast(ILogObserver, events.append)
+    globalLogPublisher.addObserver(observer)
+    testcase.addCleanup(globalLogPublisher.removeObserver, observer)
+    return events
+
+
+def _text(events: list[dict[str, Any]]) -> list[str]:
+    return [formatEvent(e) for e in events]
+
+
+@inlineCallbacks
+def _until(check: Callable[[], bool], what: str, timeout: float = 20.0) -> Any:
+    for _ in range(int(timeout / 0.02)):
+        if check():
+            return
+        yield deferLater(reactor, 0.02, lambda: None)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _start_connector(
+    testcase: Any,
+    d: Deployment,
+    name: str,
+    service_host: str = f"tunnel.{DOMAIN}",
+    ca: pki.KeyPair | None = None,
+    trust: pki.KeyPair | None = None,
+) -> ConnectorService:
+    """
+    A connector of one connection; C{ca} signs its certificate, it trusts
+    C{trust} for the service's.
+    """
+    pair = pki.issue_connector_certificate(ca or d.ca, name, "default")
+    directory = d.root / name
+    directory.mkdir()
+    (directory / "connector.pem").write_bytes(pair.cert_pem)
+    (directory / "connector.key").write_bytes(pair.key_pem)
+    (directory / "ca.pem").write_bytes((trust or d.ca).cert_pem)
+    path = directory / "connector.toml"
+    path.write_text(
+        "\n".join(
+            [
+                "[connector]",
+                f'service_host = "{service_host}"',
+                f"service_port = {d.tunnel_port}",
+                'service_address = "127.0.0.1"',
+                "connections = 1",
+                'ca = "ca.pem"',
+                'cert = "connector.pem"',
+                'key = "connector.key"',
+            ]
+        )
+    )
+    connector = ConnectorService(load_connector_config(path), reactor)
+    connector.startService()
+    testcase.addCleanup(lambda: connector.stopService() if connector.running else None)
+    return connector
+
+
+class TunnelTLSFailureTests(TestCase):
+    timeout = 60
+
+    def setUp(self) -> None:
+        # Short delays, so that several retries fit in a test.
+        self.patch(connector_tap, "INITIAL_RETRY_DELAY", 0.05)
+        self.patch(connector_tap, "MAX_RETRY_DELAY", 10.0)
+        # A refusal log of its own: another test's refusals within the
+        # minute would otherwise hold this test's back.
+        self.patch(tls, "TUNNEL_REFUSALS", RefusalLog(Logger(namespace="appproxy.daemon.tls")))
+        self.d = Deployment(self, [{"name": "web", "external_url": f"https://web.{DOMAIN}/"}], 5.0)
+        self.d.start_service()
+        self.events = _events(self)
+
+    def delays(self) -> list[float]:
+        return [e["delay"] for e in self.events if e.get("log_format", "").startswith(SCHEDULING)]
+
+    @inlineCallbacks
+    def test_name_mismatch(self) -> Generator[Deferred[Any], Any, None]:
+        """
+        A service certificate for another name: the connector says so once,
+        in an operator's terms, and each retry waits longer than the last.
+        """
+        _start_connector(self, self.d, "c-name", service_host=f"wrong.{DOMAIN}")
+        yield _until(lambda: len(self.delays()) >= 5, "five retries")
+        delays = self.delays()[:5]
+        self.assertEqual(delays, sorted(delays), delays)
+        self.assertGreater(delays[4], 8 * delays[0], delays)
+        reasons = [t for t in _text(self.events) if "Tunnel connection to" in t and "failed" in t]
+        self.assertEqual(len(reasons), 1, reasons)
+        self.assertIn("certificate verify failed", reasons[0])
+        self.assertIn(f"not valid for wrong.{DOMAIN}", reasons[0])
+        self.assertIn("name mismatch", reasons[0])
+
+    @inlineCallbacks
+    def test_foreign_connector_certificate(self) -> Generator[Deferred[Any], Any, None]:
+        """
+        A connector certificate from another CA: the service logs the refusal
+        with the peer's address (once, though the connector retries), and the
+        connector says the service refused its certificate.
+        """
+        other = pki.generate_ca("another appproxy init")
+        _start_connector(self, self.d, "c-foreign", ca=other)
+        yield _until(lambda: len(self.delays()) >= 4, "four retries")
+        refusals = [
+            e
+            for e in self.events
+            if e.get("log_namespace") == "appproxy.daemon.tls"
+            and "Refused a tunnel connection" in formatEvent(e)
+        ]
+        self.assertEqual(len(refusals), 1, [formatEvent(e) for e in refusals])
+        self.assertEqual(refusals[0]["log_level"], LogLevel.warn)
+        text = formatEvent(refusals[0])
+        self.assertIn("from 127.0.0.1", text)
+        self.assertIn("CN=c-foreign", text)
+        self.assertIn("unknown CA", text)
+        reasons = [t for t in _text(self.events) if "Tunnel connection to" in t and "failed" in t]
+        self.assertEqual(len(reasons), 1, reasons)
+        self.assertIn("the service refused this connector's certificate", reasons[0])
+        self.assertIn("unknown CA", reasons[0])
+        delays = self.delays()[:4]
+        self.assertEqual(delays, sorted(delays), delays)
+
+    @inlineCallbacks
+    def test_unknown_service_ca(self) -> Generator[Deferred[Any], Any, None]:
+        """A service certificate from a CA the connector does not trust."""
+        _start_connector(self, self.d, "c-trust", trust=pki.generate_ca("elsewhere"))
+        yield _until(lambda: len(self.delays()) >= 3, "three retries")
+        reasons = [t for t in _text(self.events) if "Tunnel connection to" in t and "failed" in t]
+        self.assertEqual(len(reasons), 1, reasons)
+        self.assertIn("certificate verify failed: the service's certificate", reasons[0])
+        self.assertIn("(unknown CA)", reasons[0])
+        self.assertIn("check ca in connector.toml", reasons[0])
+
+    @inlineCallbacks
+    def test_established_resets(self) -> Generator[Deferred[Any], Any, None]:
+        """A tunnel that comes up resets its connection's failure count."""
+        connector = _start_connector(self, self.d, "c-good")
+        connector.redials[0].failures = 5
+        yield self.d.wait_for_connections(1)
+        yield _until(lambda: connector.redials[0].failures == 0, "the reset")
+
+
+class RedialPolicyTests(SynchronousTestCase):
+    def test_growth_cap_and_reset(self) -> None:
+        for jitter in (0.0, 0.5, 0.999):
+            redial = Redial(0.5, 30.0, jitter=functools.partial(float, jitter))
+            delays = [redial(1) for _ in range(10)]
+            self.assertEqual(delays, sorted(delays))
+            self.assertAlmostEqual(delays[0], 0.5 * (0.8 + 0.4 * jitter))
+            self.assertAlmostEqual(delays[-1], 30.0 * (0.8 + 0.4 * jitter))
+            redial.established()
+            self.assertEqual(redial(1), delays[0])
+
+    def test_refusal_log_rate_limit(self) -> None:
+        now = [0.0]
+        lines: list[str] = []
+        log = Logger(observer=cast(ILogObserver, lambda e: lines.append(formatEvent(e))))
+        refusals = RefusalLog(log, interval=60.0, clock=lambda: now[0])
+        for _ in range(3):
+            refusals.refused("192.0.2.1", "has expired", "CN=c")
+        refusals.refused("192.0.2.2", "has expired", "CN=c")
+        now[0] = 61.0
+        refusals.refused("192.0.2.1", "has expired", "CN=c")
+        self.assertEqual(len(lines), 3, lines)
+        self.assertIn("2 more refusals", lines[2])
