@@ -160,37 +160,13 @@ class _CachedEndpoints:
         return endpoint
 
 
-#: Each backend request's response parser (see L{connection_tokens}).
-_PARSERS: WeakKeyDictionary[Any, Any] = WeakKeyDictionary()
+#: The Connection header's tokens of each backend response (see
+#: L{connection_tokens}).  The values must not refer to their keys, or the
+#: entries would never go: a parser refers to its request and response.
+_TOKENS: WeakKeyDictionary[Any, frozenset[bytes]] = WeakKeyDictionary()
 
 
-class _ParserKeepingProtocol(HTTP11ClientProtocol):
-    """
-    Twisted's HTTP/1.1 client, noting each request's response parser: the
-    parser keeps the Connection header (with Keep-Alive, Transfer-Encoding,
-    ...) in its C{connHeaders}, out of C{response.headers}.
-    """
-
-    def request(self, request: Any) -> Deferred[IResponse]:
-        finished: Deferred[IResponse] = super().request(request)
-        parser = getattr(self, "_parser", None)
-        if parser is not None:
-            # A retry on another connection (same request) replaces it.
-            _PARSERS[request] = parser
-        return finished
-
-
-def connection_tokens(response: IResponse) -> frozenset[bytes]:
-    """
-    The lowercased tokens of a backend response's C{Connection} header: the
-    headers it names are hop-by-hop (RFC 9110 7.6.1) and must not reach the
-    user.  Twisted's client does not put C{Connection} in
-    C{response.headers}; L{_ParserKeepingProtocol} keeps where it does.
-    """
-    request = getattr(response, "request", None)
-    # The response's request is a proxyForInterface of the one sent.
-    parser = _PARSERS.get(getattr(request, "original", request))
-    conn_headers = getattr(parser, "connHeaders", None)
+def _tokens(conn_headers: object) -> frozenset[bytes]:
     if not isinstance(conn_headers, Headers):
         return frozenset()
     return frozenset(
@@ -199,6 +175,37 @@ def connection_tokens(response: IResponse) -> frozenset[bytes]:
         for token in value.split(b",")
         if token.strip()
     )
+
+
+class _ParserKeepingProtocol(HTTP11ClientProtocol):
+    """
+    Twisted's HTTP/1.1 client, noting the tokens of each response's
+    C{Connection} header: its parser keeps that header (with Keep-Alive,
+    Transfer-Encoding, ...) in its C{connHeaders}, out of C{response.headers}.
+    """
+
+    def request(self, request: Any) -> Deferred[IResponse]:
+        finished: Deferred[IResponse] = super().request(request)
+        parser = getattr(self, "_parser", None)
+        if parser is not None:
+
+            def note(response: IResponse) -> IResponse:
+                if tokens := _tokens(getattr(parser, "connHeaders", None)):
+                    _TOKENS[response] = tokens
+                return response
+
+            finished.addCallback(note)
+        return finished
+
+
+def connection_tokens(response: IResponse) -> frozenset[bytes]:
+    """
+    The lowercased tokens of a backend response's C{Connection} header: the
+    headers it names are hop-by-hop (RFC 9110 7.6.1) and must not reach the
+    user.  Twisted's client does not put C{Connection} in
+    C{response.headers}; L{_ParserKeepingProtocol} notes them.
+    """
+    return _TOKENS.get(response, frozenset())
 
 
 class _QuietClientFactory(_HTTP11ClientFactory):
