@@ -113,6 +113,16 @@ class FirstByteTests(SynchronousTestCase):
         protocol.connectionLost(Failure(ConnectionError("gone")))
         self.assertIsNotNone(inner.protocol.lost)
 
+    def test_tls_bytes_go_straight_through(self) -> None:
+        """
+        Once the first byte said TLS, the transport's bytes reach the TLS
+        protocol directly: no layer of the sniffer on every chunk.
+        """
+        _clock, inner, _transport, protocol = self.connect()
+        protocol.dataReceived(b"\x16\x03\x01")
+        self.assertEqual(protocol.dataReceived, inner.protocol.dataReceived)
+        protocol.connectionLost(Failure(ConnectionError("gone")))
+
     def test_factory_starts_inner(self) -> None:
         inner = _Inner()
         factory = HTTPSOnlyFactory(inner, Clock())  # type: ignore[arg-type]

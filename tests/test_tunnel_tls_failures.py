@@ -12,15 +12,20 @@ from collections.abc import Callable, Generator
 from typing import Any, cast
 
 from twisted.internet import reactor
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.error import ConnectionDone
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import deferLater
+from twisted.internet.testing import StringTransport
 from twisted.logger import ILogObserver, Logger, LogLevel, formatEvent, globalLogPublisher
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from appproxy.config import load_connector_config
 from appproxy.daemon import connector_tap, pki, tls
 from appproxy.daemon.connector_tap import ConnectorService
-from appproxy.daemon.redial import Redial
+from appproxy.daemon.redial import DialReport, Redial, watched_factory
 from appproxy.daemon.tls_failures import RefusalLog
 from tests.deployment import DOMAIN, Deployment
 
@@ -170,6 +175,14 @@ class TunnelTLSFailureTests(TestCase):
         yield _until(lambda: connector.redials[0].failures == 0, "the reset")
 
 
+class _Recording(Protocol):
+    def __init__(self, received: list[bytes]) -> None:
+        self.received = received
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received.append(data)
+
+
 class RedialPolicyTests(SynchronousTestCase):
     def test_growth_cap_and_reset(self) -> None:
         for jitter in (0.0, 0.5, 0.999):
@@ -193,3 +206,34 @@ class RedialPolicyTests(SynchronousTestCase):
         refusals.refused("192.0.2.1", "has expired", "CN=c")
         self.assertEqual(len(lines), 3, lines)
         self.assertIn("2 more refusals", lines[2])
+
+    def test_watch_leaves_the_path_once_established(self) -> None:
+        """
+        The watcher sees the service's preface and SETTINGS (in any pieces),
+        reports the tunnel established, and from then on the tunnel's bytes
+        go straight to the protocol: no layer per read.
+        """
+        received: list[bytes] = []
+        lines: list[str] = []
+        log = Logger(observer=cast(ILogObserver, lambda e: lines.append(formatEvent(e))))
+        redial = Redial(0.5, 30.0)
+        redial.failures = 3
+        report = DialReport(log, "service:443", "service")
+        report.failed("earlier")
+        inner = _Recording(received)
+        factory = Factory.forProtocol(lambda: inner)
+        address = IPv4Address("TCP", "127.0.0.1", 443)
+        protocol = watched_factory(factory, redial, report).buildProtocol(address)
+        assert protocol is not None
+        protocol.makeConnection(StringTransport())
+        head = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+        for i in range(len(head)):
+            self.assertNotIn("dataReceived", vars(protocol))
+            protocol.dataReceived(head[i : i + 1])
+        self.assertEqual(redial.failures, 0)
+        self.assertIn("established", lines[-1])
+        self.assertEqual(vars(protocol)["dataReceived"], inner.dataReceived)
+        protocol.dataReceived(b"more")
+        self.assertEqual(b"".join(received), head + b"more")
+        protocol.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(len(lines), 2, lines)  # no failure reported once established

@@ -188,14 +188,14 @@ class _ParserKeepingProtocol(HTTP11ClientProtocol):
         finished: Deferred[IResponse] = super().request(request)
         parser = getattr(self, "_parser", None)
         if parser is not None:
-
-            def note(response: IResponse) -> IResponse:
-                if tokens := _tokens(getattr(parser, "connHeaders", None)):
-                    _TOKENS[response] = tokens
-                return response
-
-            finished.addCallback(note)
+            finished.addCallback(_note_tokens, parser)
         return finished
+
+
+def _note_tokens(response: IResponse, parser: object) -> IResponse:
+    if tokens := _tokens(getattr(parser, "connHeaders", None)):
+        _TOKENS[response] = tokens
+    return response
 
 
 def connection_tokens(response: IResponse) -> frozenset[bytes]:

@@ -112,8 +112,12 @@ class ResponseSender(Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         stream = self.stream
-        # Inside the tunnel's error boundary: a failure ends this stream only.
-        stream.proto.within_stream(stream.stream_id, stream.send_response_data, data)
+        # Inside the tunnel's error boundary (TunnelProtocol.within_stream,
+        # inlined: this runs per chunk): a failure ends this stream only.
+        try:
+            stream.send_response_data(data)
+        except Exception:
+            stream.proto.stream_error(stream.stream_id, Failure())
 
     def connectionLost(self, reason: Failure = Failure(ResponseDone())) -> None:  # noqa: B008
         self.stream.response_transport = None

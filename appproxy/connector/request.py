@@ -83,9 +83,10 @@ class ConnectorStream(TunnelStream):
     """
 
     proto: ConnectorTunnelProtocol
-    machine: ConnectorStreamMachine = attrs.field(
-        init=False, factory=lambda: ConnectorStreamMachine(0.0, False)
-    )
+    machine: ConnectorStreamMachine = attrs.field(init=False, factory=ConnectorStreamMachine)
+    finished: bool = attrs.field(init=False, default=False)
+    """The machine has ended (kept by L{_feed}: read per chunk, a field, not
+    a property)."""
     body: StreamBodyProducer | None = attrs.field(init=False, default=None)
     """The request body on its way to the backend, if there is one."""
     request_d: Deferred[IResponse] | None = attrs.field(init=False, default=None)
@@ -100,10 +101,6 @@ class ConnectorStream(TunnelStream):
     """The machine's one timer (L{SetTimer})."""
 
     @property
-    def finished(self) -> bool:
-        return self.machine.ended
-
-    @property
     def responded(self) -> bool:
         """The service has an answer: response headers, or an error."""
         return self.machine.responded
@@ -111,16 +108,20 @@ class ConnectorStream(TunnelStream):
     def _feed(self, event: ConnectorStreamInput) -> None:
         """Feed the machine; carry out its actions; tear down once it ends."""
         machine = self.machine
-        before = machine.state
+        was_finished = self.finished
         actions = machine.feed(event, self.proto.clock.seconds())
+        # Ended states are final: once finished, a stream stays finished.
+        if machine.state in ENDED:
+            self.finished = True
         for action in actions:
             self._act(action)
-        if machine.state is not before and machine.ended and before not in ENDED:
+        if self.finished and not was_finished:
             self._finish()
 
     def _act(self, action: Action) -> None:
         if isinstance(action, SetTimer):
-            self._stop_timer()
+            if self.timer is not None:
+                self._stop_timer()
             delay = max(0.0, action.at - self.proto.clock.seconds())
             self.timer = self.proto.clock.callLater(delay, self._feed, I.TIMER_FIRED)
         elif isinstance(action, CancelTimer):
@@ -378,6 +379,7 @@ class ConnectorStream(TunnelStream):
             self.response_transport.stopProducing()
 
     def _finish(self) -> None:
-        self._stop_timer()
+        if self.timer is not None:
+            self._stop_timer()
         self.closed = True
         self.proto.stream_finished(self)

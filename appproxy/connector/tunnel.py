@@ -167,7 +167,8 @@ class ConnectorTunnelProtocol(TunnelProtocol["ConnectorTunnelFactory"]):
 
     def data_received(self, event: DataReceived) -> None:
         stream = self.streams.get(event.stream_id)
-        if isinstance(stream, ConnectorStream | _SettingsStream):
+        # A tuple: `A | B` would build a union object per DATA frame.
+        if isinstance(stream, (ConnectorStream, _SettingsStream)):
             stream.request_data(event.data, event.flow_controlled_length)
         else:
             self.acknowledge(event.stream_id, event.flow_controlled_length)

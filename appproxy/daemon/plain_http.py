@@ -145,6 +145,8 @@ class _FirstByte(Protocol):
         self._uncount()
         if self._inner is not None:
             inner, self._inner = self._inner, None
+            # Nothing is delivered to the TLS protocol after its connectionLost.
+            self.__dict__.pop("dataReceived", None)
             inner.connectionLost(reason)
 
     # -- TLS -------------------------------------------------------------------
@@ -158,6 +160,9 @@ class _FirstByte(Protocol):
             self.transport.loseConnection()  # type: ignore[union-attr]
             return
         self._inner = inner
+        # From here on the transport's bytes go straight to the TLS protocol:
+        # no layer of this wrapper on every chunk read.
+        self.dataReceived = inner.dataReceived  # type: ignore[method-assign]
         inner.makeConnection(self.transport)
         inner.dataReceived(data)
 

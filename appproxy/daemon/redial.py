@@ -134,6 +134,10 @@ class _Watched:
                 self._received = b""
                 self._redial.established()
                 self._report.established()
+                # Out of the hot path from now on: the TLS layer's calls go
+                # straight to the tunnel protocol (nothing is left to watch
+                # here, and connectionLost only forwards once established).
+                vars(self)["dataReceived"] = self._protocol.dataReceived
 
     def connectionLost(self, reason: Failure) -> None:
         try:

@@ -173,7 +173,15 @@ class ProxyChannelProtocol(_GenericHTTPChannelProtocol):
                 guarded = cast(DeadlineH2Connection, channel)
                 guarded.start_guard()
                 guarded.start_deadlines(deadlines)
+            super().dataReceived(data)
+            # Chosen for good: from now on every chunk goes straight to the
+            # channel, without twisted.web's check of the protocol again.
+            self.dataReceived = self._to_channel  # type: ignore[method-assign]
+            return
         super().dataReceived(data)
+
+    def _to_channel(self, data: bytes) -> None:
+        self._channel.dataReceived(data)
 
 
 def proxy_channel_protocol(factory: object) -> ProxyChannelProtocol:

@@ -31,6 +31,7 @@ apply to them in L{appproxy.frontend.h2_deadlines}.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -44,7 +45,7 @@ from twisted.python.failure import Failure
 from appproxy.config.model import ClientLimits
 from appproxy.frontend.channels import ProxyChannelProtocol, StrictHTTPChannel
 from appproxy.frontend.peer import peer_text
-from appproxy.http.forwarding import IPNetwork, unmapped
+from appproxy.http.forwarding import IPAddress, IPNetwork, unmapped
 
 __all__ = ["ClientDeadlines", "DeadlineHTTPChannel", "deadline_channel_protocol"]
 
@@ -62,6 +63,16 @@ REQUEST_TIMEOUT = (
 CLOSE_GRACE = 2.0
 
 _IDLE, _HEADERS, _BODY, _HANDLING = "idle", "headers", "body", "handling"
+
+
+@functools.lru_cache(maxsize=1024)
+def _parsed_ip(address: str) -> IPAddress | None:
+    """C{address} parsed (IPv4-mapped as IPv4), L{None} if not an address:
+    parsed once per address, not on every request of every connection."""
+    try:
+        return unmapped(ipaddress.ip_address(address))
+    except ValueError:
+        return None
 
 
 @attrs.define(eq=False)
@@ -84,9 +95,8 @@ class ClientDeadlines:
         proxies = self.trusted()
         if not proxies:
             return False
-        try:
-            ip = unmapped(ipaddress.ip_address(address))
-        except ValueError:
+        ip = _parsed_ip(address)
+        if ip is None:
             return False
         return any(ip in network for network in proxies)
 
@@ -116,6 +126,10 @@ class DeadlineHTTPChannel(StrictHTTPChannel):
     _peer: str | None = None
     """The client's address (the transport's peer)."""
     _timer: IDelayedCall | None = None
+    """The deadline's timer: armed, or parked (still scheduled, ignored)."""
+    _armed = False
+    """Whether L{_timer} stands for a deadline now."""
+    _cut_timer: IDelayedCall | None = None
     _deadline = 0.0
     _closing = False
 
@@ -140,7 +154,7 @@ class DeadlineHTTPChannel(StrictHTTPChannel):
 
     def allHeadersReceived(self) -> None:
         self._leave_headers()
-        self._stop_timer()
+        self._park_timer()
         if self.length == 0:
             self._phase = _HANDLING
         else:
@@ -162,7 +176,7 @@ class DeadlineHTTPChannel(StrictHTTPChannel):
 
     def allContentReceived(self) -> None:
         self._phase = _HANDLING
-        self._stop_timer()
+        self._park_timer()
         super().allContentReceived()
 
     def requestDone(self, request: Any) -> None:
@@ -176,13 +190,23 @@ class DeadlineHTTPChannel(StrictHTTPChannel):
             # when the connection is lost and when it hands over to HTTP/2:
             # none of them is a time to keep ours.
             self._leave_headers()
-            self._stop_timer()
+            if self._phase == _HANDLING:
+                # The request is complete: the connection stays, and so may
+                # the timer, parked for the next request.
+                self._park_timer()
+            else:
+                # Lost, or handed over to HTTP/2 (this channel gets no
+                # connectionLost then): nothing may stay scheduled.
+                self._stop_timer()
         previous: float | None = super().setTimeout(period)
         return previous
 
     def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:  # noqa: B008
         self._leave_headers()
         self._stop_timer()
+        if self._cut_timer is not None and self._cut_timer.active():
+            self._cut_timer.cancel()
+        self._cut_timer = None
         super().connectionLost(reason)
 
     # -- the deadlines -----------------------------------------------------------
@@ -223,17 +247,34 @@ class DeadlineHTTPChannel(StrictHTTPChannel):
         self._address = None
 
     def _arm(self, when: float) -> None:
+        self._armed = True
+        timer = self._timer
+        delay = max(0.0, when - self._now())
+        if timer is not None and timer.active() and when >= timer.getTime():
+            # One timer per connection, moved on from request to request: a
+            # later time costs no scheduling (twisted reschedules it lazily).
+            timer.reset(delay)
+            return
         self._stop_timer()
+        self._armed = True
         assert self.deadlines is not None
-        self._timer = self.deadlines.clock.callLater(max(0.0, when - self._now()), self._expired)
+        self._timer = self.deadlines.clock.callLater(delay, self._expired)
+
+    def _park_timer(self) -> None:
+        """No deadline now; the timer stays scheduled for the next one."""
+        self._armed = False
 
     def _stop_timer(self) -> None:
+        self._armed = False
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
 
     def _expired(self) -> None:
         self._timer = None
+        if not self._armed:
+            return  # parked: no deadline was running
+        self._armed = False
         now = self._now()
         if self._phase == _BODY:
             if now < self._deadline:
@@ -270,10 +311,10 @@ class DeadlineHTTPChannel(StrictHTTPChannel):
             transport.write(REQUEST_TIMEOUT)
         transport.loseConnection()
         assert self.deadlines is not None
-        self._timer = self.deadlines.clock.callLater(CLOSE_GRACE, self._cut)
+        self._cut_timer = self.deadlines.clock.callLater(CLOSE_GRACE, self._cut)
 
     def _cut(self) -> None:
-        self._timer = None
+        self._cut_timer = None
         if self.transport is not None:
             self.transport.abortConnection()  # type: ignore[attr-defined]
 

@@ -16,6 +16,7 @@ L{appproxy.http.headers}; inputs are never mutated.  Pure: no I/O.
 
 from __future__ import annotations
 
+import functools
 import unicodedata
 from collections.abc import Iterable, Sequence
 
@@ -113,6 +114,13 @@ def normalise_header_name(name: str) -> str:
     return name.lower().replace("_", "-")
 
 
+@functools.lru_cache(maxsize=64)
+def _normalised_names(protected: frozenset[str]) -> frozenset[str]:
+    """C{protected}, normalised: computed once per set (the front end's set
+    changes only on reload), not once per request."""
+    return frozenset(normalise_header_name(name) for name in protected)
+
+
 def strip_spoofed_headers(
     headers: Sequence[tuple[bytes, bytes]], protected: Iterable[str]
 ) -> Headers:
@@ -124,7 +132,11 @@ def strip_spoofed_headers(
 
     @param protected: the identity headers' names (normalised here too).
     """
-    names = {normalise_header_name(name) for name in protected}
+    names = (
+        _normalised_names(protected)
+        if isinstance(protected, frozenset)
+        else frozenset(normalise_header_name(name) for name in protected)
+    )
     return [
         (name, value)
         for name, value in headers

@@ -236,7 +236,11 @@ class TunnelProtocol(OutboundStreams, Protocol, Generic[_F]):
 
     def dispatch(self, event: Event) -> None:
         if isinstance(event, _STREAM_EVENTS):
-            self.within_stream(event.stream_id, self._stream_event, event)
+            # within_stream's error boundary, inlined (per event).
+            try:
+                self._stream_event(event)
+            except Exception:
+                self.stream_error(event.stream_id, Failure())
         elif isinstance(event, WindowUpdated):
             self.window_updated(event.stream_id)
         elif isinstance(event, RemoteSettingsChanged):

@@ -28,6 +28,9 @@ import attrs
 
 
 class ConnectionState(enum.Enum):
+    # Members are singletons: identity hashing (C level) finds them in the
+    # transition table without Enum's Python-level __hash__ on every input.
+    __hash__ = object.__hash__
     CONNECTING = "connecting"
     """The transport is up; the connector's identity is not known yet."""
     AWAITING_SETTINGS = "awaiting-settings"
@@ -41,6 +44,9 @@ class ConnectionState(enum.Enum):
 
 
 class ConnectionInput(enum.Enum):
+    # Members are singletons: identity hashing (C level) finds them in the
+    # transition table without Enum's Python-level __hash__ on every input.
+    __hash__ = object.__hash__
     HANDSHAKE_DONE = "handshake-done"
     SETTINGS_ACKED = "settings-acked"
     SETTINGS_FAILED = "settings-failed"

@@ -25,7 +25,7 @@ a defined error (L{Invalid}, logged by the shell), never an exception.
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import attrs
 
@@ -103,6 +103,9 @@ class Invalid:
 
 Action = AcceptRequest | AcceptSettings | Refuse | Advertise | Close | Invalid
 
+#: The action of every request taken (frozen, without fields: made once).
+_ACCEPT_REQUEST = AcceptRequest()
+
 C = ConnectorState
 N = ConnectorInput
 _OPEN = (C.AWAITING_SETTINGS, C.READY, C.DRAINING)
@@ -144,12 +147,11 @@ class ConnectorMachine:
 
     def feed(self, event: ConnectorInput) -> list[Action]:
         """Take one input; return what the shell must do."""
-        entry = TRANSITIONS.get((self.state, event))
+        entry = _DISPATCH.get((self.state, event))
         if entry is None:
             return [Invalid(self.state, event)]
         self.state, handler = entry
-        actions: list[Action] = getattr(self, handler)()
-        return actions
+        return handler(self)
 
     @property
     def advertised(self) -> int:
@@ -166,7 +168,7 @@ class ConnectorMachine:
             # h2 enforces our limit; a stream past it is refused all the same.
             return [Refuse()]
         self.active += 1
-        return [AcceptRequest()]
+        return [_ACCEPT_REQUEST]
 
     def _control(self) -> list[Action]:
         return [AcceptSettings()]
@@ -196,3 +198,10 @@ class ConnectorMachine:
     def _lost(self) -> list[Action]:
         self.active = 0
         return []
+
+
+#: L{TRANSITIONS} with the handlers looked up once, not by name per input.
+_DISPATCH: Mapping[
+    tuple[ConnectorState, ConnectorInput],
+    tuple[ConnectorState, Callable[[ConnectorMachine], list[Action]]],
+] = {pair: (state, getattr(ConnectorMachine, name)) for pair, (state, name) in TRANSITIONS.items()}

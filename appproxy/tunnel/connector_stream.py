@@ -117,6 +117,9 @@ class Invalid:
 
 Action = SetTimer | CancelTimer | TimedOut | Abort | Invalid
 
+#: Frozen and without fields: made once.
+_CANCEL_TIMER = CancelTimer()
+
 S = ConnectorStreamState
 I = ConnectorStreamInput  # noqa: E741
 
@@ -165,8 +168,8 @@ class ConnectorStreamMachine:
     app's backend timeout; C{has_body} says whether a request body follows.
     """
 
-    limit: float
-    has_body: bool
+    limit: float = 0.0
+    has_body: bool = False
     state: ConnectorStreamState = attrs.field(init=False, default=S.HEADERS_RECEIVED)
     last: float = attrs.field(init=False, default=0.0)
     """When the current wait began, or the backend last took bytes."""
@@ -229,7 +232,7 @@ class ConnectorStreamMachine:
         if self.armed is None:
             return []
         self.armed = None
-        return [CancelTimer()]
+        return [_CANCEL_TIMER]
 
     def _timer_fired(self, now: float) -> list[Action]:
         self.armed = None

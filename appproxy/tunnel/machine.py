@@ -37,6 +37,10 @@ import attrs
 class StreamState(enum.Enum):
     """Where a stream is in its life."""
 
+    # Members are singletons: identity hashing (C level) finds them in the
+    # transition table without Enum's Python-level __hash__ on every input.
+    __hash__ = object.__hash__
+
     AWAITING_DISPATCH = "awaiting-dispatch"
     """Request headers sent; the body waits for the connector's acknowledgement."""
     UPLOADING = "uploading"
@@ -53,6 +57,10 @@ class StreamState(enum.Enum):
 
 class StreamInput(enum.Enum):
     """What can happen to a stream."""
+
+    # Members are singletons: identity hashing (C level) finds them in the
+    # transition table without Enum's Python-level __hash__ on every input.
+    __hash__ = object.__hash__
 
     DISPATCHED = "dispatched"
     """The connector acknowledged dispatch (its informational 100)."""

@@ -227,10 +227,12 @@ class ConnectorGroupQueue:
             raise NoCapacity(self.name)
         job._deadline = self.clock.seconds() + self.timeout
         job._on_timeout = on_timeout
-        self._arm(job)
         if waiter is None:
+            self._arm(job)
             self._pending.append(job)
         else:
+            # Taken at once: no queue timer to start (and the taker to stop).
+            job.stop_timer()
             self._hand(waiter, job)
 
     def get(self, connection: object = None) -> Deferred[ProxyJob]:
