@@ -35,6 +35,8 @@ from collections.abc import Callable, Mapping
 
 import attrs
 
+from appproxy.tunnel.machine import CancelTimer, SetTimer
+
 
 class ConnectorStreamState(enum.Enum):
     # Members are singletons: hash by identity, not by name (a Python call).
@@ -79,18 +81,6 @@ class ConnectorStreamInput(enum.Enum):
     FAILED = "failed"
     """Handling the stream raised, or the response body broke off."""
     TIMER_FIRED = "timer-fired"
-
-
-@attrs.frozen
-class SetTimer:
-    """Arm the stream's one timer to fire at C{at} (replacing any armed one)."""
-
-    at: float
-
-
-@attrs.frozen
-class CancelTimer:
-    """Disarm the stream's timer."""
 
 
 @attrs.frozen
