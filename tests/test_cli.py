@@ -16,12 +16,13 @@ from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 from cryptography import x509
-from twisted.trial.unittest import SkipTest, SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase
 
 from appproxy.cli.install import hidden_path_problem
 from appproxy.cli.main import main
 from appproxy.config import load_connector_config, load_service_config
 from appproxy.daemon import pki
+from tests.visible import visible_directory
 
 _KEYS = ["ca.key", "tls/service.key", "tls/tunnel.key", "connector/connector.key"]
 _PUBLIC = [
@@ -71,9 +72,10 @@ class InitInstallStepTests(SynchronousTestCase):
         self.assertIn("twistd --nodaemon --pidfile= appproxy --config", out)
 
     def test_visible_paths(self) -> None:
-        directory = Path(self.mktemp()).absolute()
-        if hidden_path_problem(prefix=Path("/opt/appproxy"), config=directory, state=None):
-            raise SkipTest(f"{directory} is where a systemd unit cannot see it")
+        directory = visible_directory(self) / "appproxy"
+        self.assertIsNone(
+            hidden_path_problem(prefix=Path("/opt/appproxy"), config=directory, state=None)
+        )
         out = self.init_in(directory, "/opt/appproxy")
         self.assertIn(f"appproxy install service --config {directory}/service.toml", out)
         self.assertNotIn("cannot run these under systemd", out)
@@ -90,8 +92,8 @@ class InitInstallStepTests(SynchronousTestCase):
 
 class InitTests(SynchronousTestCase):
     def setUp(self) -> None:
-        self.base = Path(self.mktemp())
-        self.base.mkdir()
+        # Where a systemd unit can see it, so that init prints the install steps.
+        self.base = visible_directory(self)
         self.dir = self.base / "appproxy"
 
     def run_main(self, *argv: str) -> tuple[int, str, str]:

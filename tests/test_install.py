@@ -61,6 +61,7 @@ from appproxy.cli.systemd_units import (
     connector_unit,
     service_unit,
 )
+from tests.visible import visible_directory
 
 _REPO = Path(__file__).resolve().parents[1]
 _VENV = _REPO / ".venv"
@@ -185,20 +186,11 @@ def _fake_prefix(root: Path) -> Path:
     return prefix
 
 
-def _searchable_up_to_cwd(path: Path) -> None:
-    """Let every user search the test's directories (mkdtemp makes them 0700)."""
-    top = Path.cwd().absolute()
-    for directory in [path, *path.parents]:
-        if not directory.is_relative_to(top):
-            break
-        directory.chmod(0o755)
-
-
 class InstallCommandTests(SynchronousTestCase):
     """The checks C{appproxy install} makes before it changes anything."""
 
     def setUp(self) -> None:
-        self.root = Path(self.mktemp()).absolute()
+        self.root = visible_directory(self)
         (self.root / "etc").mkdir(parents=True)
         self.prefix = _fake_prefix(self.root)
         self.config_dir = self.root / "etc" / "appproxy"
@@ -330,11 +322,13 @@ class _Notifications(protocol.DatagramProtocol):
 def _venv_for_units(base: Path) -> Path:
     """
     A virtualenv the units accept and the unit's user can run: this
-    checkout's .venv if its interpreter is outside /root and /home, else one
-    made with the system's python3 over .venv's site-packages.
+    checkout's .venv if install accepts it where it is, else one made with the
+    system's python3 over .venv's site-packages (the checkout may be under
+    /tmp, its interpreter under /root).
     """
     python = Path(os.path.realpath(_VENV / "bin" / "python"))
-    if not python.is_relative_to("/root") and not python.is_relative_to("/home"):
+    visible = base / "etc" / "appproxy" / "service.toml"
+    if install_module.hidden_path_problem(prefix=_VENV, config=visible, state=None) is None:
         return _VENV
     system = shutil.which("python3", path="/usr/bin:/bin")
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
@@ -376,9 +370,8 @@ class DeploymentTests(TestCase):
             pwd.getpwnam(_USER)
         except KeyError:
             self.addCleanup(self._remove_user)
-        self.root = Path(self.mktemp()).absolute()
+        self.root = visible_directory(self)
         (self.root / "etc").mkdir(parents=True)
-        _searchable_up_to_cwd(self.root)
         self.prefix = _venv_for_units(self.root)
 
     def _remove_user(self) -> None:
