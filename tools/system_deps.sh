@@ -2,9 +2,10 @@
 # Installs, with apt, the programs the test suite drives that pip cannot
 # bring: Node.js and npm (oidc-provider, the interop tests' identity
 # provider), Debian's Chromium (the browser tests, driven by Playwright),
-# h2load and curl (HTTP/2 clients), and systemd-analyze, useradd, setpriv and
-# runuser (tests/test_install.py).  Installs only what is missing; `make test`
-# runs it first.  Without root or apt it names what is missing and stops.
+# h2load and curl (HTTP/2 clients), and systemd-analyze, useradd, setpriv,
+# runuser and Debian's python3 with venv (tests/test_install.py).  Installs
+# only what is missing; `make test` runs it first.  Without root or apt it
+# names what is missing and stops.
 set -euo pipefail
 
 missing=()
@@ -23,6 +24,10 @@ need nodejs node
 need npm npm
 need chromium chromium
 [ -d /usr/share/fonts/truetype/liberation ] || missing+=(fonts-liberation)
+# tests/test_install.py makes the units' virtualenv with Debian's own python3.
+if command -v dpkg >/dev/null 2>&1; then
+  dpkg -s python3-venv >/dev/null 2>&1 || missing+=(python3-venv)
+fi
 need nghttp2-client h2load
 need curl curl
 need systemd systemd-analyze
