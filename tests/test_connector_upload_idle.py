@@ -18,7 +18,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from appproxy.connector.backend import BackendClient
 from appproxy.connector.request import ConnectorStream
-from tests.tunnel_memory import ConnectorEnd
+from tests.tunnel_memory import ConnectorEnd, open_upload
 
 TIMEOUT = 30.0
 
@@ -69,19 +69,7 @@ class UploadIdleTests(SynchronousTestCase):
         return end, agent
 
     def post(self, end: ConnectorEnd) -> int:
-        sid = end.peer.get_next_available_stream_id()
-        end.peer.send_headers(
-            sid,
-            [
-                (b":method", b"POST"),
-                (b":scheme", b"http"),
-                (b":authority", b"127.0.0.1:9"),
-                (b":path", b"/up"),
-                (b"appproxy-app", b"web"),
-            ],
-        )
-        end.pump()
-        return sid
+        return open_upload(end)
 
     def test_backend_not_reading_gets_504(self) -> None:
         """

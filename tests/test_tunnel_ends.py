@@ -7,7 +7,6 @@ a user sends is.
 from __future__ import annotations
 
 from twisted.internet.testing import MemoryReactorClock
-from twisted.test.iosim import FakeTransport, connect
 from twisted.trial.unittest import SynchronousTestCase
 
 from appproxy.connector.backend import BackendClient
@@ -15,7 +14,7 @@ from appproxy.connector.tunnel import ConnectorTunnelFactory
 from appproxy.tunnel.fields import CONTROL_FIELD
 from appproxy.tunnel.queue import ConnectorGroups
 from appproxy.tunnel.service import ServiceTunnelFactory
-from tests.tunnel_memory import APP, FakeExchange, job
+from tests.tunnel_memory import APP, FakeExchange, job, join_ends
 
 
 class BothEndsTests(SynchronousTestCase):
@@ -28,20 +27,7 @@ class BothEndsTests(SynchronousTestCase):
             self.clock, BackendClient(self.clock), 4, 15.0
         )
         self.connector = self.connector_factory.buildProtocol(None)
-        self.pump = connect(
-            self.connector,
-            FakeTransport(self.connector, isServer=False),
-            self.service,
-            FakeTransport(self.service, isServer=True),
-            greet=False,
-        )
-        self.pump.flush()
-        # What handshakeCompleted does, without TLS.
-        self.service.connector_id = "c1"
-        self.service.group = self.group
-        self.group.connection_made(self.service, "c1")
-        self.service.settings.push()
-        self.pump.flush()
+        self.pump = join_ends(self.service, self.connector, self.group)
         self.addCleanup(self.close)
 
     def close(self) -> None:

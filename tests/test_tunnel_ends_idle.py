@@ -14,7 +14,6 @@ from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Protocol
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
-from twisted.test.iosim import FakeTransport, connect
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.client import ResponseDone
 from twisted.web.http_headers import Headers
@@ -24,7 +23,7 @@ from appproxy.connector.backend import BackendClient
 from appproxy.connector.tunnel import ConnectorTunnelFactory
 from appproxy.tunnel.queue import ConnectorGroups
 from appproxy.tunnel.service import RESPONSE_GRACE, ServiceTunnelFactory
-from tests.tunnel_memory import APP, FakeExchange, job
+from tests.tunnel_memory import APP, FakeExchange, job, join_ends
 
 TIMEOUT = APP.backend_timeout
 
@@ -97,19 +96,7 @@ class BothEndsIdleTests(SynchronousTestCase):
         ).buildProtocol(None)
         connector_factory = ConnectorTunnelFactory(self.clock, BackendClient(self.clock), 4, 1e6)
         self.connector = connector_factory.buildProtocol(None)
-        self.pump = connect(
-            self.connector,
-            FakeTransport(self.connector, isServer=False),
-            self.service,
-            FakeTransport(self.service, isServer=True),
-            greet=False,
-        )
-        self.pump.flush()
-        self.service.connector_id = "c1"
-        self.service.group = self.group
-        self.group.connection_made(self.service, "c1")
-        self.service.settings.push()
-        self.pump.flush()
+        self.pump = join_ends(self.service, self.connector, self.group)
         self.assertTrue(self.service.ready)
         self.addCleanup(self.close)
 

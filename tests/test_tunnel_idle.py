@@ -16,7 +16,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from appproxy.connector.backend import BackendClient
 from appproxy.tunnel.service import RESPONSE_GRACE
-from tests.tunnel_memory import ConnectorEnd, FakeExchange, ServiceEnd, job
+from tests.tunnel_memory import ConnectorEnd, FakeExchange, ServiceEnd, job, open_upload
 
 LIMIT = job().app.backend_timeout + RESPONSE_GRACE
 
@@ -135,19 +135,7 @@ class ConnectorIdleTests(SynchronousTestCase):
         return end, agent
 
     def post(self, end: ConnectorEnd) -> int:
-        sid = end.peer.get_next_available_stream_id()
-        end.peer.send_headers(
-            sid,
-            [
-                (b":method", b"POST"),
-                (b":scheme", b"http"),
-                (b":authority", b"127.0.0.1:9"),
-                (b":path", b"/up"),
-                (b"appproxy-app", b"web"),
-            ],
-        )
-        end.pump()
-        return sid
+        return open_upload(end)
 
     def test_backend_timed_from_end_of_body(self) -> None:
         """

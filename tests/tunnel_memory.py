@@ -15,6 +15,7 @@ from h2.connection import H2Connection
 from h2.events import Event, RequestReceived, ResponseReceived, StreamReset
 from h2.settings import SettingCodes
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.test.iosim import FakeTransport, IOPump, connect
 
 from appproxy.config import AppConfig
 from appproxy.connector.backend import BackendClient
@@ -242,3 +243,45 @@ class ConnectorEnd:
     def close(self) -> None:
         if self.proto.connected:
             self.proto.connectionLost()
+
+
+def join_ends(
+    service: ServiceTunnelProtocol, connector: ConnectorTunnelProtocol, group: Any
+) -> IOPump:
+    """
+    Connect C{service} and C{connector} through C{iosim}, as a handshake
+    would (without TLS): the connector is C{c1} of C{group}, the settings
+    pushed and acknowledged.  Returns the pump that moves their bytes.
+    """
+    pump = connect(
+        connector,
+        FakeTransport(connector, isServer=False),
+        service,
+        FakeTransport(service, isServer=True),
+        greet=False,
+    )
+    pump.flush()
+    # What handshakeCompleted does, without TLS.
+    service.connector_id = "c1"
+    service.group = group
+    group.connection_made(service, "c1")
+    service.settings.push()
+    pump.flush()
+    return pump
+
+
+def open_upload(end: ConnectorEnd) -> int:
+    """Open a POST to C{/up} of the app C{web} at C{end}; its stream id."""
+    sid: int = end.peer.get_next_available_stream_id()
+    end.peer.send_headers(
+        sid,
+        [
+            (b":method", b"POST"),
+            (b":scheme", b"http"),
+            (b":authority", b"127.0.0.1:9"),
+            (b":path", b"/up"),
+            (b"appproxy-app", b"web"),
+        ],
+    )
+    end.pump()
+    return sid
