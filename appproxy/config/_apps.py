@@ -6,13 +6,14 @@ back-end settings, who may use it, its session cookie and identity headers.
 from __future__ import annotations
 
 import re
+from urllib.parse import urlsplit
 
 from appproxy.access.policy import Assignment
 from appproxy.config._files import optional_ca_file
 from appproxy.config._messages import quote, toml_key, type_name
 from appproxy.config._table import MISSING, Table
 from appproxy.config._values import base_url
-from appproxy.config.model import BACKEND_TIMEOUTS, AppConfig
+from appproxy.config.model import BACKEND_TIMEOUTS, DEFAULT_PORTS, AppConfig
 
 _APP_KEYS = (
     "name",
@@ -31,6 +32,10 @@ _APP_KEYS = (
     "http_only_cookie",
     "jwt_assertion",
     "headers",
+    "websocket",
+    "websocket_origins",
+    "websocket_idle_timeout",
+    "max_websockets",
 )
 _PRE_AUTHENTICATION = ("oidc", "passthrough")
 #: Keys that need a signed-in user, and their values that do not.
@@ -98,6 +103,10 @@ def _app(table: Table) -> AppConfig:
     http_only = table.boolean("http_only_cookie", True)
     jwt_assertion = table.boolean("jwt_assertion", False)
     headers = _identity_headers(table)
+    websocket = table.boolean("websocket", True)
+    websocket_origins = _origins(table, "websocket_origins")
+    websocket_idle_timeout = table.number("websocket_idle_timeout", 900.0, 7 * 24 * 3600.0)
+    max_websockets = table.integer("max_websockets", 1000, 0, 1_000_000)
     if pre_authentication == "passthrough":
         for key in _SIGN_IN_KEYS:
             if table.get(key) not in _HARMLESS:
@@ -119,6 +128,10 @@ def _app(table: Table) -> AppConfig:
         http_only_cookie=http_only,
         jwt_assertion=jwt_assertion,
         headers=headers,
+        websocket=websocket,
+        websocket_origins=websocket_origins,
+        websocket_idle_timeout=websocket_idle_timeout,
+        max_websockets=max_websockets,
     )
 
 
@@ -165,4 +178,42 @@ def _identity_headers(table: Table) -> tuple[tuple[str, str], ...]:
         if not claim:
             table.ctx.fail(key, "must not be empty")
         result.append((header, claim))
+    return tuple(result)
+
+
+def _origins(table: Table, name: str) -> tuple[str, ...]:
+    """
+    A list of web origins (C{https://host[:port]}, or C{http://} for a page
+    served in the clear), normalised as browsers send them in C{Origin}:
+    lowercase, default port elided, no path.
+    """
+    result: list[str] = []
+    for index, value in enumerate(table.string_list(name)):
+        try:
+            parts = urlsplit(value)
+            port = parts.port
+        except ValueError:
+            table.fail_item(name, index, f"{quote(value)} is not a valid origin")
+        host = parts.hostname or ""
+        if (
+            parts.scheme not in ("http", "https")
+            or not host
+            or parts.path not in ("", "/")
+            or parts.query
+            or parts.fragment
+            or "@" in parts.netloc
+            or not value.isascii()
+        ):
+            table.fail_item(
+                name,
+                index,
+                f"{quote(value)} is not an origin: write scheme://host or scheme://host:port"
+                " (for example https://portal.example.com)",
+            )
+        shown_host = f"[{host}]" if ":" in host else host
+        default = DEFAULT_PORTS[parts.scheme]
+        origin = f"{parts.scheme}://{shown_host}"
+        if port is not None and port != default:
+            origin += f":{port}"
+        result.append(origin)
     return tuple(result)

@@ -98,6 +98,15 @@ class AppConfig:
     jwt_assertion: bool = False
     #: Identity headers: (header name as written, claim name), in file order.
     headers: tuple[tuple[str, str], ...] = ()
+    #: Whether WebSocket handshakes are passed to the app.
+    websocket: bool = True
+    #: Origins besides the app's external one whose pages may open its
+    #: WebSockets (C{scheme://host[:port]}, lowercase, default port elided).
+    websocket_origins: tuple[str, ...] = ()
+    #: Seconds an open WebSocket may carry no byte either way (pings count).
+    websocket_idle_timeout: float = 900.0
+    #: WebSockets open to the app at once (per service process).
+    max_websockets: int = 1000
 
     @property
     def signs_in(self) -> bool:
@@ -113,6 +122,12 @@ class AppConfig:
     def external_host(self) -> str:
         """C{host} or C{host:port} (443 elided), lowercase, as in a C{Host} header."""
         return urlsplit(self.external_url).netloc
+
+    @property
+    def external_origin(self) -> str:
+        """C{https://host[:port]}: the app's pages' origin, as browsers send it in C{Origin}."""
+        parts = urlsplit(self.external_url)
+        return f"{parts.scheme}://{parts.netloc}"
 
     @property
     def external_path(self) -> str:
@@ -224,6 +239,8 @@ class ClientLimits:
     C{header_timeout} seconds (0: no minimum)."""
     header_connections_per_address: int = 256
     """Connections one client address may have reading a header block at once."""
+    websockets_per_user: int = 50
+    """WebSockets one signed-in user may have open at once (per service process)."""
 
 
 @attrs.frozen(kw_only=True)
@@ -270,6 +287,7 @@ class ConnectorConfig:
     service_address: str
     connections: int = 4
     capacity: int = 100
+    websocket_capacity: int = 250
     ca: Path
     ca_pem: bytes = attrs.field(repr=False)
     cert: CertificateFiles

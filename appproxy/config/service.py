@@ -46,6 +46,7 @@ _SERVICE_KEYS = (
     "client_header_timeout",
     "client_body_min_rate",
     "client_header_connections_per_address",
+    "websockets_per_user",
 )
 _CERTIFICATE_KEYS = ("cert", "key")
 _TUNNEL_KEYS = ("listen", "cert", "key", "connector_ca")
@@ -84,6 +85,7 @@ def parse_service_config(data: Mapping[str, object], path: Path) -> ServiceConfi
         header_connections_per_address=service.integer(
             "client_header_connections_per_address", 256, 1, 100_000
         ),
+        websockets_per_user=service.integer("websockets_per_user", 50, 0, 100_000),
     )
     certificates = tuple(
         certificate_files(table, "cert", "key")
