@@ -3,7 +3,7 @@ Run every benchmark and print one table against the targets.
 
     python benchmarks/run_all.py [--quick] [--json] [--profile DIR] [--output FILE]
 
-Runs L{throughput}, L{transfer} and L{idle_memory} one after the other, each on
+Runs L{throughput}, L{transfer}, L{idle_memory} and L{websocket} one after the other, each on
 its own freshly started stack (so that one's memory peaks do not show in the
 next), and writes all the figures as JSON to C{benchmarks/results/latest.json}
 (or C{--output}).  C{make bench} calls this.  Takes about four minutes
@@ -27,6 +27,7 @@ import harness
 import idle_memory
 import throughput
 import transfer
+import websocket
 
 
 def _verdict(ok: bool) -> str:
@@ -102,6 +103,12 @@ def summary_rows(results: dict[str, Any]) -> list[list[str]]:
                     _verdict(r[key] <= idle_memory.TARGET_KIB),
                 ]
             )
+    w = results.get("websocket")
+    if w is not None:
+        rows += [
+            [measure, proxy, direct, f"ratio {ratio}" if ratio else "", ""]
+            for measure, proxy, direct, ratio in websocket.rows(w)
+        ]
     return rows
 
 
@@ -142,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     t_args = ["--duration", "5", "--latency-duration", "3"] if args.quick else []
     x_args = ["--runs", "1"] if args.quick else []
     m_args = ["--connections", "500"] if args.quick else []
+    w_args = ["--messages", "500", "--mib", "32", "--runs", "1"] if args.quick else []
     if args.profile:
         t_args += ["--profile", str(Path(args.profile) / "throughput")]
         x_args += ["--profile", str(Path(args.profile) / "transfer")]
@@ -153,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     results["transfer"] = transfer.run(transfer.parser().parse_args(x_args))
     print("== idle memory", file=sys.stderr)
     results["idle_memory"] = idle_memory.run(idle_memory.parser().parse_args(m_args))
+    print("== websocket", file=sys.stderr)
+    results["websocket"] = websocket.run(websocket.parser().parse_args(w_args))
 
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(harness.dump_json(results) + "\n")
@@ -166,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     print(harness.fmt_table(throughput.rows(results["throughput"]), header[:4]))
     print()
     print(harness.fmt_table(transfer.rows(results["transfer"]), header[:4]))
+    print()
+    print(harness.fmt_table(websocket.rows(results["websocket"]), [*header[:3], "ratio"]))
     print()
     print(f"(JSON: {args.output})")
     return 0

@@ -11,7 +11,14 @@ from hypothesis import strategies as st
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from appproxy.tunnel.queue import IDEMPOTENT_METHODS, ConnectorGroupQueue, NoCapacity, ProxyJob
+from appproxy.tunnel.queue import (
+    IDEMPOTENT_METHODS,
+    NO_CONNECTOR_GRACE,
+    ConnectorGroupQueue,
+    ConnectorGroups,
+    NoCapacity,
+    ProxyJob,
+)
 
 
 def job(method: bytes = b"GET", has_body: bool = False) -> ProxyJob:
@@ -140,3 +147,38 @@ class RetryTests(SynchronousTestCase):
         self.assertFalse(job(b"GET").needs_dispatch_ack)
         self.assertTrue(job(b"POST").needs_dispatch_ack)
         self.assertTrue(job(b"PUT", has_body=True).needs_dispatch_ack)
+
+
+class UpgradeQueueTests(SynchronousTestCase):
+    """Each group's WebSocket handshakes wait in a queue of their own."""
+
+    def test_upgrade_queue_is_apart(self) -> None:
+        clock = Clock()
+        groups = ConnectorGroups(clock, 5)
+        upgrades = groups.upgrade_queue("g")
+        self.assertIs(groups.upgrade_queue("g"), upgrades)
+        self.assertIsNot(upgrades, groups["g"])
+        requests = groups["g"].get()
+        j = job()
+        j.upgrade = True
+        upgrades.put(j, lambda _: self.fail("timed out"))
+        self.assertNoResult(requests)
+        self.assertIs(self.successResultOf(upgrades.get()), j)
+        # A reload's new timeout reaches both kinds (the daemon iterates).
+        self.assertEqual(set(map(id, groups)), {id(groups["g"]), id(upgrades)})
+
+    def test_upgrade_field_is_keyword_only_and_false_by_default(self) -> None:
+        self.assertFalse(job().upgrade)
+        with self.assertRaises(TypeError):
+            ProxyJob(None, b"GET", b"/", [], "r", False, None, True)  # type: ignore[arg-type,call-arg]
+
+    def test_upgrade_queue_no_connector_grace(self) -> None:
+        """Without a connection able to carry WebSockets, a handshake fails fast."""
+        clock = Clock()
+        groups = ConnectorGroups(clock, 60)
+        groups["g"].connection_made(object())  # a connection for requests only
+        expired: list[ProxyJob] = []
+        groups.upgrade_queue("g").put(job(), expired.append)
+        clock.advance(NO_CONNECTOR_GRACE + 0.1)
+        self.assertEqual(len(expired), 1)
+        self.assertIn("able to carry WebSockets", groups.upgrade_queue("g").unavailable_reason())

@@ -2,8 +2,9 @@
 The connector's connection machine (L{appproxy.tunnel.connector_machine}),
 driven directly: every (state, input) pair of the table, and random input
 sequences against its invariants (every stream opened is taken or refused,
-exactly once; never more taken than the capacity; one close, only once
-idle; nothing after closed).
+exactly once; never more of each kind taken than its capacity, requests
+and upgraded streams each their own; one close, only once idle; nothing
+after closed).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from appproxy.tunnel.connector_machine import (
     TRANSITIONS,
     AcceptRequest,
     AcceptSettings,
+    AcceptUpgrade,
     Advertise,
     Close,
     ConnectorInput,
@@ -30,6 +32,7 @@ from appproxy.tunnel.connector_machine import (
 C = ConnectorState
 N = ConnectorInput
 CAPACITY = 3
+UPGRADES = 2
 
 #: How to reach each state from a new machine, with one request active.
 _PATHS: dict[ConnectorState, list[ConnectorInput]] = {
@@ -43,6 +46,13 @@ _PATHS: dict[ConnectorState, list[ConnectorInput]] = {
 _EXPECTED: dict[tuple[ConnectorState, ConnectorInput], tuple[ConnectorState, list[object]]] = {
     **{(s, N.REQUEST_OPENED): (s, [AcceptRequest()]) for s in (C.AWAITING_SETTINGS, C.READY)},
     (C.DRAINING, N.REQUEST_OPENED): (C.DRAINING, [Refuse()]),
+    **{(s, N.UPGRADE_OPENED): (s, [AcceptUpgrade()]) for s in (C.AWAITING_SETTINGS, C.READY)},
+    (C.DRAINING, N.UPGRADE_OPENED): (C.DRAINING, [Refuse()]),
+    # No upgraded stream is active on these paths: a defined error.
+    **{
+        (s, N.UPGRADE_FINISHED): (s, [Invalid(s, N.UPGRADE_FINISHED)])
+        for s in (C.AWAITING_SETTINGS, C.READY, C.DRAINING)
+    },
     **{(s, N.CONTROL_OPENED): (s, [AcceptSettings()]) for s in (C.AWAITING_SETTINGS, C.READY)},
     (C.DRAINING, N.CONTROL_OPENED): (C.DRAINING, [Refuse()]),
     **{(s, N.UNKNOWN_CONTROL): (s, [Refuse()]) for s in (C.AWAITING_SETTINGS, C.READY, C.DRAINING)},
@@ -68,7 +78,7 @@ _EXPECTED: dict[tuple[ConnectorState, ConnectorInput], tuple[ConnectorState, lis
 
 
 def machine_in(state: ConnectorState) -> ConnectorMachine:
-    machine = ConnectorMachine(CAPACITY)
+    machine = ConnectorMachine(CAPACITY, UPGRADES)
     for event in _PATHS[state]:
         machine.feed(event)
     assert machine.state is state, (state, machine.state)
@@ -112,6 +122,37 @@ class TableTests(SynchronousTestCase):
         machine.feed(N.REQUEST_FINISHED)
         self.assertEqual(machine.feed(N.REQUEST_OPENED), [AcceptRequest()])
 
+    def test_upgrades_have_their_own_room(self) -> None:
+        """
+        Upgraded streams are counted apart from requests: a full set of
+        WebSockets leaves the requests' room untouched, and the reverse.
+        """
+        machine = ConnectorMachine(1, 2)
+        self.assertEqual(machine.advertised, 3)
+        self.assertEqual(machine.feed(N.UPGRADE_OPENED), [AcceptUpgrade()])
+        self.assertEqual(machine.feed(N.UPGRADE_OPENED), [AcceptUpgrade()])
+        self.assertEqual(machine.feed(N.UPGRADE_OPENED), [Refuse()])
+        self.assertEqual(machine.feed(N.REQUEST_OPENED), [AcceptRequest()])
+        self.assertEqual(machine.feed(N.REQUEST_OPENED), [Refuse()])
+        self.assertEqual((machine.active, machine.upgrades), (1, 2))
+        machine.feed(N.UPGRADE_FINISHED)
+        self.assertEqual(machine.feed(N.UPGRADE_OPENED), [AcceptUpgrade()])
+
+    def test_no_upgrade_capacity_refuses_upgrades(self) -> None:
+        machine = ConnectorMachine(CAPACITY)
+        self.assertEqual(machine.feed(N.UPGRADE_OPENED), [Refuse()])
+        self.assertEqual(machine.advertised, CAPACITY)
+
+    def test_drain_waits_for_upgrades(self) -> None:
+        """Draining closes only once the last WebSocket ended too."""
+        machine = ConnectorMachine(CAPACITY, UPGRADES)
+        machine.feed(N.UPGRADE_OPENED)
+        machine.feed(N.REQUEST_OPENED)
+        self.assertEqual(machine.feed(N.DRAIN_REQUESTED), [Advertise(0)])
+        self.assertEqual(machine.feed(N.UPGRADE_OPENED), [Refuse()])
+        self.assertEqual(machine.feed(N.REQUEST_FINISHED), [])
+        self.assertEqual(machine.feed(N.UPGRADE_FINISHED), [Close(goaway=True)])
+
     def test_finished_without_request_is_invalid(self) -> None:
         """An end with nothing active is a defined error, not a negative count."""
         machine = ConnectorMachine(CAPACITY)
@@ -132,17 +173,21 @@ class TableTests(SynchronousTestCase):
 class PropertyTests(SynchronousTestCase):
     @given(
         st.integers(min_value=0, max_value=4),
+        st.integers(min_value=0, max_value=3),
         st.lists(st.sampled_from(list(ConnectorInput)), max_size=60),
     )
-    def test_invariants(self, capacity: int, events: list[ConnectorInput]) -> None:
+    def test_invariants(
+        self, capacity: int, upgrade_capacity: int, events: list[ConnectorInput]
+    ) -> None:
         """
         Every stream opened is answered exactly once (taken or refused);
         taken requests never exceed the capacity, and each is finished at
         most once; one close, only when draining and idle; nothing but
         silence after closed.
         """
-        machine = ConnectorMachine(capacity)
+        machine = ConnectorMachine(capacity, upgrade_capacity)
         taken = 0
+        upgrades = 0
         closes = 0
         for event in events:
             before = machine.state
@@ -150,24 +195,41 @@ class PropertyTests(SynchronousTestCase):
             if before is C.CLOSED:
                 self.assertEqual(actions, [])
                 continue
-            answers = [a for a in actions if isinstance(a, AcceptRequest | AcceptSettings | Refuse)]
-            if event in (N.REQUEST_OPENED, N.CONTROL_OPENED, N.UNKNOWN_CONTROL):
+            answers = [
+                a
+                for a in actions
+                if isinstance(a, AcceptRequest | AcceptUpgrade | AcceptSettings | Refuse)
+            ]
+            opened = (N.REQUEST_OPENED, N.UPGRADE_OPENED, N.CONTROL_OPENED, N.UNKNOWN_CONTROL)
+            if event in opened:
                 self.assertEqual(len(answers), 1)
             else:
                 self.assertEqual(answers, [])
             taken += sum(isinstance(a, AcceptRequest) for a in actions)
             if event is N.REQUEST_FINISHED and not any(isinstance(a, Invalid) for a in actions):
                 taken -= 1
+            upgrades += sum(isinstance(a, AcceptUpgrade) for a in actions)
+            if event is N.UPGRADE_FINISHED and not any(isinstance(a, Invalid) for a in actions):
+                upgrades -= 1
+            if event is N.REQUEST_OPENED:
+                self.assertFalse(any(isinstance(a, AcceptUpgrade) for a in actions))
+            if event is N.UPGRADE_OPENED:
+                self.assertFalse(any(isinstance(a, AcceptRequest) for a in actions))
             self.assertEqual(machine.active, taken if machine.state is not C.CLOSED else 0)
+            self.assertEqual(machine.upgrades, upgrades if machine.state is not C.CLOSED else 0)
             self.assertLessEqual(machine.active, capacity)
+            self.assertLessEqual(machine.upgrades, upgrade_capacity)
             self.assertGreaterEqual(machine.active, 0)
+            self.assertGreaterEqual(machine.upgrades, 0)
             for action in actions:
                 if isinstance(action, Close):
                     closes += 1
                     self.assertIs(machine.state, C.DRAINING)
                     self.assertEqual(machine.active, 0)
-                if isinstance(action, AcceptRequest):
+                    self.assertEqual(machine.upgrades, 0)
+                if isinstance(action, AcceptRequest | AcceptUpgrade):
                     self.assertIn(machine.state, (C.AWAITING_SETTINGS, C.READY))
             if machine.state is C.CLOSED:
                 taken = 0
+                upgrades = 0
         self.assertLessEqual(closes, 1)

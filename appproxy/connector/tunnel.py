@@ -3,14 +3,18 @@ The connector's end of the tunnel: an HTTP/2 I{server} on a connection the
 connector dialled out.
 
 Each stream the service opens is one user request, handled by a
-L{ConnectorStream} (L{appproxy.connector.request}); the one exception is the
+L{ConnectorStream} (L{appproxy.connector.request}), or one WebSocket (an
+extended CONNECT with C{:protocol websocket}, RFC 8441), handled by an
+L{UpgradeStream} (L{appproxy.connector.websocket}); the one exception is the
 control stream on which the service pushes its settings, told apart by a
 field the service never lets a user request carry (never by its path).
 What goes wrong in one stream ends that stream only: a 502 for the user if
 nothing was answered yet, a RST_STREAM otherwise (the base protocol's error
 boundary, L{TunnelProtocol.within_stream}).  The connector's
-capacity is its C{SETTINGS_MAX_CONCURRENT_STREAMS}; draining drops it to 0,
-lets the requests in flight finish and then says GOAWAY.
+capacity is its C{SETTINGS_MAX_CONCURRENT_STREAMS}: C{capacity} requests
+plus C{websocket_capacity} WebSockets, each kind refused past its own share
+(the settings answer tells the service the second); draining drops it to 0,
+lets the streams in flight finish and then says GOAWAY.
 """
 
 from __future__ import annotations
@@ -28,10 +32,13 @@ from twisted.python.failure import Failure
 
 from appproxy.connector.backend import BackendClient, parse_settings
 from appproxy.connector.request import ConnectorStream
+from appproxy.connector.websocket import UpgradeStream
+from appproxy.connector.websocket_app import is_upgrade
 from appproxy.tunnel.base import TunnelFactory, TunnelProtocol, TunnelStream
 from appproxy.tunnel.connector_machine import (
     AcceptRequest,
     AcceptSettings,
+    AcceptUpgrade,
     Action,
     Advertise,
     Close,
@@ -46,6 +53,8 @@ N = ConnectorInput
 
 #: Largest settings document accepted from the service.
 MAX_SETTINGS_SIZE = 1 << 20
+#: The settings answer's field that says how many WebSockets we take.
+UPGRADE_CAPACITY_FIELD = b"appproxy-upgrade-capacity"
 
 
 @attrs.define(eq=False)
@@ -80,7 +89,12 @@ class _SettingsStream(TunnelStream):
             applied = N.SETTINGS_REFUSED
         proto._feed(applied)
         proto.streams.pop(self.stream_id, None)
-        proto.conn.send_headers(self.stream_id, [(b":status", status)], end_stream=True)
+        capacity = b"%d" % proto.factory.websocket_capacity
+        proto.conn.send_headers(
+            self.stream_id,
+            [(b":status", status), (UPGRADE_CAPACITY_FIELD, capacity)],
+            end_stream=True,
+        )
         proto.flush()
 
 
@@ -101,11 +115,16 @@ class ConnectorTunnelProtocol(TunnelProtocol["ConnectorTunnelFactory"]):
 
     def local_settings(self) -> dict[int, int]:
         settings = super().local_settings()
-        settings[SettingCodes.MAX_CONCURRENT_STREAMS] = self.factory.capacity
+        factory = self.factory
+        settings[SettingCodes.MAX_CONCURRENT_STREAMS] = (
+            factory.capacity + factory.websocket_capacity
+        )
+        # WebSockets come as extended CONNECTs (RFC 8441).
+        settings[SettingCodes.ENABLE_CONNECT_PROTOCOL] = 1
         return settings
 
     def connectionMade(self) -> None:
-        self.machine = ConnectorMachine(self.factory.capacity)
+        self.machine = ConnectorMachine(self.factory.capacity, self.factory.websocket_capacity)
         super().connectionMade()
         self._expiry = watch_own_certificate(
             self.factory.clock, self.transport, self.drain, self.abort
@@ -142,8 +161,15 @@ class ConnectorTunnelProtocol(TunnelProtocol["ConnectorTunnelFactory"]):
 
     def request_received(self, event: RequestReceived) -> None:
         sid = event.stream_id
-        control = dict(event.headers).get(CONTROL_FIELD)
-        if control is None:
+        fields = dict(event.headers)
+        control = fields.get(CONTROL_FIELD)
+        if fields.get(b":method") == b"CONNECT":
+            if not is_upgrade(event.headers):
+                # Only WebSockets are tunnelled; a plain CONNECT never.
+                self.reset_stream(sid, ErrorCodes.PROTOCOL_ERROR)
+                return
+            kind = N.UPGRADE_OPENED
+        elif control is None:
             kind = N.REQUEST_OPENED
         elif control == SETTINGS_CONTROL:
             kind = N.CONTROL_OPENED
@@ -160,6 +186,11 @@ class ConnectorTunnelProtocol(TunnelProtocol["ConnectorTunnelFactory"]):
             self.streams[sid] = stream
             self.factory.streams_started += 1
             stream.start(event)
+        elif isinstance(action, AcceptUpgrade):
+            upgrade = UpgradeStream(sid, self)
+            self.streams[sid] = upgrade
+            self.factory.streams_started += 1
+            upgrade.start(event)
         else:
             # Refused (draining, or an unknown control stream): the service
             # knows it is safe to retry elsewhere.
@@ -168,20 +199,18 @@ class ConnectorTunnelProtocol(TunnelProtocol["ConnectorTunnelFactory"]):
     def data_received(self, event: DataReceived) -> None:
         stream = self.streams.get(event.stream_id)
         # A tuple: `A | B` would build a union object per DATA frame.
-        if isinstance(stream, (ConnectorStream, _SettingsStream)):
+        if isinstance(stream, (ConnectorStream, UpgradeStream, _SettingsStream)):
             stream.request_data(event.data, event.flow_controlled_length)
         else:
             self.acknowledge(event.stream_id, event.flow_controlled_length)
 
     def stream_ended(self, stream_id: int) -> None:
         stream = self.streams.get(stream_id)
-        if isinstance(stream, ConnectorStream):
-            stream.request_ended()
-        elif isinstance(stream, _SettingsStream):
+        if isinstance(stream, (ConnectorStream, UpgradeStream, _SettingsStream)):
             stream.request_ended()
 
     def stream_send_closed(self, stream: TunnelStream) -> None:
-        if isinstance(stream, ConnectorStream):
+        if isinstance(stream, (ConnectorStream, UpgradeStream)):
             stream.stream_send_closed()
 
     def connection_terminated(self, event: ConnectionTerminated) -> None:
@@ -193,7 +222,9 @@ class ConnectorTunnelProtocol(TunnelProtocol["ConnectorTunnelFactory"]):
         yet, send it one: a 502 (the backend's answer cannot cross the
         tunnel, or the connector failed), or a 500 on a control stream.
         """
-        answered = isinstance(stream, ConnectorStream) and (stream.responded or stream.finished)
+        answered = isinstance(stream, (ConnectorStream, UpgradeStream)) and (
+            stream.responded or stream.finished
+        )
         if not answered and not self.sent_end(stream_id):
             if isinstance(stream, _SettingsStream):
                 headers = [(b":status", b"500")]
@@ -211,9 +242,13 @@ class ConnectorTunnelProtocol(TunnelProtocol["ConnectorTunnelFactory"]):
         self.streams.pop(stream.stream_id, None)
         self._feed(N.REQUEST_FINISHED)
 
+    def upgrade_finished(self, stream: UpgradeStream) -> None:
+        self.streams.pop(stream.stream_id, None)
+        self._feed(N.UPGRADE_FINISHED)
+
     def _busy(self) -> bool:
-        """Requests are in flight."""
-        return self.machine.active > 0
+        """Requests or WebSockets are in flight."""
+        return self.machine.active > 0 or self.machine.upgrades > 0
 
     def drain(self) -> Deferred[None]:
         """
@@ -260,8 +295,11 @@ class ConnectorTunnelFactory(TunnelFactory[ConnectorTunnelProtocol]):
     clock: IReactorTime
     backend: BackendClient
     capacity: int = 100
-    """Concurrent requests per connection (C{SETTINGS_MAX_CONCURRENT_STREAMS})."""
+    """Concurrent requests per connection."""
     ping_interval: float = 15.0
+    websocket_capacity: int = 0
+    """Concurrent WebSockets per connection, besides the requests (C{[connector]
+    websocket_capacity}; none unless given)."""
     protocols: set[ConnectorTunnelProtocol] = attrs.field(init=False, factory=set)
     draining: bool = attrs.field(init=False, default=False)
     """Stopping: new connections drain at once."""

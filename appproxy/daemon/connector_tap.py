@@ -85,7 +85,11 @@ class ConnectorService(MultiService):
         self.reactor = reactor
         self.backend = BackendClient(reactor)
         self.factory = ConnectorTunnelFactory(
-            reactor, self.backend, config.capacity, config.ping_interval
+            reactor,
+            self.backend,
+            config.capacity,
+            config.ping_interval,
+            config.websocket_capacity,
         )
         self.tls = tls = ReloadableTLS(self._tls(config))
         description = (
@@ -145,6 +149,7 @@ class ConnectorService(MultiService):
                 "service_port",
                 "connections",
                 "capacity",
+                "websocket_capacity",
                 "ping_interval",
                 "log_format",
             )

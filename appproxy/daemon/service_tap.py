@@ -56,6 +56,7 @@ class AppProxyService(Service):
         self.reactor = reactor
         self.groups = ConnectorGroups(reactor, config.queue_timeout)
         self.frontend = FrontEnd(config.apps, self.groups, reactor)
+        self.frontend.websockets.per_user = config.client_limits.websockets_per_user
         self.client_deadlines = ClientDeadlines(
             reactor, config.client_limits, trusted=lambda: self.frontend.trusted_proxies
         )
@@ -109,6 +110,7 @@ class AppProxyService(Service):
         self.tunnel_tls.current = tunnel_tls
         self.groups.timeout = config.queue_timeout
         self.client_deadlines.limits = config.client_limits
+        self.frontend.websockets.per_user = config.client_limits.websockets_per_user
         for group in self.groups:
             group.timeout = config.queue_timeout
         self.frontend.set_apps(config.apps)

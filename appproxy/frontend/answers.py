@@ -35,6 +35,7 @@ __all__ = [
     "jwks_answer",
     "no_connector_page",
     "not_found_answer",
+    "reason_phrase",
     "robots_answer",
     "upstream_error_page",
     "withdrawn_app_page",
@@ -48,6 +49,9 @@ JWKS_PATH = b"/.well-known/appproxy/jwks.json"
 REFUSED_METHODS = frozenset({b"CONNECT", b"TRACE"})
 #: The source an error page names when the service itself refused.
 SERVICE = "appproxy service"
+
+#: Reason phrases twisted.web's table lacks (it would say "Unknown Status").
+_PHRASES = {426: b"Upgrade Required", 428: b"Precondition Required", 429: b"Too Many Requests"}
 
 #: What the user is told when the way to the app failed, by the connector's
 #: C{appproxy-error} kind: a title, and a sentence about the app (C{{app}}).
@@ -81,6 +85,11 @@ class Answer:
     status: int
     content_type: bytes
     body: bytes
+
+
+def reason_phrase(status: int) -> bytes | None:
+    """C{status}'s reason phrase where twisted.web has none; L{None}: its own."""
+    return _PHRASES.get(status)
 
 
 def robots_answer() -> Answer:

@@ -22,6 +22,11 @@ cannot take yet (L{StrictHTTPChannel.pause_input}).  Each pauses and resumes
 only its own hold; the transport reads again once no hold is left, so one
 never undoes the other's pause.
 
+A WebSocket (L{appproxy.frontend.ws_relay}) takes the HTTP/1.1 connection
+over once the app accepted it (L{StrictHTTPChannel.upgrade}): the bytes read
+from then on, and those the channel had read after the handshake, are the
+WebSocket's, and twisted.web's idle timeout no longer runs.
+
 twisted.web picks its HTTP/2 connection class itself once ALPN says h2
 (C{_GenericHTTPChannelProtocol.dataReceived}); L{ProxyChannelProtocol} lets
 it, then makes the new connection a guarded one before the first byte of
@@ -30,9 +35,11 @@ HTTP/2 reaches it.
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
+from twisted.internet.error import ConnectionDone
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web._http2 import H2Connection
 from twisted.web.http import HTTPChannel, _GenericHTTPChannelProtocol
 
@@ -45,6 +52,14 @@ log = Logger()
 
 #: The holds on an HTTP/1.1 connection's reading.
 CHANNEL, REQUEST_BODY = "channel", "request body"
+
+
+class Upgraded(Protocol):
+    """What an HTTP/1.1 connection carries once upgraded (a WebSocket)."""
+
+    def client_data(self, data: bytes) -> None: ...
+
+    def client_lost(self, reason: Failure) -> None: ...
 
 
 class InputGate:
@@ -98,6 +113,8 @@ class StrictHTTPChannel(HTTPChannel):
     maxHeaders = 100
     totalHeadersSize = 16384
     _networkProducer: Any
+    #: Once upgraded: what the connection carries (see L{upgrade}).
+    upgraded: Upgraded | None = None
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -116,7 +133,32 @@ class StrictHTTPChannel(HTTPChannel):
         gate = getattr(self, "_networkProducer", None)
         return isinstance(gate, InputGate) and gate.paused
 
+    def upgrade(self, upgraded: Upgraded) -> bytes:
+        """
+        From now on every byte read goes to C{upgraded}, and the connection's
+        end too; twisted.web's timeout stops.  The bytes the channel already
+        read after the request (held for the next request) are returned: they
+        are C{upgraded}'s.
+        """
+        self.upgraded = upgraded
+        self.setTimeout(None)
+        self._savedTimeOut = None
+        buffered = b"".join(self._dataBuffer) + self._buffer
+        self._dataBuffer = []
+        self._buffer = b""
+        # twisted.web stops reading while it holds much for the next request.
+        self._networkProducer.release(CHANNEL)
+        return buffered
+
+    def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:  # noqa: B008
+        if self.upgraded is not None:
+            self.upgraded.client_lost(reason)
+        super().connectionLost(reason)
+
     def dataReceived(self, data: bytes) -> None:
+        if self.upgraded is not None:
+            self.upgraded.client_data(data)
+            return
         super().dataReceived(data)
         # Reading lines and not held: what is left is part of one line (it
         # has no CRLF), and an LF in it is a bare LF, which would otherwise

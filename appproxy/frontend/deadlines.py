@@ -43,7 +43,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from appproxy.config.model import ClientLimits
-from appproxy.frontend.channels import ProxyChannelProtocol, StrictHTTPChannel
+from appproxy.frontend.channels import ProxyChannelProtocol, StrictHTTPChannel, Upgraded
 from appproxy.frontend.peer import peer_text
 from appproxy.http.forwarding import IPAddress, IPNetwork, unmapped
 
@@ -63,6 +63,8 @@ REQUEST_TIMEOUT = (
 CLOSE_GRACE = 2.0
 
 _IDLE, _HEADERS, _BODY, _HANDLING = "idle", "headers", "body", "handling"
+#: A WebSocket: no deadline of this module applies.
+_UPGRADED = "upgraded"
 
 
 @functools.lru_cache(maxsize=1024)
@@ -200,6 +202,13 @@ class DeadlineHTTPChannel(StrictHTTPChannel):
                 self._stop_timer()
         previous: float | None = super().setTimeout(period)
         return previous
+
+    def upgrade(self, upgraded: Upgraded) -> bytes:
+        # A WebSocket: the tunnel's idle timeout governs it, not these deadlines.
+        self._phase = _UPGRADED
+        self._leave_headers()
+        self._stop_timer()
+        return super().upgrade(upgraded)
 
     def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:  # noqa: B008
         self._leave_headers()

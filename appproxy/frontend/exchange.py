@@ -29,6 +29,7 @@ from appproxy.frontend.answers import (
     connection_lost_page,
     error_answer,
     no_connector_page,
+    reason_phrase,
     upstream_error_page,
     withdrawn_app_page,
 )
@@ -173,7 +174,7 @@ class ExchangeRequest(http.Request):
     def _enqueue(self, job: ProxyJob) -> None:
         assert self.app is not None
         try:
-            self.frontend.groups[self.app.connector_group].put(job, self._queue_timed_out)
+            self.frontend.queue_for(job).put(job, self._queue_timed_out)
         except NoCapacity:
             self._respond_error_soon(
                 503,
@@ -296,7 +297,7 @@ class ExchangeRequest(http.Request):
         if job is not None:
             job.cancelled = True
             if self.app is not None:
-                self.frontend.groups[self.app.connector_group].withdraw(job)
+                self.frontend.queue_for(job).withdraw(job)
         if self._stream is not None:
             stream, self._stream = self._stream, None
             stream.cancel()
@@ -369,7 +370,7 @@ class ExchangeRequest(http.Request):
             return
         if self.producer is not None:
             self.unregisterProducer()
-        self.setResponseCode(answer.status)
+        self.setResponseCode(answer.status, reason_phrase(answer.status))
         headers = self.responseHeaders
         headers.setRawHeaders(b"content-type", [answer.content_type])
         headers.setRawHeaders(b"content-length", [b"%d" % len(answer.body)])

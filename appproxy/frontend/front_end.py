@@ -15,10 +15,11 @@ from twisted.web.resource import IResource
 
 from appproxy.config import AppConfig
 from appproxy.frontend.routing import Router
+from appproxy.frontend.ws_registry import WebSocketRegistry
 from appproxy.gate.signin import SignIn
 from appproxy.http.translate import UrlMapping
 from appproxy.identity.headers import normalise_header_name
-from appproxy.tunnel.queue import ConnectorGroups
+from appproxy.tunnel.queue import ConnectorGroupQueue, ConnectorGroups, ProxyJob
 
 __all__ = ["FrontEnd"]
 
@@ -52,9 +53,17 @@ class FrontEnd:
     """Proxies whose C{X-Forwarded-For} is believed."""
     jwks: bytes = attrs.field(init=False, default=b'{"keys":[]}')
     """The public keys of the signed identity assertion."""
+    websockets: WebSocketRegistry = attrs.field(init=False)
+    """The open WebSockets: their caps, and their end with their session."""
 
     def __attrs_post_init__(self) -> None:
+        self.websockets = WebSocketRegistry(self.clock)
         self.set_apps(self.apps)
+
+    def queue_for(self, job: ProxyJob) -> ConnectorGroupQueue:
+        """Where C{job} waits: its group's queue, or upgrade queue for a WebSocket."""
+        name = job.app.connector_group
+        return self.groups.upgrade_queue(name) if job.upgrade else self.groups[name]
 
     def set_apps(self, apps: Sequence[AppConfig]) -> None:
         """
@@ -89,6 +98,7 @@ class FrontEnd:
         C{X-Forwarded-For} is believed, and the assertion keys.
         """
         self.sign_in = sign_in
+        self.websockets.standing = None if sign_in is None else sign_in.context.sessions.standing
         self.login_hosts = {host.encode("ascii"): res for host, res in login_hosts.items()}
         self.callback_path = callback_path.encode("ascii")
         self.trusted_proxies = trusted_proxies

@@ -71,7 +71,9 @@ class ProxyHTTPFactory(http.HTTPFactory):
 
     def log(self, request: Any) -> None:
         """
-        Access log: one structured event per finished request.
+        Access log: one structured event per finished request.  A WebSocket
+        (its handshake answered 101) gets its line when it ends, from
+        L{appproxy.frontend.ws_relay}, with the same C{log_system}.
         """
         self.frontend.requests_served += 1
         started = getattr(request, "_started_at", 0.0)

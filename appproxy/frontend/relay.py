@@ -13,6 +13,7 @@ import attrs
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.web import http
 
+from appproxy.frontend.answers import reason_phrase
 from appproxy.http.translate import UrlMapping, translate_response_headers
 from appproxy.identity.headers import drop_appproxy_set_cookies
 from appproxy.tunnel.queue import ExchangeStream
@@ -65,7 +66,7 @@ class ResponseRelay:
 
     def start(self, status: int, headers: Sequence[tuple[bytes, bytes]]) -> None:
         """Send the status and C{headers} (as they are); take the body from the stream."""
-        self.request.setResponseCode(status)
+        self.request.setResponseCode(status, reason_phrase(status))
         raw = self.request.responseHeaders
         for name, value in headers:
             raw.addRawHeader(name, value)

@@ -3,7 +3,8 @@ L{ProxyRequest}: what the service does with a request once its headers are
 in.  It refuses what it must (a target that is not a path, dot segments,
 unknown hosts, refused methods), answers what is its own (C{robots.txt}, the
 assertion keys, the sign-in paths, the login hosts and their pages), asks the
-sign-in gate, and queues the rest for a connector of the app.
+sign-in gate, and queues the rest for a connector of the app.  A WebSocket
+handshake is judged, and once admitted queued, by L{appproxy.frontend.ws_gate}.
 """
 
 from __future__ import annotations
@@ -35,15 +36,15 @@ from appproxy.frontend.answers import (
 )
 from appproxy.frontend.exchange import ExchangeRequest
 from appproxy.frontend.front_end import FrontEnd
-from appproxy.frontend.routing import internal_path
+from appproxy.frontend.prepare import internal_target, prepared_headers
+from appproxy.frontend.ws_gate import forward_websocket, judge_handshake
 from appproxy.gate.paths import HAND_OFF_PATH, SIGN_IN_PATH, SIGN_OUT_PATH
 from appproxy.gate.replies import Admit, Reply
 from appproxy.http.cookies import parse_cookies
 from appproxy.http.fields import SINGLE_FIELDS, single_field_problem
 from appproxy.http.forwarding import client_address
-from appproxy.http.headers import new_request_id, prepare_request_headers
+from appproxy.http.headers import new_request_id
 from appproxy.http.paths import has_dot_segments
-from appproxy.identity.headers import strip_appproxy_cookies, strip_spoofed_headers
 from appproxy.tunnel.queue import ProxyJob
 
 __all__ = ["LOCAL_BODY_LIMIT", "ProxyRequest"]
@@ -63,6 +64,8 @@ class ProxyRequest(ExchangeRequest):
         super().__init__(channel, frontend)
         self._local: IResource | None = None
         self._client_ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
+        #: A WebSocket handshake (L{appproxy.frontend.ws_gate}), judged well-formed.
+        self._websocket = False
 
     # -- parsing hooks: a login host's page reads its (small) body itself ---
 
@@ -138,6 +141,11 @@ class ProxyRequest(ExchangeRequest):
                 405, "Method not allowed", f"{method.decode('latin-1')} is not supported."
             )
             return
+        if not self._is_h2 and self.requestHeaders.hasHeader(b"upgrade"):
+            judged = judge_handshake(self, app)
+            if judged is None:
+                return
+            self._websocket = judged
 
         sign_in = self.frontend.sign_in
         if not app.signs_in or sign_in is None:
@@ -176,6 +184,7 @@ class ProxyRequest(ExchangeRequest):
             client_ip=client_ip,
             request_id=self.request_id,
             accept=self._accept(),
+            websocket=self._websocket,
         )
         if isinstance(decided, defer.Deferred):
             decided.addCallback(self._admitted, app, soon=False).addErrback(self._internal_error)
@@ -191,33 +200,22 @@ class ProxyRequest(ExchangeRequest):
             else:
                 self._reply(decided)
             return
-        self._forward(app, decided.headers)
+        self._forward(app, decided.headers, decided)
 
-    def _forward(self, app: AppConfig, identity: Sequence[tuple[bytes, bytes]]) -> None:
+    def _forward(
+        self, app: AppConfig, identity: Sequence[tuple[bytes, bytes]], admitted: Admit | None = None
+    ) -> None:
         """Queue the request for a connector of C{app}'s group."""
-        host = self.requestHeaders.getRawHeaders(b"host", [b""])[0]
-        raw = [
-            (name, value)
-            for name, values in self.requestHeaders.getAllRawHeaders()
-            for value in values
-        ]
-        raw = strip_appproxy_cookies(strip_spoofed_headers(raw, self.frontend.protected_headers))
-        if len(self.requestHeaders.getRawHeaders(b"content-length", ())) > 1:
-            raw = _one_content_length(raw, self.length)
-        headers = prepare_request_headers(
-            raw,
-            client_address=str(self._resolved_client_ip()),
-            external_host=host.decode("latin-1"),
-            request_id=self.request_id,
-            internal_netloc=app.internal_netloc,
-        )
-        headers.extend(identity)
-        target = internal_path(app.external_path, app.internal_path, self.uri.decode("latin-1"))
+        if self._websocket:
+            session = None if admitted is None else admitted.session
+            user = None if admitted is None else admitted.user
+            forward_websocket(self, app, tuple(identity), user, session)
+            return
         self._job = ProxyJob(
             app=app,
             method=self.method,
-            path=target.encode("latin-1"),
-            headers=headers,
+            path=internal_target(app, self.uri),
+            headers=prepared_headers(self, app, identity),
             request_id=self.request_id,
             has_body=self.length != 0,
             exchange=self,
@@ -370,22 +368,3 @@ class ProxyRequest(ExchangeRequest):
         ip = self._resolved_client_ip()
         kind = IPv6Address if ip.version == 6 else IPv4Address
         return kind("TCP", str(ip), getattr(address, "port", 0))
-
-
-def _one_content_length(
-    headers: list[tuple[bytes, bytes]], length: int | None
-) -> list[tuple[bytes, bytes]]:
-    """
-    C{headers} with at most one C{content-length}, where the first one was.
-
-    HTTP/2 lets a field repeat, and the HTTP/2 parser accepts repeated equal
-    C{content-length} values (it refuses unequal ones); an HTTP/1.1 back end
-    refuses a request with two.
-    """
-    places = [i for i, (name, _) in enumerate(headers) if name.lower() == b"content-length"]
-    if len(places) < 2 or length is None:
-        return headers
-    drop = set(places[1:])
-    kept = [header for i, header in enumerate(headers) if i not in drop]
-    kept[places[0]] = (b"content-length", b"%d" % length)
-    return kept

@@ -38,13 +38,51 @@ class Gate:
         client_ip: IPAddress,
         request_id: str,
         accept: bytes | None,
+        websocket: bool = False,
     ) -> Admit | Reply | defer.Deferred[Admit | Reply]:
         """
         Decide on one request to C{app}: go on (with identity headers), or a
         reply (sign in first, also when the session has been ended; refused
         by policy; 503 when ended sessions cannot be known).  A session whose groups are
         kept in the state database waits for them unless they are cached.
+
+        @param websocket: the request is a WebSocket handshake, which cannot
+            follow a redirect: without a valid session it gets a 401 page
+            that says to sign in, not the way to the login host.
         """
+        admitted = self._admit(app, method, uri, cookies, client_ip, request_id, accept)
+        if not websocket:
+            return admitted
+        requester = Requester(str(client_ip), request_id, accept)
+        if isinstance(admitted, defer.Deferred):
+            return admitted.addCallback(self._no_redirect, app, requester)
+        return self._no_redirect(admitted, app, requester)
+
+    def _no_redirect(
+        self, decided: Admit | Reply, app: AppConfig, requester: Requester
+    ) -> Admit | Reply:
+        """A WebSocket handshake sent to sign in gets a 401 page instead."""
+        if isinstance(decided, Admit) or decided.status not in (301, 302, 303, 307, 308):
+            return decided
+        return self.context.error_page(
+            401,
+            "Sign-in required",
+            f"A WebSocket to {app.name} needs a signed-in session. Open {app.external_url}"
+            " to sign in, then reload the page.",
+            requester,
+            headers=((b"www-authenticate", b'Cookie realm="appproxy"'),),
+        )
+
+    def _admit(
+        self,
+        app: AppConfig,
+        method: bytes,
+        uri: bytes,
+        cookies: Mapping[str, str],
+        client_ip: IPAddress,
+        request_id: str,
+        accept: bytes | None,
+    ) -> Admit | Reply | defer.Deferred[Admit | Reply]:
         context = self.context
         requester = Requester(str(client_ip), request_id, accept)
         now = context.now()
@@ -124,4 +162,4 @@ class Gate:
                 session, audience=app.external_url, issuer=context.login_origin, now=now
             )
             headers.append((b"x-appproxy-jwt-assertion", token.encode("ascii")))
-        return Admit(headers=tuple(headers), user=session.user)
+        return Admit(headers=tuple(headers), user=session.user, session=session)

@@ -14,6 +14,7 @@ from html import escape
 
 import attrs
 
+from appproxy.access.session import Session
 from appproxy.frontend.answers import error_answer
 from appproxy.frontend.errorpage import HTML_CONTENT_TYPE
 
@@ -64,6 +65,8 @@ class Admit:
 
     headers: tuple[Header, ...]
     user: str
+    session: Session | None = None
+    """The session admitted (a WebSocket is closed when it ends)."""
 
 
 @attrs.frozen

@@ -9,12 +9,22 @@ ends and stays in L{appproxy.tunnel.base}).
           \\------------- drain, GOAWAY, failed push ------> draining --idle--> (GOAWAY, close)
                                                                        lost --> closed
 
-Capacity is the connector's C{SETTINGS_MAX_CONCURRENT_STREAMS} (capped);
-C{open} counts the streams h2 counts open, the control streams included.
-The machine opens a stream (L{PushSettings}, L{OpenStream}) only while
-C{open < capacity}, keeps at most one job wanted from the queue
-(L{WantJob}), and gives every job the queue hands it exactly one answer:
-L{OpenStream}, or L{ReturnJob} when it can no longer carry it.  An input a
+Capacity is the connector's C{SETTINGS_MAX_CONCURRENT_STREAMS} (capped)
+less its upgrade capacity; C{open} counts the streams h2 counts open, the
+control streams included, but not the upgraded ones.  The machine opens a
+stream (L{PushSettings}, L{OpenStream}) only while C{open < capacity},
+keeps at most one job wanted from the queue (L{WantJob}), and gives every
+job the queue hands it exactly one answer: L{OpenStream}, or L{ReturnJob}
+when it can no longer carry it.
+
+Upgraded streams (WebSockets) have a budget of their own, so that idle
+WebSockets cannot starve requests: the connector's upgrade capacity (the
+C{appproxy-upgrade-capacity} field of its answer to the settings push, fed
+with L{ConnectionInput.SETTINGS_ACKED}; 0 from a connector without it),
+within its C{SETTINGS_MAX_CONCURRENT_STREAMS}.  C{upgrades} counts them;
+the same rules hold with the upgrade queue: at most one upgrade wanted
+(L{WantUpgrade}), every upgrade offered answered once (L{OpenUpgrade} or
+L{ReturnUpgrade}).  Draining waits for both kinds to end.  An input a
 state does not allow is a defined error (L{Invalid}, logged by the shell),
 never an exception; once closed, it asks for nothing more.
 """
@@ -60,6 +70,12 @@ class ConnectionInput(enum.Enum):
     """The queue answered with a job nobody wants any more."""
     STREAM_CLOSED = "stream-closed"
     """h2 counts one of our streams closed: its room is free."""
+    UPGRADE_OFFERED = "upgrade-offered"
+    """The upgrade queue answered our wanted upgrade."""
+    UPGRADE_CANCELLED = "upgrade-cancelled"
+    """The upgrade queue answered with a job nobody wants any more."""
+    UPGRADE_CLOSED = "upgrade-closed"
+    """h2 counts one of our upgraded streams closed: its room is free."""
     DRAIN_REQUESTED = "drain-requested"
     GOAWAY_RECEIVED = "goaway-received"
     CONNECTION_LOST = "connection-lost"
@@ -91,6 +107,26 @@ class ReturnJob:
 
 
 @attrs.frozen
+class WantUpgrade:
+    """Ask the upgrade queue for one job."""
+
+
+@attrs.frozen
+class StopWantingUpgrade:
+    """Withdraw the outstanding ask of the upgrade queue."""
+
+
+@attrs.frozen
+class OpenUpgrade:
+    """Open an upgraded stream for the job just offered (its room is taken)."""
+
+
+@attrs.frozen
+class ReturnUpgrade:
+    """The upgrade just offered cannot be carried here: hand it back."""
+
+
+@attrs.frozen
 class Close:
     """Say GOAWAY (unless C{goaway} is false: the peer said it) and close."""
 
@@ -105,7 +141,19 @@ class Invalid:
     input: ConnectionInput
 
 
-Action = PushSettings | WantJob | StopWanting | OpenStream | ReturnJob | Close | Invalid
+Action = (
+    PushSettings
+    | WantJob
+    | StopWanting
+    | OpenStream
+    | ReturnJob
+    | WantUpgrade
+    | StopWantingUpgrade
+    | OpenUpgrade
+    | ReturnUpgrade
+    | Close
+    | Invalid
+)
 
 C = ConnectionState
 N = ConnectionInput
@@ -116,8 +164,8 @@ _OPEN = (C.CONNECTING, C.AWAITING_SETTINGS, C.READY, C.DRAINING)
 #: (state, input) -> (next state, handler): as L{appproxy.tunnel.machine}.
 TRANSITIONS: Mapping[tuple[ConnectionState, ConnectionInput], tuple[ConnectionState, str]] = {
     (C.CONNECTING, N.HANDSHAKE_DONE): (C.AWAITING_SETTINGS, "_push"),
-    (C.AWAITING_SETTINGS, N.SETTINGS_ACKED): (C.READY, "_fill"),
-    (C.READY, N.SETTINGS_ACKED): (C.READY, "_fill"),
+    (C.AWAITING_SETTINGS, N.SETTINGS_ACKED): (C.READY, "_acked"),
+    (C.READY, N.SETTINGS_ACKED): (C.READY, "_acked"),
     (C.DRAINING, N.SETTINGS_ACKED): (C.DRAINING, "_nothing"),
     (C.AWAITING_SETTINGS, N.SETTINGS_FAILED): (C.DRAINING, "_drain"),
     (C.READY, N.SETTINGS_FAILED): (C.DRAINING, "_drain"),
@@ -137,24 +185,47 @@ TRANSITIONS: Mapping[tuple[ConnectionState, ConnectionInput], tuple[ConnectionSt
     (C.DRAINING, N.STREAM_CLOSED): (C.DRAINING, "_stream_closed"),
     **{(s, N.GOAWAY_RECEIVED): (C.DRAINING, "_goaway") for s in _OPEN},
     **{(s, N.JOB_CANCELLED): (s, "_cancelled") for s in _OPEN},
+    # Upgraded streams: opened only when ready, so closed only from then.
+    **{(s, N.UPGRADE_OFFERED): (s, "_upgrade_offered") for s in ConnectionState},
+    **{(s, N.UPGRADE_CANCELLED): (s, "_upgrade_cancelled") for s in _OPEN},
+    **{(s, N.UPGRADE_CLOSED): (s, "_upgrade_closed") for s in (C.READY, C.DRAINING)},
     **{(s, N.CONNECTION_LOST): (C.CLOSED, "_lost") for s in _OPEN},
     # Closed: everything else is moot.
-    **{(C.CLOSED, i): (C.CLOSED, "_nothing") for i in ConnectionInput if i is not N.JOB_OFFERED},
+    **{
+        (C.CLOSED, i): (C.CLOSED, "_nothing")
+        for i in ConnectionInput
+        if i not in (N.JOB_OFFERED, N.UPGRADE_OFFERED)
+    },
 }
 
 
 @attrs.define(eq=False)
 class ConnectionMachine:
-    """One connection's state; C{max_capacity} caps what the peer offers."""
+    """
+    One connection's state; C{max_capacity} caps what the peer offers for
+    requests, C{max_upgrades} what it offers for upgraded streams.
+    """
 
     max_capacity: int
+    max_upgrades: int = 0
     state: ConnectionState = attrs.field(init=False, default=C.CONNECTING)
     capacity: int = attrs.field(init=False, default=0)
-    """The connector's offer, capped: how many streams may be open at once."""
+    """The connector's offer less its upgrade capacity, capped: how many
+    request and control streams may be open at once."""
     open: int = attrs.field(init=False, default=0)
     """Streams open (user and control), as h2 counts them."""
     wanting: bool = attrs.field(init=False, default=False)
     """One job is asked of the queue."""
+    advertised: int = attrs.field(init=False, default=0)
+    """The connector's C{SETTINGS_MAX_CONCURRENT_STREAMS}."""
+    upgrade_offer: int = attrs.field(init=False, default=0)
+    """The connector's upgrade capacity, as its settings answer said."""
+    upgrade_capacity: int = attrs.field(init=False, default=0)
+    """How many upgraded streams may be open at once (within C{advertised})."""
+    upgrades: int = attrs.field(init=False, default=0)
+    """Upgraded streams open, as h2 counts them."""
+    wanting_upgrade: bool = attrs.field(init=False, default=False)
+    """One upgrade is asked of the upgrade queue."""
     push_pending: bool = attrs.field(init=False, default=False)
     """A settings push waits for room."""
     goaway_received: bool = attrs.field(init=False, default=False)
@@ -164,7 +235,9 @@ class ConnectionMachine:
     def feed(self, event: ConnectionInput, value: int = 0) -> list[Action]:
         """
         Take one input (C{value}: the new capacity, for
-        L{ConnectionInput.CAPACITY_CHANGED}); return what the shell must do.
+        L{ConnectionInput.CAPACITY_CHANGED}; the connector's upgrade
+        capacity, for L{ConnectionInput.SETTINGS_ACKED}); return what the
+        shell must do.
         """
         entry = TRANSITIONS.get((self.state, event))
         if entry is None:
@@ -176,6 +249,10 @@ class ConnectionMachine:
     @property
     def room(self) -> int:
         return max(0, self.capacity - self.open)
+
+    @property
+    def upgrade_room(self) -> int:
+        return max(0, self.upgrade_capacity - self.upgrades)
 
     # -- handlers ----------------------------------------------------------
 
@@ -204,6 +281,12 @@ class ConnectionMachine:
         self.wanting = False
         return [StopWanting()]
 
+    def _acked(self, value: int) -> list[Action]:
+        if value != self.upgrade_offer:
+            self.upgrade_offer = max(0, value)
+            return self._capacity(self.advertised)
+        return [*self._fill(0), *self._fill_upgrade()]
+
     def _offered(self, value: int) -> list[Action]:
         self.wanting = False
         if self.state is not C.READY or self.open >= self.capacity:
@@ -212,10 +295,14 @@ class ConnectionMachine:
         return [OpenStream(), *self._fill(0)]
 
     def _capacity(self, value: int) -> list[Action]:
-        self.capacity = max(0, min(value, self.max_capacity))
-        if self.open >= self.capacity:
-            return self._stop_wanting()
-        return self._fill(0)
+        self.advertised = max(0, value)
+        upgrades = min(self.upgrade_offer, self.advertised)
+        self.capacity = min(self.advertised - upgrades, self.max_capacity)
+        self.upgrade_capacity = min(upgrades, self.max_upgrades)
+        actions = self._stop_wanting() if self.open >= self.capacity else self._fill(0)
+        if self.upgrades >= self.upgrade_capacity:
+            return [*actions, *self._stop_wanting_upgrade()]
+        return [*actions, *self._fill_upgrade()]
 
     def _stream_closed(self, value: int) -> list[Action]:
         if self.open <= 0:
@@ -229,14 +316,14 @@ class ConnectionMachine:
 
     def _drain(self, value: int) -> list[Action]:
         self.push_pending = False
-        return [*self._stop_wanting(), *self._close_if_idle()]
+        return [*self._stop_wanting(), *self._stop_wanting_upgrade(), *self._close_if_idle()]
 
     def _goaway(self, value: int) -> list[Action]:
         self.goaway_received = True
         return self._drain(value)
 
     def _close_if_idle(self) -> list[Action]:
-        if self.state is not C.DRAINING or self.open or self.closing:
+        if self.state is not C.DRAINING or self.open or self.upgrades or self.closing:
             return []
         self.closing = True
         return [Close(goaway=not self.goaway_received)]
@@ -247,4 +334,42 @@ class ConnectionMachine:
 
     def _lost(self, value: int) -> list[Action]:
         self.open = 0
-        return self._stop_wanting()
+        self.upgrades = 0
+        return [*self._stop_wanting(), *self._stop_wanting_upgrade()]
+
+    # -- upgraded streams --------------------------------------------------
+
+    def _fill_upgrade(self) -> list[Action]:
+        if (
+            self.state is not C.READY
+            or self.wanting_upgrade
+            or self.upgrades >= self.upgrade_capacity
+        ):
+            return []
+        self.wanting_upgrade = True
+        return [WantUpgrade()]
+
+    def _stop_wanting_upgrade(self) -> list[Action]:
+        if not self.wanting_upgrade:
+            return []
+        self.wanting_upgrade = False
+        return [StopWantingUpgrade()]
+
+    def _upgrade_offered(self, value: int) -> list[Action]:
+        self.wanting_upgrade = False
+        if self.state is not C.READY or self.upgrades >= self.upgrade_capacity:
+            return [ReturnUpgrade(), *self._close_if_idle()]
+        self.upgrades += 1
+        return [OpenUpgrade(), *self._fill_upgrade()]
+
+    def _upgrade_cancelled(self, value: int) -> list[Action]:
+        self.wanting_upgrade = False
+        return self._fill_upgrade()
+
+    def _upgrade_closed(self, value: int) -> list[Action]:
+        if self.upgrades <= 0:
+            return [Invalid(self.state, N.UPGRADE_CLOSED)]
+        self.upgrades -= 1
+        if self.state is C.DRAINING:
+            return self._close_if_idle()
+        return self._fill_upgrade()

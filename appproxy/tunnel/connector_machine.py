@@ -9,14 +9,17 @@ request stream at the connector is L{appproxy.tunnel.connector_stream}).
                                                      lost --> closed
 
 The service opens the streams: the machine decides whether each is taken.
-Capacity is our C{SETTINGS_MAX_CONCURRENT_STREAMS}: a request stream is
-taken (L{AcceptRequest}) only while C{active < capacity} and not draining,
-else refused (L{Refuse}, C{REFUSED_STREAM}: the service may retry it
-elsewhere).  The settings push comes on a control stream
-(L{AcceptSettings}); a refused push (a 400) leaves the connection waiting
-for a good one (the service drains it).  Draining advertises capacity 0
-(L{Advertise}) and closes once no request is active: h2 treats a
-connection as closed for both ends as soon as GOAWAY is sent.  Requests are
+Two kinds share our C{SETTINGS_MAX_CONCURRENT_STREAMS} (C{capacity +
+upgrade_capacity}): a request stream is taken (L{AcceptRequest}) only while
+C{active < capacity}, an upgraded (WebSocket) stream (L{AcceptUpgrade}) only
+while C{upgrades < upgrade_capacity}, and neither while draining; else it is
+refused (L{Refuse}, C{REFUSED_STREAM}: the service may retry it elsewhere).
+So idle WebSockets cannot take the room of requests, nor requests theirs.
+The settings push comes on a control stream (L{AcceptSettings}); a refused
+push (a 400) leaves the connection waiting for a good one (the service
+drains it).  Draining advertises capacity 0 (L{Advertise}) and closes once
+no stream of either kind is active: h2 treats a connection as closed for
+both ends as soon as GOAWAY is sent.  Requests are
 taken before the first settings too: the backend's apps are the
 connector's, shared by its connections.  An input a state does not allow is
 a defined error (L{Invalid}, logged by the shell), never an exception.
@@ -50,6 +53,8 @@ class ConnectorInput(enum.Enum):
 
     REQUEST_OPENED = "request-opened"
     """The service opened a stream for a user request."""
+    UPGRADE_OPENED = "upgrade-opened"
+    """The service opened an upgraded stream (extended CONNECT, C{:protocol websocket})."""
     CONTROL_OPENED = "control-opened"
     """The service opened its settings stream."""
     UNKNOWN_CONTROL = "unknown-control"
@@ -58,6 +63,8 @@ class ConnectorInput(enum.Enum):
     SETTINGS_REFUSED = "settings-refused"
     REQUEST_FINISHED = "request-finished"
     """A request stream taken earlier ended (answered, reset or failed)."""
+    UPGRADE_FINISHED = "upgrade-finished"
+    """An upgraded stream taken earlier ended."""
     DRAIN_REQUESTED = "drain-requested"
     """Stopping, or our certificate expires."""
     GOAWAY_RECEIVED = "goaway-received"
@@ -67,6 +74,11 @@ class ConnectorInput(enum.Enum):
 @attrs.frozen
 class AcceptRequest:
     """Handle the request stream (its room is taken)."""
+
+
+@attrs.frozen
+class AcceptUpgrade:
+    """Handle the upgraded stream (its room is taken)."""
 
 
 @attrs.frozen
@@ -101,10 +113,11 @@ class Invalid:
     input: ConnectorInput
 
 
-Action = AcceptRequest | AcceptSettings | Refuse | Advertise | Close | Invalid
+Action = AcceptRequest | AcceptUpgrade | AcceptSettings | Refuse | Advertise | Close | Invalid
 
 #: The action of every request taken (frozen, without fields: made once).
 _ACCEPT_REQUEST = AcceptRequest()
+_ACCEPT_UPGRADE = AcceptUpgrade()
 
 C = ConnectorState
 N = ConnectorInput
@@ -115,6 +128,8 @@ _TAKING = (C.AWAITING_SETTINGS, C.READY)
 TRANSITIONS: Mapping[tuple[ConnectorState, ConnectorInput], tuple[ConnectorState, str]] = {
     **{(s, N.REQUEST_OPENED): (s, "_request") for s in _TAKING},
     (C.DRAINING, N.REQUEST_OPENED): (C.DRAINING, "_refuse"),
+    **{(s, N.UPGRADE_OPENED): (s, "_upgrade") for s in _TAKING},
+    (C.DRAINING, N.UPGRADE_OPENED): (C.DRAINING, "_refuse"),
     **{(s, N.CONTROL_OPENED): (s, "_control") for s in _TAKING},
     (C.DRAINING, N.CONTROL_OPENED): (C.DRAINING, "_refuse"),
     **{(s, N.UNKNOWN_CONTROL): (s, "_refuse") for s in _OPEN},
@@ -124,6 +139,7 @@ TRANSITIONS: Mapping[tuple[ConnectorState, ConnectorInput], tuple[ConnectorState
     (C.DRAINING, N.SETTINGS_APPLIED): (C.DRAINING, "_nothing"),
     (C.DRAINING, N.SETTINGS_REFUSED): (C.DRAINING, "_nothing"),
     **{(s, N.REQUEST_FINISHED): (s, "_finished") for s in _OPEN},
+    **{(s, N.UPGRADE_FINISHED): (s, "_upgrade_finished") for s in _OPEN},
     **{(s, N.DRAIN_REQUESTED): (C.DRAINING, "_drain") for s in _TAKING},
     (C.DRAINING, N.DRAIN_REQUESTED): (C.DRAINING, "_nothing"),
     **{(s, N.GOAWAY_RECEIVED): (C.DRAINING, "_goaway") for s in _OPEN},
@@ -135,12 +151,18 @@ TRANSITIONS: Mapping[tuple[ConnectorState, ConnectorInput], tuple[ConnectorState
 
 @attrs.define(eq=False)
 class ConnectorMachine:
-    """One connection's state at the connector; C{capacity} is what we offer."""
+    """
+    One connection's state at the connector: C{capacity} request streams
+    and C{upgrade_capacity} upgraded streams is what we offer.
+    """
 
     capacity: int
+    upgrade_capacity: int = 0
     state: ConnectorState = attrs.field(init=False, default=C.AWAITING_SETTINGS)
     active: int = attrs.field(init=False, default=0)
     """Request streams taken and not finished."""
+    upgrades: int = attrs.field(init=False, default=0)
+    """Upgraded streams taken and not finished."""
     goaway_received: bool = attrs.field(init=False, default=False)
     closing: bool = attrs.field(init=False, default=False)
     """L{Close} was asked for."""
@@ -156,7 +178,9 @@ class ConnectorMachine:
     @property
     def advertised(self) -> int:
         """The C{SETTINGS_MAX_CONCURRENT_STREAMS} we offer now."""
-        return 0 if self.state in (C.DRAINING, C.CLOSED) else self.capacity
+        if self.state in (C.DRAINING, C.CLOSED):
+            return 0
+        return self.capacity + self.upgrade_capacity
 
     # -- handlers ----------------------------------------------------------
 
@@ -170,6 +194,12 @@ class ConnectorMachine:
         self.active += 1
         return [_ACCEPT_REQUEST]
 
+    def _upgrade(self) -> list[Action]:
+        if self.upgrades >= self.upgrade_capacity:
+            return [Refuse()]
+        self.upgrades += 1
+        return [_ACCEPT_UPGRADE]
+
     def _control(self) -> list[Action]:
         return [AcceptSettings()]
 
@@ -182,6 +212,12 @@ class ConnectorMachine:
         self.active -= 1
         return self._close_if_idle()
 
+    def _upgrade_finished(self) -> list[Action]:
+        if self.upgrades <= 0:
+            return [Invalid(self.state, N.UPGRADE_FINISHED)]
+        self.upgrades -= 1
+        return self._close_if_idle()
+
     def _drain(self) -> list[Action]:
         return [Advertise(0), *self._close_if_idle()]
 
@@ -190,13 +226,14 @@ class ConnectorMachine:
         return self._close_if_idle()
 
     def _close_if_idle(self) -> list[Action]:
-        if self.state is not C.DRAINING or self.active or self.closing:
+        if self.state is not C.DRAINING or self.active or self.upgrades or self.closing:
             return []
         self.closing = True
         return [Close(goaway=not self.goaway_received)]
 
     def _lost(self) -> list[Action]:
         self.active = 0
+        self.upgrades = 0
         return []
 
 

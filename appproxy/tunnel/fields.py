@@ -60,7 +60,8 @@ _METHOD = re.compile(rb"\A[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 # What Twisted's HTTP client accepts as a request target (visible ASCII).
 _TARGET = re.compile(rb"\A[\x21-\x7e]+\Z")
 _DIGITS = re.compile(rb"\A[0-9]+\Z")
-_PSEUDO = frozenset({b":status", b":method", b":scheme", b":authority", b":path"})
+# C{:protocol}: the extended CONNECT of an upgraded stream (RFC 8441).
+_PSEUDO = frozenset({b":status", b":method", b":scheme", b":authority", b":path", b":protocol"})
 # The fast path of field_problem: the names joined by LF, each followed by one
 # (pseudo-header fields first, then lowercase tokens).
 _PLAIN_NAMES = re.compile(

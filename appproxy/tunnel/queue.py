@@ -3,7 +3,9 @@ The hand-off between user requests and connector connections.
 
 Each connector group has one L{ConnectorGroupQueue}: the web front end puts
 L{ProxyJob}s in it, and every tunnel connection of the group with room keeps
-one outstanding C{get()} on it.  A job goes to whichever connection has
+one outstanding C{get()} on it.  WebSocket handshakes (upgraded jobs) wait
+in a second queue of the group (L{ConnectorGroups.upgrade_queue}), served
+by the connections with room for an upgraded stream.  A job goes to whichever connection has
 room; a group with several connectors survives the loss of one.
 
 A job that comes back for its one retry avoids the connector that lost it:
@@ -23,141 +25,28 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from functools import partial
-from typing import TYPE_CHECKING, Protocol
 
 import attrs
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 
-if TYPE_CHECKING:
-    from appproxy.config import AppConfig
+# The job and its exchange live in their own module; imported from here too.
+from appproxy.tunnel.job import IDEMPOTENT_METHODS, Exchange, ExchangeStream, ProxyJob
+
+__all__ = [
+    "IDEMPOTENT_METHODS",
+    "NO_CONNECTOR_GRACE",
+    "ConnectorGroupQueue",
+    "ConnectorGroups",
+    "Exchange",
+    "ExchangeStream",
+    "NoCapacity",
+    "ProxyJob",
+]
 
 #: Seconds a group may have no connector connected before its waiting
 #: requests fail (503) instead of waiting the whole queue timeout.
 NO_CONNECTOR_GRACE = 3.0
-
-#: Methods whose requests may be repeated without changing the outcome.
-IDEMPOTENT_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
-
-
-class Exchange(Protocol):
-    """
-    The user side of a proxied request, as the tunnel sees it.  Implemented by
-    L{appproxy.frontend.request.ProxyRequest}.
-    """
-
-    def stream_opened(self, stream: ExchangeStream) -> None:
-        """A tunnel stream now carries the request."""
-
-    def body_wanted(self, stream: ExchangeStream) -> None:
-        """The connector is ready for the request body: start sending it."""
-
-    def body_drained(self) -> None:
-        """The tunnel took all the body sent so far: resume reading it."""
-
-    def response_started(self, status: int, headers: list[tuple[bytes, bytes]]) -> None: ...
-
-    def response_data(self, data: bytes) -> None: ...
-
-    def response_ended(self) -> None: ...
-
-    def upstream_error(self, status: int, kind: str, detail: str) -> None:
-        """The connector answered with an error of its own (backend down, timeout)."""
-
-    def stream_lost(self, job: ProxyJob, reason: str) -> None:
-        """The tunnel stream failed: retry or fail the request."""
-
-
-class ExchangeStream(Protocol):
-    """
-    The tunnel side of a proxied request, as the user side sees it.
-    """
-
-    def write_body(self, data: bytes) -> bool:
-        """Send request body data; C{False} means: pause until C{resume_body}."""
-
-    def end_body(self) -> None: ...
-
-    def cancel(self) -> None:
-        """The user went away: reset the stream."""
-
-    def pauseProducing(self) -> None: ...
-
-    def resumeProducing(self) -> None: ...
-
-    def stopProducing(self) -> None: ...
-
-    def hold(self) -> None:
-        """Stop taking response data until C{release}, whatever else resumes it."""
-
-    def release(self) -> None: ...
-
-
-@attrs.define(eq=False)
-class ProxyJob:
-    """
-    One user request on its way to a connector.
-    """
-
-    app: AppConfig
-    """The published application."""
-    method: bytes
-    """The request method."""
-    path: bytes
-    """The path and query on the internal app."""
-    headers: list[tuple[bytes, bytes]]
-    """Request headers prepared for the internal app (lowercase)."""
-    request_id: str
-    """The id shown to the user and logged everywhere."""
-    has_body: bool
-    """A request body follows the headers."""
-    exchange: Exchange
-    """The user side."""
-    attempts: int = attrs.field(init=False, default=0)
-    """How many tunnel streams have carried it."""
-    dispatched: bool = attrs.field(init=False, default=False)
-    """The connector said it passed the request to the app."""
-    body_sent: bool = attrs.field(init=False, default=False)
-    """Some of the body has left the service."""
-    cancelled: bool = attrs.field(init=False, default=False)
-    """Nobody wants the job any more (user gone, timed out)."""
-    carriers: set[str] = attrs.field(init=False, factory=set)
-    """The connectors (by certificate identity) that have taken the job: a
-    retry avoids them while another connector is connected."""
-    _timer: IDelayedCall | None = attrs.field(init=False, default=None)
-    _deadline: float = attrs.field(init=False, default=0.0)
-    """While queued: when the queue timeout expires."""
-    _on_timeout: Callable[[ProxyJob], None] | None = attrs.field(init=False, default=None)
-    """While queued: what to call if no connection takes it in time."""
-
-    @property
-    def needs_dispatch_ack(self) -> bool:
-        """
-        Whether the connector must confirm dispatch before the body is sent,
-        so that a lost connection can be retried safely.  Idempotent requests
-        without a body are always safe to retry and skip the round trip.
-        """
-        return self.has_body or self.method not in IDEMPOTENT_METHODS
-
-    def retryable(self) -> bool:
-        """
-        A request may be retried on another connection when the internal app
-        cannot have seen it, or when it is idempotent and has no body.
-        """
-        if self.cancelled or self.attempts >= 2 or self.body_sent:
-            return False
-        if not self.dispatched:
-            return True
-        return not self.has_body and self.method in IDEMPOTENT_METHODS
-
-    def start_timer(self, clock: IReactorTime, seconds: float, expired: Callable[[], None]) -> None:
-        self.stop_timer()
-        self._timer = clock.callLater(seconds, expired)
-
-    def stop_timer(self) -> None:
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
 
 
 class NoCapacity(Exception):
@@ -199,6 +88,8 @@ class ConnectorGroupQueue:
     """How many jobs may wait."""
     grace: float = NO_CONNECTOR_GRACE
     """Seconds without any connection after which waiting jobs fail."""
+    upgrades: bool = False
+    """The queue of WebSocket handshakes (for the log's words)."""
     _pending: list[ProxyJob] = attrs.field(init=False, factory=list)
     """Jobs waiting for a connection, oldest first."""
     _waiters: list[_Waiter] = attrs.field(init=False, factory=list)
@@ -294,7 +185,8 @@ class ConnectorGroupQueue:
     def unavailable_reason(self) -> str:
         """Why a job timed out, for the log (names the group: not for users)."""
         if not self.connections:
-            return f"no connector of group {self.name!r} is connected"
+            able = " able to carry WebSockets" if self.upgrades else ""
+            return f"no connector of group {self.name!r}{able} is connected"
         return (
             f"no connector of group {self.name!r} took the request within {self.timeout:g} seconds"
         )
@@ -378,6 +270,7 @@ class ConnectorGroups:
     timeout: float
     """The queue timeout of groups created from now on."""
     _groups: dict[str, ConnectorGroupQueue] = attrs.field(init=False, factory=dict)
+    _upgrade_groups: dict[str, ConnectorGroupQueue] = attrs.field(init=False, factory=dict)
     _started: float = attrs.field(init=False)
     """When the service started: a group not seen yet has had no connection since."""
 
@@ -388,9 +281,28 @@ class ConnectorGroups:
     def __getitem__(self, name: str) -> ConnectorGroupQueue:
         group = self._groups.get(name)
         if group is None:
-            group = self._groups[name] = ConnectorGroupQueue(name, self.clock, self.timeout)
-            group._alone_since = self._started
+            group = self._groups[name] = self._new(name)
+        return group
+
+    def upgrade_queue(self, name: str) -> ConnectorGroupQueue:
+        """
+        The queue of group C{name}'s upgraded streams (WebSockets): the same
+        semantics as its request queue, served only by the tunnel
+        connections that have room for an upgraded stream (a connection
+        joins it once its connector offers upgrade capacity).
+        """
+        group = self._upgrade_groups.get(name)
+        if group is None:
+            group = self._upgrade_groups[name] = self._new(name)
+            group.upgrades = True
+        return group
+
+    def _new(self, name: str) -> ConnectorGroupQueue:
+        group = ConnectorGroupQueue(name, self.clock, self.timeout)
+        group._alone_since = self._started
         return group
 
     def __iter__(self) -> Iterator[ConnectorGroupQueue]:
-        return iter(self._groups.values())
+        """Every queue: each group's request queue, then the upgrade queues."""
+        yield from self._groups.values()
+        yield from self._upgrade_groups.values()

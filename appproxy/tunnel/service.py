@@ -7,7 +7,9 @@ service first pushes the group's application settings (backend TLS, timeouts)
 on a control stream, marked by a field no user request can carry (see
 L{appproxy.tunnel.fields}); then it consumes the group's queue: one
 outstanding C{get()} while it has room, capacity being the connector's
-C{SETTINGS_MAX_CONCURRENT_STREAMS}, and one stream per job.  A stream's room
+C{SETTINGS_MAX_CONCURRENT_STREAMS}, and one stream per job.  WebSockets
+have their own share of the connection (L{appproxy.tunnel.service_upgrades}):
+upgraded streams from the group's upgrade queue.  A stream's room
 is given back only once h2 counts the stream as closed.  A settings push that
 fails (refused, reset, unanswered) closes the connection cleanly: the
 connector dials again and gets its settings afresh.
@@ -45,10 +47,14 @@ from appproxy.tunnel.connection_machine import (
     ConnectionState,
     Invalid,
     OpenStream,
+    OpenUpgrade,
     PushSettings,
     ReturnJob,
+    ReturnUpgrade,
     StopWanting,
+    StopWantingUpgrade,
     WantJob,
+    WantUpgrade,
 )
 from appproxy.tunnel.expiry import ExpiryWatch, watch_connector_certificate
 from appproxy.tunnel.fields import UnsendableFields, request_line_problem, user_fields
@@ -57,6 +63,8 @@ from appproxy.tunnel.queue import ConnectorGroupQueue, ConnectorGroups, ProxyJob
 from appproxy.tunnel.service_control import SettingsChannel
 from appproxy.tunnel.service_events import ServiceStreamEvents
 from appproxy.tunnel.service_stream import ServiceStream
+from appproxy.tunnel.service_upgrade import UpgradeStream
+from appproxy.tunnel.service_upgrades import UpgradeChannel
 
 #: Extra time the service waits beyond the app's backend timeout, which the
 #: connector enforces, before it gives up on a stream gone idle itself
@@ -64,6 +72,8 @@ from appproxy.tunnel.service_stream import ServiceStream
 RESPONSE_GRACE = 5.0
 #: Upper bound on streams per connection, whatever the connector offers.
 MAX_CAPACITY = 1000
+#: Upper bound on upgraded streams (WebSockets) per connection.
+MAX_UPGRADES = 10000
 
 
 @implementer(IHandshakeListener)
@@ -80,7 +90,7 @@ class ServiceTunnelProtocol(ServiceStreamEvents, TunnelProtocol["ServiceTunnelFa
         self.group: ConnectorGroupQueue | None = None
         self.connector_id = "?"
         #: The connection's state: settings push, capacity, jobs, drain.
-        self.machine = ConnectionMachine(MAX_CAPACITY)
+        self.machine = ConnectionMachine(MAX_CAPACITY, MAX_UPGRADES)
         self.active: set[ServiceStream] = set()
         self._gets: list[Deferred[ProxyJob]] = []
         #: Jobs the queue handed over, until the machine opens or returns each.
@@ -88,6 +98,8 @@ class ServiceTunnelProtocol(ServiceStreamEvents, TunnelProtocol["ServiceTunnelFa
         self._actions: deque[Action] = deque()
         self._acting = False
         self.settings = SettingsChannel(self)
+        #: The upgraded streams (WebSockets) and the group's upgrade queue.
+        self.upgrades = UpgradeChannel(self, RESPONSE_GRACE)
         #: Response body bytes received from the connector.
         self.bytes_received = 0
         #: Closes the connection at the connector certificate's notAfter.
@@ -166,6 +178,14 @@ class ServiceTunnelProtocol(ServiceStreamEvents, TunnelProtocol["ServiceTunnelFa
             self.clock.callLater(
                 0, job.exchange.stream_lost, job, "the tunnel connection is closing"
             )
+        elif isinstance(action, WantUpgrade):
+            self.upgrades.want()
+        elif isinstance(action, StopWantingUpgrade):
+            self.upgrades.stop_wanting()
+        elif isinstance(action, OpenUpgrade):
+            self.upgrades.open()
+        elif isinstance(action, ReturnUpgrade):
+            self.upgrades.give_back()
         elif isinstance(action, PushSettings):
             self.settings.send()
         elif isinstance(action, Close):
@@ -194,6 +214,7 @@ class ServiceTunnelProtocol(ServiceStreamEvents, TunnelProtocol["ServiceTunnelFa
             self.expiry.stop()
         self.feed(ConnectionInput.CONNECTION_LOST)
         self.settings.stop()
+        self.upgrades.lost()
         if self.group is not None:
             self.group.connection_lost(self)
             self.log.info(
@@ -215,6 +236,7 @@ class ServiceTunnelProtocol(ServiceStreamEvents, TunnelProtocol["ServiceTunnelFa
         for stream in [s for s in self.active if s.stream_id > last]:
             stream.job.dispatched = False
             stream.stream_aborted("the connector is shutting down")
+        self.upgrades.goaway(last)
 
     # -- consuming the queue ----------------------------------------------
 
@@ -303,6 +325,8 @@ class ServiceTunnelProtocol(ServiceStreamEvents, TunnelProtocol["ServiceTunnelFa
             self.settings.failed(stream_id, f"the stream failed: {failure.value}")
             return
         if not isinstance(stream, ServiceStream) or stream.finished:
+            if isinstance(stream, UpgradeStream):
+                self.upgrades.failed(stream, failure)
             return
         stream.feed(StreamInput.FAILED)
         stream._done(ErrorCodes.INTERNAL_ERROR)

@@ -21,7 +21,8 @@ from twisted.internet.interfaces import IDelayedCall
 
 from appproxy.config import AppConfig
 from appproxy.tunnel.connection_machine import ConnectionInput, ConnectionState
-from appproxy.tunnel.fields import CONTROL_FIELD, SETTINGS_CONTROL
+from appproxy.tunnel.fields import CONTROL_FIELD, SETTINGS_CONTROL, Field
+from appproxy.tunnel.service_upgrades import upgrade_capacity
 from appproxy.tunnel.stream import TunnelStream
 
 if TYPE_CHECKING:
@@ -110,13 +111,19 @@ class SettingsChannel:
         proto.send_data(stream, document)
         proto.end_stream(stream)
 
-    def answered(self, stream_id: int, status: bytes) -> None:
-        """The connector answered settings stream C{stream_id}."""
+    def answered(self, stream_id: int, headers: Sequence[Field]) -> None:
+        """
+        The connector answered settings stream C{stream_id}; its answer says
+        how many upgraded streams (WebSockets) it takes, if any.
+        """
+        status = dict(headers).get(b":status", b"")
         if status != b"204":
             self.failed(stream_id, f"refused with status {status.decode('latin-1')}")
             return
         self._cancel(stream_id)
-        self.proto.feed(ConnectionInput.SETTINGS_ACKED)
+        proto = self.proto
+        connect = proto.conn.remote_settings.enable_connect_protocol == 1
+        proto.feed(ConnectionInput.SETTINGS_ACKED, upgrade_capacity(headers, connect))
 
     def ended(self, stream_id: int) -> None:
         """Settings stream C{stream_id} is over: its room is free again."""

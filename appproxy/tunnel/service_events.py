@@ -2,7 +2,8 @@
 The service's end of the tunnel, its stream events: the connector's
 acknowledgement of dispatch, its response head (or error answer), the
 response body and its end, each fed to the stream's machine
-(L{appproxy.tunnel.machine}) and passed to the user side.
+(L{appproxy.tunnel.machine}) and passed to the user side.  Those of an
+upgraded stream (a WebSocket) go to its L{UpgradeStream}.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from h2.events import DataReceived, InformationalResponseReceived, ResponseRecei
 from appproxy.tunnel.machine import StreamInput
 from appproxy.tunnel.service_control import SettingsChannel
 from appproxy.tunnel.service_stream import ServiceStream
+from appproxy.tunnel.service_upgrade import UpgradeStream
 from appproxy.tunnel.stream import TunnelStream
 
 
@@ -39,6 +41,8 @@ class ServiceStreamEvents:
     def stream_send_closed(self, stream: TunnelStream) -> None:
         if isinstance(stream, ServiceStream):
             stream.feed(StreamInput.BODY_ENDED)
+        elif isinstance(stream, UpgradeStream):
+            stream.send_closed()
 
     def informational_received(self, event: InformationalResponseReceived) -> None:
         stream = self.streams.get(event.stream_id)
@@ -51,10 +55,13 @@ class ServiceStreamEvents:
     def response_received(self, event: ResponseReceived) -> None:
         sid = event.stream_id
         if sid in self.settings:
-            self.settings.answered(sid, dict(event.headers).get(b":status", b""))
+            self.settings.answered(sid, event.headers)
             return
         stream = self.streams.get(sid)
         if not isinstance(stream, ServiceStream) or stream.finished:
+            if isinstance(stream, UpgradeStream) and not stream.finished:
+                stream.answered(event.headers)
+                return
             self.reset_stream(sid)
             return
         stream.job.dispatched = True
@@ -90,6 +97,9 @@ class ServiceStreamEvents:
         stream = self.streams.get(event.stream_id)
         length = event.flow_controlled_length
         if not isinstance(stream, ServiceStream) or stream.finished:
+            if isinstance(stream, UpgradeStream) and not stream.finished:
+                stream.received(event)
+                return
             # Settings stream reply or a stream we gave up on: just reopen the window.
             self.acknowledge(event.stream_id, length)
             return
@@ -107,6 +117,8 @@ class ServiceStreamEvents:
             return
         stream = self.streams.get(stream_id)
         if not isinstance(stream, ServiceStream) or stream.finished:
+            if isinstance(stream, UpgradeStream) and not stream.finished:
+                stream.ended()
             return
         # If the app answered before the whole body was sent, this resets the
         # stream: the rest of the body is not wanted.
