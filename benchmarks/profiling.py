@@ -172,6 +172,31 @@ def format_summary(name: str, summary: dict[str, Any], top: int = 15) -> str:
     return "\n".join(lines)
 
 
+def callgrind_counts(pids: dict[str, int], out_dir: Path, run: Any) -> dict[str, int]:
+    """
+    Instructions each daemon (running under callgrind: see
+    C{harness.StackOptions.callgrind}) executes during C{run()}: counters
+    zeroed before, dumped after (C{callgrind_control}).
+    """
+    for pid in pids.values():
+        subprocess.run(
+            ["callgrind_control", "-z", str(pid)], check=True, capture_output=True, timeout=120
+        )
+    run()
+    counts: dict[str, int] = {}
+    for name, pid in pids.items():
+        before = set(out_dir.glob(f"callgrind.{pid}*"))
+        subprocess.run(
+            ["callgrind_control", "-d", str(pid)], check=True, capture_output=True, timeout=120
+        )
+        dumps = sorted(set(out_dir.glob(f"callgrind.{pid}*")) - before) or sorted(before)
+        for line in dumps[-1].read_text(errors="replace").splitlines():
+            if line.startswith(("totals:", "summary:")):
+                counts[name] = int(line.split()[1])
+                break
+    return counts
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Summarize py-spy raw profiles.")
     sub = parser.add_subparsers(dest="command", required=True)

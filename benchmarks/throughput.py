@@ -11,11 +11,20 @@ backend measured directly.
     C{/proc/PID/stat} over the measured run).
   - The same at concurrency 1 (C{wrk -c1 -t1 --latency}): p50 and p99 latency.
   - Both again against the backend directly (plain HTTP, no proxy).
+  - Both again through the naive tunnel of C{../shared/bench/tunnel_baseline.py}
+    (asyncio + h2 + stdlib ssl, the same shape without identity; see
+    L{naive}), in front of the same backend, started beside the daemons:
+    appproxy's requests/s and requests per CPU-second (service + connector
+    against edge + connector) are reported as ratios to it, measured in the
+    same run.  C{--no-naive} leaves it out.
 
 wrk runs on the same 2 cores as the daemons, so the requests/s it reports
 include its own CPU use; requests per CPU-second does not depend on it.
 C{--profile DIR} adds a run under py-spy and prints where each daemon spends
-its time.
+its time.  C{--callgrind N} measures only this instead: the service and the
+connector run under valgrind's callgrind, and N GETs in turn on one
+keep-alive connection give the instructions each daemon executes per request
+(steady where CPU seconds are not, on a shared machine).
 """
 
 from __future__ import annotations
@@ -29,11 +38,14 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import harness
+import naive
 from harness import CpuMeter, Stack, StackOptions, least_disturbed, wait_quiet, wrk
 
 #: Targets from the design (full path, 2 cores).
 TARGET_RPS = 2500
 TARGET_RPS_PER_CPU = 2000
+#: The performance issue's target: requests per CPU-second against the naive tunnel.
+TARGET_VS_NAIVE = 1.25
 
 
 def _load(
@@ -64,7 +76,10 @@ def _load(
     out = result.as_dict()
     out["cpu"] = cpu
     out["concurrency"] = c
-    daemons = cpu["service"] + cpu["connector"]
+    if args.naive_url and url.split("/")[2] == args.naive_url.split("/")[2]:
+        daemons = cpu["naive_edge"] + cpu["naive_connector"]
+    else:
+        daemons = cpu["service"] + cpu["connector"]
     out["rps_per_cpu_daemons"] = round(result.requests / daemons, 1) if daemons > 0 else None
     out["rps_per_cpu_backend"] = (
         round(result.requests / cpu["backend"], 1) if cpu["backend"] > 0 else None
@@ -76,6 +91,59 @@ def _load(
             file=sys.stderr,
         )
     return out
+
+
+#: Clients at once for the concurrent callgrind count (each its own connection).
+CALLGRIND_CLIENTS = 16
+
+
+def run_callgrind(args: argparse.Namespace) -> dict[str, Any]:
+    """
+    Instructions per request of each daemon (see the module doc): N GETs in
+    turn on one connection (c1), then N more from L{CALLGRIND_CLIENTS}
+    clients at once, each with a fixed count (no request cut off by the end
+    of a timed run, as wrk's would be) on a new connection of its own: the
+    concurrent figure includes their TLS handshakes (use N >> 16).
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    import profiling
+
+    n = args.callgrind
+    per_client = max(1, n // CALLGRIND_CLIENTS)
+    options = StackOptions(connections=args.tunnels, capacity=args.capacity, callgrind=True)
+    results: dict[str, Any] = {"benchmark": "throughput-callgrind"}
+    with Stack(options) as stack:
+        harness.https_gets(stack, "/1k", 20)  # warm up: pooled connections, code paths
+
+        def sequential() -> int:
+            return harness.https_gets(stack, "/1k", n)
+
+        def concurrent() -> int:
+            with ThreadPoolExecutor(CALLGRIND_CLIENTS) as pool:
+                futures = [
+                    pool.submit(harness.https_gets, stack, "/1k", per_client)
+                    for _ in range(CALLGRIND_CLIENTS)
+                ]
+                return sum(f.result() for f in futures)
+
+        for key, load, expected in (
+            ("c1", sequential, n),
+            (f"c{CALLGRIND_CLIENTS}", concurrent, per_client * CALLGRIND_CLIENTS),
+        ):
+            answered: list[int] = []
+            counts = profiling.callgrind_counts(
+                stack.daemons, stack.tmp, lambda f=load, a=answered: a.append(f())
+            )
+            if answered != [expected]:
+                raise SystemExit(f"throughput: {answered} of {expected} requests answered 200")
+            results[key] = {
+                "requests": expected,
+                "instructions_per_request": {
+                    name: round(count / expected) for name, count in counts.items()
+                },
+            }
+    return results
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -92,6 +160,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         host = stack.host_header
         auth_host = stack.auth_host_header
         cookie = (f"Cookie: {stack.session_cookie()}",)
+        args.naive_url = None if args.no_naive else naive.start(stack, Path(args.baseline))
         results["background_load_cores"] = wait_quiet(stack)
         # Warm up: connections, pooled backend connections, code paths.
         wrk(proxy_url, connections=args.concurrency, threads=args.threads, seconds=2, host=host)
@@ -104,6 +173,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             headers=cookie,
         )
         wrk(direct_url, connections=args.concurrency, threads=args.threads, seconds=1)
+        if args.naive_url:
+            naive_url = f"{args.naive_url}/1k"
+            wrk(naive_url, connections=args.concurrency, threads=args.threads, seconds=2)
         time.sleep(0.5)
         runs: list[tuple[str, str, str | None, bool, tuple[str, ...]]] = [
             ("proxy", proxy_url, host, False, ()),
@@ -115,6 +187,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             ("direct", direct_url, None, False, ()),
             ("direct_c1", direct_url, None, True, ()),
         ]
+        if args.naive_url:
+            runs += [("naive", naive_url, None, False, ()), ("naive_c1", naive_url, None, True, ())]
         for key, url, h, latency, headers in runs:
             results[key] = least_disturbed(
                 lambda u=url, h=h, lat=latency, hd=headers: _load(
@@ -127,6 +201,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             plain, signed = results[f"proxy{key}"], results[f"signed_in{key}"]
             if plain.get("rps"):
                 results[f"signed_in_vs_proxy{key}"] = round(signed["rps"] / plain["rps"], 3)
+        if args.naive_url:
+            results["vs_naive"] = vs_naive(results)
         results["memory_kib"] = stack.memory()
         if args.profile:
             results["profile"] = profile(stack, proxy_url, host, args)
@@ -137,6 +213,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "connector_capacity": args.capacity,
     }
     return results
+
+
+def vs_naive(results: dict[str, Any]) -> dict[str, float]:
+    """appproxy's figures as ratios to the naive tunnel's, from the same run."""
+    n, out = results["naive"], {}
+    for key in ("proxy", "signed_in"):
+        r = results[key]
+        if n.get("rps"):
+            out[f"{key}_rps"] = round(r["rps"] / n["rps"], 3)
+        if n.get("rps_per_cpu_daemons") and r.get("rps_per_cpu_daemons"):
+            out[f"{key}_rps_per_cpu"] = round(
+                r["rps_per_cpu_daemons"] / n["rps_per_cpu_daemons"], 3
+            )
+    n1, p1 = results["naive_c1"], results["proxy_c1"]
+    out["proxy_c1_p50_ms_minus_naive"] = round(p1["latency_ms"]["p50"] - n1["latency_ms"]["p50"], 3)
+    return out
 
 
 def profile(stack: Stack, url: str, host: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -222,6 +314,40 @@ def rows(results: dict[str, Any]) -> list[list[str]]:
             f"{d['other_cores']:.2f} / {d1['other_cores']:.2f}",
             "",
         ],
+        *naive_rows(results),
+    ]
+
+
+def naive_rows(results: dict[str, Any]) -> list[list[str]]:
+    """Rows for the naive tunnel and appproxy's ratios to it."""
+    if "vs_naive" not in results:
+        return []
+    n, n1, v = results["naive"], results["naive_c1"], results["vs_naive"]
+    return [
+        [
+            "naive tunnel: requests/s c50 / per CPU-s (edge+connector)",
+            f"{n['rps']:.0f} / {n['rps_per_cpu_daemons']:.0f}",
+            "",
+            "",
+        ],
+        [
+            "naive tunnel: latency p50 / p99 (c1)",
+            f"{n1['latency_ms']['p50']:.2f} / {n1['latency_ms']['p99']:.2f} ms",
+            "",
+            "",
+        ],
+        [
+            "appproxy / naive: requests/s c50",
+            f"{v['proxy_rps']:.2f}x (signed in {v['signed_in_rps']:.2f}x)",
+            "",
+            "",
+        ],
+        [
+            "appproxy / naive: requests per CPU-second",
+            f"{v['proxy_rps_per_cpu']:.2f}x (signed in {v['signed_in_rps_per_cpu']:.2f}x)",
+            "",
+            f">= {TARGET_VS_NAIVE}x",
+        ],
     ]
 
 
@@ -239,14 +365,30 @@ def parser() -> argparse.ArgumentParser:
         default=3,
         help="runs disturbed by other processes are repeated, up to this many times",
     )
+    ap.add_argument(
+        "--baseline",
+        default=str(naive.DEFAULT_BASELINE),
+        help="the naive tunnel to run beside appproxy (tunnel_baseline.py)",
+    )
+    ap.add_argument("--no-naive", action="store_true", help="do not run the naive tunnel")
+    ap.add_argument(
+        "--callgrind",
+        type=int,
+        metavar="N",
+        help="only count instructions per request under callgrind, over N requests",
+    )
     harness.add_stack_options(ap)
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    harness.QUIET_WAIT = max(0.0, args.quiet_wait)
     if not 1 <= args.duration <= 300 or not 1 <= args.latency_duration <= 300:
         raise SystemExit("throughput: durations must be 1..300 seconds")
+    if args.callgrind:
+        print(harness.dump_json(run_callgrind(args)))
+        return 0
     results = run(args)
     if args.json:
         print(harness.dump_json(results))

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import attrs
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -555,6 +556,21 @@ class ValidServiceConfigTests(ConfigTestCase):
         self.assertEqual(app.internal_port, 443)
         http = self.parse_service(self.with_app(internal_url="http://intranet:80/")).apps[0]
         self.assertEqual((http.internal_netloc, http.internal_port), ("intranet", 80))
+
+    def test_app_properties_follow_evolve(self) -> None:
+        """
+        The URLs are split once, at construction: an app made from another
+        with a new URL has the new URL's parts, and compares by its fields.
+        """
+        app = self.parse_service(self.with_app(internal_url="http://intranet:80/a/")).apps[0]
+        moved = attrs.evolve(app, internal_url="https://other:8443/b/")
+        self.assertEqual(
+            (moved.internal_scheme, moved.internal_host, moved.internal_port, moved.internal_path),
+            ("https", "other", 8443, "/b/"),
+        )
+        self.assertEqual((app.internal_host, app.internal_path), ("intranet", "/a/"))
+        self.assertEqual(attrs.evolve(moved, internal_url=app.internal_url), app)
+        self.assertNotIn("SplitResult", repr(app))
 
     def test_key_not_in_repr(self) -> None:
         """

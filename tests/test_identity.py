@@ -10,6 +10,7 @@ import json
 import os
 import stat
 import time
+import unicodedata
 from pathlib import Path
 
 import jwt
@@ -27,6 +28,8 @@ from appproxy.identity.assertion import (
     load_or_create_assertion_key,
 )
 from appproxy.identity.headers import (
+    _UNSAFE,
+    _UNSAFE_CATEGORIES,
     UnsafeClaimValue,
     drop_appproxy_set_cookies,
     identity_headers,
@@ -135,6 +138,19 @@ class IdentityHeadersTests(SynchronousTestCase):
     def test_invalid_header_name(self) -> None:
         for name in ["", "X Remote", "X-Remote:", "X-Ümlaut", "X\r\nY"]:
             self.assertRaises(ValueError, identity_headers, [(name, "user")], SESSION)
+
+    def test_unsafe_class_is_the_categories(self) -> None:
+        """
+        The one character class that refuses a claim value holds exactly the
+        characters of the refused Unicode categories, over all of Unicode.
+        """
+        for point in range(0x110000):
+            char = chr(point)
+            self.assertEqual(
+                _UNSAFE.search(char) is not None,
+                unicodedata.category(char) in _UNSAFE_CATEGORIES,
+                hex(point),
+            )
 
     @given(st.text(max_size=40) | st.lists(st.text(max_size=10), max_size=4).map(tuple))
     def test_never_forwards_unsafe(self, value: str | tuple[str, ...]) -> None:

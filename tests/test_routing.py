@@ -9,7 +9,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from appproxy.frontend.routing import Router, has_dot_segments, internal_path, normalise_host
+from appproxy.frontend.routing import (
+    _HOST_CACHE_SIZE,
+    Router,
+    has_dot_segments,
+    internal_path,
+    normalise_host,
+)
 from appproxy.http.paths import segment_is_dot
 
 
@@ -152,6 +158,22 @@ class RouterTests(SynchronousTestCase):
         self.assertIs(route("example.com", "/wiki/admin/users?x=1"), WIKI_ADMIN)
         self.assertIs(route("example.com", "/wikipedia"), ROOT)
         self.assertIs(route("example.com", "/wiki/administrator"), WIKI)
+
+    def test_hosts_remembered_and_bounded(self) -> None:
+        """
+        Host values are normalised once and remembered as sent (bytes and
+        text apart, malformed ones too), at most a bounded number of them.
+        """
+        route = self.router.route
+        for _ in range(2):
+            self.assertIs(route(b"EXAMPLE.com.", "/wiki/"), WIKI)
+            self.assertIs(route("example.com:443", "/"), ROOT)
+            self.assertIsNone(route(b"exa mple.com", "/"))
+            self.assertTrue(self.router.publishes_host(b"example.com:8443"))
+        for n in range(_HOST_CACHE_SIZE + 10):
+            self.assertIsNone(route(f"h{n}.example.org".encode(), "/"))
+        self.assertLessEqual(len(self.router._hosts), _HOST_CACHE_SIZE)
+        self.assertIs(route(b"example.com", "/wiki/admin/"), WIKI_ADMIN)
 
     def test_prefix_without_trailing_slash(self) -> None:
         self.assertIs(self.router.route("example.com", "/wiki"), WIKI)

@@ -23,6 +23,7 @@ from appproxy.access import cookie as cookie_module
 from appproxy.access import session as session_module
 from appproxy.access.cookie import (
     CLOCK_SKEW,
+    DECODED_CACHE_SIZE,
     MAX_COOKIE_BYTES,
     MAX_SEALED_CHARS,
     CookieTooLarge,
@@ -368,6 +369,44 @@ class SessionCookieCodecTests(SynchronousTestCase):
         self.assertEqual(decode(value).issued_at, NOW + CLOCK_SKEW)
         value = CODEC.encode(typical(issued_at=NOW + CLOCK_SKEW + 1), COOKIE)
         self.assertInvalid("issued in the future", value)
+
+    def test_decoded_again_from_the_cache(self) -> None:
+        """
+        A value decoded once is not decrypted again by the same codec, but
+        every check that depends on the time or on the app and name it came
+        under still applies; a new codec (a new key ring) starts afresh.
+        """
+        codec = SessionCookieCodec(RING)
+        value = codec.encode(typical(expires_at=NOW + 10), COOKIE)
+        first = decode(value, codec)
+        ciphers: Any = codec._ciphers
+        opened: list[str] = []
+
+        class Counting:
+            def open(self, v: str, aad: bytes) -> bytes:
+                opened.append(v)
+                return bytes(ciphers.open(v, aad))
+
+        object.__setattr__(codec, "_ciphers", Counting())
+        self.assertIs(decode(value, codec), first)
+        self.assertEqual(opened, [])
+        with self.assertRaises(InvalidCookie) as caught:
+            decode(value, codec, now=NOW + 10)
+        self.assertEqual(caught.exception.reason, "expired")
+        with self.assertRaises(InvalidCookie) as caught:
+            decode(value, codec, app="crm")
+        self.assertEqual(caught.exception.reason, "decryption failed")
+        self.assertEqual(opened, [value])
+        retired = SessionCookieCodec(KeyRing.create(NOW))
+        with self.assertRaises(InvalidCookie) as caught:
+            decode(value, retired)
+        self.assertEqual(caught.exception.reason, "unknown or retired key")
+
+    def test_cache_bounded(self) -> None:
+        codec = SessionCookieCodec(RING)
+        for _ in range(DECODED_CACHE_SIZE + 5):
+            decode(codec.encode(typical(), COOKIE), codec)
+        self.assertLessEqual(len(codec._decoded), DECODED_CACHE_SIZE)
 
     def test_unknown_key(self) -> None:
         value = CODEC.encode(typical(), COOKIE)

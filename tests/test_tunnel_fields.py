@@ -256,3 +256,41 @@ class TunnelEncoderTests(SynchronousTestCase):
             [isinstance(h, NeverIndexedHeaderTuple) for h in expected],
         )
         self.assertEqual(ours.header_table.dynamic_entries, theirs.header_table.dynamic_entries)
+
+    @given(
+        st.lists(
+            st.lists(
+                st.tuples(
+                    st.sampled_from([b"x-a", b"accept", b":path", b"cookie", b"x-b"]),
+                    st.sampled_from([b"", b"1", b"*/*", b"/", b"/x"]),
+                ),
+                max_size=6,
+            ),
+            min_size=1,
+            max_size=4,
+        ),
+        st.booleans(),
+    )
+    def test_blocks_in_a_row_as_hpack(
+        self, blocks: list[list[tuple[bytes, bytes]]], resize: bool
+    ) -> None:
+        """
+        Block after block on one connection, from a few names and values
+        (so fields are found in the table whole, by name, or not at all):
+        the same bytes as hpack's encoder with the never-indexed names
+        marked, but for the never-indexed values, which go without Huffman
+        coding; the same table after each block.
+        """
+        ours, theirs = TunnelEncoder(), Encoder()
+        mine, reference = Decoder(), Decoder()
+        if resize:
+            ours.header_table_size = theirs.header_table_size = 128
+        for block in blocks:
+            marked = [
+                NeverIndexedHeaderTuple(n, v) if n in NEVER_INDEXED else (n, v) for n, v in block
+            ]
+            data, expected = ours.encode(block), theirs.encode(marked)
+            if not any(n in NEVER_INDEXED for n, _ in block):
+                self.assertEqual(data, expected)
+            self.assertEqual(mine.decode(data, raw=True), reference.decode(expected, raw=True))
+            self.assertEqual(ours.header_table.dynamic_entries, theirs.header_table.dynamic_entries)

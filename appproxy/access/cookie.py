@@ -59,6 +59,8 @@ MAX_COOKIE_BYTES = 3000
 #: How far in the future (seconds) a session's C{issued_at} may be: the
 #: clocks of several service processes differ a little.
 CLOCK_SKEW = 60
+#: Decrypted session cookies a codec keeps (see L{SessionCookieCodec}).
+DECODED_CACHE_SIZE = 256
 
 #: The longest sealed token L{Sealer} makes or accepts (it may go in a URL).
 MAX_SEALED_CHARS = 8192
@@ -228,6 +230,15 @@ class SessionCookieCodec:
 
     ring: KeyRing
     _ciphers: _Ciphers = attrs.field(init=False, repr=False, default=_RING_CIPHERS)
+    _decoded: dict[tuple[str, str, str], Session] = attrs.field(
+        init=False, repr=False, factory=dict
+    )
+    """Sessions decrypted lately, by (value, app, cookie name): a browser
+    sends the same cookie with every request, and decrypting and parsing it
+    again each time is most of what a signed-in request costs the gate.  Per
+    codec, so a new key ring (a new codec) starts empty; bounded by
+    L{DECODED_CACHE_SIZE} (emptied when full).  The checks that depend on the
+    time are made on every request, cached or not."""
 
     def encode(self, session: Session, cookie_name: str) -> str:
         """
@@ -265,6 +276,21 @@ class SessionCookieCodec:
         """
         if len(value) > MAX_COOKIE_BYTES:
             raise InvalidCookie("malformed")
+        key = (value, app, cookie_name)
+        session = self._decoded.get(key)
+        if session is None:
+            session = self._open_session(value, app, cookie_name)
+            if len(self._decoded) >= DECODED_CACHE_SIZE:
+                self._decoded.clear()
+            self._decoded[key] = session
+        if now >= session.expires_at:
+            raise InvalidCookie("expired")
+        if session.issued_at > now + CLOCK_SKEW:
+            raise InvalidCookie("issued in the future")
+        return session
+
+    def _open_session(self, value: str, app: str, cookie_name: str) -> Session:
+        """The session C{value} holds for C{app}, whatever the time."""
         document = _unpack(self._ciphers.open(value, _session_aad(app, cookie_name)))
         session = session_from_document(document)
         if session is None:
@@ -273,10 +299,6 @@ class SessionCookieCodec:
             raise InvalidCookie("malformed payload")
         if session.app != app:
             raise InvalidCookie("wrong app")
-        if now >= session.expires_at:
-            raise InvalidCookie("expired")
-        if session.issued_at > now + CLOCK_SKEW:
-            raise InvalidCookie("issued in the future")
         return session
 
 

@@ -16,6 +16,7 @@ L{load_anonymizer_list} reads a file.
 from __future__ import annotations
 
 import bisect
+import functools
 import ipaddress
 from collections import deque
 from collections.abc import Iterable
@@ -37,6 +38,7 @@ FAILED_SIGN_INS = "failed-sign-ins"
 ANONYMIZER = "anonymizer"
 #: Every risk signal a policy may name.
 RISK_SIGNALS: frozenset[str] = frozenset({FAILED_SIGN_INS, ANONYMIZER})
+_NO_SIGNALS: frozenset[str] = frozenset()
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -53,6 +55,7 @@ def _unmapped(address: IPAddress) -> IPAddress:
     return address
 
 
+@functools.lru_cache(maxsize=1024)
 def _address_key(address: str) -> str:
     """
     The key failures are counted under for a client address: the address
@@ -151,6 +154,8 @@ class FailedSignIns:
         the user name or the address has at least C{limit} failures in the
         C{window} seconds before C{now}, else nothing.
         """
+        if not self._failures:
+            return _NO_SIGNALS  # the usual case: nothing to look up
         if any(self._count(key, now) >= self.limit for key in self._keys(user, address)):
             return frozenset({FAILED_SIGN_INS})
         return frozenset()

@@ -12,7 +12,7 @@ import ipaddress
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Final
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 import attrs
 
@@ -107,6 +107,18 @@ class AppConfig:
     websocket_idle_timeout: float = 900.0
     #: WebSockets open to the app at once (per service process).
     max_websockets: int = 1000
+    # The URLs split once, at construction (and by attrs.evolve), not on
+    # every access to the properties below: the request path reads them.
+    _external: SplitResult = attrs.field(init=False, eq=False, repr=False)
+    _internal: SplitResult = attrs.field(init=False, eq=False, repr=False)
+
+    @_external.default
+    def _split_external(self) -> SplitResult:
+        return urlsplit(self.external_url)
+
+    @_internal.default
+    def _split_internal(self) -> SplitResult:
+        return urlsplit(self.internal_url)
 
     @property
     def signs_in(self) -> bool:
@@ -121,44 +133,44 @@ class AppConfig:
     @property
     def external_host(self) -> str:
         """C{host} or C{host:port} (443 elided), lowercase, as in a C{Host} header."""
-        return urlsplit(self.external_url).netloc
+        return self._external.netloc
 
     @property
     def external_origin(self) -> str:
         """C{https://host[:port]}: the app's pages' origin, as browsers send it in C{Origin}."""
-        parts = urlsplit(self.external_url)
+        parts = self._external
         return f"{parts.scheme}://{parts.netloc}"
 
     @property
     def external_path(self) -> str:
         """The external URL's path, ending in C{/}."""
-        return urlsplit(self.external_url).path
+        return self._external.path
 
     @property
     def internal_scheme(self) -> str:
         """C{"http"} or C{"https"}."""
-        return urlsplit(self.internal_url).scheme
+        return self._internal.scheme
 
     @property
     def internal_netloc(self) -> str:
         """C{host} or C{host:port} (default port elided; IPv6 literal bracketed)."""
-        return urlsplit(self.internal_url).netloc
+        return self._internal.netloc
 
     @property
     def internal_host(self) -> str:
         """The internal host name or IP address, without brackets."""
-        return urlsplit(self.internal_url).hostname or ""
+        return self._internal.hostname or ""
 
     @property
     def internal_port(self) -> int:
         """The internal port, defaulted from the scheme."""
-        parts = urlsplit(self.internal_url)
+        parts = self._internal
         return parts.port or DEFAULT_PORTS[parts.scheme]
 
     @property
     def internal_path(self) -> str:
         """The internal URL's path, ending in C{/}."""
-        return urlsplit(self.internal_url).path
+        return self._internal.path
 
 
 @attrs.frozen(kw_only=True)

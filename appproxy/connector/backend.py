@@ -26,7 +26,7 @@ from twisted.internet.interfaces import (
 )
 from twisted.internet.ssl import Certificate, CertificateOptions, trustRootFromCertificates
 from twisted.python.failure import Failure
-from twisted.web._newclient import HTTP11ClientProtocol
+from twisted.web._newclient import HTTP11ClientProtocol, ParseError
 from twisted.web.client import (
     URI,
     Agent,
@@ -265,9 +265,10 @@ def classify_failure(failure: Failure, url: str, timeout: float) -> BackendError
                 502, "backend-tls", f"The TLS certificate of {url} could not be verified."
             )
     for reason in reasons:
-        if reason.check(ValueError):
+        if reason.check(ValueError, ParseError):
             # Twisted's HTTP client refused the response's head (a
-            # malformed or conflicting Content-Length, ...).
+            # malformed status line, a malformed or conflicting
+            # Content-Length, ...).
             return BackendError(
                 502, "backend-error", f"{url} sent a malformed response: {reason.value}"
             )

@@ -11,9 +11,24 @@ DATA frames without payload that do not end their stream, and answers a
 flood with GOAWAY C{ENHANCE_YOUR_CALM} and a closed connection, as Twisted's
 reset-flood guard does.
 
+It remembers fewer closed streams than h2 (L{CLOSED_STREAMS_KEPT}, not
+65,536: about 8 MiB per connection of a client that made that many
+requests).
+
 It also closes a TLS connection it ends (a protocol error, a reset flood, an
 empty-frame flood) at once: twisted.web's sends GOAWAY but, being the TLS
 transport's producer, leaves the connection open until the idle timeout.
+
+Responses cost less than twisted.web's: their header blocks are encoded by
+the tunnel's HPACK encoder (L{appproxy.tunnel.fields.TunnelEncoder}: the
+request id, unique to each response, and cookies go as never-indexed
+literals, not Huffman-coded into the table where they would only push out
+what is worth keeping), and a block that is plainly valid
+(L{appproxy.tunnel.fields.field_problem}, one pass over the whole block) is
+not normalised and validated again by h2, field by field.  A response whose
+data has all gone ends at once, not on a later turn of twisted.web's sending
+loop, and a stream held back for a slow reader (L{appproxy.frontend.relay})
+is released as soon as that loop has drained its queue.
 
 L{appproxy.frontend.channels.ProxyChannelProtocol} makes the public
 listener's HTTP/2 connections guarded ones.
@@ -21,19 +36,26 @@ listener's HTTP/2 connections guarded ones.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import h2.errors
 import h2.events
+import h2.exceptions
+from h2.utilities import SizeLimitDict
 from twisted.internet.error import ConnectionLost
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web._http2 import H2Connection
 
 from appproxy.frontend.peer import peer_text
+from appproxy.tunnel.fields import TunnelEncoder, field_problem
 
-__all__ = ["EMPTY_DATA_BURST", "EMPTY_DATA_RATE", "GuardedH2Connection"]
+__all__ = ["CLOSED_STREAMS_KEPT", "EMPTY_DATA_BURST", "EMPTY_DATA_RATE", "GuardedH2Connection"]
 
+#: Closed streams a client's connection remembers, to recognise the frames
+#: the client had in flight when a stream was reset.
+CLOSED_STREAMS_KEPT = 1024
 #: Empty DATA frames (not ending their stream) a connection may send at once.
 EMPTY_DATA_BURST = 100
 #: ... and per second after that.
@@ -55,11 +77,34 @@ class GuardedH2Connection(H2Connection):
     _empty_tokens: float
     _empty_tokens_at: float
     _flooded: bool
+    _drain_watches: dict[int, tuple[int, Callable[[], None]]]
 
     def start_guard(self) -> None:
         self._empty_tokens = float(EMPTY_DATA_BURST)
         self._empty_tokens_at = self._reactor.seconds()
         self._flooded = False
+        self._drain_watches = {}
+        # Nothing has been encoded yet: the table is still empty.
+        self.conn.encoder = TunnelEncoder()
+        # h2 remembers 65,536 closed streams per connection (about 8 MiB once
+        # a client has made that many requests on it): keep fewer.
+        self.conn._closed_streams = SizeLimitDict(size_limit=CLOSED_STREAMS_KEPT)
+
+    def writeHeaders(
+        self, version: bytes, code: bytes, reason: bytes, headers: Any, streamID: int
+    ) -> None:
+        # twisted.web gives the names capitalised; HTTP/2 wants them lowercase.
+        fields = [(name.lower(), value) for name, value in headers]
+        config = self.conn.config
+        if field_problem([(b":status", code), *fields]) is not None:
+            # Leave it to h2 as before (it strips what it may, refuses the rest).
+            super().writeHeaders(version, code, reason, fields, streamID)
+            return
+        config.normalize_outbound_headers = config.validate_outbound_headers = False
+        try:
+            super().writeHeaders(version, code, reason, fields, streamID)
+        finally:
+            config.normalize_outbound_headers = config.validate_outbound_headers = True
 
     def dataReceived(self, data: bytes) -> None:
         if self._flooded:
@@ -71,6 +116,55 @@ class GuardedH2Connection(H2Connection):
             log.warn("Empty DATA frame flood from {peer}: GOAWAY", peer=peer_text(self.transport))
             self.conn.close_connection(error_code=h2.errors.ErrorCodes.ENHANCE_YOUR_CALM)
             self._terminate(Failure(ConnectionLost("Empty DATA frame flood")))
+
+    # -- response data queued for the client ---------------------------------
+
+    def queued(self, stream_id: int) -> int:
+        """Response bytes twisted.web queued for stream C{stream_id}, not yet sent."""
+        queue = self._outboundStreamQueues.get(stream_id, ())
+        return sum(len(chunk) for chunk in queue if isinstance(chunk, bytes))
+
+    def watch_drain(self, stream_id: int, below: int, drained: Callable[[], None]) -> None:
+        """
+        Call C{drained()} once, as soon as stream C{stream_id} has at most
+        C{below} bytes queued (twisted.web says nothing when its queue
+        drains: its sending loop is watched instead of polled).
+        """
+        self._drain_watches[stream_id] = (below, drained)
+
+    def unwatch_drain(self, stream_id: int) -> None:
+        self._drain_watches.pop(stream_id, None)
+
+    def endRequest(self, streamID: int) -> None:
+        # twisted.web queues the end behind the stream's data and sends it on
+        # its sending loop's next turn (a callLater(0), a priority step and a
+        # write of its own).  When nothing of the stream waits and nothing
+        # waits for the transport, end the stream now, as that turn would.
+        queue = self._outboundStreamQueues.get(streamID)
+        if (
+            queue is not None
+            and not queue
+            and self._consumerBlocked is None
+            and not self._bufferedControlFrames
+            and streamID in self.streams
+        ):
+            try:
+                self.conn.end_stream(streamID)
+            except h2.exceptions.H2Error:
+                pass  # left to twisted.web's own path, as before
+            else:
+                self.transport.write(self.conn.data_to_send())  # type: ignore[union-attr]
+                self._requestDone(streamID)
+                return
+        super().endRequest(streamID)
+
+    def _sendPrioritisedData(self, *args: Any) -> None:
+        super()._sendPrioritisedData(*args)
+        if self._drain_watches:
+            for stream_id, (below, drained) in list(self._drain_watches.items()):
+                if self.queued(stream_id) <= below:
+                    del self._drain_watches[stream_id]
+                    drained()
 
     def timeoutConnection(self) -> None:
         # twisted.web's, logging the client as host:port, not an object's repr.

@@ -77,13 +77,23 @@ class ProxyHTTPFactory(http.HTTPFactory):
         """
         self.frontend.requests_served += 1
         started = getattr(request, "_started_at", 0.0)
+        method = request.method.decode("latin-1") if request.method else "-"
+        host = (request.getHeader(b"host") or b"-").decode("latin-1")
+        path = (request.path or b"").decode("latin-1")
+        duration_ms = (time.monotonic() - started) * 1000 if started else 0.0
+        rid = getattr(request, "request_id", "")
+        # The line is formatted here, once, and given as the event's format
+        # with its braces doubled: the log observer's formatter then has no
+        # field to look up (seven fields and a format spec cost it more than
+        # the rest of the line).  The fields stay in the event for JSON logs.
+        line = f"{method} {host}{path} {request.code} {duration_ms:.1f}ms {rid}"
         log.info(
-            "{method} {host}{path} {status} {duration_ms:.1f}ms {rid}",
-            method=request.method.decode("latin-1") if request.method else "-",
-            host=(request.getHeader(b"host") or b"-").decode("latin-1"),
-            path=(request.path or b"").decode("latin-1"),
+            line.replace("{", "{{").replace("}", "}}"),
+            method=method,
+            host=host,
+            path=path,
             status=request.code,
-            duration_ms=(time.monotonic() - started) * 1000 if started else 0.0,
-            rid=getattr(request, "request_id", ""),
+            duration_ms=duration_ms,
+            rid=rid,
             log_system="access",
         )

@@ -23,8 +23,9 @@ __all__ = ["H2_QUEUE_LIMIT", "H2_QUEUE_POLL", "ResponseRelay", "relayed_headers"
 #: Response bytes queued for an HTTP/2 client above which the tunnel stream is
 #: held; it is released below half of it.
 H2_QUEUE_LIMIT = 2 << 20
-#: How often a held stream checks whether the HTTP/2 client caught up (only
-#: while held: Twisted's HTTP/2 server says nothing when its queue drains).
+#: How often a held stream checks whether the HTTP/2 client caught up, on a
+#: connection that cannot say so itself (the public listener's can:
+#: L{appproxy.frontend.h2_guard.GuardedH2Connection.watch_drain}).
 H2_QUEUE_POLL = 0.002
 
 
@@ -62,7 +63,10 @@ class ResponseRelay:
     http2: bool
     """The user's request came over HTTP/2."""
     _check: IDelayedCall | None = attrs.field(init=False, default=None)
-    """While the stream is held: the next look at the client's queue."""
+    """While the stream is held, without a drain watch: the next look at the
+    client's queue."""
+    _held: bool = attrs.field(init=False, default=False)
+    """The stream is held until the client's queue drains."""
 
     def start(self, status: int, headers: Sequence[tuple[bytes, bytes]]) -> None:
         """Send the status and C{headers} (as they are); take the body from the stream."""
@@ -74,10 +78,21 @@ class ResponseRelay:
 
     def data(self, data: bytes) -> None:
         """Pass on a piece of the body."""
+        if not data and self.request.startedWriting:
+            # Nothing to pass on (the empty DATA frame that ends a stream):
+            # for an HTTP/2 client twisted.web would still queue it and
+            # turn its sending loop once more for it.
+            return
         self.request.write(data)
-        if self.http2 and self._check is None and self._h2_queued() > H2_QUEUE_LIMIT:
+        if self.http2 and not self._held and self._h2_queued() > H2_QUEUE_LIMIT:
             self.stream.hold()
-            self._check = self.clock.callLater(H2_QUEUE_POLL, self._release)
+            self._held = True
+            connection = self._h2_connection()
+            if hasattr(connection, "watch_drain"):
+                # Released as soon as the sending loop drains the queue.
+                connection.watch_drain(self._stream_id(), H2_QUEUE_LIMIT // 2, self._drained)
+            else:
+                self._check = self.clock.callLater(H2_QUEUE_POLL, self._release)
 
     def end(self) -> None:
         """The body is complete (the caller then finishes the request)."""
@@ -90,6 +105,18 @@ class ResponseRelay:
         if self._check is not None and self._check.active():
             self._check.cancel()
         self._check = None
+        if self._held:
+            connection = self._h2_connection()
+            if hasattr(connection, "unwatch_drain"):
+                connection.unwatch_drain(self._stream_id())
+
+    def _h2_connection(self) -> Any:
+        channel: Any = self.request.channel
+        return None if channel is None else channel._conn
+
+    def _stream_id(self) -> int:
+        channel: Any = self.request.channel
+        return int(channel.streamID)
 
     def _h2_queued(self) -> int:
         """Response bytes Twisted's HTTP/2 server queued for this stream."""
@@ -99,9 +126,15 @@ class ResponseRelay:
         queue = channel._conn._outboundStreamQueues.get(channel.streamID, ())
         return sum(len(chunk) for chunk in queue if isinstance(chunk, bytes))
 
+    def _drained(self) -> None:
+        self._held = False
+        self.stream.release()
+
     def _release(self) -> None:
+        """The poll, for an HTTP/2 connection that cannot say when it drained."""
         self._check = None
         if self._h2_queued() > H2_QUEUE_LIMIT // 2:
             self._check = self.clock.callLater(H2_QUEUE_POLL, self._release)
             return
+        self._held = False
         self.stream.release()

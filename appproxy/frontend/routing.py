@@ -37,6 +37,8 @@ class RoutableApp(Protocol):
 App = TypeVar("App", bound=RoutableApp)
 
 _OWS = " \t"
+#: How many distinct C{Host} values a L{Router} remembers normalised.
+_HOST_CACHE_SIZE = 1024
 
 
 def normalise_host(host: str, default_port: int = 443) -> str | None:
@@ -115,13 +117,29 @@ class Router(Generic[App]):
         for candidates in by_host.values():
             candidates.sort(key=lambda app: len(app.external_path), reverse=True)
         self._by_host = by_host
+        #: C{Host} values as sent, normalised: a client sends the same few
+        #: on every request.  Bounded: emptied when full.
+        self._hosts: dict[bytes | str, str | None] = {}
+
+    def _normalised(self, host: bytes | str | None) -> str | None:
+        if host is None:
+            return None
+        try:
+            return self._hosts[host]
+        except KeyError:
+            pass
+        normalised = _normalise_request_host(host)
+        if len(self._hosts) >= _HOST_CACHE_SIZE:
+            self._hosts.clear()
+        self._hosts[host] = normalised
+        return normalised
 
     def publishes_host(self, host: bytes | str | None) -> bool:
         """
         Is an application published on this host (the C{Host} header or
         C{:authority}), whatever its path?  None or malformed gives False.
         """
-        normalised = _normalise_request_host(host)
+        normalised = self._normalised(host)
         return normalised is not None and normalised in self._by_host
 
     def route(self, host: bytes | str | None, path: bytes | str) -> App | None:
@@ -133,7 +151,7 @@ class Router(Generic[App]):
         @param path: the request target, query string allowed (ignored for
             routing); bytes are decoded as latin-1.
         """
-        normalised = _normalise_request_host(host)
+        normalised = self._normalised(host)
         if normalised is None:
             return None
         if isinstance(path, bytes):

@@ -9,6 +9,7 @@ that named locations and trusted proxies written as IPv4 networks match them.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Sequence
 
@@ -57,6 +58,12 @@ def _parse_forwarded_entry(entry: str) -> IPAddress | None:
         return None
 
 
+@functools.lru_cache(maxsize=1024)
+def _peer_address(peer: str) -> IPAddress:
+    """C{peer} parsed: the same few peers come again and again."""
+    return unmapped(ipaddress.ip_address(peer))
+
+
 def _trusted(address: IPAddress, proxies: Sequence[IPNetwork]) -> bool:
     return any(address in network for network in proxies)
 
@@ -83,7 +90,7 @@ def client_address(
 
     @raise ValueError: if C{peer} is not an IP address.
     """
-    address = unmapped(ipaddress.ip_address(peer))
+    address = _peer_address(peer)
     if not _trusted(address, trusted_proxies):
         return address
     joined = b",".join(forwarded_for).decode("latin-1")

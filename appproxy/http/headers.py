@@ -8,8 +8,8 @@ mutated.
 
 from __future__ import annotations
 
+import os
 import re
-import uuid
 from collections.abc import Iterable, Sequence
 
 __all__ = [
@@ -174,5 +174,5 @@ def strip_header_names(
 
 
 def new_request_id() -> str:
-    """A fresh request ID: 32 lowercase hexadecimal characters."""
-    return uuid.uuid4().hex
+    """A fresh request ID: 32 lowercase hexadecimal characters (128 random bits)."""
+    return os.urandom(16).hex()

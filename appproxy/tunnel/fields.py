@@ -21,6 +21,7 @@ import re
 from collections.abc import Iterable, Sequence
 
 from hpack import Encoder, HeaderTuple, NeverIndexedHeaderTuple
+from hpack.hpack import INDEX_INCREMENTAL, INDEX_NEVER
 
 Field = tuple[bytes, bytes]
 # What hpack's Encoder.encode takes.
@@ -131,6 +132,37 @@ class TunnelEncoder(Encoder):
             else:
                 block.append(add((name, value), False, huffman))
         return b"".join(block)
+
+    def add(self, to_add: tuple[bytes, bytes], sensitive: bool, huffman: bool = False) -> bytes:
+        """
+        hpack's C{Encoder.add}, the same representations chosen the same way,
+        without its debug log calls (two or three per field, on every block)
+        and with a field in the table written in one step.
+        """
+        name, value = to_add
+        table = self.header_table
+        match = table.search(name, value)
+        if match is None:
+            encoded = self._encode_literal(
+                name, value, INDEX_NEVER if sensitive else INDEX_INCREMENTAL, huffman
+            )
+            if not sensitive:
+                table.add(name, value)
+            return encoded
+        index, _, perfect = match
+        if perfect is not None:
+            return _INDEXED[index] if index < len(_INDEXED) else self._encode_indexed(index)
+        encoded = self._encode_indexed_literal(
+            index, value, INDEX_NEVER if sensitive else INDEX_INCREMENTAL, huffman
+        )
+        if not sensitive:
+            table.add(name, value)
+        return encoded
+
+
+#: The indexed representation (RFC 7541 section 6.1) of the indexes that fit
+#: in its first byte.
+_INDEXED = [bytes([0x80 | index]) for index in range(127)]
 
 
 def _as_bytes(value: object) -> bytes:
