@@ -20,6 +20,7 @@ from zope.interface import implementer
 from appproxy.config import ConnectorConfig, load_connector_config
 from appproxy.connector.backend import BackendClient
 from appproxy.connector.tunnel import ConnectorTunnelFactory
+from appproxy.daemon import heap, malloc
 from appproxy.daemon.redial import DialReport, Redial, watched_factory
 from appproxy.daemon.runtime import (
     config_options,
@@ -175,14 +176,18 @@ class ConnectorService(MultiService):
     def stopService(self) -> Deferred[None]:
         notify(b"STOPPING=1")
         self.log.info(
-            "Draining {n} tunnel connections (in-flight requests finish, up to {t:g} s)",
+            "Draining {n} tunnel connections (WebSockets end now, in-flight requests"
+            " finish, up to {t:g} s)",
             n=len(self.factory.protocols),
             t=DRAIN_TIMEOUT,
         )
         self.factory.draining = True
-        drains = gatherResults([p.drain() for p in list(self.factory.protocols)])
+        # consumeErrors: a drain cut short by the timeout is told once, below.
+        drains = gatherResults(
+            [p.drain() for p in list(self.factory.protocols)], consumeErrors=True
+        )
         drains.addTimeout(DRAIN_TIMEOUT, self.reactor)
-        drains.addErrback(lambda f: self.log.warn("Drain incomplete: {f}", f=f.getErrorMessage()))
+        drains.addErrback(self._drain_incomplete)
 
         def stop(_: object) -> Deferred[Any]:
             stopped = MultiService.stopService(self)
@@ -192,8 +197,25 @@ class ConnectorService(MultiService):
         drains.addCallback(stop)
         return drains  # type: ignore[return-value]
 
+    def _drain_incomplete(self, failure: Failure) -> None:
+        """The drain timed out (or failed): one plain line, then stop all the same."""
+        busy = sum(p.connected for p in self.factory.protocols)
+        self.log.warn(
+            "Drain incomplete after {t:g} s: closing {n} tunnel connections with requests"
+            " still in flight",
+            t=DRAIN_TIMEOUT,
+            n=busy,
+        )
+
 
 def makeService(options: usage.Options) -> IService:
-    return make_daemon(
+    service = make_daemon(
         options, lambda path, reactor: ConnectorService(load_connector_config(path), reactor)
     )
+    heap.install(
+        "connector",
+        lambda: heap.tunnel_counts(service.factory.protocols),
+        service.reactor.callFromThread,
+    )
+    malloc.start_trimming(service.reactor)
+    return service

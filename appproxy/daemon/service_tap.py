@@ -17,6 +17,7 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 
 from appproxy.config import ServiceConfig, load_service_config
+from appproxy.daemon import heap, malloc
 from appproxy.daemon.plain_http import HTTPSOnlyFactory
 from appproxy.daemon.runtime import (
     config_options,
@@ -35,6 +36,8 @@ from appproxy.tunnel.service import ServiceTunnelFactory
 
 #: Seconds in-flight requests get to finish when the service stops.
 DRAIN_TIMEOUT = 30.0
+#: What a WebSocket's client reads when the service stops (close code 1001).
+STOPPING_REASON = "service stopping"
 
 
 Options = config_options("service", "/etc/appproxy/service.toml")
@@ -179,6 +182,11 @@ class AppProxyService(Service):
             if port is not None
         ]
         self.public_port = self.tunnel_port = None
+        # WebSockets cannot be drained: each gets a close frame (1001) now,
+        # and the drain waits for their clients' connections to close.
+        self.frontend.websockets.close_all(
+            "service-stopping", "the service is stopping", STOPPING_REASON
+        )
         d = gatherResults([d for d in stopping if d is not None])
         d.addCallback(lambda _: self._drain(self.reactor.seconds() + DRAIN_TIMEOUT))
         d.addCallback(lambda _: self.sign_in.close())
@@ -186,10 +194,12 @@ class AppProxyService(Service):
 
     def _drain(self, deadline: float) -> Deferred[None]:
         """
-        Let requests in flight finish, then close the tunnel connections.
+        Let requests in flight finish, and closing WebSockets' connections
+        close, then close the tunnel connections.
         """
         protocols = self.tunnel_factory.protocols
-        if any(p.active for p in protocols) and self.reactor.seconds() < deadline:
+        busy = any(p.active for p in protocols) or self.frontend.websockets.closing
+        if busy and self.reactor.seconds() < deadline:
             d: Deferred[None] = Deferred()
             self.reactor.callLater(0.1, lambda: self._drain(deadline).chainDeferred(d))
             return d
@@ -209,6 +219,13 @@ def _host_port(address: Any) -> str:
 def makeService(options: usage.Options) -> IService:
     # The state directory (keys, database, users) is read as the service is
     # built: a problem there stops the daemon the same way as a bad file.
-    return make_daemon(
+    service = make_daemon(
         options, lambda path, reactor: AppProxyService(load_service_config(path), reactor)
     )
+    heap.install(
+        "service",
+        lambda: heap.tunnel_counts(service.tunnel_factory.protocols),
+        service.reactor.callFromThread,
+    )
+    malloc.start_trimming(service.reactor)
+    return service

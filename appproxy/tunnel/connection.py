@@ -17,6 +17,12 @@ if TYPE_CHECKING:
     from hpack.struct import HeaderWeaklyTyped
 
 
+#: Closed streams each tunnel connection remembers (h2 keeps 65,536, about
+#: 8 MiB per connection once that many requests have gone through it): enough
+#: to recognise the frames a peer had in flight when a stream was reset.
+CLOSED_STREAMS_KEPT = 4096
+
+
 class TunnelConnection(H2Connection):
     """
     An L{H2Connection} that never sends a header block the far end would
@@ -28,7 +34,12 @@ class TunnelConnection(H2Connection):
     lowercases and copies every field of every block; the tunnel's fields
     are lowercase already.  The encoder (L{TunnelEncoder}) picks the
     never-indexed fields by name: no field is rewrapped per block.
+
+    It remembers the last L{CLOSED_STREAMS_KEPT} closed streams, not h2's
+    65,536 (memory that grew for the first minutes of any busy daemon).
     """
+
+    MAX_CLOSED_STREAMS = CLOSED_STREAMS_KEPT
 
     def __init__(self, client_side: bool) -> None:
         super().__init__(
