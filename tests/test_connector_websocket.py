@@ -18,7 +18,7 @@ import h11
 from h2.config import H2Configuration
 from h2.connection import H2Connection
 from h2.errors import ErrorCodes
-from h2.events import DataReceived, StreamEnded, StreamReset
+from h2.events import ConnectionTerminated, DataReceived, StreamEnded, StreamReset
 from h2.settings import SettingCodes
 from twisted.internet.error import ConnectionDone, ConnectionRefusedError
 from twisted.internet.testing import MemoryReactorClock
@@ -166,22 +166,55 @@ class SettingsTests(Base):
         sid = end.push_settings(SETTINGS)
         self.assertEqual(end.responses()[sid][b"appproxy-upgrade-capacity"], b"4")
 
-    def test_draining_waits_for_websockets(self) -> None:
+    def test_draining_ends_websockets(self) -> None:
         """
-        Draining advertises no room; an open WebSocket keeps the connection
-        until it ends, then GOAWAY and close.
+        A WebSocket cannot be drained: draining advertises no room, resets
+        every upgraded stream (CANCEL: one open, one whose handshake is in
+        flight), drops their apps' connections at once, then GOAWAY and
+        close at once: nothing waits for them.  Each logs its end.
         """
+        lines: list[dict[str, Any]] = []
+        observer = cast(ILogObserver, lines.append)
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
         end = self.end()
-        sid, _ = self.open(end)
+        sid, app = self.open(end)
+        waiting = end.websocket()
+        waiting_app = App(end)
         drained = end.proto.drain()
         end.pump()
         self.assertEqual(end.peer.remote_settings[SettingCodes.MAX_CONCURRENT_STREAMS], 0)
-        self.assertFalse(end.transport.disconnecting)
-        end.peer.reset_stream(sid)
-        end.pump()
+        self.assertEqual(end.reset_code(sid), ErrorCodes.CANCEL)
+        self.assertEqual(end.reset_code(waiting), ErrorCodes.CANCEL)
+        self.assertTrue(app.transport.aborted)
+        self.assertTrue(waiting_app.transport.aborted)
+        self.assertEqual(end.proto.machine.upgrades, 0)
+        self.assertTrue(any(isinstance(e, ConnectionTerminated) for e in end.events))
         self.assertTrue(end.transport.disconnecting)
+        # What the apps do afterwards is moot.
+        app.send(b"late")
+        waiting_app.send(SWITCH)
+        self.assertEqual(end.data(sid), b"")
+        self.assertNotIn(waiting, end.responses())
         end.proto.connectionLost()
         self.successResultOf(drained)
+        [line] = [e for e in lines if "closed by" in e.get("log_format", "")]
+        self.assertEqual(line["who"], "drain")
+
+    def test_draining_lets_a_refusal_finish(self) -> None:
+        """A refusal being relayed is a response: the drain waits for its end."""
+        end = self.end()
+        sid = end.websocket()
+        app = App(end)
+        app.send(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 5\r\n\r\nno")
+        end.proto.drain()
+        end.pump()
+        self.assertIsNone(end.reset_code(sid))
+        self.assertFalse(end.transport.disconnecting)
+        app.send(b"pe!")
+        self.assertEqual(end.data(sid), b"nope!")
+        self.assertTrue(end.ended(sid))
+        self.assertTrue(end.transport.disconnecting)
 
     def test_websockets_beyond_their_share_refused(self) -> None:
         """
@@ -307,6 +340,55 @@ class HandshakeTests(Base):
         sid = end.websocket()
         App(end).lose()
         self.assertEqual(end.responses()[sid][b"appproxy-error"], b"backend-reset")
+
+    def test_101_not_accepting_refused(self) -> None:
+        """
+        A 101 that does not accept the WebSocket (RFC 6455 4.1: no
+        C{Upgrade: websocket}, C{Connection} without upgrade, a missing or
+        wrong C{Sec-WebSocket-Accept}) is a 502 (C{backend-error}, as any
+        malformed answer); nothing of it is relayed, the app's connection
+        dropped.
+        """
+        good = {
+            b"Upgrade": b"websocket",
+            b"Connection": b"Upgrade",
+            b"Sec-WebSocket-Accept": ACCEPT,
+        }
+        bad: list[dict[bytes, bytes | None]] = [
+            {b"Upgrade": None},
+            {b"Upgrade": b"h2c"},
+            {b"Connection": b"close"},
+            {b"Connection": None},
+            {b"Sec-WebSocket-Accept": None},
+            {b"Sec-WebSocket-Accept": b"dGhlIHNhbXBsZSBub25jZQ=="},
+        ]
+        for change in bad:
+            with self.subTest(change=change):
+                fields = {**good, **change}
+                head = b"".join(b"%s: %s\r\n" % (n, v) for n, v in fields.items() if v)
+                end = self.end()
+                sid = end.websocket()
+                app = App(end)
+                app.send(b"HTTP/1.1 101 Switching Protocols\r\n" + head + b"\r\nbody bytes")
+                answer = end.responses()[sid]
+                self.assertEqual(answer[b":status"], b"502")
+                self.assertEqual(answer[b"appproxy-error"], b"backend-error")
+                self.assertNotIn(b"appproxy-upgraded", answer)
+                self.assertEqual(end.data(sid), b"")
+                self.assertTrue(end.ended(sid))
+                self.assertTrue(app.transport.aborted)
+                self.assertEqual(end.proto.machine.upgrades, 0)
+
+    def test_101_tokens_case_insensitive(self) -> None:
+        """Tokens among others, in any case, are an acceptance all the same."""
+        end = self.end()
+        sid = end.websocket()
+        app = App(end)
+        app.send(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: WebSocket\r\n"
+            b"Connection: keep-alive, UPGRADE\r\nSec-WebSocket-Accept: " + ACCEPT + b"\r\n\r\n"
+        )
+        self.assertEqual(end.responses()[sid][b"appproxy-upgraded"], b"websocket")
 
     def test_malformed_answer(self) -> None:
         end = self.end()

@@ -27,6 +27,7 @@ from typing import Any, cast
 import h11
 from h2.config import H2Configuration
 from h2.connection import H2Connection
+from h2.errors import ErrorCodes
 from h2.events import DataReceived, ResponseReceived, StreamEnded, StreamReset
 from twisted.internet import reactor
 from twisted.internet.address import IPv4Address
@@ -312,6 +313,43 @@ class LiveTests(TestCase):
         self.assertEqual(self.peer.heads[sid][b":status"], b"403")
         self.assertNotIn(b"appproxy-upgraded", self.peer.heads[sid])
         self.assertEqual(bytes(self.peer.data[sid]), b"refused by the app\n")
+
+    @inlineCallbacks
+    def test_101_without_acceptance_refused(self) -> Any:
+        """
+        A 101 that is no WebSocket acceptance (no Upgrade, no
+        Sec-WebSocket-Accept, a body): a 502, nothing of it relayed.
+        """
+        sid = self.peer.websocket(self.port, b"/refuse?status=101", b"x" * 24)
+        yield self.peer.until(lambda: sid in self.peer.ended, "the error answer")
+        self.assertEqual(self.peer.heads[sid][b":status"], b"502")
+        self.assertEqual(self.peer.heads[sid][b"appproxy-error"], b"backend-error")
+        self.assertNotIn(b"appproxy-upgraded", self.peer.heads[sid])
+        self.assertEqual(bytes(self.peer.data[sid]), b"")
+        self.assertEqual(self.peer.proto.machine.upgrades, 0)
+
+    @inlineCallbacks
+    def test_drain_ends_websockets(self) -> Any:
+        """
+        The connector drains: its WebSocket is reset at once and the app's
+        connection closed; the drain is over without waiting for it.
+        """
+        sid = yield self.open(b"/echo")
+        drained = self.peer.proto.drain()
+        yield self.peer.until(lambda: sid in self.peer.resets, "the reset")
+        self.assertEqual(self.peer.resets[sid], ErrorCodes.CANCEL)
+        self.assertEqual(self.peer.proto.machine.upgrades, 0)
+        record = yield wait_until(
+            lambda: self.seen().addCallback(
+                lambda seen: [r for r in seen if r["closed_at"] is not None]
+            ),
+            "the app saw the close",
+        )
+        self.assertEqual(record[0]["path"], "/echo")
+        # Idle now: GOAWAY and close; the drain is done once it is gone.
+        self.assertTrue(self.peer.proto.transport.disconnecting)  # type: ignore[union-attr]
+        self.peer.proto.connectionLost()
+        yield drained
 
     @inlineCallbacks
     def test_unreachable(self) -> Any:

@@ -89,6 +89,7 @@ PURE = (
     "appproxy.cli.systemd_units",
     "appproxy.daemon.pki",
     "appproxy.daemon.sdnotify",
+    "appproxy.daemon.heap",
 )
 
 #: Modules whose loading marks a module as not pure.

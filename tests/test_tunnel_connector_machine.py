@@ -25,6 +25,7 @@ from appproxy.tunnel.connector_machine import (
     ConnectorInput,
     ConnectorMachine,
     ConnectorState,
+    EndUpgrades,
     Invalid,
     Refuse,
 )
@@ -143,15 +144,35 @@ class TableTests(SynchronousTestCase):
         self.assertEqual(machine.feed(N.UPGRADE_OPENED), [Refuse()])
         self.assertEqual(machine.advertised, CAPACITY)
 
-    def test_drain_waits_for_upgrades(self) -> None:
-        """Draining closes only once the last WebSocket ended too."""
+    def test_drain_ends_upgrades(self) -> None:
+        """
+        A WebSocket cannot be drained: the drain ends the upgraded streams
+        at once and waits for the requests; it closes once both are gone.
+        """
         machine = ConnectorMachine(CAPACITY, UPGRADES)
         machine.feed(N.UPGRADE_OPENED)
+        machine.feed(N.UPGRADE_OPENED)
         machine.feed(N.REQUEST_OPENED)
-        self.assertEqual(machine.feed(N.DRAIN_REQUESTED), [Advertise(0)])
+        self.assertEqual(machine.feed(N.DRAIN_REQUESTED), [Advertise(0), EndUpgrades()])
         self.assertEqual(machine.feed(N.UPGRADE_OPENED), [Refuse()])
-        self.assertEqual(machine.feed(N.REQUEST_FINISHED), [])
+        self.assertEqual(machine.feed(N.UPGRADE_FINISHED), [])
+        self.assertEqual(machine.feed(N.UPGRADE_FINISHED), [])
+        self.assertEqual(machine.feed(N.REQUEST_FINISHED), [Close(goaway=True)])
+        # Asked again: nothing more to end.
+        self.assertEqual(machine.feed(N.DRAIN_REQUESTED), [])
+
+    def test_drain_of_upgrades_alone_closes_with_the_last(self) -> None:
+        machine = ConnectorMachine(CAPACITY, UPGRADES)
+        machine.feed(N.UPGRADE_OPENED)
+        self.assertEqual(machine.feed(N.DRAIN_REQUESTED), [Advertise(0), EndUpgrades()])
         self.assertEqual(machine.feed(N.UPGRADE_FINISHED), [Close(goaway=True)])
+
+    def test_goaway_received_lets_upgrades_run(self) -> None:
+        """The service's drain is the service's: it ends its WebSockets itself."""
+        machine = ConnectorMachine(CAPACITY, UPGRADES)
+        machine.feed(N.UPGRADE_OPENED)
+        self.assertEqual(machine.feed(N.GOAWAY_RECEIVED), [])
+        self.assertEqual(machine.feed(N.UPGRADE_FINISHED), [Close(goaway=False)])
 
     def test_finished_without_request_is_invalid(self) -> None:
         """An end with nothing active is a defined error, not a negative count."""
@@ -222,6 +243,10 @@ class PropertyTests(SynchronousTestCase):
             self.assertGreaterEqual(machine.active, 0)
             self.assertGreaterEqual(machine.upgrades, 0)
             for action in actions:
+                if isinstance(action, EndUpgrades):
+                    # Only at the drain's start, and only with some to end.
+                    self.assertIs(event, N.DRAIN_REQUESTED)
+                    self.assertGreater(machine.upgrades, 0)
                 if isinstance(action, Close):
                     closes += 1
                     self.assertIs(machine.state, C.DRAINING)

@@ -27,7 +27,7 @@ from appproxy.tunnel.connector_upgrade import (
     UpgradeMachine,
     UpgradeState,
 )
-from appproxy.tunnel.machine import CancelTimer, SetTimer
+from appproxy.tunnel.machine import CancelTimer, ResetStream, SetTimer
 
 S = UpgradeState
 I = UpgradeInput  # noqa: E741
@@ -125,6 +125,28 @@ class PathTests(SynchronousTestCase):
                     self.assertEqual(actions[-1], CloseApp(at_once=True))
                     self.assertIs(machine.state, S.RESET)
 
+    def test_going_away_resets(self) -> None:
+        """
+        The connector's drain: a WebSocket (or a handshake in flight) ends
+        at once, its app's connection closed and the stream reset.
+        """
+        for path in ([], [I.ACCEPTED], [I.ACCEPTED, I.APP_EOF], [I.ACCEPTED, I.SERVICE_ENDED]):
+            with self.subTest(path=path):
+                machine = started()
+                feed_all(machine, *path)
+                actions = machine.feed(I.GOING_AWAY, 2.0)
+                self.assertEqual(actions[-2:], [CloseApp(at_once=True), ResetStream("CANCEL")])
+                self.assertIs(machine.state, S.RESET)
+                self.assertIsNone(machine.armed)
+
+    def test_going_away_lets_a_refusal_finish(self) -> None:
+        """A refusal being relayed is a response: it ends as requests do."""
+        machine = started()
+        machine.feed(I.REFUSED, 1.0)
+        self.assertEqual(machine.feed(I.GOING_AWAY, 2.0), [])
+        self.assertIs(machine.state, S.RESPONDING)
+        self.assertEqual(machine.feed(I.END_SENT, 3.0), [CloseApp(at_once=False)])
+
     def test_invalid_input_aborts(self) -> None:
         """END_SENT before the app ended is a defined error, not an exception."""
         machine = started()
@@ -179,6 +201,9 @@ class PropertyTests(SynchronousTestCase):
                 self.assertTrue(machine.up_ended and machine.down_ended)
             if machine.state is S.RESET:
                 self.assertIn(CloseApp(at_once=True), new)
+            if event is I.GOING_AWAY and before is not S.RESPONDING:
+                self.assertIs(machine.state, S.RESET)
+                self.assertIn(ResetStream("CANCEL"), new)
             if machine.state is not S.HANDSHAKE_SENT:
                 self.assertIsNone(machine.armed)
             if machine.state in ENDED:

@@ -48,6 +48,20 @@ async ([path, protocol]) => {
 }
 """
 
+#: Run in the page: open a WebSocket and note its close event when it comes.
+OPEN_AND_WATCH = """
+([path]) => new Promise((resolve, reject) => {
+  const ws = new WebSocket(`wss://${location.host}${path}`);
+  window.wsClosed = null;
+  ws.onopen = () => {
+    window.openWebSocket = ws;
+    ws.onclose = (e) => { window.wsClosed = [e.code, e.reason, Date.now()]; };
+    resolve(true);
+  };
+  ws.onerror = () => reject(new Error("the WebSocket failed to open"));
+})
+"""
+
 
 class ChromiumWebSocketTests(TestCase):
     timeout = 120
@@ -58,7 +72,8 @@ class ChromiumWebSocketTests(TestCase):
         Signed in, a page of the app opens a WebSocket to it: text and 1 MiB
         binary messages go both ways, the app's close code reaches the page;
         the app received the handshake with the page's origin and the user's
-        identity, without appproxy's cookie.
+        identity, without appproxy's cookie.  Signing out in another tab
+        closes the page's other WebSocket with 1008 within 5 seconds.
         """
         d: WebSocketDaemons = yield start(self, connections=1)
 
@@ -70,6 +85,27 @@ class ChromiumWebSocketTests(TestCase):
                 "exchange messages over a WebSocket",
                 lambda page: page.evaluate(SCRIPT, ["/echo?chromium", SUBPROTOCOL]),
             )
+            session.step(
+                "open another WebSocket",
+                lambda page: page.evaluate(OPEN_AND_WATCH, ["/echo?until-sign-out"]),
+            )
+
+            def sign_out_in_another_tab(page: Any) -> int:
+                other = page.context.new_page()
+                other.goto(d.url("/.appproxy/sign-out"))
+                other.get_by_text("signed out").first.wait_for()
+                signed_out_at: int = page.evaluate("Date.now()")
+                return signed_out_at
+
+            signed_out_at = session.step("sign out in another tab", sign_out_in_another_tab)
+
+            def closed(page: Any) -> list[Any]:
+                page.wait_for_function("window.wsClosed !== null", timeout=10_000)
+                value: list[Any] = page.evaluate("window.wsClosed")
+                return value
+
+            code, reason, closed_at = session.step("the WebSocket is closed", closed)
+            result["sign_out"] = [code, reason, closed_at - signed_out_at]
             return result
 
         out = yield run_in_chromium(self, scenario)
@@ -85,3 +121,7 @@ class ChromiumWebSocketTests(TestCase):
         self.assertEqual(headers.get("origin"), [d.origin()])
         self.assertEqual(headers.get("x-remote-user"), ["alice"])
         self.assertNotIn("cookie", headers)
+        # Signing out in another tab closes the page's open WebSocket: 1008, within 5 s.
+        code, reason, took_ms = out["sign_out"]
+        self.assertEqual((code, reason), (1008, "session ended"))
+        self.assertLess(took_ms, 5000)

@@ -3,8 +3,9 @@ WebSocket streams over time, end to end through the real daemons
 (L{tests.websocket_deployment}): an app pushing 64 MiB to a client that
 stops reading (each daemon's memory stays bounded, the data arrives intact),
 an idle WebSocket outliving the request timeouts by far and closed by the
-app's C{websocket_idle_timeout} (pings count as traffic), and the connector
-killed (the client's WebSocket closes at once).
+app's C{websocket_idle_timeout} (pings count as traffic), the connector
+killed (the client's WebSocket closes at once), and the tunnel's share for
+WebSockets (C{websocket_capacity}) full while requests go on.
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ class SlowReaderTests(TestCase):
             return ws
 
         ws = yield in_thread(open_and_read_one)
-        self.addCleanup(ws.close)
+        self.addCleanup(in_thread, ws.close)
         peak = dict(baseline)
         stalled_until = reactor.seconds() + STALL
         while reactor.seconds() < stalled_until:
@@ -100,16 +101,18 @@ class IdleTests(TestCase):
     @inlineCallbacks
     def test_idle_timeouts(self) -> Any:
         """
-        A WebSocket silent for 2.5 times the request timeouts (backend and
-        client header timeouts, 2 s) is still open and works.  On the app
+        A WebSocket silent for twice the request timeouts (the backend and
+        client header timeouts, 4 s) is still open and works.  On the app
         whose C{websocket_idle_timeout} is 2 s, a silent one is closed after
         about 2 s (the app's side too), and one the client pings every half
         second stays open.
         """
-        d: WebSocketDaemons = yield start(self, connections=1)
+        d: WebSocketDaemons = yield start(
+            self, connections=1, service=f"client_header_timeout = {HEADER_TIMEOUT}"
+        )
         web = yield d.sign_in("alice")
         idle = yield d.sign_in("alice", app="idle")
-        quiet_for = 2.5 * max(BACKEND_TIMEOUT, HEADER_TIMEOUT)
+        quiet_for = 2 * max(BACKEND_TIMEOUT, HEADER_TIMEOUT)
 
         def quiet() -> bool:
             with d.open("/echo?quiet", web) as ws:
@@ -135,6 +138,7 @@ class IdleTests(TestCase):
         )
         self.assertTrue(still_open)
         self.assertTrue(pinged)
+        self.assertEqual((code, reason), (1001, "idle timeout"))
         self.assertGreater(took, IDLE_TIMEOUT - 0.5, (code, reason))
         self.assertLess(took, IDLE_TIMEOUT + 3, (code, reason))
         yield d.app_closed("/echo?silent", 5)
@@ -146,15 +150,56 @@ class ConnectorKilledTests(TestCase):
 
     @inlineCallbacks
     def test_connector_killed(self) -> Any:
-        """The connector killed (SIGKILL): the client's WebSocket closes at once."""
+        """
+        The connector killed (SIGKILL): the client's WebSocket closes at
+        once, with a close frame 1001 "going away".
+        """
         d: WebSocketDaemons = yield start(self, connections=1)
         cookie = yield d.sign_in("alice")
         ws = yield in_thread(d.open, "/echo?doomed", cookie)
-        self.addCleanup(ws.close)
+        self.addCleanup(in_thread, ws.close)
         self.assertTrue((yield in_thread(echoes, ws)))
         waiting = in_thread(closed_within, ws, 10)
         d.connector.signal("KILL")
-        _code, _reason, took = yield waiting
+        code, reason, took = yield waiting
+        self.assertEqual((code, reason), (1001, "the app's connector went away"))
         self.assertLess(took, 1.5)
         self.assertTrue(d.service.running, d.service.describe())
         yield d.logged("WebSocket web alice", "closed by connector-lost")
+
+
+class CapacityTests(TestCase):
+    timeout = 120
+
+    @inlineCallbacks
+    def test_websockets_have_their_own_share(self) -> Any:
+        """
+        A connector with C{websocket_capacity = 3} and one tunnel connection:
+        three WebSockets open take all of it, a fourth waits, then gets 503
+        after the queue timeout; ordinary requests are served meanwhile (the
+        WebSockets do not take the requests' streams); once one WebSocket
+        closes, another opens.
+        """
+        d: WebSocketDaemons = yield start(
+            self, connections=1, connector="capacity = 4\nwebsocket_capacity = 3", queue_timeout=3
+        )
+        cookie = yield d.sign_in("alice")
+        sockets = []
+        for n in range(3):
+            ws = yield in_thread(d.open, f"/echo?held-{n}", cookie)
+            self.addCleanup(in_thread, ws.close)
+            sockets.append(ws)
+        fourth = in_thread(d.handshake, "/echo?fourth", cookie)
+        pages = [in_thread(d.request, "GET", f"/page-{n}", {"Cookie": cookie}) for n in range(6)]
+        answers = yield gatherResults(pages)
+        self.assertEqual([status for status, _, _ in answers], [200] * 6)
+        status, body = yield fourth
+        self.assertEqual(status, 503, body)
+        for ws in sockets:
+            self.assertTrue((yield in_thread(echoes, ws)))
+        yield in_thread(sockets[0].close)
+        yield d.logged("WebSocket web alice", "closed by")
+        status, body = yield in_thread(d.handshake, "/echo?after", cookie)
+        self.assertEqual(status, 101, body)
+        seen = yield d.seen()
+        self.assertNotIn("/echo?fourth", [r["path"] for r in seen])

@@ -176,6 +176,46 @@ class SwitchTests(SynchronousTestCase):
         self.assertIn("code 1000", lines[0]["why"])
         self.assertIn("code 4001", lines[1]["why"])
 
+    def test_stream_ended_whatever_the_order(self) -> None:
+        """
+        Whichever side ends first (the app's EOF, the client's close frame
+        or its EOF, both), the tunnel stream is ended at once when the user
+        side is done, so its upgrade room is freed at both ends of the
+        tunnel; reset if the app does not end after the client.
+        """
+        client = FrameProtocol(client=True, extensions=[])
+        gone = Failure(ConnectionDone())
+        orders: list[list[str]] = [
+            ["app-eof", "client-eof"],
+            ["client-close", "app-close", "app-eof"],
+            ["app-close", "client-close", "app-eof", "client-eof"],
+            ["client-eof", "app-eof"],
+            ["client-close", "client-eof", "app-close", "app-eof"],
+        ]
+        for order in orders:
+            front = Front(self, [app()])
+            channel, transport, job, stream = front.open()
+            for step in order:
+                if step == "app-eof":
+                    job.exchange.response_ended()
+                elif step == "client-eof":
+                    channel.connectionLost(gone)
+                elif step == "client-close":
+                    channel.dataReceived(bytes(client.close(1000)))
+                else:
+                    job.exchange.response_data(bytes(server.close(1000)))
+            self.assertTrue(stream.ended, order)
+            self.assertTrue(transport.disconnecting or "client-eof" in order, order)
+            front.clock.advance(CLOSE_GRACE)
+            self.assertEqual(front.frontend.websockets.count(app="web"), 0, order)
+        # The client gone and the app silent: reset after the grace.
+        front = Front(self, [app()])
+        channel, _, job, stream = front.open()
+        channel.connectionLost(gone)
+        self.assertTrue(stream.ended)
+        front.clock.advance(CLOSE_GRACE)
+        self.assertTrue(stream.cancelled)
+
 
 def _stream(job: Any) -> FakeStream:
     stream = FakeStream()

@@ -1,20 +1,26 @@
 """
 WebSockets behind sign-in, end to end through the real daemons
 (L{tests.websocket_deployment}): what never reaches the app (no session, a
-foreign C{Origin}, an app with WebSockets off, a malformed handshake,
-C{Upgrade: h2c}), an app refusing the upgrade, and open WebSockets closed
+foreign C{Origin}, an app with WebSockets off, a malformed handshake, the
+caps), C{Upgrade: h2c} (never passed on: a plain GET reaches the app), an
+app refusing the upgrade, and open WebSockets closed
 with 1008 when their session ends (sign-out, C{appproxy sessions revoke},
-C{appproxy users disable}), other sessions' going on.
+C{appproxy users disable}; between two frames of an app that is pushing),
+other sessions' going on.
 """
 
 from __future__ import annotations
 
 import base64
+import threading
+import time
 from typing import Any
 
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import TestCase
+from websockets.exceptions import ConnectionClosed
 
+from tests.websocket_app import pattern
 from tests.websocket_deployment import (
     ALLOWED_ORIGIN,
     WebSocketDaemons,
@@ -56,9 +62,10 @@ class RefusalTests(TestCase):
         handshake without C{Origin} (not a browser's). C{Upgrade:
         h2c} is never passed on: the app gets a plain GET.  The app's own
         refusal of the upgrade reaches the client as it is.  An app with
-        C{max_websockets} open refuses one more with 503.
+        C{max_websockets} open refuses one more with 503; a user with
+        C{websockets_per_user} open (across apps), with 429.
         """
-        d: WebSocketDaemons = yield start(self)
+        d: WebSocketDaemons = yield start(self, service="websockets_per_user = 2")
         cookie = yield d.sign_in("alice")
         nows = yield d.sign_in("alice", app="nows")
         before = len((yield d.seen()))
@@ -106,13 +113,21 @@ class RefusalTests(TestCase):
         # The app's cap (max_websockets = 1): the second gets 503 while the first is open.
         capped = yield d.sign_in("alice", app="capped")
         first = yield in_thread(d.open, "/echo?capped-1", capped, app="capped")
-        self.addCleanup(first.close)
+        self.addCleanup(in_thread, first.close)
         status, body = yield in_thread(d.handshake, "/echo?capped-2", capped, app="capped")
         self.assertEqual(status, 503, body)
         yield in_thread(first.close)
         yield d.logged("WebSocket capped alice", "closed by")
         status, body = yield in_thread(d.handshake, "/echo?capped-3", capped, app="capped")
         self.assertEqual(status, 101, body)
+        yield d.logged("WebSocket capped alice", "closed by", count=2)
+        # The user's cap (websockets_per_user = 2), across apps: the third gets 429.
+        yield d.logged("WebSocket web alice", "closed by", count=2)
+        for n in (1, 2):
+            ws = yield in_thread(d.open, f"/echo?user-{n}", cookie)
+            self.addCleanup(in_thread, ws.close)
+        status, body = yield in_thread(d.handshake, "/echo?capped-4", capped, app="capped")
+        self.assertEqual(status, 429, body)
 
         # The h2c smuggling attempt: a plain request reaches the app.
         status, headers, body = yield in_thread(
@@ -138,6 +153,8 @@ class RefusalTests(TestCase):
                 "/",
                 "/echo?capped-1",
                 "/echo?capped-3",
+                "/echo?user-1",
+                "/echo?user-2",
                 "/h2c",
             ],
         )
@@ -167,7 +184,7 @@ class SessionEndTests(TestCase):
         ws_second = yield in_thread(d.open, "/echo?second", second)
         ws_bob = yield in_thread(d.open, "/echo?bob", bob)
         for ws in (ws_first, ws_second, ws_bob):
-            self.addCleanup(ws.close)
+            self.addCleanup(in_thread, ws.close)
             self.assertTrue((yield in_thread(echoes, ws)))
 
         yield d.sign_out(first)
@@ -191,3 +208,43 @@ class SessionEndTests(TestCase):
         self.assertEqual(code, 1008, reason)
         self.assertLess(took, SESSION_END)
         yield d.app_closed("/echo?bob", SESSION_END)
+
+    @inlineCallbacks
+    def test_session_end_between_frames(self) -> Any:
+        """
+        The app pushes 1 MiB messages as fast as the client reads when the
+        session ends: the close frame (1008) comes between two of the app's
+        frames (every message before it intact, no protocol error), within
+        5 seconds of the sign-out.
+        """
+        d: WebSocketDaemons = yield start(self, connections=1)
+        cookie = yield d.sign_in("alice")
+        size = 1 << 20
+        ws = yield in_thread(d.open, f"/push?bytes={1 << 40}&size={size}", cookie, compression=None)
+        self.addCleanup(in_thread, ws.close)
+        reading = threading.Event()
+
+        def read_until_closed() -> tuple[int, Any, float]:
+            index = 0
+            try:
+                while True:
+                    message = ws.recv(timeout=20)
+                    if message != pattern(index, size):
+                        raise AssertionError(f"message {index} is not what the app sent")
+                    index += 1
+                    if index == 3:
+                        reading.set()
+            except ConnectionClosed:
+                pass
+            return index, ws.protocol.close_rcvd, time.monotonic()
+
+        reader = in_thread(read_until_closed)
+        self.assertTrue((yield in_thread(reading.wait, 20)), "the push did not start")
+        yield d.sign_out(cookie)
+        signed_out = time.monotonic()
+        messages, close, closed = yield reader
+        self.assertIsNotNone(close, "no close frame: the connection was cut")
+        self.assertEqual((close.code, close.reason), (1008, "session ended"))
+        self.assertGreater(messages, 3)
+        self.assertLess(closed - signed_out, SESSION_END)
+        yield d.app_closed(f"/push?bytes={1 << 40}&size={size}", SESSION_END)

@@ -4,13 +4,14 @@ C{twistd appproxy-connector}) to an app served by the C{websockets} library
 (L{tests.websocket_deployment}), with that library's client: text, 1 MiB
 binary, fragmented messages, ping/pong, a close from either end, and 40
 WebSockets open at once while other users are served over HTTP/1.1 and
-HTTP/2 (curl).
+HTTP/2 (curl), and C{wss://} to an app whose internal URL is C{https://}.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 from typing import Any
 
@@ -133,6 +134,8 @@ class MessageTests(TestCase):
         bob = yield d.sign_in("bob")
         carol = yield d.sign_in("carol")
 
+        all_open, served = threading.Event(), threading.Event()
+
         async def many() -> list[str]:
             context = d.ssl_context()
             sockets = []
@@ -152,7 +155,8 @@ class MessageTests(TestCase):
                     )
                 )
             try:
-                # All open at once; each carries its own messages.
+                # All open at once; each carries its own messages, before,
+                # while and after the other users are served.
                 for round_ in range(3):
                     await asyncio.gather(
                         *(ws.send(f"ws {i} round {round_}") for i, ws in enumerate(sockets))
@@ -160,6 +164,10 @@ class MessageTests(TestCase):
                     answers = await asyncio.gather(
                         *(asyncio.wait_for(ws.recv(), 20) for ws in sockets)
                     )
+                    if round_ == 0:
+                        all_open.set()
+                    elif round_ == 1:
+                        await asyncio.to_thread(served.wait, 30)
                 return [str(a) for a in answers]
             finally:
                 await asyncio.gather(*(ws.close() for ws in sockets))
@@ -178,12 +186,19 @@ class MessageTests(TestCase):
             )
 
         sockets = in_thread(asyncio.run, many())
+        if not (yield in_thread(all_open.wait, 30)):
+            yield sockets  # its error, if it failed
+            self.fail("the WebSockets did not open within 30 s")
         requests = [
             curl(version, cookie, f"/page-{n}-{version}")
             for n in range(5)
             for version, cookie in (("--http1.1", bob), ("--http2", carol))
         ]
-        answers, results = yield gatherResults([sockets, gatherResults(requests)])
+        try:
+            results = yield gatherResults(requests)
+        finally:
+            served.set()
+        answers = yield sockets
         self.assertEqual(answers, [f"ws {i} round 2" for i in range(CONCURRENT)])
         for out, err, code in results:
             self.assertEqual(code, 0, err)
@@ -196,3 +211,30 @@ class MessageTests(TestCase):
         users = {headers_of(r).get("x-remote-user", ["?"])[0] for r in seen if r["status"] == 101}
         self.assertEqual(users, {"alice"})
         self.assertEqual(len([r for r in seen if r["status"] == 101]), CONCURRENT)
+
+    @inlineCallbacks
+    def test_wss_to_an_https_app(self) -> Any:
+        """
+        An app whose internal URL is C{https://}: the connector makes the
+        handshake over TLS (C{wss://}), verifying the app's certificate with
+        the app's C{backend_ca}; without it (the system's trust store) the
+        handshake gets 502 and no request reaches the app.
+        """
+        d: WebSocketDaemons = yield start(self, connections=1, tls_app=True)
+        secure = yield d.sign_in("alice", app="secure")
+        untrusted = yield d.sign_in("alice", app="untrusted", status=502)
+
+        def exchange() -> tuple[str | bytes, str | bytes]:
+            with d.open("/echo?over-tls", secure, app="secure") as ws:
+                ws.send("over TLS")
+                text = ws.recv(timeout=10)
+                ws.send(b"\x00\xff" * 5000)
+                return text, ws.recv(timeout=10)
+
+        text, binary = yield in_thread(exchange)
+        self.assertEqual((text, binary), ("over TLS", b"\x00\xff" * 5000))
+        status, body = yield in_thread(d.handshake, "/echo?untrusted", untrusted, app="untrusted")
+        self.assertEqual(status, 502, body)
+        seen = yield d.seen(tls=True)
+        self.assertEqual([r["path"] for r in seen if r["status"] == 101], ["/echo?over-tls"])
+        self.assertNotIn("/echo?untrusted", [r["path"] for r in seen])

@@ -4,8 +4,10 @@ C{benchmarks/websocket.py}: the C{websockets} library's asyncio server (an
 implementation nobody here wrote), run as a subprocess on loopback.
 
     python tests/websocket_app.py [--port 0] [--max-seconds 600]
+                                  [--tls-cert PEM --tls-key PEM]
 
-Prints C{ready PORT} on stdout once it listens.  Every HTTP request it
+Prints C{ready PORT} on stdout once it listens (TLS, C{wss://}, with
+C{--tls-cert}).  Every HTTP request it
 receives, handshake or not, is recorded (path, headers, and for a WebSocket
 how and when it ended), and C{GET /seen} answers them as JSON: the tests ask
 the app directly (not through appproxy) what reached it.
@@ -42,6 +44,7 @@ import argparse
 import asyncio
 import json
 import signal
+import ssl
 import sys
 import time
 from collections.abc import Sequence
@@ -218,7 +221,7 @@ async def handler(connection: ServerConnection) -> None:
         entry["close_reason"] = connection.close_reason
 
 
-async def _serve(port: int, max_seconds: float) -> None:
+async def _serve(port: int, max_seconds: float, tls: ssl.SSLContext | None) -> None:
     stop = asyncio.get_running_loop().create_future()
     for signum in (signal.SIGTERM, signal.SIGINT):
         asyncio.get_running_loop().add_signal_handler(signum, stop.set_result, None)
@@ -232,6 +235,7 @@ async def _serve(port: int, max_seconds: float) -> None:
         max_size=None,
         max_queue=4,
         close_timeout=2,
+        ssl=tls,
     ) as server:
         bound = next(iter(server.sockets)).getsockname()[1]
         print(f"ready {bound}", flush=True)
@@ -242,9 +246,15 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="the WebSocket tests' internal app")
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--max-seconds", type=float, default=600.0)
+    ap.add_argument("--tls-cert", help="serve wss:// (https://) with this PEM certificate")
+    ap.add_argument("--tls-key", help="and this PEM key")
     args = ap.parse_args(argv)
+    tls = None
+    if args.tls_cert:
+        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        tls.load_cert_chain(args.tls_cert, args.tls_key)
     try:
-        asyncio.run(_serve(args.port, args.max_seconds))
+        asyncio.run(_serve(args.port, args.max_seconds, tls))
     except TimeoutError:
         print("stopping: --max-seconds passed", file=sys.stderr)
     return 0

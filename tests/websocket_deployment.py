@@ -7,9 +7,8 @@ C{websockets} library's server) run as a subprocess on loopback.
 Apps (all on the one internal app, all signing in with the built-in
 provider):
 
-  - C{web}: WebSockets on, one extra allowed origin (L{ALLOWED_ORIGIN}),
-    short request timeouts (L{BACKEND_TIMEOUT}; the service's
-    C{client_header_timeout} is L{HEADER_TIMEOUT}).
+  - C{web}: WebSockets on, one extra allowed origin (L{ALLOWED_ORIGIN});
+    like every app here, a short C{backend_timeout} (L{BACKEND_TIMEOUT}).
   - C{idle}: C{websocket_idle_timeout = IDLE_TIMEOUT}.
   - C{nows}: C{websocket = false}.
   - C{capped}: C{max_websockets = 1}.
@@ -25,25 +24,39 @@ import http.client
 import json
 import socket
 import ssl
-import time
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any
 
 import attrs
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
-from twisted.internet.interfaces import IReactorThreads
 from twisted.internet.task import deferLater
-from twisted.internet.threads import deferToThreadPool
-from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.exceptions import InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
+from appproxy.daemon import pki
 from appproxy.idp.users import add_user
 from tests.browser import Browser
 from tests.browser_deployment import users_file
-from tests.test_daemons import PYTHON, Process, free_ports, spawn, twistd
+from tests.test_daemons import (
+    PYTHON,
+    Process,
+    free_ports,
+    line_with,
+    replace_once,
+    spawn,
+    twistd,
+)
+from tests.websocket_clients import (
+    WAIT,
+    closed_within,
+    echoes,
+    headers_of,
+    in_thread,
+    rss_kib,
+    wait_until,
+)
 
 __all__ = [
     "ALLOWED_ORIGIN",
@@ -62,81 +75,45 @@ __all__ = [
     "wait_until",
 ]
 
-T = TypeVar("T")
-
 DOMAIN = "appproxy.localhost"
 APP_SCRIPT = Path(__file__).resolve().parent / "websocket_app.py"
-#: The C{web} app's backend_timeout and the service's client_header_timeout:
-#: short, so that an idle WebSocket outlives them by far within a test.
-BACKEND_TIMEOUT = 2
-HEADER_TIMEOUT = 2
+#: The apps' backend_timeout, and a client_header_timeout for the service
+#: (L{start}'s C{service}): short, so that an idle WebSocket outlives them by
+#: far within a test, long enough for a TLS handshake on a busy machine.
+BACKEND_TIMEOUT = 4
+HEADER_TIMEOUT = 4
 #: The C{idle} app's websocket_idle_timeout.
 IDLE_TIMEOUT = 2.0
 #: An origin besides its own whose pages may open C{web}'s WebSockets.
 ALLOWED_ORIGIN = "https://dashboard.example.org"
 PASSWORD = "correct horse"
 USERS = ("alice", "bob", "carol")
-#: Bound on any wait for a condition.
-WAIT = 15.0
 
 
-def in_thread(f: Callable[..., T], *args: Any, **kwargs: Any) -> Deferred[T]:
-    """Run a blocking client call in the reactor's thread pool."""
-    threads = cast(IReactorThreads, reactor)
-    return deferToThreadPool(threads, threads.getThreadPool(), f, *args, **kwargs)
-
-
-@inlineCallbacks
-def wait_until(condition: Callable[[], Any], what: str, timeout: float = WAIT) -> Any:
-    """
-    Poll C{condition} (a callable returning a value or a Deferred of one)
-    every 50 ms until it is true; its value.  Fails after C{timeout} s.
-    """
-    deadline = reactor.seconds() + timeout
-    while True:
-        value = yield condition()
-        if value:
-            return value
-        if reactor.seconds() > deadline:
-            raise AssertionError(f"{what}: not within {timeout} s (last: {value!r})")
-        yield deferLater(reactor, 0.05, lambda: None)
-
-
-def rss_kib(pid: int) -> int:
-    """C{VmRSS} of a process, in KiB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError(f"no VmRSS for {pid}")
-
-
-def _edit(config: Path, public: int) -> None:
-    text = config.read_text()
-    text = text.replace(
-        "queue_timeout = 10\n",
-        f"queue_timeout = 10\nclient_header_timeout = {HEADER_TIMEOUT}\n",
-        1,
-    )
-    internal = (
-        next(line for line in text.splitlines() if line.startswith("internal_url ="))
-        .split("=", 1)[1]
-        .strip()
-    )
+def _edit(config: Path, public: int, queue_timeout: float, tls_port: int | None) -> None:
+    """The apps and timeouts of the module docstring, into C{appproxy init}'s file."""
+    replace_once(config, "queue_timeout = 10\n", f"queue_timeout = {queue_timeout}\n")
+    internal = line_with(config, "internal_url =").split("=", 1)[1].strip()
     app_settings = f"backend_timeout = {BACKEND_TIMEOUT}\n"
     web = f'websocket_origins = ["{ALLOWED_ORIGIN}"]\n' + app_settings
-    text = text.replace('pre_authentication = "oidc"\n', f'pre_authentication = "oidc"\n{web}', 1)
+    replace_once(config, 'pre_authentication = "oidc"\n', f'pre_authentication = "oidc"\n{web}')
+    text = config.read_text()
     extra = []
-    for name, settings in (
-        ("idle", f"websocket_idle_timeout = {IDLE_TIMEOUT}\n"),
-        ("nows", "websocket = false\n"),
-        ("capped", "max_websockets = 1\n"),
-    ):
+    apps = [
+        ("idle", internal, f"websocket_idle_timeout = {IDLE_TIMEOUT}\n"),
+        ("nows", internal, "websocket = false\n"),
+        ("capped", internal, "max_websockets = 1\n"),
+    ]
+    if tls_port is not None:
+        https = f'"https://localhost:{tls_port}/"'
+        apps += [("secure", https, 'backend_ca = "internal-ca.pem"\n'), ("untrusted", https, "")]
+    for name, url, settings in apps:
         extra.append(
             f"""
 [[apps]]
 name = "{name}"
 external_url = "https://{name}.{DOMAIN}:{public}/"
-internal_url = {internal}
+internal_url = {url}
 connector_group = "default"
 {settings}{app_settings}
 [apps.headers]
@@ -145,6 +122,20 @@ X-Remote-User = "preferred_username"
         )
     head, sep, tail = text.partition("\n[oidc]\n")
     config.write_text(head + "".join(extra) + sep + tail)
+
+
+def _set(config: Path, table: str, settings: str) -> None:
+    """
+    Set C{key = value} lines in C{table}, the file's first table: replace
+    the line of a key already set, add the others after the table's header.
+    """
+    for setting in filter(None, settings.splitlines()):
+        key = setting.split("=", 1)[0].strip()
+        lines = [line for line in config.read_text().splitlines() if line.startswith(f"{key} =")]
+        if lines:
+            replace_once(config, f"\n{lines[0]}\n", f"\n{setting}\n")
+        else:
+            replace_once(config, f"\n{table}\n", f"\n{table}\n{setting}\n")
 
 
 @attrs.define
@@ -159,6 +150,9 @@ class WebSocketDaemons:
     service: Process
     connector: Process
     ca_pem: bytes
+    #: The C{wss://} app's port and CA (L{start}'s C{tls_app}).
+    tls_port: int | None = None
+    internal_ca: Path | None = None
     browsers: dict[str, Browser] = attrs.field(factory=dict)
 
     # -- addresses ------------------------------------------------------------
@@ -188,11 +182,13 @@ class WebSocketDaemons:
     # -- sign-in ----------------------------------------------------------------
 
     @inlineCallbacks
-    def sign_in(self, user: str, app: str = "web") -> Any:
+    def sign_in(self, user: str, app: str = "web", status: int = 200) -> Any:
         """
         Sign C{user} in to C{app} with a new browser; the C{Cookie} header
         value a WebSocket client sends (the app's session cookie and one of
         the app's own).
+
+        @param status: what the app's C{/} answers once signed in.
         """
         browser = Browser([self.ca_pem])
         self.testcase.addCleanup(browser.pool.closeCachedConnections)
@@ -200,11 +196,13 @@ class WebSocketDaemons:
         if page.status == 200 and "password" in page.text:
             page = yield browser.submit(page, {"username": user, "password": PASSWORD})
         deadline = reactor.seconds() + WAIT
-        while page.status != 200 and reactor.seconds() < deadline:
+        while page.status != status and reactor.seconds() < deadline:
             yield deferLater(reactor, 0.2, lambda: None)  # the connector is still dialling
             page = yield browser.go(self.url("/", app))
-        assert page.status == 200, f"{user} could not sign in to {app}: {page.status} {page.text}"
-        assert json.loads(page.body)["path"] == "/", page.text
+        assert page.status == status, (
+            f"{user} could not sign in to {app}: {page.status} {page.text}"
+        )
+        assert status != 200 or json.loads(page.body)["path"] == "/", page.text
         name = f"__Host-appproxy-{app}"
         cookie = f"theme=dark; {name}={browser.cookies(self.host(app))[name]}"
         self.browsers[cookie] = browser
@@ -247,19 +245,30 @@ class WebSocketDaemons:
         """
         headers = {"Cookie": cookie} if cookie else {}
         sock = socket.create_connection(("127.0.0.1", self.public), timeout=WAIT)
+        # The sync client reads its socket in a thread of its own while the
+        # caller's thread writes the handshake: with TLS 1.3, OpenSSL (which
+        # allows no such concurrent use) may then hold the write until the
+        # socket is readable again, i.e. until the service's 408 (seen in
+        # about 1 handshake of 500 on a loaded machine).  TLS 1.2 has no
+        # message after the handshake for the reader to race with.
+        context = self.ssl_context()
+        context.maximum_version = ssl.TLSVersion.TLSv1_2
         kwargs.setdefault("ping_interval", None)
         kwargs.setdefault("max_size", None)
-        return connect(
-            self.ws_url(path, app),
-            sock=sock,
-            ssl=self.ssl_context(),
-            origin=(self.origin(app) if origin == "" else origin),  # type: ignore[arg-type]
-            additional_headers=headers,
-            proxy=None,
-            open_timeout=WAIT,
-            close_timeout=5,
-            **kwargs,
-        )
+        try:
+            return connect(
+                self.ws_url(path, app),
+                sock=sock,
+                ssl=context,
+                origin=(self.origin(app) if origin == "" else origin),  # type: ignore[arg-type]
+                additional_headers=headers,
+                proxy=None,
+                open_timeout=WAIT,
+                close_timeout=5,
+                **kwargs,
+            )
+        except TimeoutError as e:
+            raise AssertionError(f"{path}: {e}\n{self.tails()}") from e
 
     def handshake(
         self, path: str, cookie: str | None, app: str = "web", origin: str | None = ""
@@ -301,16 +310,23 @@ class WebSocketDaemons:
         finally:
             connection.close()
 
-    def seen_now(self) -> list[dict[str, Any]]:
-        """What reached the app so far, asked of the app directly (blocking)."""
-        with urllib.request.urlopen(
-            f"http://127.0.0.1:{self.app_port}/seen", timeout=WAIT
-        ) as response:
+    def seen_now(self, tls: bool = False) -> list[dict[str, Any]]:
+        """
+        What reached the app (C{tls}: the C{wss://} one) so far, asked of it
+        directly (blocking).
+        """
+        if tls:
+            assert self.internal_ca is not None
+            url = f"https://localhost:{self.tls_port}/seen"
+            context = ssl.create_default_context(cafile=str(self.internal_ca))
+        else:
+            url, context = f"http://127.0.0.1:{self.app_port}/seen", None
+        with urllib.request.urlopen(url, timeout=WAIT, context=context) as response:
             requests: list[dict[str, Any]] = json.load(response)["requests"]
             return requests
 
-    def seen(self) -> Deferred[list[dict[str, Any]]]:
-        return in_thread(self.seen_now)
+    def seen(self, tls: bool = False) -> Deferred[list[dict[str, Any]]]:
+        return in_thread(self.seen_now, tls)
 
     @inlineCallbacks
     def app_closed(self, path: str, timeout: float = WAIT) -> Any:
@@ -325,16 +341,21 @@ class WebSocketDaemons:
         record = yield wait_until(closed, f"the app's end of {path} closed", timeout)
         return record
 
-    def logged(self, *words: str) -> Deferred[str]:
-        """Wait until a line of the service's log holds all C{words}; the line."""
+    def logged(self, *words: str, count: int = 1) -> Deferred[str]:
+        """
+        Wait until C{count} lines of the service's log hold all C{words};
+        the last of them.
+        """
 
         def line() -> str | None:
-            for text in self.service.output().splitlines():
-                if all(word in text for word in words):
-                    return text
-            return None
+            lines = [
+                text
+                for text in self.service.output().splitlines()
+                if all(word in text for word in words)
+            ]
+            return lines[-1] if len(lines) >= count else None
 
-        return wait_until(line, f"a service log line with {words}", 10.0)
+        return wait_until(line, f"{count} service log lines with {words}", 10.0)
 
     def pids(self) -> dict[str, int]:
         return {
@@ -345,61 +366,68 @@ class WebSocketDaemons:
     def describe(self) -> str:
         return f"{self.service.describe()}\n{self.connector.describe()}"
 
-
-def closed_within(ws: ClientConnection, timeout: float) -> tuple[int | None, str | None, float]:
-    """
-    Read C{ws} (blocking) until it closes; the close code and reason the
-    client received (L{None} if no close frame came) and how long it took.
-    Fails if it is still open after C{timeout} s or a message arrives.
-    """
-    started = time.monotonic()
-    try:
-        message = ws.recv(timeout=timeout)
-    except ConnectionClosed:
-        pass
-    except TimeoutError:
-        raise AssertionError(f"still open after {timeout} s") from None
-    else:
-        raise AssertionError(f"a message instead of a close: {message[:100]!r}")
-    elapsed = time.monotonic() - started
-    received = ws.protocol.close_rcvd
-    if received is None:
-        return None, None, elapsed
-    return received.code, received.reason, elapsed
-
-
-def echoes(ws: ClientConnection, text: str = "still there?") -> bool:
-    """Whether C{ws} still echoes a message (blocking)."""
-    ws.send(text)
-    return ws.recv(timeout=10) == text
-
-
-def headers_of(record: dict[str, Any]) -> dict[str, list[str]]:
-    """A request record's headers by lowercase name."""
-    result: dict[str, list[str]] = {}
-    for name, value in record["headers"]:
-        result.setdefault(name, []).append(value)
-    return result
+    def tails(self, lines: int = 30) -> str:
+        """The last lines of the service's and the connector's logs."""
+        return "\n".join(
+            f"--- {process.name} (last {lines} lines) ---\n"
+            + "\n".join(process.output().splitlines()[-lines:])
+            for process in (self.service, self.connector)
+        )
 
 
 @inlineCallbacks
-def start_app(testcase: Any, cwd: Path) -> Any:
-    """L{tests.websocket_app} as a subprocess; the process and its port."""
-    app = spawn(testcase, "websocket app", [PYTHON, str(APP_SCRIPT), "--max-seconds", "300"], cwd)
+def start_app(testcase: Any, cwd: Path, *tls: str) -> Any:
+    """
+    L{tests.websocket_app} as a subprocess; the process and its port.
+
+    @param tls: C{--tls-cert PEM --tls-key PEM} for C{wss://}.
+    """
+    argv = [PYTHON, str(APP_SCRIPT), "--max-seconds", "300", *tls]
+    app = spawn(testcase, "websocket app" + (" (TLS)" if tls else ""), argv, cwd)
     yield app.wait_for("ready ", 30.0)
     port = int(app.stdout().split("ready ", 1)[1].split()[0])
     return app, port
 
 
 @inlineCallbacks
-def start(testcase: Any, connections: int = 2) -> Any:
+def start(
+    testcase: Any,
+    connections: int = 2,
+    service: str = "",
+    connector: str = "",
+    queue_timeout: float = 10,
+    tls_app: bool = False,
+) -> Any:
     """
     The internal app, C{appproxy init}, the users L{USERS}, the service and
     a connector with C{connections} tunnel connections, all up.
+
+    @param service: C{key = value} lines for C{[service]}.
+    @param connector: C{key = value} lines for C{[connector]}.
+    @param queue_timeout: the service's C{queue_timeout}.
+    @param tls_app: also a second internal app serving C{wss://} (a
+        certificate for C{localhost} from a CA of its own), published as
+        C{secure} (C{backend_ca} is that CA) and C{untrusted} (no
+        C{backend_ca}: the system's trust store does not know it).
     """
     parent = Path(testcase.mktemp()).absolute()
     parent.mkdir(parents=True)
     app, app_port = yield start_app(testcase, parent)
+    tls_port = None
+    if tls_app:
+        internal_ca = pki.generate_ca("internal CA")
+        pair = pki.issue_server_certificate(internal_ca, ["localhost"])
+        for name, pem in (("ca", internal_ca.cert_pem), ("app", pair.cert_pem)):
+            (parent / f"{name}.pem").write_bytes(pem)
+        (parent / "app.key").write_bytes(pair.key_pem)
+        _, tls_port = yield start_app(
+            testcase,
+            parent,
+            "--tls-cert",
+            str(parent / "app.pem"),
+            "--tls-key",
+            str(parent / "app.key"),
+        )
     public, tunnel = free_ports(2)
     config_dir = parent / "appproxy"
     argv = [
@@ -412,34 +440,39 @@ def start(testcase: Any, connections: int = 2) -> Any:
     status = yield init.ended(30.0)
     assert status == (0, None), init.describe()
     config = config_dir / "service.toml"
-    _edit(config, public)
+    _edit(config, public, queue_timeout, tls_port)
+    if tls_app:
+        (config_dir / "internal-ca.pem").write_bytes((parent / "ca.pem").read_bytes())
+    _set(config, "[service]", service)
     connector_toml = config_dir / "connector" / "connector.toml"
-    connector_toml.write_text(
-        connector_toml.read_text().replace("connections = 4\n", f"connections = {connections}\n")
-    )
+    _set(connector_toml, "[connector]", f"connections = {connections}\n{connector}")
     path = users_file(config)
     path.parent.mkdir(parents=True, exist_ok=True)
     for name in USERS:
         add_user(path, name, PASSWORD)
-    service = twistd(testcase, "appproxy", config, parent)
-    yield service.wait_for("appproxy service ready", 30.0)
-    connector = twistd(testcase, "appproxy-connector", connector_toml, parent)
+    service_process = twistd(testcase, "appproxy", config, parent)
+    yield service_process.wait_for("appproxy service ready", 30.0)
+    connector_process = twistd(testcase, "appproxy-connector", connector_toml, parent)
     yield wait_until(
         lambda: (
-            service.output().count("connected from") >= connections
-            or not (service.running and connector.running)
+            service_process.output().count("connected from") >= connections
+            or not (service_process.running and connector_process.running)
         ),
         "the connector's tunnel connections",
         30.0,
     )
-    assert service.running and connector.running, f"{service.describe()}\n{connector.describe()}"
+    assert service_process.running and connector_process.running, (
+        f"{service_process.describe()}\n{connector_process.describe()}"
+    )
     return WebSocketDaemons(
         testcase=testcase,
         config_dir=config_dir,
         public=public,
         app_port=app_port,
         app=app,
-        service=service,
-        connector=connector,
+        service=service_process,
+        connector=connector_process,
         ca_pem=(config_dir / "ca.pem").read_bytes(),
+        tls_port=tls_port,
+        internal_ca=(parent / "ca.pem") if tls_app else None,
     )

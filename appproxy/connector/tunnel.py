@@ -14,7 +14,9 @@ boundary, L{TunnelProtocol.within_stream}).  The connector's
 capacity is its C{SETTINGS_MAX_CONCURRENT_STREAMS}: C{capacity} requests
 plus C{websocket_capacity} WebSockets, each kind refused past its own share
 (the settings answer tells the service the second); draining drops it to 0,
-lets the streams in flight finish and then says GOAWAY.
+ends the WebSockets at once (they cannot be drained: their apps'
+connections are closed and their streams reset), lets the requests in
+flight finish and then says GOAWAY.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from appproxy.tunnel.connector_machine import (
     Close,
     ConnectorInput,
     ConnectorMachine,
+    EndUpgrades,
     Invalid,
 )
 from appproxy.tunnel.expiry import ExpiryWatch, watch_own_certificate
@@ -149,6 +152,12 @@ class ConnectorTunnelProtocol(TunnelProtocol["ConnectorTunnelFactory"]):
             if isinstance(action, Advertise):
                 self.conn.update_settings({SettingCodes.MAX_CONCURRENT_STREAMS: action.capacity})
                 self.flush()
+            elif isinstance(action, EndUpgrades):
+                # WebSockets never end on their own: the drain ends them.
+                upgrades = [s for s in self.streams.values() if isinstance(s, UpgradeStream)]
+                for upgrade in upgrades:
+                    self.within_stream(upgrade.stream_id, upgrade.going_away)
+                self.flush()
             elif isinstance(action, Close):
                 self._close(action.goaway)
             elif isinstance(action, Invalid):
@@ -252,7 +261,8 @@ class ConnectorTunnelProtocol(TunnelProtocol["ConnectorTunnelFactory"]):
 
     def drain(self) -> Deferred[None]:
         """
-        Stop taking requests, let those in flight finish, then close.
+        Stop taking requests, end the WebSockets, let the requests in
+        flight finish, then close.
 
         The connector advertises C{SETTINGS_MAX_CONCURRENT_STREAMS = 0} so the
         service sends nothing new, and says GOAWAY only once idle: h2 treats

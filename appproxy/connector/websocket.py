@@ -3,11 +3,12 @@ One WebSocket at the connector: an upgraded tunnel stream (extended
 CONNECT, C{:protocol websocket}) in, a connection to the internal app out
 (L{appproxy.connector.websocket_app}), and raw bytes relayed both ways.
 
-A shell over L{UpgradeMachine}: it feeds the machine the handshake's
-answer and the ends of each direction, and carries out what it decides.
-Flow control is end to end: the app's connection stops being read while the
+A shell over L{UpgradeMachine}: it feeds the machine the handshake's answer
+(a 101 only if it accepts the WebSocket, RFC 6455 4.1), the ends of each
+direction and the connector's drain, and carries out what it decides.  Flow
+control is end to end: the app's connection stops being read while the
 stream's send window is shut (resumed by C{outbound_drained}), and the
-service's DATA is acknowledged only as the app's write buffer drains.  So a
+service's DATA is acknowledged only as the app's write buffer drains: a
 WebSocket holds about a window's worth of memory here, whatever is sent.
 """
 
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 import h11
+from h2.errors import ErrorCodes
 from h2.events import RequestReceived
 from h2.exceptions import H2Error
 from OpenSSL import SSL
@@ -29,6 +31,7 @@ from appproxy.connector.websocket_app import (
     UPGRADED_FIELD,
     AppConnection,
     AppFactory,
+    accept_value,
     connect,
     handshake,
     relayed_fields,
@@ -48,7 +51,7 @@ from appproxy.tunnel.connector_upgrade import (
     UpgradeMachine,
     UpgradeState,
 )
-from appproxy.tunnel.machine import CancelTimer, SetTimer
+from appproxy.tunnel.machine import CancelTimer, ResetStream, SetTimer
 
 if TYPE_CHECKING:
     from appproxy.connector.tunnel import ConnectorTunnelProtocol
@@ -78,10 +81,8 @@ class UpgradeStream(TunnelStream):
     complete: bool = attrs.field(init=False, default=False)
     """A refusal's whole body came."""
     opened_at: float | None = attrs.field(init=False, default=None)
-    bytes_up: int = attrs.field(init=False, default=0)
-    """Bytes relayed to the app."""
-    bytes_down: int = attrs.field(init=False, default=0)
-    """Bytes relayed from the app."""
+    bytes_up: int = attrs.field(init=False, default=0)  # relayed to the app
+    bytes_down: int = attrs.field(init=False, default=0)  # relayed from the app
     closed_by: str = attrs.field(init=False, default="")
     responded: bool = attrs.field(init=False, default=False)
     """The service has an answer: the 200, a refusal's head, or an error."""
@@ -112,6 +113,8 @@ class UpgradeStream(TunnelStream):
                 self.proto.end_stream(self)
             elif isinstance(action, CloseApp):
                 self._close_app(action.at_once)
+            elif isinstance(action, ResetStream):
+                self.proto.reset_stream(self.stream_id, ErrorCodes[action.code])
             elif isinstance(action, TimedOut):
                 self.closed_by = self.closed_by or "timeout"
                 self._answer(BackendError(504, "timeout", f"{self.url} {action.detail}"))
@@ -152,7 +155,7 @@ class UpgradeStream(TunnelStream):
         try:
             parser, request = handshake(path, authority, where.fields)
             uri = URI.fromBytes(scheme + b"://" + authority + path)
-            factory = AppFactory(self, parser, request)
+            factory = AppFactory(self, parser, request, accept_value(where.fields))
             d = connect(proto.factory.backend.reactor, app, scheme, uri.host, uri.port, factory)
         except (h11.LocalProtocolError, ValueError) as e:
             detail = f"The WebSocket handshake to {self.url} cannot be sent: {e}"
@@ -163,7 +166,7 @@ class UpgradeStream(TunnelStream):
         d.addCallbacks(self._connected, self._connect_failed, errbackArgs=(app.timeout,))
         d.addErrback(proto.stream_errback, self.stream_id)
 
-    def _connected(self, _: object) -> None:
+    def _connected(self, _: object) -> None:  # the handshake went
         self.connecting = None
 
     def _connect_failed(self, failure: Failure, timeout: float) -> None:
@@ -326,6 +329,12 @@ class UpgradeStream(TunnelStream):
             who = "service-reset"
         self.closed_by = self.closed_by or who
         self._feed(I.FAILED if who == "failed" else I.PEER_RESET)
+
+    def going_away(self) -> None:
+        """The connector drains: a WebSocket cannot be drained, so it ends now."""
+        if not self.finished:
+            self.closed_by = self.closed_by or "drain"
+            self._feed(I.GOING_AWAY)
 
     def _reset(self, reason: str) -> None:
         self.closed_by = self.closed_by or "app"

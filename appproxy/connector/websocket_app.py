@@ -2,6 +2,9 @@
 The connector's connection to an internal app for one WebSocket: the
 HTTP/1.1 handshake, built and its answer parsed with h11 (never by hand),
 then raw bytes both ways (frames untouched: the connector never re-frames).
+A 101 is taken only if it accepts the WebSocket (RFC 6455 4.1: C{Upgrade},
+C{Connection} and C{Sec-WebSocket-Accept} checked); any other is a
+malformed answer (a 502), nothing of it relayed.
 
 L{AppConnection} tells its L{UpgradeStream} what happens, inside the
 tunnel's per-stream error boundary, and is the producer the app's transport
@@ -11,6 +14,8 @@ service's DATA (reopening its window) only as that buffer drains.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 from collections.abc import Callable, Sequence
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
@@ -45,6 +50,8 @@ _NOT_FORWARDED = HOP_BY_HOP | {b"host", b"content-length"}
 #: Answer fields never relayed: the connection's own (a 101's C{Upgrade} and
 #: C{Connection} above all) and the body's framing.
 _NOT_RELAYED = HOP_BY_HOP | {b"content-length"}
+#: What RFC 6455 (section 1.3) appends to the client's key before hashing it.
+_ACCEPT_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 
 def is_upgrade(headers: Sequence[tuple[bytes, bytes]]) -> bool:
@@ -116,18 +123,50 @@ def handshake(
     return parser, data or b""
 
 
+def accept_value(fields: Sequence[tuple[bytes, bytes]]) -> bytes:
+    """
+    The C{Sec-WebSocket-Accept} an app that takes the handshake must answer
+    (RFC 6455 4.2.2): base64 of the SHA-1 of the client's key and the GUID.
+    """
+    key = next((value for name, value in fields if name == b"sec-websocket-key"), b"")
+    return base64.b64encode(
+        hashlib.sha1(key.strip() + _ACCEPT_GUID, usedforsecurity=False).digest()
+    )
+
+
+def _tokens(headers: Sequence[tuple[bytes, bytes]], field: bytes) -> set[bytes]:
+    return {
+        token.strip().lower()
+        for name, value in headers
+        if name == field
+        for token in value.split(b",")
+    }
+
+
+def acceptance_problem(headers: Sequence[tuple[bytes, bytes]], accept: bytes) -> str | None:
+    """
+    Why a 101's fields (lowercase names, as h11 gives them) are not an
+    acceptance of the WebSocket handshake whose key gives C{accept} (RFC
+    6455 4.1: C{Upgrade: websocket}, C{Connection} naming C{upgrade}, the
+    right C{Sec-WebSocket-Accept}); L{None} if they are.
+    """
+    if b"websocket" not in _tokens(headers, b"upgrade"):
+        return "a 101 without Upgrade: websocket"
+    if b"upgrade" not in _tokens(headers, b"connection"):
+        return "a 101 whose Connection does not name upgrade"
+    answers = [value.strip() for name, value in headers if name == b"sec-websocket-accept"]
+    if answers != [accept]:
+        return "a 101 without the right Sec-WebSocket-Accept"
+    return None
+
+
 def relayed_fields(headers: Sequence[tuple[bytes, bytes]]) -> Fields:
     """
     The app's answer fields fit to relay (lowercase, as h11 gives them):
     without hop-by-hop ones or those its C{Connection} names, appproxy's
     own, or C{content-length}.
     """
-    named = {
-        token.strip().lower()
-        for name, value in headers
-        if name == b"connection"
-        for token in value.split(b",")
-    }
+    named = _tokens(headers, b"connection")
     return [
         (name, value)
         for name, value in headers
@@ -168,10 +207,14 @@ class AppConnection(Protocol):
     another response.
     """
 
-    def __init__(self, stream: UpgradeStream, parser: h11.Connection, request: bytes) -> None:
+    def __init__(
+        self, stream: UpgradeStream, parser: h11.Connection, request: bytes, accept: bytes
+    ) -> None:
         self.stream = stream
         self.parser = parser
         self.request = request
+        #: The C{Sec-WebSocket-Accept} the app must answer with its 101.
+        self.accept = accept
         #: The app answered 101: what it sends is WebSocket bytes.
         self.relaying = False
         #: The app answered another status: what it sends is its response's body.
@@ -229,7 +272,13 @@ class AppConnection(Protocol):
                 return
             if isinstance(event, h11.InformationalResponse):
                 if event.status_code == 101:
-                    stream.accepted(list(event.headers))
+                    headers = list(event.headers)
+                    problem = acceptance_problem(headers, self.accept)
+                    if problem is not None:
+                        # Not a WebSocket: nothing of it is relayed.
+                        stream.app_malformed(problem)
+                        return
+                    stream.accepted(headers)
             elif isinstance(event, h11.Response):
                 self.refused = True
                 stream.refused(event.status_code, list(event.headers))
@@ -282,13 +331,16 @@ class AppFactory(ClientFactory):
 
     noisy = False
 
-    def __init__(self, stream: UpgradeStream, parser: h11.Connection, request: bytes) -> None:
+    def __init__(
+        self, stream: UpgradeStream, parser: h11.Connection, request: bytes, accept: bytes
+    ) -> None:
         self.stream = stream
         self.parser = parser
         self.request = request
+        self.accept = accept
 
     def buildProtocol(self, addr: object) -> AppConnection:
-        return AppConnection(self.stream, self.parser, self.request)
+        return AppConnection(self.stream, self.parser, self.request, self.accept)
 
 
 def connect(

@@ -28,7 +28,12 @@ from wsproto.frame_protocol import (
     RsvBits,
 )
 
-__all__ = ["FrameBoundaries", "close_frame"]
+__all__ = ["GOING_AWAY", "POLICY_VIOLATION", "FrameBoundaries", "close_frame"]
+
+#: Close codes the service sends (RFC 6455 7.4.1): the session ended; the
+#: service, the tunnel or the app's connector going away (or an idle timeout).
+POLICY_VIOLATION = int(CloseReason.POLICY_VIOLATION)
+GOING_AWAY = int(CloseReason.GOING_AWAY)
 
 
 class _AnyExtension(Extension):
@@ -48,8 +53,8 @@ class _AnyExtension(Extension):
         return RsvBits(True, True, True)
 
 
-def close_frame(code: int = CloseReason.POLICY_VIOLATION, reason: str = "session ended") -> bytes:
-    """A close frame from the server (unmasked), by wsproto."""
+def close_frame(code: int = POLICY_VIOLATION, reason: str = "session ended") -> bytes:
+    """A close frame from the server (unmasked), by wsproto; C{reason} at most 123 bytes."""
     return bytes(FrameProtocol(client=False, extensions=[]).close(code, reason))
 
 

@@ -10,8 +10,10 @@ way fails.  Every second (while any is open) L{WebSocketRegistry.sweep}
 closes the WebSockets whose session ended: signed out or revoked (the
 revocations the gate checks requests against, which
 L{appproxy.gate.sessions} keeps current: C{appproxy sessions revoke}, a
-disabled user), or past its lifetime.  A passthrough app's WebSockets have
-no session: they are only counted.
+disabled user), or past its lifetime: a close frame 1008 "session ended".
+A passthrough app's WebSockets have no session: they are only counted.
+When the service stops, L{WebSocketRegistry.close_all} closes every open
+WebSocket with 1001 "service stopping".
 """
 
 from __future__ import annotations
@@ -23,14 +25,16 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 
 from appproxy.access.session import Session
+from appproxy.frontend.ws_frames import GOING_AWAY, POLICY_VIOLATION
 
 __all__ = ["SWEEP_INTERVAL", "Full", "OpenWebSocket", "WebSocketRegistry"]
 
 #: How often (seconds) open WebSockets are checked against their sessions.
 SWEEP_INTERVAL = 1.0
 
-#: Closes one WebSocket: (who closed it, why).
-Closer = Callable[[str, str], None]
+#: Closes one WebSocket: (who closed it, why (for the log), close code,
+#: close reason (for the client)).
+Closer = Callable[[str, str, int, str], None]
 
 #: A session's standing as the gate sees it: "valid", "revoked" or "unknown".
 Standing = Callable[[Session, float], str]
@@ -69,6 +73,8 @@ class WebSocketRegistry:
     _by_app: dict[str, set[OpenWebSocket]] = attrs.field(factory=dict)
     _by_user: dict[str, set[OpenWebSocket]] = attrs.field(factory=dict)
     _loop: LoopingCall | None = attrs.field(default=None)
+    closing: set[OpenWebSocket] = attrs.field(factory=set)
+    """Closed by L{close_all}, their client's connection not gone yet."""
 
     def __len__(self) -> int:
         return sum(len(entries) for entries in self._by_app.values())
@@ -156,4 +162,20 @@ class WebSocketRegistry:
                     ending.append((entry, why))
         for entry, why in ending:
             if entry.close is not None:
-                entry.close("session-ended", why)
+                entry.close("session-ended", why, POLICY_VIOLATION, "session ended")
+
+    def close_all(self, who: str, why: str, reason: str) -> int:
+        """
+        Close every open WebSocket (1001 C{reason}); how many were open.
+        L{closing} holds them until their client's connection is gone.
+        """
+        entries = [e for table in self._by_app.values() for e in table if e.close is not None]
+        self.closing.update(entries)
+        for entry in entries:
+            if entry.close is not None:
+                entry.close(who, why, GOING_AWAY, reason)
+        return len(entries)
+
+    def client_gone(self, entry: OpenWebSocket) -> None:
+        """The client's connection of C{entry} is closed."""
+        self.closing.discard(entry)

@@ -19,13 +19,23 @@ carries raw bytes both ways.
     the tunnel's window stays shut: bounded memory);
   - the client's EOF ends the stream's client side; the app's EOF
     (C{response_ended}) closes the client's connection once what was
-    written is flushed; a lost stream (the connector gone, the tunnel's idle
-    timeout) closes it at once;
+    written is flushed, and ends the stream's client side too: whichever
+    side ends first, the tunnel stream is ended at both ends (or reset if
+    that stalls), so its upgrade room is free at once at both ends of the
+    tunnel;
+  - a lost stream (the connector gone or draining, the stream reset, the
+    tunnel's idle timeout) closes the client's connection at once, with a
+    close frame (1001 "going away": "idle timeout", "the app's connector
+    went away") if the app's bytes so far end at a frame boundary
+    (L{appproxy.frontend.ws_frames}) and the app sent no close frame;
   - the session ending (the sweep of L{appproxy.frontend.ws_registry})
     sends a close frame (1008, "session ended") at the next frame boundary
-    of the app's bytes (L{appproxy.frontend.ws_frames}), then closes the
-    connection and resets the stream, so the app's side closes too.
+    of the app's bytes, then closes the connection and resets the stream,
+    so the app's side closes too; the service stopping does the same with
+    1001 ("service stopping").
 
+A client that does not read its side is cut (C{abortConnection}) at most
+L{FRAME_WAIT} + L{CLOSE_GRACE} seconds after the service decided to close.
 Each WebSocket ends with one access log line.
 """
 
@@ -40,7 +50,7 @@ from twisted.python.failure import Failure
 
 from appproxy.config import AppConfig
 from appproxy.frontend.relay import relayed_headers
-from appproxy.frontend.ws_frames import FrameBoundaries, close_frame
+from appproxy.frontend.ws_frames import GOING_AWAY, FrameBoundaries, close_frame
 from appproxy.frontend.ws_registry import OpenWebSocket, WebSocketRegistry
 from appproxy.http.websocket import switching_protocols_head
 from appproxy.tunnel.queue import ExchangeStream, ProxyJob
@@ -52,11 +62,17 @@ __all__ = ["CLOSE_GRACE", "FRAME_WAIT", "WebSocketExchange"]
 
 log = Logger()
 
-#: Seconds a closing client connection has to take what was written to it.
-CLOSE_GRACE = 3.0
+#: Seconds a closing client connection has to take what was written to it
+#: (then it is aborted); also how long an ended client side waits for the
+#: app's end before the stream is reset.
+CLOSE_GRACE = 1.5
 #: Seconds the session's end waits for a frame boundary before closing
-#: without a close frame.
-FRAME_WAIT = 2.0
+#: without a close frame.  With the sweep's second and L{CLOSE_GRACE}, a
+#: client's connection ends within 4 s of its session's end, reading or not.
+FRAME_WAIT = 1.5
+#: The close frame's reason (1001) when the stream is lost after the 101.
+IDLE_REASON = "idle timeout"
+LOST_REASON = "the app's connector went away"
 
 
 class WebSocketExchange:
@@ -89,6 +105,8 @@ class WebSocketExchange:
         #: The session ended; the close frame waits for a frame boundary.
         self._closing: str | None = None
         self._who_why = ("", "")
+        #: The close frame the service sends when it closes (L{close}).
+        self._close_frame = b""
         #: Closing: the frame boundary wait; the client's last chance to read.
         self._timer: IDelayedCall | None = None
         self._cut: IDelayedCall | None = None
@@ -144,9 +162,17 @@ class WebSocketExchange:
         if not self._upgraded:
             self.request.response_ended()
             return
-        self._stream = None
+        stream, self._stream = self._stream, None
+        client_ended = self._reset is not None
         _stop(self._reset)
+        self._reset = None
         self._end(*self._who_closed("app", "the app closed the connection"), flush=True)
+        if stream is not None and not client_ended:
+            # Our side ends too (what the client still sends goes nowhere), so
+            # the stream is done at both ends now, not held open (with its
+            # upgrade room) until its idle timeout; reset if that stalls.
+            stream.end_body()
+            self._reset = self.clock.callLater(CLOSE_GRACE, stream.cancel)
 
     def stream_lost(self, job: ProxyJob, reason: str) -> None:
         if not self._upgraded:
@@ -155,8 +181,22 @@ class WebSocketExchange:
             return
         self._stream = None
         _stop(self._reset)
-        who = "idle-timeout" if reason.startswith("idle") else "connector-lost"
-        self._end(who, reason, flush=True)
+        self._reset = None
+        if self._ended:
+            return
+        if self._closing is not None:
+            # No more of the app's bytes: the boundary awaited never comes.
+            _stop(self._timer)
+            self._close_without_frame()
+            return
+        # Going away: a close frame if the app's bytes end between frames.
+        idle = reason.startswith("idle")
+        self._who_why = ("idle-timeout" if idle else "connector-lost", reason)
+        self._close_frame = close_frame(GOING_AWAY, IDLE_REASON if idle else LOST_REASON)
+        if self._frames.at_boundary:
+            self._close_frame_now()
+        else:
+            self._close_without_frame()
 
     # -- the switch ---------------------------------------------------------------
 
@@ -224,6 +264,7 @@ class WebSocketExchange:
         """The client's connection is gone: end the stream's client side."""
         _stop(self._cut)
         self._cut = None
+        self.registry.client_gone(self.entry)
         stream = self._stream
         if self._ended:
             return
@@ -248,16 +289,17 @@ class WebSocketExchange:
         who, code = self._first_close
         return who, f"{who} sent a close frame (code {code}); {what}"
 
-    def close(self, who: str, why: str) -> None:
+    def close(self, who: str, why: str, code: int, reason: str) -> None:
         """
-        End the WebSocket for the service's own reason (the session ended):
-        a close frame at the next frame boundary, then the connection closed
-        and the stream reset.
+        End the WebSocket for the service's own reason (the session ended,
+        the service stopping): a close frame (C{code}, C{reason}) at the next
+        frame boundary, then the connection closed and the stream reset.
         """
         if self._ended or self._closing is not None:
             return
         self._closing = f"{who}: {why}"
         self._who_why = (who, why)
+        self._close_frame = close_frame(code, reason)
         if self._frames.at_boundary:
             self._close_frame_now()
             return
@@ -267,8 +309,12 @@ class WebSocketExchange:
 
     def _close_frame_now(self) -> None:
         who, why = self._who_why
-        if self._transport is not None and not self._frames.lost:
-            self._transport.write(close_frame())
+        _stop(self._timer)
+        self._timer = None
+        # Never a second close frame after the app's own (RFC 6455 5.5.1).
+        frames = self._frames
+        if self._transport is not None and not frames.lost and frames.close_code is None:
+            self._transport.write(self._close_frame)
         self._cancel_stream()
         self._end(who, why, flush=True)
 

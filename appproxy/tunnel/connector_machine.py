@@ -15,6 +15,9 @@ C{active < capacity}, an upgraded (WebSocket) stream (L{AcceptUpgrade}) only
 while C{upgrades < upgrade_capacity}, and neither while draining; else it is
 refused (L{Refuse}, C{REFUSED_STREAM}: the service may retry it elsewhere).
 So idle WebSockets cannot take the room of requests, nor requests theirs.
+A WebSocket cannot be drained (it never ends on its own): a drain we start
+ends every upgraded stream at once (L{EndUpgrades}), so it waits only for
+the requests in flight.
 The settings push comes on a control stream (L{AcceptSettings}); a refused
 push (a 400) leaves the connection waiting for a good one (the service
 drains it).  Draining advertises capacity 0 (L{Advertise}) and closes once
@@ -92,6 +95,11 @@ class Refuse:
 
 
 @attrs.frozen
+class EndUpgrades:
+    """End every upgraded stream now (their apps' connections closed, the streams reset)."""
+
+
+@attrs.frozen
 class Advertise:
     """Send C{SETTINGS_MAX_CONCURRENT_STREAMS = capacity}."""
 
@@ -113,11 +121,21 @@ class Invalid:
     input: ConnectorInput
 
 
-Action = AcceptRequest | AcceptUpgrade | AcceptSettings | Refuse | Advertise | Close | Invalid
+Action = (
+    AcceptRequest
+    | AcceptUpgrade
+    | AcceptSettings
+    | Refuse
+    | Advertise
+    | EndUpgrades
+    | Close
+    | Invalid
+)
 
 #: The action of every request taken (frozen, without fields: made once).
 _ACCEPT_REQUEST = AcceptRequest()
 _ACCEPT_UPGRADE = AcceptUpgrade()
+_END_UPGRADES = EndUpgrades()
 
 C = ConnectorState
 N = ConnectorInput
@@ -219,7 +237,10 @@ class ConnectorMachine:
         return self._close_if_idle()
 
     def _drain(self) -> list[Action]:
-        return [Advertise(0), *self._close_if_idle()]
+        # The upgraded streams end at once (each then finishes): the close
+        # comes with the last request's end, or the last upgrade's.
+        ending: list[Action] = [_END_UPGRADES] if self.upgrades else []
+        return [Advertise(0), *ending, *self._close_if_idle()]
 
     def _goaway(self) -> list[Action]:
         self.goaway_received = True

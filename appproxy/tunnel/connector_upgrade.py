@@ -8,6 +8,7 @@ the wire format is in C{docs/architecture.md}).
           |     \\--refused (other status)--> responding --end-sent--> done  |
           |--error-answered, timer--> done           done <--the other end--/
                 any live state: peer-reset, failed --> reset
+      handshake-sent, open, half-closed: going-away --> reset
 
 The connector made the HTTP/1.1 handshake to the internal app; the app's
 C{backend_timeout} bounds the wait for its answer (one timer, from
@@ -23,7 +24,12 @@ machine (the service times idleness), and each direction ends on its own:
 
 The stream is done when both have ended.  A reset by the service, the
 tunnel lost, or a fault closes the app's connection at once
-(L{CloseApp} C{at_once=True}).  A non-101 answer is relayed as an ordinary
+(L{CloseApp} C{at_once=True}).  The connector's drain (C{going-away}): a
+WebSocket cannot be drained, so the app's connection is closed at once and
+the stream reset (L{ResetStream} C{CANCEL}): the service closes the client
+(with a 1001 close frame); a handshake not answered yet is retried by the
+service elsewhere.  A refusal being relayed finishes as a request would.
+A non-101 answer is relayed as an ordinary
 response; done once its END_STREAM went out, the app's connection closed.
 An input a state does not allow is a defined error (L{Invalid}, then
 L{Abort}), never an exception.
@@ -36,7 +42,7 @@ from collections.abc import Callable, Mapping
 
 import attrs
 
-from appproxy.tunnel.machine import CancelTimer, SetTimer
+from appproxy.tunnel.machine import CancelTimer, ResetStream, SetTimer
 
 
 class UpgradeState(enum.Enum):
@@ -77,6 +83,8 @@ class UpgradeInput(enum.Enum):
     """The service reset the stream, or the tunnel went."""
     FAILED = "failed"
     """Handling the stream raised."""
+    GOING_AWAY = "going-away"
+    """The connector drains: WebSockets end now."""
     TIMER_FIRED = "timer-fired"
 
 
@@ -114,7 +122,7 @@ class Invalid:
     input: UpgradeInput
 
 
-Action = SetTimer | CancelTimer | TimedOut | EndStream | CloseApp | Abort | Invalid
+Action = SetTimer | CancelTimer | TimedOut | EndStream | CloseApp | ResetStream | Abort | Invalid
 
 S = UpgradeState
 I = UpgradeInput  # noqa: E741
@@ -146,6 +154,8 @@ TRANSITIONS: Mapping[tuple[UpgradeState, UpgradeInput], tuple[UpgradeState, str 
     (S.RESPONDING, I.END_SENT): (S.DONE, "_responded"),
     **{(s, I.PEER_RESET): (S.RESET, "_drop") for s in _LIVE},
     **{(s, I.FAILED): (S.RESET, "_drop") for s in _LIVE},
+    **{(s, I.GOING_AWAY): (S.RESET, "_going_away") for s in (S.HANDSHAKE_SENT, *_FLOWING)},
+    (S.RESPONDING, I.GOING_AWAY): (S.RESPONDING, None),
     # An ended stream ignores everything: what arrives late is moot.
     **{(s, i): (s, None) for s in _ENDED for i in UpgradeInput},
 }
@@ -211,6 +221,9 @@ class UpgradeMachine:
 
     def _drop(self, now: float) -> list[Action]:
         return [*self._stop_timer(now), CloseApp(at_once=True)]
+
+    def _going_away(self, now: float) -> list[Action]:
+        return [*self._drop(now), ResetStream("CANCEL")]
 
     def _timed_out(self, now: float) -> list[Action]:
         if self.armed is not None and now + 1e-6 < self.armed:
