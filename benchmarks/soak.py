@@ -222,6 +222,11 @@ def log_problems(stack: Any) -> dict[str, int]:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    # The backend and the WebSocket app stop by themselves after this long (a
+    # safety net): never before the soak is over.
+    harness.BACKEND_MAX_SECONDS = max(
+        harness.BACKEND_MAX_SECONDS, args.minutes * 60 + args.idle + args.cooldown + 600
+    )
     app, port = websocket.start_app()
     heap_dir = Path(os.environ.get("TMPDIR", "/tmp")) / f"appproxy-soak-heap-{os.getpid()}"
     heap_dir.mkdir(exist_ok=True)
