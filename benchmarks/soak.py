@@ -59,6 +59,27 @@ from harness import StackOptions
 TARGET_LOAD_MIB = 16.0
 TARGET_AFTER_MIB = 8.0
 DAEMONS = ("service", "connector")
+#: The report's rows for each daemon: label, the analysis keys shown (joined
+#: by " / "), target.
+REPORT_ROWS: tuple[tuple[str, tuple[str, ...], str], ...] = (
+    ("idle RSS (MiB) / fds", ("idle_mib", "idle_fds"), ""),
+    ("load, max RSS over idle (MiB)", ("load_max_over_idle_mib",), f"<= {TARGET_LOAD_MIB:g}"),
+    ("  per quarter of the load", ("load_quarters_max_over_idle_mib",), ""),
+    ("slope, 2nd half of load (MiB/h)", ("second_half_slope_mib_per_hour",), "none upward"),
+    (
+        "cool-down end, RSS over idle (MiB)",
+        ("after_load_over_idle_mib",),
+        f"<= {TARGET_AFTER_MIB:g}",
+    ),
+    ("  seconds to within 8 MiB", ("cooldown_seconds_to_within_8mib",), "<= 60"),
+    ("lone download after, max over idle (MiB)", ("lone-download_max_over_idle_mib",), ""),
+    (
+        "fds / tunnel streams left, cool-down end",
+        ("fds_left_behind", "streams_left_behind"),
+        "0 / 0",
+    ),
+    ("fds / tunnel streams left, end", ("end_fds_left_behind", "end_streams"), "0 / 0"),
+)
 MAX_MINUTES = 24 * 60
 
 
@@ -353,52 +374,11 @@ def analyse(samples: list[dict[str, Any]], cooldown: float) -> dict[str, Any]:
 def report(results: dict[str, Any]) -> str:
     a = results["analysis"]
     lines = []
-    rows = []
-    for name in DAEMONS:
-        d = a[name]
-        rows += [
-            [f"{name}: idle RSS (MiB) / fds", f"{d['idle_mib']} / {d['idle_fds']}", ""],
-            [
-                f"{name}: load, max RSS over idle (MiB)",
-                str(d.get("load_max_over_idle_mib")),
-                f"<= {TARGET_LOAD_MIB:g}",
-            ],
-            [
-                f"{name}:   per quarter of the load",
-                str(d.get("load_quarters_max_over_idle_mib")),
-                "",
-            ],
-            [
-                f"{name}: slope, 2nd half of load (MiB/h)",
-                str(d.get("second_half_slope_mib_per_hour")),
-                "none upward",
-            ],
-            [
-                f"{name}: cool-down end, RSS over idle (MiB)",
-                str(d.get("after_load_over_idle_mib")),
-                f"<= {TARGET_AFTER_MIB:g}",
-            ],
-            [
-                f"{name}:   seconds to within 8 MiB",
-                str(d.get("cooldown_seconds_to_within_8mib")),
-                "<= 60",
-            ],
-            [
-                f"{name}: lone download after, max over idle (MiB)",
-                str(d.get("lone-download_max_over_idle_mib")),
-                "",
-            ],
-            [
-                f"{name}: fds / tunnel streams left, cool-down end",
-                f"{d.get('fds_left_behind')} / {d.get('streams_left_behind')}",
-                "0 / 0",
-            ],
-            [
-                f"{name}: fds / tunnel streams left, end",
-                f"{d.get('end_fds_left_behind')} / {d.get('end_streams')}",
-                "0 / 0",
-            ],
-        ]
+    rows = [
+        [f"{name}: {label}", " / ".join(str(a[name].get(key)) for key in keys), target]
+        for name in DAEMONS
+        for label, keys, target in REPORT_ROWS
+    ]
     lines.append(harness.fmt_table(rows, ["soak", "measured", "target"]))
     lines.append("")
     for kind, s in results["loads"].items():

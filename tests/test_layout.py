@@ -79,6 +79,7 @@ PURE = (
     "appproxy.tunnel.frame_repr",
     "appproxy.tunnel.fields",
     "appproxy.tunnel.stream",
+    "appproxy.tunnel.machine_base",
     "appproxy.tunnel.machine",
     "appproxy.tunnel.connection_machine",
     "appproxy.tunnel.upgrade_machine",

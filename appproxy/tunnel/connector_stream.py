@@ -30,18 +30,21 @@ defined error (L{Invalid}, then L{Abort}), never an exception.
 
 from __future__ import annotations
 
-import enum
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
 import attrs
 
-from appproxy.tunnel.machine import CancelTimer, SetTimer
+from appproxy.tunnel.machine_base import (
+    CancelTimer,
+    IdleTimerMachine,
+    Invalid,
+    MachineEnum,
+    SetTimer,
+    dispatch,
+)
 
 
-class ConnectorStreamState(enum.Enum):
-    # Members are singletons: hash by identity, not by name (a Python call).
-    __hash__ = object.__hash__
-
+class ConnectorStreamState(MachineEnum):
     HEADERS_RECEIVED = "headers-received"
     """The request headers are in; no backend request yet."""
     BACKEND_REQUESTING = "backend-requesting"
@@ -58,10 +61,7 @@ class ConnectorStreamState(enum.Enum):
     """Ended early: reset by the service, the tunnel lost, or failed."""
 
 
-class ConnectorStreamInput(enum.Enum):
-    # Members are singletons: hash by identity, not by name (a Python call).
-    __hash__ = object.__hash__
-
+class ConnectorStreamInput(MachineEnum):
     REQUEST_SENT = "request-sent"
     """The backend request was made (C{has_body} says whether a body follows)."""
     UPLOAD_STARTED = "upload-started"
@@ -97,18 +97,9 @@ class Abort:
     reason: str
 
 
-@attrs.frozen
-class Invalid:
-    """An input the state does not allow: log it (an L{Abort} follows)."""
-
-    state: ConnectorStreamState
-    input: ConnectorStreamInput
-
-
-Action = SetTimer | CancelTimer | TimedOut | Abort | Invalid
-
-#: Frozen and without fields: made once.
-_CANCEL_TIMER = CancelTimer()
+Action = (
+    SetTimer | CancelTimer | TimedOut | Abort | Invalid[ConnectorStreamState, ConnectorStreamInput]
+)
 
 S = ConnectorStreamState
 I = ConnectorStreamInput  # noqa: E741
@@ -152,42 +143,28 @@ TRANSITIONS: Mapping[
 
 
 @attrs.define(eq=False)
-class ConnectorStreamMachine:
+class ConnectorStreamMachine(IdleTimerMachine[ConnectorStreamState, ConnectorStreamInput, Action]):
     """
     One request stream's state and the backend's timing.  C{limit} is the
     app's backend timeout; C{has_body} says whether a request body follows.
+    C{last} is when the current wait began, or the backend last took bytes.
     """
 
     limit: float = 0.0
     has_body: bool = False
     state: ConnectorStreamState = attrs.field(init=False, default=S.HEADERS_RECEIVED)
-    last: float = attrs.field(init=False, default=0.0)
-    """When the current wait began, or the backend last took bytes."""
-    armed: float | None = attrs.field(init=False, default=None)
-    """When the armed timer fires, if one is."""
     waiting: bool = attrs.field(init=False, default=False)
     """Request body bytes wait for the backend."""
 
-    @property
-    def ended(self) -> bool:
-        return self.state in _ENDED
+    ENDED = frozenset(_ENDED)
+    RESET = S.RESET
 
     @property
     def responded(self) -> bool:
         """The service has an answer (response headers, or an error)."""
         return self.state is S.RESPONDING or self.state is S.DONE
 
-    def feed(self, event: ConnectorStreamInput, now: float) -> list[Action]:
-        """Take one input at time C{now}; return what the shell must do."""
-        entry = _DISPATCH.get((self.state, event))
-        if entry is None:
-            return self._invalid(event)
-        self.state, handler = entry
-        if handler is None:
-            return []
-        return handler(self, now)
-
-    # -- handlers ----------------------------------------------------------
+    # -- handlers (and the base's _restart, _stop, _timer_fired) ------------
 
     def _sent(self, now: float) -> list[Action]:
         if not self.has_body:
@@ -211,26 +188,15 @@ class ConnectorStreamMachine:
         self.last = now
         return []
 
-    def _restart(self, now: float) -> list[Action]:
-        self.last = now
-        due = self.due()
-        if due is None or (self.armed is not None and self.armed <= due):
-            return []
-        return self._arm(due)
+    # -- timing ------------------------------------------------------------
 
-    def _stop(self, now: float) -> list[Action]:
-        if self.armed is None:
-            return []
-        self.armed = None
-        return [_CANCEL_TIMER]
+    def due(self) -> float | None:
+        """When the current wait runs out, or C{None} while it is stopped."""
+        if self.state is S.UPLOADING and not self.waiting:
+            return None  # nothing to give: a new byte arms it again
+        return self.last + self.limit
 
-    def _timer_fired(self, now: float) -> list[Action]:
-        self.armed = None
-        due = self.due()
-        if due is None:
-            return []  # nothing to give: a new byte arms it again
-        if now + 1e-6 < due:
-            return self._arm(due)
+    def _timed_out(self) -> list[Action]:
         state = self.state
         self.state = S.DONE
         limit = f"{self.limit:g}"
@@ -240,31 +206,8 @@ class ConnectorStreamMachine:
             detail = f"did not answer within {limit} seconds."
         return [TimedOut(detail)]
 
-    # -- timing ------------------------------------------------------------
-
-    def due(self) -> float | None:
-        """When the current wait runs out, or C{None} while it is stopped."""
-        if self.state is S.UPLOADING and not self.waiting:
-            return None
-        return self.last + self.limit
-
-    def _arm(self, at: float) -> list[Action]:
-        self.armed = at
-        return [SetTimer(at)]
-
-    def _invalid(self, event: ConnectorStreamInput) -> list[Action]:
-        state = self.state
-        self.state = S.RESET
-        actions: list[Action] = [Invalid(state, event), *self._stop(0.0)]
-        actions.append(Abort(f"{event.value} is not allowed in {state.value}"))
-        return actions
+    def _abandon(self, state: ConnectorStreamState, reason: str) -> list[Action]:
+        return [Abort(reason)]
 
 
-#: L{TRANSITIONS} with the handlers looked up once.
-_DISPATCH: Mapping[
-    tuple[ConnectorStreamState, ConnectorStreamInput],
-    tuple[ConnectorStreamState, Callable[[ConnectorStreamMachine, float], list[Action]] | None],
-] = {
-    pair: (state, None if name is None else getattr(ConnectorStreamMachine, name))
-    for pair, (state, name) in TRANSITIONS.items()
-}
+ConnectorStreamMachine.DISPATCH = dispatch(TRANSITIONS, ConnectorStreamMachine)

@@ -37,18 +37,22 @@ L{Abort}), never an exception.
 
 from __future__ import annotations
 
-import enum
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
 import attrs
 
-from appproxy.tunnel.machine import CancelTimer, ResetStream, SetTimer
+from appproxy.tunnel.machine_base import (
+    CancelTimer,
+    Invalid,
+    MachineEnum,
+    ResetStream,
+    SetTimer,
+    TimerMachine,
+    dispatch,
+)
 
 
-class UpgradeState(enum.Enum):
-    # Members are singletons: hash by identity, not by name (a Python call).
-    __hash__ = object.__hash__
-
+class UpgradeState(MachineEnum):
     HANDSHAKE_SENT = "handshake-sent"
     """The handshake is on its way to the app (connecting, or sent); no answer yet."""
     OPEN = "open"
@@ -63,10 +67,7 @@ class UpgradeState(enum.Enum):
     """Ended early: reset by the service, the tunnel lost, or failed."""
 
 
-class UpgradeInput(enum.Enum):
-    # Members are singletons: hash by identity, not by name (a Python call).
-    __hash__ = object.__hash__
-
+class UpgradeInput(MachineEnum):
     ACCEPTED = "accepted"
     """The app answered 101; C{:status 200} went to the service."""
     REFUSED = "refused"
@@ -114,15 +115,16 @@ class Abort:
     reason: str
 
 
-@attrs.frozen
-class Invalid:
-    """An input the state does not allow: log it (an L{Abort} follows)."""
-
-    state: UpgradeState
-    input: UpgradeInput
-
-
-Action = SetTimer | CancelTimer | TimedOut | EndStream | CloseApp | ResetStream | Abort | Invalid
+Action = (
+    SetTimer
+    | CancelTimer
+    | TimedOut
+    | EndStream
+    | CloseApp
+    | ResetStream
+    | Abort
+    | Invalid[UpgradeState, UpgradeInput]
+)
 
 S = UpgradeState
 I = UpgradeInput  # noqa: E741
@@ -162,7 +164,7 @@ TRANSITIONS: Mapping[tuple[UpgradeState, UpgradeInput], tuple[UpgradeState, str 
 
 
 @attrs.define(eq=False)
-class UpgradeMachine:
+class UpgradeMachine(TimerMachine[UpgradeState, UpgradeInput, Action]):
     """
     One upgraded stream's state.  C{limit} is the app's backend timeout,
     for the handshake's answer.
@@ -170,8 +172,6 @@ class UpgradeMachine:
 
     limit: float = 0.0
     state: UpgradeState = attrs.field(init=False, default=S.HANDSHAKE_SENT)
-    armed: float | None = attrs.field(init=False, default=None)
-    """When the armed timer fires, if one is."""
     answered: bool = attrs.field(init=False, default=False)
     """The service has an answer (the 200, a refusal's head, or an error)."""
     app_ended: bool = attrs.field(init=False, default=False)
@@ -181,32 +181,18 @@ class UpgradeMachine:
     up_ended: bool = attrs.field(init=False, default=False)
     """The service's END_STREAM arrived."""
 
-    @property
-    def ended(self) -> bool:
-        return self.state in _ENDED
+    ENDED = frozenset(_ENDED)
+    RESET = S.RESET
 
     def start(self, now: float) -> list[Action]:
         """The handshake is on its way (at C{now}): time the answer."""
         return self._arm(now + self.limit)
 
-    def feed(self, event: UpgradeInput, now: float) -> list[Action]:
-        """Take one input at time C{now}; return what the shell must do."""
-        entry = _DISPATCH.get((self.state, event))
-        if entry is None:
-            return self._invalid(event)
-        self.state, handler = entry
-        if handler is None:
-            return []
-        return handler(self, now)
-
     # -- handlers ----------------------------------------------------------
 
     def _stop_timer(self, now: float) -> list[Action]:
         self.answered = True
-        if self.armed is None:
-            return []
-        self.armed = None
-        return [CancelTimer()]
+        return self._stop(now)
 
     def _accepted(self, now: float) -> list[Action]:
         actions = self._stop_timer(now)
@@ -262,29 +248,8 @@ class UpgradeMachine:
     def _settle(self) -> None:
         self.state = S.DONE if self.up_ended and self.down_ended else S.HALF_CLOSED
 
-    # -- timing ------------------------------------------------------------
-
-    def _arm(self, at: float) -> list[Action]:
-        self.armed = at
-        return [SetTimer(at)]
-
-    def _invalid(self, event: UpgradeInput) -> list[Action]:
-        state = self.state
-        self.state = S.RESET
-        actions: list[Action] = [Invalid(state, event)]
-        if self.armed is not None:
-            self.armed = None
-            actions.append(CancelTimer())
-        actions.append(CloseApp(at_once=True))
-        actions.append(Abort(f"{event.value} is not allowed in {state.value}"))
-        return actions
+    def _abandon(self, state: UpgradeState, reason: str) -> list[Action]:
+        return [CloseApp(at_once=True), Abort(reason)]
 
 
-#: L{TRANSITIONS} with the handlers looked up once.
-_DISPATCH: Mapping[
-    tuple[UpgradeState, UpgradeInput],
-    tuple[UpgradeState, Callable[[UpgradeMachine, float], list[Action]] | None],
-] = {
-    pair: (state, None if name is None else getattr(UpgradeMachine, name))
-    for pair, (state, name) in TRANSITIONS.items()
-}
+UpgradeMachine.DISPATCH = dispatch(TRANSITIONS, UpgradeMachine)

@@ -28,18 +28,23 @@ at the new deadline.  Moving bytes costs no timer call.
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Mapping
 
 import attrs
 
+from appproxy.tunnel.machine_base import (
+    CancelTimer,
+    IdleTimerMachine,
+    Invalid,
+    MachineEnum,
+    ResetStream,
+    SetTimer,
+    dispatch,
+)
 
-class StreamState(enum.Enum):
+
+class StreamState(MachineEnum):
     """Where a stream is in its life."""
-
-    # Members are singletons: identity hashing (C level) finds them in the
-    # transition table without Enum's Python-level __hash__ on every input.
-    __hash__ = object.__hash__
 
     AWAITING_DISPATCH = "awaiting-dispatch"
     """Request headers sent; the body waits for the connector's acknowledgement."""
@@ -55,12 +60,8 @@ class StreamState(enum.Enum):
     """Ended early: reset, cancelled, failed or timed out."""
 
 
-class StreamInput(enum.Enum):
+class StreamInput(MachineEnum):
     """What can happen to a stream."""
-
-    # Members are singletons: identity hashing (C level) finds them in the
-    # transition table without Enum's Python-level __hash__ on every input.
-    __hash__ = object.__hash__
 
     DISPATCHED = "dispatched"
     """The connector acknowledged dispatch (its informational 100)."""
@@ -95,25 +96,6 @@ class StreamInput(enum.Enum):
 
 
 @attrs.frozen
-class SetTimer:
-    """Arm the stream's one timer to fire at C{at} (replacing any armed one)."""
-
-    at: float
-
-
-@attrs.frozen
-class CancelTimer:
-    """Disarm the stream's timer."""
-
-
-@attrs.frozen
-class ResetStream:
-    """Reset the stream (C{CANCEL} for a timeout, C{INTERNAL_ERROR} for a fault)."""
-
-    code: str
-
-
-@attrs.frozen
 class AnswerError:
     """Answer the user with an error page: nothing was relayed yet."""
 
@@ -129,15 +111,14 @@ class CutResponse:
     reason: str
 
 
-@attrs.frozen
-class Invalid:
-    """An input the state does not allow: log it; the other actions end the stream."""
-
-    state: StreamState
-    input: StreamInput
-
-
-Action = SetTimer | CancelTimer | ResetStream | AnswerError | CutResponse | Invalid
+Action = (
+    SetTimer
+    | CancelTimer
+    | ResetStream
+    | AnswerError
+    | CutResponse
+    | Invalid[StreamState, StreamInput]
+)
 
 S = StreamState
 I = StreamInput  # noqa: E741
@@ -192,7 +173,7 @@ TRANSITIONS: Mapping[tuple[StreamState, StreamInput], tuple[StreamState, str | N
 
 
 @attrs.define(eq=False)
-class StreamMachine:
+class StreamMachine(IdleTimerMachine[StreamState, StreamInput, Action]):
     """
     One stream's state and timing.  C{limit} is the idle limit in seconds;
     C{has_body} says whether a request body follows the headers (it waits
@@ -203,13 +184,11 @@ class StreamMachine:
     has_body: bool
     now: float
     """When the request headers went out."""
-    state: StreamState = attrs.field(init=False)
-    last: float = attrs.field(init=False)
-    """When the current wait began, or bytes last moved."""
-    armed: float | None = attrs.field(init=False, default=None)
-    """When the armed timer fires, if one is."""
     send_blocked: bool = attrs.field(init=False, default=False)
     response_paused: bool = attrs.field(init=False, default=False)
+
+    ENDED = frozenset(_ENDED)
+    RESET = S.RESET
 
     def __attrs_post_init__(self) -> None:
         self.state = S.AWAITING_DISPATCH if self.has_body else S.AWAITING_RESPONSE
@@ -219,33 +198,7 @@ class StreamMachine:
         """The request headers went out: arm the first wait."""
         return self._arm(self.last + self.limit)
 
-    @property
-    def ended(self) -> bool:
-        return self.state in _ENDED
-
-    def feed(self, event: StreamInput, now: float) -> list[Action]:
-        """Take one input at time C{now}; return what the shell must do."""
-        entry = TRANSITIONS.get((self.state, event))
-        if entry is None:
-            return self._invalid(event)
-        state, handler = entry
-        self.state = state
-        if handler is None:
-            return []
-        actions: list[Action] = getattr(self, handler)(now)
-        return actions
-
-    # -- handlers ----------------------------------------------------------
-
-    def _restart(self, now: float) -> list[Action]:
-        # A new wait begins: for the body (the clock runs only while it
-        # may flow), the response headers, or the response body.
-        self.last = now
-        return self._rearm()
-
-    def _moved(self, now: float) -> list[Action]:
-        self.last = now
-        return []
+    # -- handlers (and the base's _restart, _moved, _stop, _timer_fired) ----
 
     def _send_blocked(self, now: float) -> list[Action]:
         self.send_blocked = True
@@ -265,23 +218,6 @@ class StreamMachine:
             return self._restart(now)
         return []
 
-    def _stop(self, now: float) -> list[Action]:
-        if self.armed is None:
-            return []
-        self.armed = None
-        return [CancelTimer()]
-
-    def _timer_fired(self, now: float) -> list[Action]:
-        self.armed = None
-        due = self.due()
-        if due is None:
-            # Held back by the other side: the clock is stopped; a resume
-            # arms it again.
-            return []
-        if now + 1e-6 < due:
-            return self._arm(due)
-        return self._timed_out()
-
     # -- timing ------------------------------------------------------------
 
     def due(self) -> float | None:
@@ -291,17 +227,6 @@ class StreamMachine:
         if self.state is S.RESPONDING and self.response_paused:
             return None
         return self.last + self.limit
-
-    def _rearm(self) -> list[Action]:
-        due = self.due()
-        if due is None or (self.armed is not None and self.armed <= due):
-            # Stopped, or the armed timer fires first and will look again.
-            return []
-        return self._arm(due)
-
-    def _arm(self, at: float) -> list[Action]:
-        self.armed = at
-        return [SetTimer(at)]
 
     def _timed_out(self) -> list[Action]:
         state = self.state
@@ -318,15 +243,10 @@ class StreamMachine:
             detail = f"The connector did not answer within {limit} seconds."
         return [ResetStream("CANCEL"), AnswerError(504, "timeout", detail)]
 
-    def _invalid(self, event: StreamInput) -> list[Action]:
-        state = self.state
-        self.state = S.RESET
-        actions: list[Action] = [Invalid(state, event)]
-        actions += self._stop(0.0)
-        actions.append(ResetStream("INTERNAL_ERROR"))
-        reason = f"{event.value} is not allowed in {state.value}"
+    def _abandon(self, state: StreamState, reason: str) -> list[Action]:
         if state is S.RESPONDING:
-            actions.append(CutResponse(reason))
-        else:
-            actions.append(AnswerError(502, "tunnel-error", reason))
-        return actions
+            return [ResetStream("INTERNAL_ERROR"), CutResponse(reason)]
+        return [ResetStream("INTERNAL_ERROR"), AnswerError(502, "tunnel-error", reason)]
+
+
+StreamMachine.DISPATCH = dispatch(TRANSITIONS, StreamMachine)

@@ -304,19 +304,9 @@ class ServiceTunnelProtocol(ServiceStreamEvents, TunnelProtocol["ServiceTunnelFa
         open, reopen the window for what it received unread, and only then
         give its room to the next job.
         """
-        sid = stream.stream_id
         was_active = stream in self.active
         self.active.discard(stream)
-        self.streams.pop(sid, None)
-        if self.connected and not self.terminated:
-            if self.stream_open(sid):
-                try:
-                    self.conn.reset_stream(sid, code)
-                except H2Error:
-                    pass
-            unacked, stream.unacked = stream.unacked, 0
-            self.acknowledge(sid, unacked)
-            self.flush()
+        stream.let_go(code)
         if was_active:
             self.feed(ConnectionInput.STREAM_CLOSED)
 

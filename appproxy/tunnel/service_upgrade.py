@@ -22,13 +22,11 @@ L{appproxy.tunnel.service_upgrades}.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
 
 import attrs
 from h2.errors import ErrorCodes
 from h2.events import DataReceived
-from twisted.internet.interfaces import IDelayedCall
 
 from appproxy.tunnel.fields import (
     Field,
@@ -37,19 +35,13 @@ from appproxy.tunnel.fields import (
     user_fields,
 )
 from appproxy.tunnel.job import ProxyJob
-from appproxy.tunnel.machine import AnswerError, CancelTimer, ResetStream, SetTimer
-from appproxy.tunnel.stream import TunnelStream
+from appproxy.tunnel.service_flow import FlowStream
 from appproxy.tunnel.upgrade_machine import (
-    Action,
     Finished,
-    Invalid,
     Lost,
     UpgradeInput,
     UpgradeMachine,
 )
-
-if TYPE_CHECKING:
-    from appproxy.tunnel.service import ServiceTunnelProtocol
 
 #: The connector's mark on its answer: the app switched protocols.
 UPGRADED_FIELD = b"appproxy-upgraded"
@@ -86,93 +78,26 @@ def connect_fields(job: ProxyJob) -> list[Field]:
 
 
 @attrs.define(eq=False)
-class UpgradeStream(TunnelStream):
+class UpgradeStream(FlowStream):
     """
     One WebSocket on the tunnel: the L{ExchangeStream} the user side writes
     the client's bytes to and pauses, and the stream the protocol feeds the
     app's.
     """
 
-    proto: ServiceTunnelProtocol
-    job: ProxyJob
-    paused: bool = attrs.field(init=False, default=False)
-    """The user side asked for no more of the app's bytes for now."""
-    held: bool = attrs.field(init=False, default=False)
-    """No window is reopened until C{release}, whatever C{paused} says."""
-    unacked: int = attrs.field(init=False, default=0)
-    """Bytes received but not yet acknowledged to the connector."""
-    responded: bool = attrs.field(init=False, default=False)
-    """The user side has the answer (the 101, or a refusal)."""
     accepted: bool = attrs.field(init=False, default=False)
     """The app switched protocols."""
-    finished: bool = attrs.field(init=False, default=False)
-    timer: IDelayedCall | None = attrs.field(init=False, default=None)
     machine: UpgradeMachine | None = attrs.field(init=False, default=None)
 
-    def __attrs_post_init__(self) -> None:
-        self.request_id = self.job.request_id
-
-    # -- ExchangeStream: called by the user side ---------------------------
-
-    def write_body(self, data: bytes) -> bool:
-        """The client's bytes to the app; C{False}: wait for C{body_drained}."""
-        self.job.body_sent = True
-        self.feed(W.DATA_SENT)
-        if self.proto.send_data(self, data):
-            return True
-        self.feed(W.SEND_BLOCKED)
-        return False
-
-    def end_body(self) -> None:
-        """The client's side ended: END_STREAM once its bytes went out."""
-        self.proto.end_stream(self)
-
-    def cancel(self) -> None:
-        if self.finished:
-            return
-        self.feed(W.CANCELLED)
-        self._done(ErrorCodes.CANCEL)
-
-    def pauseProducing(self) -> None:
-        self.paused = True
-        self.feed(W.PAUSED)
-
-    def resumeProducing(self) -> None:
-        self.paused = False
-        self._ack_pending()
-        if not self.held:
-            self.feed(W.RESUMED)
-
-    def hold(self) -> None:
-        self.held = True
-        self.feed(W.PAUSED)
-
-    def release(self) -> None:
-        self.held = False
-        self._ack_pending()
-        if not self.paused:
-            self.feed(W.RESUMED)
-
-    def stopProducing(self) -> None:
-        self.cancel()
-
-    def _ack_pending(self) -> None:
-        if self.unacked and not self.paused and not self.held:
-            unacked, self.unacked = self.unacked, 0
-            self.proto.acknowledge(self.stream_id, unacked)
-
-    # -- TunnelStream ------------------------------------------------------
-
-    def outbound_drained(self) -> None:
-        self.feed(W.SEND_UNBLOCKED)
-        self.job.exchange.body_drained()
-
-    def stream_aborted(self, reason: str) -> None:
-        if self.finished:
-            return
-        self.feed(W.PEER_RESET)
-        self._done()
-        self.job.exchange.stream_lost(self.job, reason)
+    SENT = W.DATA_SENT
+    SEND_BLOCKED = W.SEND_BLOCKED
+    SEND_UNBLOCKED = W.SEND_UNBLOCKED
+    CANCELLED = W.CANCELLED
+    PAUSED = W.PAUSED
+    RESUMED = W.RESUMED
+    PEER_RESET = W.PEER_RESET
+    TIMER_FIRED = W.TIMER_FIRED
+    INVALID_LOG = "Upgraded stream {sid} (request {rid}): {input} is not allowed in {state}"
 
     # -- the protocol's events (inside the stream's error boundary) --------
 
@@ -263,77 +188,12 @@ class UpgradeStream(TunnelStream):
 
     # -- the machine -------------------------------------------------------
 
-    def feed(self, event: UpgradeInput) -> None:
-        machine = self.machine
-        if machine is not None:
-            actions = machine.feed(event, self.proto.clock.seconds())
-            if actions:
-                self._act(actions)
+    def _carry_out(self, action: object, later: bool) -> None:
+        if isinstance(action, Finished):
+            self._done(ErrorCodes.NO_ERROR)
+        elif isinstance(action, Lost):
+            self._answer(later, self.job.exchange.stream_lost, self.job, action.reason)
 
-    def _timer_fired(self) -> None:
-        self.timer = None
-        self.feed(W.TIMER_FIRED)
-
-    def _act(self, actions: list[Action]) -> None:
-        answered = self.finished
-        later = False
-        for action in actions:
-            if isinstance(action, SetTimer):
-                delay = max(0.0, action.at - self.proto.clock.seconds())
-                if self.timer is not None and self.timer.active():
-                    self.timer.reset(delay)
-                else:
-                    self.timer = self.proto.clock.callLater(
-                        delay, self.proto.within_stream, self.stream_id, self._timer_fired
-                    )
-            elif isinstance(action, CancelTimer):
-                self._cancel_timer()
-            elif isinstance(action, Invalid):
-                later = True
-                self.proto.factory.stream_errors += 1
-                self.proto.log.error(
-                    "Upgraded stream {sid} (request {rid}): {input} is not allowed in {state}",
-                    sid=self.stream_id,
-                    rid=self.request_id,
-                    input=action.input.value,
-                    state=action.state.value,
-                )
-            elif answered:
-                continue
-            elif isinstance(action, Finished):
-                self._done(ErrorCodes.NO_ERROR)
-            elif isinstance(action, ResetStream):
-                self._done(ErrorCodes[action.code])
-            elif isinstance(action, AnswerError):
-                self._answer(
-                    later,
-                    self.job.exchange.upstream_error,
-                    action.status,
-                    action.kind,
-                    action.detail,
-                )
-            elif isinstance(action, Lost):
-                self._answer(later, self.job.exchange.stream_lost, self.job, action.reason)
-
-    def _answer(self, later: bool, answer: Callable[..., None], *args: object) -> None:
-        if later:
-            self.proto.clock.callLater(0, answer, *args)
-        else:
-            answer(*args)
-
-    def _cancel_timer(self) -> None:
-        if self.timer is not None and self.timer.active():
-            self.timer.cancel()
-        self.timer = None
-
-    def _done(self, code: ErrorCodes = ErrorCodes.CANCEL) -> None:
-        """
-        Over for us: the protocol resets it (with C{code}) if h2 still counts
-        it open, then frees its upgrade room.
-        """
-        if self.finished:
-            return
-        self.finished = True
-        self.closed = True
-        self._cancel_timer()
+    def _release(self, code: ErrorCodes) -> None:
+        """Free its upgrade room."""
         self.proto.upgrades.finished(self, code)

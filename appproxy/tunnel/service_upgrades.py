@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING
 
 import attrs
 from h2.errors import ErrorCodes
-from h2.exceptions import H2Error
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.python.failure import Failure
 
@@ -136,22 +135,11 @@ class UpgradeChannel:
         C{stream} is done with: reset it if h2 still counts it open, reopen
         the window for what it received unread, then free its room.
         """
-        proto = self.proto
-        sid = stream.stream_id
         was_open = stream in self.streams
         self.streams.discard(stream)
-        proto.streams.pop(sid, None)
-        if proto.connected and not proto.terminated:
-            if proto.stream_open(sid):
-                try:
-                    proto.conn.reset_stream(sid, code)
-                except H2Error:
-                    pass
-            unacked, stream.unacked = stream.unacked, 0
-            proto.acknowledge(sid, unacked)
-            proto.flush()
+        stream.let_go(code)
         if was_open:
-            proto.feed(ConnectionInput.UPGRADE_CLOSED)
+            self.proto.feed(ConnectionInput.UPGRADE_CLOSED)
 
     def failed(self, stream: UpgradeStream, failure: Failure) -> None:
         """Handling C{stream} raised (the protocol's error boundary)."""

@@ -30,18 +30,25 @@ the stream is done once both have.
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Mapping
 
 import attrs
 
-from appproxy.tunnel.machine import AnswerError, CancelTimer, ResetStream, SetTimer
+from appproxy.tunnel.machine import AnswerError
+from appproxy.tunnel.machine_base import (
+    CancelTimer,
+    IdleTimerMachine,
+    Invalid,
+    MachineEnum,
+    ResetStream,
+    SetTimer,
+    dispatch,
+)
 
 
-class UpgradeState(enum.Enum):
+class UpgradeState(MachineEnum):
     """Where an upgraded stream is in its life."""
 
-    __hash__ = object.__hash__
     OPENING = "opening"
     """The CONNECT went out; the connector's answer is awaited."""
     OPEN = "open"
@@ -54,10 +61,9 @@ class UpgradeState(enum.Enum):
     """Ended early: reset, cancelled, failed or timed out."""
 
 
-class UpgradeInput(enum.Enum):
+class UpgradeInput(MachineEnum):
     """What can happen to an upgraded stream."""
 
-    __hash__ = object.__hash__
     ACCEPTED = "accepted"
     """The connector's answer: the app switched protocols."""
     REFUSED = "refused"
@@ -102,45 +108,50 @@ class Finished:
     """The stream ended normally: free it (h2 counts it closed, or reset it)."""
 
 
-@attrs.frozen
-class Invalid:
-    """An input the state does not allow: log it; the other actions end the stream."""
-
-    state: UpgradeState
-    input: UpgradeInput
-
-
-Action = SetTimer | CancelTimer | ResetStream | AnswerError | Lost | Finished | Invalid
+Action = (
+    SetTimer
+    | CancelTimer
+    | ResetStream
+    | AnswerError
+    | Lost
+    | Finished
+    | Invalid[UpgradeState, UpgradeInput]
+)
 
 U = UpgradeState
 I = UpgradeInput  # noqa: E741
 
 _LIVE = (U.OPENING, U.OPEN, U.RESPONDING)
 _ENDED = (U.DONE, U.RESET)
-#: What the user side may do at any time while the stream lives.
-_USER_SIDE = (I.PAUSED, I.RESUMED, I.SEND_BLOCKED, I.SEND_UNBLOCKED, I.DATA_SENT, I.LOCAL_ENDED)
+#: What the user side may do at any time while the stream lives, and its handler.
+_USER_SIDE = {
+    I.PAUSED: "_paused",
+    I.RESUMED: "_resumed",
+    I.SEND_BLOCKED: "_send_blocked",
+    I.SEND_UNBLOCKED: "_send_unblocked",
+    I.DATA_SENT: "_data_sent",
+    I.LOCAL_ENDED: "_local_ended",
+}
 
-#: (state, input) -> (next state, handler); a pair not here is invalid.
-TRANSITIONS: Mapping[tuple[UpgradeState, UpgradeInput], tuple[UpgradeState, str]] = {
-    (U.OPENING, I.ACCEPTED): (U.OPEN, "_accepted"),
+#: (state, input) -> (next state, handler or C{None}); a pair not here is invalid.
+TRANSITIONS: Mapping[tuple[UpgradeState, UpgradeInput], tuple[UpgradeState, str | None]] = {
+    (U.OPENING, I.ACCEPTED): (U.OPEN, "_restart"),
     (U.OPENING, I.REFUSED): (U.RESPONDING, "_restart"),
     (U.OPENING, I.ERROR_ANSWERED): (U.DONE, "_finish"),
-    **{(U.OPENING, i): (U.OPENING, "_flag") for i in _USER_SIDE},
-    **{(U.OPEN, i): (U.OPEN, "_flag") for i in _USER_SIDE},
+    **{(s, i): (s, handler) for s in _LIVE for i, handler in _USER_SIDE.items()},
     (U.OPEN, I.DATA_RECEIVED): (U.OPEN, "_moved"),
-    (U.OPEN, I.REMOTE_ENDED): (U.OPEN, "_flag"),
-    **{(U.RESPONDING, i): (U.RESPONDING, "_flag") for i in _USER_SIDE},
+    (U.OPEN, I.REMOTE_ENDED): (U.OPEN, "_remote_ended"),
     (U.RESPONDING, I.DATA_RECEIVED): (U.RESPONDING, "_moved"),
     (U.RESPONDING, I.REMOTE_ENDED): (U.DONE, "_finish"),
     **{(s, I.TIMER_FIRED): (s, "_timer_fired") for s in _LIVE},
     **{(s, i): (U.RESET, "_stop") for s in _LIVE for i in (I.PEER_RESET, I.CANCELLED, I.FAILED)},
     # An ended stream ignores everything: what arrives late is moot.
-    **{(s, i): (s, "_nothing") for s in _ENDED for i in UpgradeInput},
+    **{(s, i): (s, None) for s in _ENDED for i in UpgradeInput},
 }
 
 
 @attrs.define(eq=False)
-class UpgradeMachine:
+class UpgradeMachine(IdleTimerMachine[UpgradeState, UpgradeInput, Action]):
     """
     One upgraded stream's state and timing: C{answer_limit} seconds for
     the connector's answer (and between bytes of a refusal's body),
@@ -152,14 +163,13 @@ class UpgradeMachine:
     now: float
     """When the CONNECT went out."""
     state: UpgradeState = attrs.field(init=False, default=U.OPENING)
-    last: float = attrs.field(init=False)
-    """When the current wait began, or bytes last moved."""
-    armed: float | None = attrs.field(init=False, default=None)
-    """When the armed timer fires, if one is."""
     send_blocked: bool = attrs.field(init=False, default=False)
     paused: bool = attrs.field(init=False, default=False)
     remote_ended: bool = attrs.field(init=False, default=False)
     local_ended: bool = attrs.field(init=False, default=False)
+
+    ENDED = frozenset(_ENDED)
+    RESET = U.RESET
 
     def __attrs_post_init__(self) -> None:
         self.last = self.now
@@ -169,86 +179,53 @@ class UpgradeMachine:
         return self._arm(self.last + self.answer_limit)
 
     @property
-    def ended(self) -> bool:
-        return self.state in _ENDED
-
-    @property
     def limit(self) -> float:
         return self.idle_limit if self.state is U.OPEN else self.answer_limit
 
-    def feed(self, event: UpgradeInput, now: float) -> list[Action]:
-        """Take one input at time C{now}; return what the shell must do."""
-        entry = TRANSITIONS.get((self.state, event))
-        if entry is None:
-            return self._invalid(event)
-        before = self.state
-        self.state, handler = entry
-        actions: list[Action] = getattr(self, handler)(event, now, before)
-        return actions
+    # -- handlers (and the base's _restart, _moved, _stop, _timer_fired) ----
+    # The user side's inputs, and the app's end, in any live state.
 
-    # -- handlers ----------------------------------------------------------
-
-    def _nothing(self, event: UpgradeInput, now: float, before: UpgradeState) -> list[Action]:
+    def _data_sent(self, now: float) -> list[Action]:
+        if self.state is U.OPEN:
+            self.last = now
         return []
 
-    def _accepted(self, event: UpgradeInput, now: float, before: UpgradeState) -> list[Action]:
-        return self._restart(event, now, before)
-
-    def _restart(self, event: UpgradeInput, now: float, before: UpgradeState) -> list[Action]:
-        self.last = now
-        return self._rearm()
-
-    def _moved(self, event: UpgradeInput, now: float, before: UpgradeState) -> list[Action]:
-        self.last = now
+    def _send_blocked(self, now: float) -> list[Action]:
+        self.send_blocked = True
         return []
 
-    def _flag(self, event: UpgradeInput, now: float, before: UpgradeState) -> list[Action]:
-        """The user side's inputs, and the app's end, in any live state."""
-        if event is I.DATA_SENT:
-            if self.state is U.OPEN:
-                self.last = now
-            return []
-        if event is I.SEND_BLOCKED:
-            self.send_blocked = True
-            return []
-        if event is I.PAUSED:
-            self.paused = True
-            return []
-        if event is I.SEND_UNBLOCKED:
-            self.send_blocked = False
-        elif event is I.RESUMED:
-            self.paused = False
-        elif event is I.REMOTE_ENDED:
-            self.remote_ended = True
-        elif event is I.LOCAL_ENDED:
-            self.local_ended = True
+    def _paused(self, now: float) -> list[Action]:
+        self.paused = True
+        return []
+
+    def _send_unblocked(self, now: float) -> list[Action]:
+        self.send_blocked = False
+        return self._flowing(now)
+
+    def _resumed(self, now: float) -> list[Action]:
+        self.paused = False
+        return self._flowing(now)
+
+    def _remote_ended(self, now: float) -> list[Action]:
+        self.remote_ended = True
+        return self._flowing(now)
+
+    def _local_ended(self, now: float) -> list[Action]:
+        self.local_ended = True
+        return self._flowing(now)
+
+    def _flowing(self, now: float) -> list[Action]:
+        """A direction moves again, or ended: done once both ended."""
         if self.state is U.OPEN and self.remote_ended and self.local_ended:
-            return self._finish(event, now, before)
+            return self._finish(now)
         if self.state is U.OPENING:
             # The answer's deadline runs on, whatever the user side does.
             return []
-        return self._restart(event, now, before)
+        return self._restart(now)
 
-    def _finish(self, event: UpgradeInput, now: float, before: UpgradeState) -> list[Action]:
+    def _finish(self, now: float) -> list[Action]:
         self.state = U.DONE
-        return [*self._stop(event, now, before), Finished()]
-
-    def _stop(self, event: UpgradeInput, now: float, before: UpgradeState) -> list[Action]:
-        if self.armed is None:
-            return []
-        self.armed = None
-        return [CancelTimer()]
-
-    def _timer_fired(self, event: UpgradeInput, now: float, before: UpgradeState) -> list[Action]:
-        self.armed = None
-        due = self.due()
-        if due is None:
-            # Held back with bytes waiting: the clock is stopped; the
-            # direction moving again arms it.
-            return []
-        if now + 1e-6 < due:
-            return self._arm(due)
-        return self._timed_out()
+        return [*self._stop(now), Finished()]
 
     # -- timing ------------------------------------------------------------
 
@@ -259,16 +236,6 @@ class UpgradeMachine:
         if self.state is U.RESPONDING and self.paused:
             return None
         return self.last + self.limit
-
-    def _rearm(self) -> list[Action]:
-        due = self.due()
-        if due is None or (self.armed is not None and self.armed <= due):
-            return []
-        return self._arm(due)
-
-    def _arm(self, at: float) -> list[Action]:
-        self.armed = at
-        return [SetTimer(at)]
 
     def _timed_out(self) -> list[Action]:
         state = self.state
@@ -281,17 +248,10 @@ class UpgradeMachine:
         detail = f"The connector did not answer within {limit} seconds."
         return [ResetStream("CANCEL"), AnswerError(504, "timeout", detail)]
 
-    def _invalid(self, event: UpgradeInput) -> list[Action]:
-        state = self.state
-        self.state = U.RESET
-        actions: list[Action] = [Invalid(state, event)]
-        if self.armed is not None:
-            self.armed = None
-            actions.append(CancelTimer())
-        actions.append(ResetStream("INTERNAL_ERROR"))
-        reason = f"{event.value} is not allowed in {state.value}"
+    def _abandon(self, state: UpgradeState, reason: str) -> list[Action]:
         if state is U.OPENING:
-            actions.append(AnswerError(502, "tunnel-error", reason))
-        else:
-            actions.append(Lost(reason))
-        return actions
+            return [ResetStream("INTERNAL_ERROR"), AnswerError(502, "tunnel-error", reason)]
+        return [ResetStream("INTERNAL_ERROR"), Lost(reason)]
+
+
+UpgradeMachine.DISPATCH = dispatch(TRANSITIONS, UpgradeMachine)
