@@ -30,6 +30,7 @@ from appproxy.config import load_connector_config, load_service_config
 from appproxy.daemon import pki
 from appproxy.daemon.connector_tap import ConnectorService
 from appproxy.daemon.service_tap import AppProxyService
+from tests import connectors_db
 
 DOMAIN = "appproxy.test"
 
@@ -144,8 +145,12 @@ class Deployment:
         apps: list[dict[str, Any]],
         queue_timeout: float,
         extra_toml: str = "",
+        connector_ca_key: bool = False,
     ) -> None:
         self.testcase = testcase
+        #: The service gets the CA's key ([tunnel] connector_ca_key): it signs
+        #: renewals (else it answers them 503 registration_disabled).
+        self.connector_ca_key = connector_ca_key
         #: More of service.toml (sign-in, policies), appended as it is.
         self.extra_toml = extra_toml
         self.root = Path(testcase.mktemp())
@@ -172,6 +177,11 @@ class Deployment:
     @property
     def backend_url(self) -> str:
         return f"http://127.0.0.1:{cast(IPv4Address, self.backend_port.getHost()).port}/"
+
+    @property
+    def state_dir(self) -> Path:
+        """The service's C{state_dir} (its state database)."""
+        return self.root / "state"
 
     def _write(self, name: str, data: bytes) -> Path:
         path = self.root / name
@@ -203,6 +213,9 @@ class Deployment:
             'key = "tunnel.key"',
             'connector_ca = "ca.pem"',
         ]
+        if self.connector_ca_key:
+            self._write("ca.key", self.ca.key_pem).chmod(0o600)
+            lines.append('connector_ca_key = "ca.key"')
         for app in self.apps:
             lines.append("[[apps]]")
             settings = {
@@ -239,7 +252,8 @@ class Deployment:
         self, group: str = "default", connections: int = 2, capacity: int = 100, name: str = ""
     ) -> ConnectorService:
         name = name or f"connector-{len(self.connectors) + 1}"
-        pair = pki.issue_connector_certificate(self.ca, name, group)
+        # Recorded in the service's state database, or admission refuses it.
+        pair = connectors_db.issue(self.state_dir, self.ca, name, group)
         self._write(f"{name}/connector.pem", pair.cert_pem)
         self._write(f"{name}/connector.key", pair.key_pem)
         self._write(f"{name}/ca.pem", self.ca.cert_pem)
@@ -260,9 +274,14 @@ class Deployment:
             ).encode(),
         )
         connector = ConnectorService(load_connector_config(path), reactor)
-        connector.startService()
         self.connectors.append(connector)
         self.testcase.addCleanup(self._stop_connector, connector)
+        if self.service is not None and self.service.running:
+            # It dials once the running service has read it from its database.
+            admitted = self.service.refresh_admission()
+            admitted.addCallback(lambda _: connector.startService())
+        else:
+            connector.startService()
         return connector
 
     def _stop_connector(self, connector: ConnectorService) -> Deferred[None] | None:
@@ -303,14 +322,16 @@ def start(
     connectors: int = 1,
     connections: int = 2,
     queue_timeout: float = 5.0,
+    connector_ca_key: bool = False,
 ) -> Any:
     """
     A deployment with one app C{web} (passthrough) unless C{apps} says
-    otherwise, and C{connectors} connectors of the group C{default}.
+    otherwise, and C{connectors} connectors of the group C{default}; with
+    C{connector_ca_key}, its service signs renewals.
     """
     if apps is None:
         apps = [{"name": "web", "external_url": f"https://web.{DOMAIN}/"}]
-    deployment = Deployment(testcase, apps, queue_timeout)
+    deployment = Deployment(testcase, apps, queue_timeout, connector_ca_key=connector_ca_key)
     deployment.start_service()
     for _ in range(connectors):
         deployment.start_connector(connections=connections)

@@ -6,7 +6,9 @@ run by Node.js from C{tests/interop/provider.mjs} with a JSON configuration
 written here: HTTPS on 127.0.0.1 with a server certificate from a fresh test CA
 (L{appproxy.daemon.pki}), static clients, users with a password and an optional
 one-time code, and a private signing key set generated here, so that a key
-rotation is a restart with new keys and new key ids.
+rotation is a restart with new keys and new key ids.  The device authorization
+grant (RFC 8628) is on for clients that ask for it: L{device_client} makes the
+metadata of a public one, as C{appproxy-connector register} uses.
 
 Its JavaScript dependencies are installed by C{npm ci --prefix tests/interop};
 L{node_available} says what is missing, and tests that need the provider must
@@ -42,11 +44,13 @@ from twisted.python.failure import Failure
 from appproxy.daemon import pki
 
 __all__ = [
+    "DEVICE_CODE_GRANT",
     "INSTALL_HINT",
     "NODE_DIR",
     "SIGNING_ALGORITHMS",
     "NodeProvider",
     "NodeProviderError",
+    "device_client",
     "generate_jwks",
     "node_available",
     "public_jwks",
@@ -60,6 +64,9 @@ INSTALL_HINT = "run `npm ci --prefix tests/interop` (needs Node.js 18 or newer)"
 
 SIGNING_ALGORITHMS = ("RS256", "PS256", "ES256", "EdDSA")
 """The ID token signing algorithms L{generate_jwks} makes keys for."""
+
+DEVICE_CODE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
+"""The grant type of the device flow's token request."""
 
 _SCRIPT = NODE_DIR / "provider.mjs"
 _READY_TIMEOUT = 30.0
@@ -97,6 +104,23 @@ def node_available() -> str | None:
     if version != pinned:
         return f"oidc-provider {version} is installed but {pinned} is pinned: {INSTALL_HINT}"
     return None
+
+
+def device_client(client_id: str, **extra: Any) -> dict[str, Any]:
+    """
+    The metadata of a public client of the device flow: no secret
+    (C{token_endpoint_auth_method} C{none}), the device code grant only, no
+    redirect URIs; C{extra} overrides or adds metadata.
+    """
+    return {
+        "client_id": client_id,
+        "client_name": "appproxy connector registration",
+        "token_endpoint_auth_method": "none",
+        "grant_types": [DEVICE_CODE_GRANT],
+        "response_types": [],
+        "redirect_uris": [],
+        **extra,
+    }
 
 
 def _b64_uint(value: int, length: int | None = None) -> str:
@@ -271,6 +295,7 @@ class NodeProvider:
         users: dict[str, dict[str, Any]],
         jwks_private: dict[str, list[dict[str, str]]],
         ttl: dict[str, int],
+        device_interval: int | None = None,
     ) -> None:
         self.issuer = issuer
         self.port = port
@@ -283,6 +308,7 @@ class NodeProvider:
         self._cert_path = cert_path
         self._key_path = key_path
         self._ttl = ttl
+        self._device_interval = device_interval
         self._process: _NodeProcess | None = None
         self._transport: IProcessTransport | None = None
 
@@ -317,6 +343,8 @@ class NodeProvider:
             "jwks": self.jwks_private,
             "ttl": self._ttl,
         }
+        if self._device_interval is not None:
+            config["device_interval"] = self._device_interval
         path = self._state / "provider.json"
         _write_private(path, json.dumps(config, indent=2).encode("utf-8"))
         return path
@@ -437,6 +465,7 @@ def start_node_provider(
     port: int = 0,
     hostname: str = "localhost",
     ttl: Mapping[str, int] | None = None,
+    device_interval: int | None = None,
 ) -> Deferred[NodeProvider]:
     """
     Start oidc-provider on 127.0.0.1 with HTTPS.
@@ -462,8 +491,11 @@ def start_node_provider(
     @param hostname: the issuer's host name, named by the server certificate;
         it must resolve to 127.0.0.1 for clients that use it.
     @param ttl: lifetimes in seconds by oidc-provider model name
-        (C{IdToken}, C{AccessToken}, C{AuthorizationCode}, C{Session},
-        C{Interaction}, C{Grant}).
+        (C{IdToken}, C{AccessToken}, C{AuthorizationCode}, C{DeviceCode},
+        C{Session}, C{Interaction}, C{Grant}).
+    @param device_interval: the C{interval} (seconds) the device
+        authorization endpoint tells clients to wait between polls; L{None}
+        leaves it out (clients then wait 5 seconds).
     @return: a L{Deferred} that fires with the running L{NodeProvider}, or
         fails with L{NodeProviderError} (with the provider's standard error)
         if it did not start within 30 seconds.
@@ -478,6 +510,7 @@ def start_node_provider(
         port=port,
         hostname=hostname,
         ttl=ttl,
+        device_interval=device_interval,
     )
 
 
@@ -491,6 +524,7 @@ def _start(
     port: int = 0,
     hostname: str = "localhost",
     ttl: Mapping[str, int] | None = None,
+    device_interval: int | None = None,
 ) -> Deferred[NodeProvider]:
     problem = node_available()
     if problem is not None:
@@ -529,5 +563,6 @@ def _start(
         users=user_map,
         jwks_private=generate_jwks(algs),
         ttl=dict(ttl or {}),
+        device_interval=device_interval,
     )
     return provider._spawn().addCallback(lambda _: provider)

@@ -4,7 +4,10 @@ service and a real connector on loopback TLS, with a client certificate
 valid for a few seconds.  Each end does it alone (the other end's watch is
 stopped), so a connector that never closes its own connection is still cut
 off by the service, and a service that forgets is still left by the
-connector.
+connector.  Those services cannot sign (no C{[tunnel] connector_ca_key}):
+the connector's renewal is refused, and it keeps trying, with backoff,
+until its certificate expires.  A service that signs renews the connector's
+certificate before it expires, and the connector serves on.
 """
 
 from __future__ import annotations
@@ -22,8 +25,9 @@ from twisted.trial.unittest import TestCase
 from appproxy.daemon import pki
 from appproxy.tunnel import expiry
 from appproxy.tunnel.queue import NO_CONNECTOR_GRACE
-from tests import deployment
+from tests import connectors_db, deployment
 from tests.test_integration import _wait_until
+from tests.test_tunnel_tls_failures import REPRS, _events, _text
 
 #: How long the short-lived certificates live: time enough for the
 #: connection to come up first on a loaded machine.
@@ -50,22 +54,31 @@ def short_lived(ca: pki.KeyPair, pair: pki.KeyPair, seconds: float) -> pki.KeyPa
     return pki.KeyPair(signed.public_bytes(serialization.Encoding.PEM), pair.key_pem)
 
 
+def _not_after(cert_pem: bytes) -> float:
+    return x509.load_pem_x509_certificate(cert_pem).not_valid_after_utc.timestamp()
+
+
 class CertificateExpiryTests(TestCase):
     timeout = 60
 
-    @inlineCallbacks
-    def expire_with_request_in_flight(self, keep: str) -> Any:
-        """
-        One connector whose certificate expires in L{LIFETIME} seconds, a
-        request in flight across its notAfter, and only the C{keep} end
-        ("service" or "connector") watching the certificate.
-        """
+    def setUp(self) -> None:
         issue = pki.issue_connector_certificate
 
         def issue_short(ca: pki.KeyPair, connector_id: str, group: str) -> pki.KeyPair:
             return short_lived(ca, issue(ca, connector_id, group), LIFETIME)
 
+        # The connectors' certificates live LIFETIME seconds (and are due for
+        # renewal at once: their life began minutes ago).
         self.patch(pki, "issue_connector_certificate", issue_short)
+        self.events = _events(self)
+
+    @inlineCallbacks
+    def expire_with_request_in_flight(self, keep: str) -> Any:
+        """
+        One connector whose certificate expires in L{LIFETIME} seconds (its
+        renewal refused), a request in flight across its notAfter, and only
+        the C{keep} end ("service" or "connector") watching the certificate.
+        """
         d = yield deployment.start(self, connectors=0)
         connector = d.start_connector(connections=1)
         yield d.wait_for_connections(1)
@@ -104,7 +117,40 @@ class CertificateExpiryTests(TestCase):
         yield _wait_until(lambda: not service_end.connected and not connector_end.connected)
         self.assertEqual(d.backend.hits, 1)
         self.assertEqual(connector.factory.streams_started, 1)
+        yield self.check_renewal_refused(connector)
         return d, connector
+
+    @inlineCallbacks
+    def check_renewal_refused(self, connector: Any) -> Any:
+        """
+        The connector tried to renew, was refused, said why once in plain
+        words, tried again with backoff (not at every call) until the
+        certificate expired, then said once what to run.
+        """
+        trust = connector.trust
+
+        def expired() -> list[str]:
+            return [
+                t
+                for t in _text(self.events)
+                if t.startswith("Cannot renew: the connector certificate")
+            ]
+
+        yield _wait_until(lambda: bool(expired()))
+        self.assertEqual(trust.renewals, 0)
+        # Attempts about 1, 2, then at most 1 s apart as notAfter nears.
+        self.assertGreaterEqual(trust.renew_attempts, 2)
+        self.assertLessEqual(trust.renew_attempts, LIFETIME + 3)
+        text = _text(self.events)
+        refused = [t for t in text if t.startswith("Cannot renew this connector's certificate")]
+        self.assertEqual([t for t in refused + expired() if REPRS.search(t)], [])
+        self.assertEqual(len(refused), 1, refused)
+        self.assertIn("503 registration_disabled", refused[0])
+        self.assertIn("connector_ca_key", refused[0])
+        self.assertIn("the certificate expires at", refused[0])
+        told = expired()
+        self.assertEqual(len(told), 1, told)
+        self.assertIn("appproxy connectors token create --group default", told[0])
 
     def test_service_closes_expired_connector(self) -> Any:
         """
@@ -114,14 +160,55 @@ class CertificateExpiryTests(TestCase):
         return self.expire_with_request_in_flight("service")
 
     @inlineCallbacks
+    def test_connector_renews_before_expiry_and_serves_on(self) -> Any:
+        """
+        A service that signs: the connector renews its certificate before it
+        expires (before it dials); the certificate on disk and its tunnel
+        connections are the new one's, and requests are served past the old
+        one's notAfter, one in flight across it included.
+        """
+        d = yield deployment.start(self, connectors=0, connector_ca_key=True)
+        connector = d.start_connector(connections=1)
+        old = (d.root / "connector-1" / "connector.pem").read_bytes()
+        old_not_after = _not_after(old)
+        yield d.wait_for_connections(1)
+        self.assertEqual(connector.trust.renewals, 1)
+        self.assertLess(time.time(), old_not_after)
+        new = (d.root / "connector-1" / "connector.pem").read_bytes()
+        self.assertNotEqual(new, old)
+        self.assertGreater(_not_after(new), time.time() + 3600)
+        assert d.service is not None
+        [service_end] = list(d.service.tunnel_factory.protocols)
+        assert service_end.expiry is not None
+        self.assertEqual(service_end.expiry.not_after, _not_after(new))
+        client = d.client()
+        delay = old_not_after - time.time() + 1.0
+        in_flight = client.get(d.url("web", f"/slow?delay={delay:.2f}"))
+        yield _wait_until(lambda: d.backend.hits == 1)
+        yield _wait_until(lambda: time.time() > old_not_after + 0.5, timeout=LIFETIME + 5)
+        response = yield client.get(d.url("web", "/echo"))
+        self.assertEqual(response.code, 200)
+        yield response.content()
+        response = yield in_flight
+        self.assertEqual(response.code, 200)
+        yield response.content()
+        self.assertTrue(service_end.connected)
+        self.assertEqual(connector.trust.renewals, 1)
+        self.assertEqual(connector.trust.renew_attempts, 1)
+
+    @inlineCallbacks
     def test_connector_closes_at_its_expiry_and_renewal_replaces(self) -> Any:
         """
-        The service does not watch: the connector drains its connection at
-        its certificate's notAfter; once a renewed certificate is reloaded,
-        the next connection uses it and serves again.
+        The service does not watch, and refuses renewals: the connector
+        drains its connection at its certificate's notAfter; once a renewed
+        certificate is reloaded (an administrator's), the next connection
+        uses it and serves again.
         """
         d, connector = yield self.expire_with_request_in_flight("connector")
         renewed = pki.issue_connector_certificate(d.ca, "connector-1", "default")
+        # A renewal as the service records one: the expired serial retired.
+        expired = (d.root / "connector-1" / "connector.pem").read_bytes()
+        connectors_db.renew(d.state_dir, expired, renewed.cert_pem)
         d._write("connector-1/connector.pem", renewed.cert_pem)
         d._write("connector-1/connector.key", renewed.key_pem)
         connector.reload()
@@ -137,12 +224,6 @@ class CertificateExpiryTests(TestCase):
         keep the expired connection: it is cut.
         """
         self.patch(expiry, "EXPIRY_DRAIN", 0.5)
-        issue = pki.issue_connector_certificate
-
-        def issue_short(ca: pki.KeyPair, connector_id: str, group: str) -> pki.KeyPair:
-            return short_lived(ca, issue(ca, connector_id, group), LIFETIME)
-
-        self.patch(pki, "issue_connector_certificate", issue_short)
         d = yield deployment.start(self, connectors=0)
         d.start_connector(connections=1)
         yield d.wait_for_connections(1)

@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import io
 import os
+import shlex
 import shutil
+import sqlite3
 import stat
 import subprocess
 import sys
 import tempfile
 import tomllib
-from contextlib import redirect_stderr, redirect_stdout
+from contextlib import closing, redirect_stderr, redirect_stdout
 from pathlib import Path
 
 from cryptography import x509
@@ -22,6 +24,8 @@ from appproxy.cli.install import hidden_path_problem
 from appproxy.cli.main import main
 from appproxy.config import load_connector_config, load_service_config
 from appproxy.daemon import pki
+from appproxy.state.connectors import list_connectors, read_admission, read_audit
+from appproxy.state.schema import DATABASE_NAME
 from tests.visible import visible_directory
 
 _KEYS = ["ca.key", "tls/service.key", "tls/tunnel.key", "connector/connector.key"]
@@ -48,6 +52,16 @@ def _snapshot(root: Path) -> dict[str, tuple[int, bytes | None]]:
 
 def _cert(path: Path) -> x509.Certificate:
     return x509.load_pem_x509_certificate(path.read_bytes())
+
+
+def _database(state: Path) -> sqlite3.Connection:
+    """The state database in the service's state directory C{state}."""
+    return sqlite3.connect(state / DATABASE_NAME)
+
+
+def _connector_ids(state: Path) -> list[str]:
+    with closing(_database(state)) as connection:
+        return [record.id for record in list_connectors(connection)]
 
 
 class InitInstallStepTests(SynchronousTestCase):
@@ -123,7 +137,10 @@ class InitTests(SynchronousTestCase):
             self.assertIn(name, out)
         state = self.dir / "state"
         self.assertTrue(state.is_dir())
-        self.assertEqual(list(state.iterdir()), [])
+        # Only the state database, recording the connector (InitConnectorTests).
+        self.assertEqual([p.name for p in state.iterdir()], ["appproxy.sqlite"])
+        self.assertEqual(stat.S_IMODE((state / "appproxy.sqlite").stat().st_mode), 0o600)
+        self.assertIn("state/appproxy.sqlite  (the service's state database; the connector", out)
         self.assertEqual(
             (self.dir / "connector/ca.pem").read_bytes(), (self.dir / "ca.pem").read_bytes()
         )
@@ -246,6 +263,7 @@ class InitTests(SynchronousTestCase):
                 "cert": "tls/tunnel.pem",
                 "key": "tls/tunnel.key",
                 "connector_ca": "ca.pem",
+                "connector_ca_key": "ca.key",
             },
         )
         self.assertEqual(
@@ -283,6 +301,7 @@ class InitTests(SynchronousTestCase):
             for key in ("cert", "key"):
                 self.assertTrue((self.dir / entry[key]).is_file())
         self.assertTrue((self.dir / config["tunnel"]["connector_ca"]).is_file())
+        self.assertTrue((self.dir / config["tunnel"]["connector_ca_key"]).is_file())
         self.assertTrue((self.dir / config["oidc"]["client_secret_file"]).is_file())
         self.assertTrue((self.dir / config["oidc"]["provider_ca"]).is_file())
 
@@ -358,7 +377,8 @@ class InitTests(SynchronousTestCase):
         """
         --data-dir writes an absolute service.state_dir (the one place the
         service writes; /var/lib/appproxy under systemd) and makes no
-        DIR/state.
+        DIR/state; the state database, recording the connector, is made
+        there (the directory 0700, its missing parents 0755).
         """
         data = self.base / "var" / "lib" / "appproxy"
         code, out, err = self.init("--data-dir", str(data))
@@ -367,8 +387,11 @@ class InitTests(SynchronousTestCase):
             self.assertEqual(tomllib.load(f)["service"]["state_dir"], str(data.absolute()))
         self.assertEqual(load_service_config(self.dir / "service.toml").state_dir, data.absolute())
         self.assertFalse((self.dir / "state").exists())
-        self.assertFalse(data.exists())
-        self.assertIn(f"The service keeps its state in {data.absolute()}.", out)
+        self.assertEqual([p.name for p in data.iterdir()], ["appproxy.sqlite"])
+        self.assertEqual(stat.S_IMODE(data.stat().st_mode), 0o700)
+        self.assertEqual(stat.S_IMODE(data.parent.stat().st_mode), 0o755)
+        self.assertEqual(_connector_ids(data), ["connector-1"])
+        self.assertIn(f"The service keeps its state in {data.absolute()}; its state database", out)
 
     def test_public_service(self) -> None:
         """
@@ -522,3 +545,119 @@ class InitTests(SynchronousTestCase):
         )
         self.assertEqual(result.returncode, 0, result.stderr)
         self.assertIn("init", result.stdout)
+
+
+class InitConnectorTests(SynchronousTestCase):
+    """
+    The connector init issues is recorded in the service's state database
+    (the service admits no other), and init says how to register one on
+    another host instead of copying a key there.
+    """
+
+    def setUp(self) -> None:
+        self.dir = Path(self.mktemp()).absolute()
+
+    def init(self, *extra: str) -> tuple[int, str, str]:
+        out, err = io.StringIO(), io.StringIO()
+        with redirect_stdout(out), redirect_stderr(err):
+            code = main(["init", "--state-dir", str(self.dir), "--domain", "example.test", *extra])
+        return code, out.getvalue(), err.getvalue()
+
+    def test_recorded_and_admitted(self) -> None:
+        code, _, err = self.init("--group", "finance", "--connector-id", "conn-9")
+        self.assertEqual((code, err), (0, ""))
+        cert_pem = (self.dir / "connector/connector.pem").read_bytes()
+        serial = pki.certificate_serial(cert_pem)
+        with closing(_database(self.dir / "state")) as connection:
+            (record,) = list_connectors(connection)
+            admission = read_admission(connection)
+            events = read_audit(connection, since=None, limit=10)
+        self.assertEqual((record.id, record.group), ("conn-9", "finance"))
+        self.assertEqual(record.state, "enabled")
+        self.assertEqual(record.serial, serial)
+        self.assertEqual(record.registered_by, "appproxy init")
+        self.assertAlmostEqual(
+            record.not_after,
+            _cert(self.dir / "connector/connector.pem").not_valid_after_utc.timestamp(),
+        )
+        # The service would admit it, and only it.
+        self.assertIsNone(admission.decide(serial, "conn-9"))
+        self.assertEqual(admission.decide("1234", "connector-1"), "unknown")
+        self.assertEqual(
+            [(e.event, e.actor, e.connector_id) for e in events],
+            [("register", "appproxy init", "conn-9")],
+        )
+
+    def test_remote_connector_commands(self) -> None:
+        """
+        For a connector on another host: a one-time token for the group, and
+        appproxy-connector register pinned to the CA's fingerprint.
+        """
+        code, out, _ = self.init("--group", "finance", "--tunnel-port", "9444")
+        self.assertEqual(code, 0)
+        fingerprint = pki.ca_fingerprint((self.dir / "ca.pem").read_bytes())
+        self.assertIn(
+            f"  appproxy connectors token create --group finance --state-dir {self.dir}\n", out
+        )
+        (line,) = [x for x in out.splitlines() if x.startswith("  appproxy-connector register")]
+        self.assertEqual(
+            shlex.split(line),
+            [
+                *("appproxy-connector", "register"),
+                *("--service", "https://tunnel.example.test:9444"),
+                *("--ca-fingerprint", fingerprint),
+                *("--state-dir", "/var/lib/appproxy-connector"),
+                *("--token-file", "FILE"),
+                *("--address", "127.0.0.1"),
+            ],
+        )
+        # A public service: the connector resolves the tunnel's name.
+        other = Path(self.mktemp()).absolute()
+        out2 = io.StringIO()
+        with redirect_stdout(out2):
+            argv = ["init", "--state-dir", str(other), "--domain", "example.test"]
+            self.assertEqual(main([*argv, "--bind", "0.0.0.0"]), 0)
+        (line,) = [x for x in out2.getvalue().splitlines() if "appproxy-connector register" in x]
+        self.assertNotIn("--address", line)
+        self.assertIn("--service https://tunnel.example.test:8444 ", line)
+
+    def test_connector_id_already_recorded(self) -> None:
+        """
+        A --data-dir kept from another service that already records the
+        connector id: one line, and nothing of this run is left behind
+        (the other service's database is left as it was).
+        """
+        data = Path(self.mktemp()).absolute()
+        first = Path(self.mktemp()).absolute()
+        with redirect_stdout(io.StringIO()):
+            argv = ["init", "--domain", "example.test", "--data-dir", str(data)]
+            self.assertEqual(main([*argv, "--state-dir", str(first)]), 0)
+        before = (data / DATABASE_NAME).read_bytes()
+        code, out, err = self.init("--data-dir", str(data))
+        self.assertEqual((code, out), (1, ""))
+        self.assertEqual(err.count("\n"), 1, err)
+        self.assertIn("already records a connector 'connector-1'", err)
+        self.assertFalse(self.dir.exists())
+        self.assertEqual([p.name for p in data.iterdir()], [DATABASE_NAME])
+        self.assertEqual((data / DATABASE_NAME).read_bytes(), before)
+        # Another id is fine: both are recorded.
+        self.assertEqual(self.init("--data-dir", str(data), "--connector-id", "c2")[0], 0)
+        self.assertEqual(sorted(_connector_ids(data)), ["c2", "connector-1"])
+
+    def test_no_connector(self) -> None:
+        """
+        --no-connector: no connector key or configuration anywhere, nothing
+        recorded; every connector registers, as the output says.
+        """
+        code, out, err = self.init("--no-connector", "--group", "finance")
+        self.assertEqual((code, err), (0, ""))
+        self.assertFalse((self.dir / "connector").exists())
+        self.assertEqual(list((self.dir / "state").iterdir()), [])
+        self.assertNotIn("connector.toml", out)
+        self.assertNotIn("connector.key", out)
+        self.assertIn("Run it in the foreground, the service:", out)
+        self.assertIn("appproxy connectors token create --group finance", out)
+        self.assertIn("appproxy-connector register --service https://tunnel.example.test:8444", out)
+        config = load_service_config(self.dir / "service.toml")
+        self.assertEqual(config.apps[0].connector_group, "finance")
+        self.assertEqual(config.connector_ca_key, self.dir / "ca.key")

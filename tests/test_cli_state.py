@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import stat
 import sys
 from collections.abc import Sequence
@@ -158,7 +159,7 @@ class ServiceFilesTests(SynchronousTestCase):
         self.assertEqual(listed[1].split()[0], ring.current.id)
 
     def test_keys_rotate_missing_state_dir(self) -> None:
-        self.config.state_dir.rmdir()
+        shutil.rmtree(self.config.state_dir)  # init's state database in it
         code, out, err = run("keys", "rotate", "--state-dir", str(self.dir))
         self.assertEqual((code, out), (1, ""))
         self.assertTrue(
@@ -345,11 +346,14 @@ class LogsTests(TestCase):
         )
 
     def test_no_database_yet(self) -> None:
-        code, out, err = run("logs", "sign-ins", "--state-dir", str(self.dir))
+        # init makes the database only to record the connector it issues.
+        directory = init_service_dir(Path(self.mktemp()), "--no-connector")
+        database = service_config(directory).state_dir / "appproxy.sqlite"
+        code, out, err = run("logs", "sign-ins", "--state-dir", str(directory))
         self.assertEqual((code, out), (1, ""))
         self.assertEqual(
             err,
-            f"appproxy: error: {self.database}: no sign-in log yet (the service creates this "
+            f"appproxy: error: {database}: no sign-in log yet (the service creates this "
             "state database when it starts with an [oidc] table)\n",
         )
 

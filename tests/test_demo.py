@@ -4,6 +4,8 @@ real subprocess (the installed code, like L{tests.test_daemons}), on ports
 of its own so a developer's demo on 8443 is left alone.
 
   - the banner comes only once the app really answers a signed-in browser;
+  - the connector registers through the enrolment API with a one-time token
+    (its key made for it; init issues none);
   - C{kill} (SIGTERM) and Ctrl-C (SIGINT to the process group) stop every
     child, with no traceback;
   - a second demo on the same ports says so in one line, and exits non-zero;
@@ -13,17 +15,26 @@ of its own so a developer's demo on 8443 is left alone.
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import signal
 import socket
+import sqlite3
+import stat
+from contextlib import closing, redirect_stdout
 from pathlib import Path
 from typing import Any
 
+from cryptography import x509
 from twisted.internet.defer import inlineCallbacks
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from appproxy.cli import demo as demo_module
 from appproxy.cli.demo import DEMO_APP, DEMO_DOMAIN, DEMO_USER
+from appproxy.daemon import pki
+from appproxy.state.connectors import list_connectors, list_tokens, read_audit
+from appproxy.state.schema import DATABASE_NAME
 from tests.browser import Browser
 from tests.test_daemons import PYTHON, Process, free_ports, spawn, twistd
 
@@ -114,6 +125,32 @@ class DemoTests(TestCase):
         self.assertEqual([pid for pid in children if _alive(pid)], [], report)
         self.assertEqual([p for p in ports if not _bindable(p)], [], report)
 
+    def assertRegistered(self, state: Path, demo: Process) -> None:
+        """
+        The demo's connector registered with a one-time enrolment token, as
+        one on another host does: a key of its own (0600), an id the service
+        chose; init issued none.
+        """
+        self.assertIn("the connector registered with a one-time enrolment token", demo.output())
+        key = state / "connector" / "connector.key"
+        self.assertEqual(stat.S_IMODE(key.stat().st_mode), 0o600)
+        self.assertFalse((state / "enrolment-token").exists())
+        with closing(sqlite3.connect(state / "state" / DATABASE_NAME)) as connection:
+            (record,) = list_connectors(connection)
+            tokens = list_tokens(connection)
+            events = [(e.event, e.actor) for e in read_audit(connection, since=None, limit=10)]
+        self.assertRegex(record.id, r"\Acn-[0-9a-f]{16}\Z")
+        self.assertEqual(record.group, "default")
+        (token,) = tokens
+        self.assertEqual(record.registered_by, f"token:{token.id}")
+        self.assertEqual(token.uses_left, 0)
+        self.assertEqual(
+            events, [("token-create", "appproxy demo"), ("register", f"token:{token.id}")]
+        )
+        cert = x509.load_pem_x509_certificate((state / "connector" / "connector.pem").read_bytes())
+        self.assertEqual(pki.certificate_serial(cert), record.serial)
+        self.assertEqual(pki.connector_identity(cert).connector_id, record.id)
+
     @inlineCallbacks
     def test_banner_when_ready_second_demo_refused_sigterm_stops_all(self) -> Any:
         ports = free_ports(3)
@@ -134,6 +171,7 @@ class DemoTests(TestCase):
         self.assertIn("<th>X-Remote-User</th><td>demo</td>", page.text)
         # init's instructions for a hand-made setup are not the demo's.
         self.assertNotIn("Add a user who may sign in", demo.output())
+        self.assertRegistered(state, demo)
         # The daemons' logs name their endpoints for people.
         self.assertIn(f"HTTPS on 127.0.0.1:{ports[0]}", demo.output())
         self.assertIsNone(REPRS.search(demo.output()), demo.output())
@@ -232,10 +270,45 @@ class DaemonLogTests(TestCase):
         connector = twistd(
             self, "appproxy-connector", state / "connector" / "connector.toml", parent
         )
-        yield connector.wait_for("Scheduling retry")
+        # Its first step, pulling its configuration, is retried.
+        yield connector.wait_for("Cannot pull the configuration from")
         connector.signal("TERM")
         yield connector.ended()
         self.assertIn(
-            f"connect tunnel.example.test:{tunnel} (TLS, via 127.0.0.1)", connector.output()
+            f"Cannot pull the configuration from tunnel.example.test:{tunnel} (via 127.0.0.1)",
+            connector.output(),
         )
         self.assertIsNone(REPRS.search(connector.output()), connector.output())
+
+
+class OlderDemoDirectoryTests(SynchronousTestCase):
+    """
+    A demo directory made before connectors registered (its connector was
+    never recorded, so the service would refuse it) is moved aside and made
+    afresh; one made by this demo is kept.
+    """
+
+    def test_moved_aside(self) -> None:
+        parent = Path(self.mktemp()).absolute()
+        state = parent / "demo"
+        state.mkdir(parents=True)
+        old = '[tunnel]\nlisten = "tcp:9444:interface=127.0.0.1"\n[builtin_provider]\n'
+        (state / "service.toml").write_text(old)
+        with redirect_stdout(io.StringIO()) as out:
+            ports = demo_module._ports(state, None)
+        self.assertIn("moved the old demo directory to", out.getvalue())
+        self.assertEqual(ports, demo_module.Ports())
+        self.assertFalse(state.exists())
+        (moved,) = parent.iterdir()
+        self.assertTrue(moved.name.startswith("demo.old-"), moved)
+        self.assertEqual((moved / "service.toml").read_text(), old)
+
+    def test_current_kept(self) -> None:
+        state = Path(self.mktemp()).absolute() / "demo"
+        state.parent.mkdir(parents=True)
+        demo_module._create(state, demo_module.Ports(public=9443, tunnel=9444, echo=9080))
+        self.assertFalse((state / "connector").exists())  # it registers
+        self.assertEqual(
+            demo_module._ports(state, None), demo_module.Ports(public=9443, tunnel=9444, echo=9080)
+        )
+        self.assertTrue((state / "service.toml").exists())

@@ -8,7 +8,10 @@ install service} and C{install connector}, which create a real system user
 (C{appproxy-test}, removed afterwards when the test created it: the daemons
 must run as an unprivileged user for the test to mean anything, and
 C{setpriv} needs the user in the real C{/etc/passwd}). The installed units
-pass C{systemd-analyze verify}; then each unit's exact C{ExecStart} line runs
+pass C{systemd-analyze verify}; a renewal's writes (C{install_renewal}) into
+the connector's directory succeed as the connector unit's user (the directory
+is its state, and the unit's one writable path); then each unit's exact
+C{ExecStart} line runs
 as the unit's C{User}/C{Group} (C{setpriv}, with C{NoNewPrivileges}), from
 C{/}, with the environment systemd gives a system service and a
 C{NOTIFY_SOCKET} of the test's: both daemons must send C{READY=1}, the
@@ -45,12 +48,13 @@ from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path, PurePosixPath
 from typing import Any, cast
 
+import attrs
 from twisted.internet import protocol, reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.task import deferLater
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.python.failure import Failure
-from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from appproxy.cli import install as install_module
 from appproxy.cli.main import main
@@ -140,12 +144,36 @@ class UnitTemplateTests(SynchronousTestCase):
             settings["ExecStart"],
             [
                 "/opt/appproxy/bin/twistd --nodaemon --pidfile= appproxy-connector "
-                "--config /etc/appproxy/connector/connector.toml"
+                "--config /var/lib/appproxy-connector/connector.toml"
             ],
         )
-        self.assertNotIn("ReadWritePaths", settings)
-        self.assertNotIn("StateDirectory", settings)
+        # Its directory is its state: renewal replaces its key and certificate there.
+        self.assertEqual(settings["ProtectSystem"], ["strict"])
+        self.assertEqual(settings["ReadWritePaths"], ["/var/lib/appproxy-connector"])
+        self.assertEqual(settings["StateDirectory"], ["appproxy-connector"])
+        self.assertEqual(settings["StateDirectoryMode"], ["0700"])
         self.assertEqual(settings["CapabilityBoundingSet"], [""])
+
+    def test_connector_dir_outside_var_lib(self) -> None:
+        """
+        A connector's directory elsewhere (inside the one init made) is only
+        ReadWritePaths=; a connector unit needs its directory.
+        """
+        path = Path(self.mktemp())
+        paths = UnitPaths(
+            prefix=PurePosixPath("/opt/appproxy"),
+            config=PurePosixPath("/etc/appproxy/connector/connector.toml"),
+            user="appproxy",
+            group="appproxy",
+            state_dir=PurePosixPath("/etc/appproxy/connector"),
+        )
+        path.write_text(connector_unit(paths))
+        settings = unit_settings(path)
+        self.assertEqual(settings["ReadWritePaths"], ["/etc/appproxy/connector"])
+        self.assertNotIn("StateDirectory", settings)
+        for other in (None, PurePosixPath("/var/lib/appproxy-connector")):
+            with self.assertRaises(ValueError):
+                connector_unit(attrs.evolve(paths, state_dir=other))
 
     def test_state_dir_outside_var_lib(self) -> None:
         """Elsewhere than /var/lib the state directory is only ReadWritePaths=."""
@@ -226,10 +254,92 @@ class InstallCommandTests(SynchronousTestCase):
         self.assertEqual(_snapshot(self.root), before)
         self.assertIn(f"would: write {self.root}/units/appproxy.service", out)
         self.assertIn(f"would:   {self.config_dir}/tls/service.key: root:nogroup 0640", out)
-        self.assertNotIn("ca.key", out)
+        # The service signs registering connectors' certificates ([tunnel] connector_ca_key).
+        self.assertIn(f"would:   {self.config_dir}/ca.key: root:nogroup 0640", out)
         self.assertIn(f"ReadWritePaths={self.root}/var/lib/appproxy\n", out)
         self.assertIn(f"ExecStart={self.prefix}/bin/twistd --nodaemon --pidfile= appproxy", out)
         self.assertIn("systemctl daemon-reload && systemctl enable --now appproxy\n", out)
+
+    def test_connector_dry_run(self) -> None:
+        """
+        The connector's directory is its state: the daemon's user owns it
+        (0700, the key 0600) and the unit lets it write there, where renewal
+        replaces the key and certificate. Inside the directory init made, that
+        directory's group may search it; nothing is made group-readable.
+        """
+        connector = self.config_dir / "connector"
+        before = _snapshot(self.root)
+        code, out, err = self.install(
+            "connector",
+            "--config",
+            str(connector / "connector.toml"),
+            "--user",
+            "nobody",
+            "--dry-run",
+        )
+        self.assertEqual((code, err), (0, ""))
+        self.assertEqual(_snapshot(self.root), before)
+        self.assertIn(f"would: {self.config_dir}: root:nogroup 0750\n", out)
+        self.assertIn(f"would: {connector}: nobody:nogroup 0700 (the connector's state", out)
+        self.assertIn(f"would:   {connector}/connector.key: nobody:nogroup 0600\n", out)
+        self.assertNotIn("0640", out)
+        self.assertIn(f"would: write {self.root}/units/appproxy-connector.service", out)
+        self.assertIn(f"\nReadWritePaths={connector}\n", out)
+        self.assertNotIn("StateDirectory", out)
+        self.assertIn("systemctl daemon-reload && systemctl enable --now appproxy-connector\n", out)
+
+    def test_registered_connector_dry_run(self) -> None:
+        """
+        A directory appproxy-connector register wrote (no service next to it):
+        the user's, and the unit's one writable path.
+        """
+        registered = self.root / "var" / "lib" / "appproxy-connector"
+        shutil.copytree(self.config_dir / "connector", registered)
+        code, out, err = self.install(
+            "connector", "--config", str(registered / "connector.toml"), "--dry-run"
+        )
+        self.assertEqual((code, err), (0, ""))
+        self.assertIn(f"would: {registered}: appproxy:appproxy 0700", out)
+        self.assertIn(f"would:   {registered}/connector.key: appproxy:appproxy 0600\n", out)
+        self.assertNotIn("0750", out)
+        self.assertIn(f"\nReadWritePaths={registered}\n", out)
+
+    def test_connector_default_config(self) -> None:
+        """Without --config: where appproxy-connector register --state-dir puts it."""
+        default = Path(DEFAULT_CONNECTOR.config)
+        if default.exists():
+            raise SkipTest(f"{default} exists on this host")
+        code, out, err = self.install("connector", "--dry-run")
+        self.assertEqual((code, out), (1, ""))
+        self.assertIn("/var/lib/appproxy-connector/connector.toml", err)
+
+    def test_connector_dir_refused(self) -> None:
+        """
+        A connector.toml next to service.toml (that directory would become the
+        connector's user's), or whose key is elsewhere (renewal could not
+        replace it under the unit), is refused before anything changes.
+        """
+        connector = self.config_dir / "connector"
+        text = (connector / "connector.toml").read_text()
+        shared = self.config_dir / "connector.toml"
+        shared.write_text(
+            text.replace('"connector.pem"', '"connector/connector.pem"').replace(
+                '"connector.key"', '"connector/connector.key"'
+            )
+        )
+        elsewhere = connector / "connector.toml"
+        elsewhere.write_text(text.replace('"connector.key"', '"../tls/connector.key"'))
+        shutil.copy(connector / "connector.key", self.config_dir / "tls" / "connector.key")
+        for config, why in (
+            (shared, f"{self.config_dir} holds service.toml"),
+            (elsewhere, f"key {self.config_dir}/tls/connector.key is not in {connector}"),
+        ):
+            before = _snapshot(self.root)
+            code, out, err = self.install("connector", "--config", str(config), "--dry-run")
+            self.assertEqual((code, out), (1, ""), config)
+            self.assertEqual(err.count("\n"), 1, err)
+            self.assertIn(why, err)
+            self.assertEqual(_snapshot(self.root), before)
 
     def test_no_twistd(self) -> None:
         """A prefix without bin/twistd is refused with the README's remedy."""
@@ -460,6 +570,46 @@ class DeploymentTests(TestCase):
                 self.fail(f"{daemon.name}: no {what} within {_WAIT} s\n{daemon.describe()}")
             yield deferLater(reactor, 0.05, lambda: None)
 
+    def _check_connector_dir(self, directory: Path, uid: int, gid: int) -> None:
+        st = directory.stat()
+        self.assertEqual((st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)), (uid, gid, 0o700))
+        self.assertEqual(
+            sorted(p.name for p in directory.iterdir()),
+            ["ca.pem", "connector.key", "connector.pem", "connector.toml"],
+        )
+        for path in directory.iterdir():
+            st = path.stat()
+            self.assertEqual((st.st_uid, st.st_gid), (uid, gid), path)
+        mode = stat.S_IMODE((directory / "connector.key").stat().st_mode)
+        self.assertEqual(mode, 0o600)
+
+    def _renew_in_place(self, unit: Path, directory: Path) -> None:
+        """
+        What a renewal does to the files (L{keyfiles.install_renewal}, with
+        the same key and certificate), as the unit's user, as the unit runs.
+        """
+        settings = unit_settings(unit)
+        (user,) = settings["User"]
+        (group,) = settings["Group"]
+        script = (
+            "import sys; from pathlib import Path; "
+            "from appproxy.connector.keyfiles import install_renewal; "
+            "d = Path(sys.argv[1]); cert, key = d / 'connector.pem', d / 'connector.key'; "
+            "install_renewal(cert, key, cert.read_bytes(), key.read_bytes())"
+        )
+        argv = ["setpriv", f"--reuid={user}", f"--regid={group}", "--init-groups"]
+        argv += ["--no-new-privs", "--", str(self.prefix / "bin" / "python"), "-c", script]
+        renewed = subprocess.run(
+            [*argv, str(directory)],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=30,
+            cwd="/",
+            env={"PATH": _SYSTEMD_PATH},
+        )
+        self.assertEqual((renewed.returncode, renewed.stderr), (0, ""))
+
     @inlineCallbacks
     def test_readme_sequence(self) -> Any:
         port, tunnel_port = self._ports()
@@ -479,11 +629,13 @@ class DeploymentTests(TestCase):
             str(tunnel_port),
         )
         self.assertEqual((code, err), (0, ""))
+        connector_dir = config_dir / "connector"
+        # As an earlier install (before renewal) left the connector's key.
+        (connector_dir / "connector.key").chmod(0o640)
         # The connector first (it opens init's 0700 directory to its group),
-        # then the service, twice (a second run is harmless).
-        connector_unit_file = self._install(
-            "connector", config_dir / "connector" / "connector.toml"
-        )
+        # then the service, twice (a second run is harmless, and leaves the
+        # connector's directory alone).
+        connector_unit_file = self._install("connector", connector_dir / "connector.toml")
         service_unit_file = self._install("service", config_dir / "service.toml")
         self.assertEqual(self._install("service", config_dir / "service.toml"), service_unit_file)
 
@@ -496,21 +648,23 @@ class DeploymentTests(TestCase):
         )
         self.assertEqual((verify.returncode, verify.stderr, verify.stdout), (0, "", ""))
 
-        # Ownership and modes: the unit's user reads its keys, never the CA's.
+        # Ownership and modes: the unit's user reads its keys, the CA's too
+        # (the service signs the certificates of connectors that register).
         group = grp.getgrnam(_USER).gr_gid
-        for key in (
-            "tls/service.key",
-            "tls/tunnel.key",
-            "oidc-client-secret",
-            "connector/connector.key",
-        ):
+        for key in ("ca.key", "tls/service.key", "tls/tunnel.key", "oidc-client-secret"):
             st = (config_dir / key).stat()
             self.assertEqual((st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)), (0, group, 0o640))
-        st = (config_dir / "ca.key").stat()
-        self.assertEqual((st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)), (0, 0, 0o600))
+        uid = pwd.getpwnam(_USER).pw_uid
         st = state.stat()
-        self.assertEqual((st.st_uid, stat.S_IMODE(st.st_mode)), (pwd.getpwnam(_USER).pw_uid, 0o700))
+        self.assertEqual((st.st_uid, stat.S_IMODE(st.st_mode)), (uid, 0o700))
         self.assertEqual(unit_settings(service_unit_file)["ReadWritePaths"], [str(state)])
+        # The connector's directory is its state: its user's, 0700, the key
+        # 0600, and the connector unit's one writable path.
+        self._check_connector_dir(connector_dir, uid, group)
+        self.assertEqual(unit_settings(connector_unit_file)["ReadWritePaths"], [str(connector_dir)])
+        # A renewal's writes, as the unit's user: new files, then renamed.
+        self._renew_in_place(connector_unit_file, connector_dir)
+        self._check_connector_dir(connector_dir, uid, group)
 
         # The README's way to add a user: as the service's user, so the
         # users file in the state directory is the service's.

@@ -39,6 +39,7 @@ LAYERS: Mapping[str, frozenset[str]] = {
     "connector": frozenset({"http", "config", "tunnel", "daemon"}),
     "gate": frozenset({"http", "access", "identity", "oidc", "state", "config", "idp", "frontend"}),
     "frontend": frozenset({"http", "access", "identity", "gate", "tunnel", "config", "state"}),
+    "trust": frozenset({"http", "config", "state", "oidc", "tunnel", "daemon"}),
 }
 
 #: Packages and modules that must load without the reactor, twisted.web or
@@ -53,6 +54,12 @@ PURE = (
     "appproxy.state.schema",
     "appproxy.state.queries",
     "appproxy.state.sessions",
+    "appproxy.state.connectors",
+    "appproxy.state.connector_records",
+    "appproxy.state.admission",
+    "appproxy.state.audit",
+    "appproxy.state.enrolment_tokens",
+    "appproxy.state._transaction",
     "appproxy.oidc.errors",
     "appproxy.oidc._wire",
     "appproxy.oidc.keys",
@@ -78,6 +85,11 @@ PURE = (
     "appproxy.frontend.ws_frames",
     "appproxy.tunnel.frame_repr",
     "appproxy.tunnel.fields",
+    "appproxy.tunnel.enrolment",
+    "appproxy.connector.origins",
+    "appproxy.trust.admin_token",
+    "appproxy.trust.errors",
+    "appproxy.trust.settings",
     "appproxy.tunnel.stream",
     "appproxy.tunnel.machine_base",
     "appproxy.tunnel.machine",
@@ -89,6 +101,7 @@ PURE = (
     "appproxy.cli.init_config",
     "appproxy.cli.systemd_units",
     "appproxy.daemon.pki",
+    "appproxy.daemon.csr",
     "appproxy.daemon.sdnotify",
     "appproxy.daemon.heap",
 )

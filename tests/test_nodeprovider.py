@@ -33,8 +33,10 @@ from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
 
 from tests.nodeprovider import (
+    DEVICE_CODE_GRANT,
     NODE_DIR,
     NodeProviderError,
+    device_client,
     node_available,
     start_node_provider,
 )
@@ -73,6 +75,8 @@ BASIC_CLIENT = {
     "token_endpoint_auth_method": "client_secret_basic",
     "id_token_signed_response_alg": "RS256",
 }
+
+DEVICE_CLIENT = device_client("appproxy-connector")
 
 POST_CLIENT = {
     "client_id": "post-app",
@@ -560,6 +564,132 @@ class NodeProviderTests(TestCase):
         yield provider.stop()
         with self.assertRaises(ConnectionRefusedError):
             yield Browser(provider.ca_pem).http.get(provider.discovery_url, timeout=HTTP_TIMEOUT)
+
+    @inlineCallbacks
+    def poll_device_token(self, browser: Browser, discovery: Any, device_code: str) -> Any:
+        """One device flow token request of the public device client: status, JSON body."""
+        response = yield browser.http.post(
+            discovery["token_endpoint"],
+            data={
+                "grant_type": DEVICE_CODE_GRANT,
+                "device_code": device_code,
+                "client_id": DEVICE_CLIENT["client_id"],
+            },
+            timeout=HTTP_TIMEOUT,
+        )
+        body = json.loads((yield response.content()))
+        return response.code, body
+
+    @inlineCallbacks
+    def test_device_flow(self) -> Any:
+        """
+        The device authorization grant (RFC 8628) for a public client: the
+        device authorization endpoint (in discovery) gives a device code, a
+        user code, the verification URI and the configured polling interval;
+        the token endpoint says authorization_pending until the user enters
+        the code, approves the device and signs in, then gives an ID token
+        for the client carrying the roles claim (an administrator's role, as
+        the service checks it); the device code is single-use. A client not
+        registered for the grant is refused, and a cancelled approval ends
+        in access_denied.
+        """
+        admin = {
+            "password": "carol-password",
+            "preferred_username": "carol",
+            "roles": ["editor", "Application Administrator"],
+        }
+        provider, browser, discovery = yield self.start(
+            users={**USERS, "carol": admin},
+            clients=[BASIC_CLIENT, DEVICE_CLIENT],
+            device_interval=1,
+        )
+        endpoint = discovery["device_authorization_endpoint"]
+        self.assertEqual(endpoint, f"{provider.issuer}/device/auth")
+        self.assertIn(DEVICE_CODE_GRANT, discovery["grant_types_supported"])
+
+        response = yield browser.http.post(
+            endpoint,
+            data={"client_id": BASIC_CLIENT["client_id"], "scope": "openid"},
+            auth=(BASIC_CLIENT["client_id"], BASIC_CLIENT["client_secret"]),
+            timeout=HTTP_TIMEOUT,
+        )
+        body = json.loads((yield response.content()))
+        self.assertEqual(response.code, 400, body)
+        self.assertIn("device_code is not allowed for this client", body["error_description"])
+
+        response = yield browser.http.post(
+            endpoint,
+            data={"client_id": DEVICE_CLIENT["client_id"], "scope": "openid profile"},
+            timeout=HTTP_TIMEOUT,
+        )
+        started = json.loads((yield response.content()))
+        self.assertEqual(response.code, 200, started)
+        self.assertEqual(started["interval"], 1)
+        self.assertEqual(started["verification_uri"], f"{provider.issuer}/device")
+        letters = "[BCDFGHJKLMNPQRSTVWXZ]{4}"  # base-20: no vowels
+        self.assertRegex(started["user_code"], f"^{letters}-{letters}$")
+        code, body = yield self.poll_device_token(browser, discovery, started["device_code"])
+        self.assertEqual((code, body["error"]), (400, "authorization_pending"))
+
+        never = "https://nowhere.invalid/"
+        kind, url, html = yield browser.navigate("GET", started["verification_uri"], stop_at=never)
+        self.assertIn("Enter the code shown on your device.", html)
+        self.assertNotIn("googleapis", html)
+        kind, url, html = yield browser.submit(url, html, {"user_code": "BCDF-GHJK"}, never)
+        self.assertIn("The code you entered is incorrect", html)
+        kind, url, html = yield browser.submit(
+            url, html, {"user_code": started["user_code"]}, never
+        )
+        self.assertIn("appproxy connector registration", html)
+        self.assertIn(started["user_code"], html)
+        kind, url, html = yield browser.submit(url, html, {}, never)
+        self.assertIn('name="login"', html)
+        kind, url, html = yield browser.submit(
+            url, html, {"login": "carol", "password": "carol-password"}, never
+        )
+        self.assertEqual(kind, "page")
+        self.assertIn("Device approved", html)
+
+        code, tokens = yield self.poll_device_token(browser, discovery, started["device_code"])
+        self.assertEqual(code, 200, tokens)
+        jwks = yield browser.get_json(discovery["jwks_uri"])
+        keys = {key.key_id: key for key in jwt.PyJWKSet.from_dict(jwks).keys}
+        claims = jwt.decode(
+            tokens["id_token"],
+            key=keys[jwt.get_unverified_header(tokens["id_token"])["kid"]],
+            algorithms=["RS256"],
+            audience=DEVICE_CLIENT["client_id"],
+            issuer=provider.issuer,
+            options={"require": ["exp", "iat", "sub"]},
+        )
+        self.assertEqual(claims["sub"], "carol")
+        self.assertEqual(claims["roles"], ["editor", "Application Administrator"])
+        self.assertEqual(claims["preferred_username"], "carol")
+        self.assertNotIn("nonce", claims)
+        code, body = yield self.poll_device_token(browser, discovery, started["device_code"])
+        self.assertEqual((code, body["error"]), (400, "invalid_grant"))
+
+        # The user cancels instead of approving: the device gets access_denied.
+        response = yield browser.http.post(
+            endpoint,
+            data={"client_id": DEVICE_CLIENT["client_id"], "scope": "openid profile"},
+            timeout=HTTP_TIMEOUT,
+        )
+        started = json.loads((yield response.content()))
+        kind, url, html = yield browser.navigate(
+            "GET", started["verification_uri_complete"], stop_at=never
+        )
+        # The complete URI's page posts itself with a script; post it as it is.
+        kind, url, html = yield browser.submit(url, html, {}, never)
+        self.assertIn('id="abort"', html)
+        # The Cancel button: the form's fields and abort=yes.
+        fields = dict(re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)"', html))
+        kind, url, html = yield browser.navigate(
+            "POST", f"{provider.issuer}/device", stop_at=never, data={**fields, "abort": "yes"}
+        )
+        self.assertIn("The sign-in was cancelled.", html)
+        code, body = yield self.poll_device_token(browser, discovery, started["device_code"])
+        self.assertEqual((code, body["error"]), (400, "access_denied"))
 
     @inlineCallbacks
     def test_bad_configuration(self) -> Any:

@@ -136,7 +136,7 @@ class ConnectorCertificateTests(SynchronousTestCase):
         san = _ext(self.cert, x509.SubjectAlternativeName).value
         self.assertEqual(
             san.get_values_for_type(x509.UniformResourceIdentifier),
-            ["urn:appproxy:connector-group:finance"],
+            ["urn:appproxy:connector:connector-7", "urn:appproxy:connector-group:finance"],
         )
         self.assertEqual(
             self.cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value,
@@ -190,6 +190,13 @@ class ConnectorIdentityTests(SynchronousTestCase):
     def uri(self, group: str) -> x509.UniformResourceIdentifier:
         return x509.UniformResourceIdentifier(pki.CONNECTOR_GROUP_URI_PREFIX + group)
 
+    def connector(self, connector_id: str) -> x509.UniformResourceIdentifier:
+        return x509.UniformResourceIdentifier(pki.CONNECTOR_URI_PREFIX + connector_id)
+
+    def test_with_connector_uri(self) -> None:
+        cert = _custom_cert([self.cn("c1")], [self.connector("c1"), self.uri("g")])
+        self.assertEqual(pki.connector_identity(cert), pki.ConnectorIdentity("c1", "g"))
+
     def test_valid(self) -> None:
         cert = _custom_cert(
             [self.cn("c1")],
@@ -211,6 +218,12 @@ class ConnectorIdentityTests(SynchronousTestCase):
             "two groups": _custom_cert([self.cn("c1")], [self.uri("a"), self.uri("b")]),
             "server certificate": _load(pki.issue_server_certificate(_CA, ["a.test"])),
             "CA certificate": _load(_CA),
+            "connector URI not the CN": _custom_cert(
+                [self.cn("c1")], [self.connector("c2"), self.uri("g")]
+            ),
+            "two connector URIs": _custom_cert(
+                [self.cn("c1")], [self.connector("c1"), self.connector("c1"), self.uri("g")]
+            ),
         }
         for label, cert in cases.items():
             with self.assertRaises(ValueError, msg=label):

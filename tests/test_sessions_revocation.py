@@ -211,6 +211,7 @@ class CommandTests(SynchronousTestCase):
         self.database = state / DATABASE_NAME
 
     def test_no_database_yet(self) -> None:
+        self.database.unlink()  # init made it, to record its connector: as before any start
         code, _, err = self.run_command("sessions", "list")
         self.assertEqual(code, 1)
         self.assertIn("no state database yet", err)

@@ -449,6 +449,7 @@ class LogsCommandTests(TestCase):
         )
 
     def test_errors(self) -> None:
+        self.path.unlink()  # init made it, to record its connector: as before any start
         with self.assertRaises(ValueError) as raised:
             self.run_command("logs", "sign-ins", "--state-dir", str(self.dir))
         self.assertIn(str(self.path), str(raised.exception))

@@ -347,8 +347,21 @@ class TunnelTests(_LoopbackTestCase):
 
     @inlineCallbacks
     def test_no_client_certificate(self) -> Generator[Deferred[Any], Any, None]:
-        server, _ = yield self.assertFails(self.server(), _client("tunnel.test", [b"h2"]))
+        """
+        A client certificate is optional at the handshake (the enrolment
+        API's registration has none): the connection names no connector,
+        and the tunnel closes such a connection once it is up.
+        """
+        server, _ = yield self.connect(self.server(), _client("tunnel.test", [b"h2"]))
+        self.assertTrue(server.handshook)
         self.assertIsNone(tls.peer_connector_identity(server.transport))
+
+    @inlineCallbacks
+    def test_enrolment_alpn(self) -> Generator[Deferred[Any], Any, None]:
+        """The tunnel listener also speaks http/1.1 (the enrolment API)."""
+        server, client = yield self.connect(self.server(), _client("tunnel.test", [b"http/1.1"]))
+        self.assertEqual(tls.negotiated_protocol(server.transport), b"http/1.1")
+        self.assertEqual(tls.negotiated_protocol(client.transport), b"http/1.1")
 
     @inlineCallbacks
     def test_foreign_client_certificate(self) -> Generator[Deferred[Any], Any, None]:

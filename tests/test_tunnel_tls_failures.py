@@ -1,13 +1,16 @@
 """
-A connector whose tunnel TLS fails says why, once, and backs off; the
-service logs the connector certificates it refuses, with the peer's address
-(L{appproxy.daemon.redial}, L{appproxy.daemon.tls_failures}), through the
-real service and connector on loopback with real TLS.
+A connector whose TLS with the service fails says why, once, and backs off;
+the service logs the connector certificates it refuses, with the peer's
+address (L{appproxy.daemon.redial}, L{appproxy.daemon.tls_failures}),
+through the real service and connector on loopback with real TLS.  The
+connector's first call is its configuration pull (it dials no tunnel
+before it has a configuration): that is where such failures show.
 """
 
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Callable, Generator
 from typing import Any, cast
 
@@ -23,13 +26,17 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from appproxy.config import load_connector_config
+from appproxy.connector import trust as connector_trust
 from appproxy.daemon import connector_tap, pki, tls
 from appproxy.daemon.connector_tap import ConnectorService
 from appproxy.daemon.redial import DialReport, Redial, watched_factory
 from appproxy.daemon.tls_failures import RefusalLog
+from tests import connectors_db
 from tests.deployment import DOMAIN, Deployment
 
-SCHEDULING = "Scheduling retry"
+PULL_FAILED = "Cannot pull the configuration from"
+#: What a Python object's repr, or an exception's, looks like in a log line.
+REPRS = re.compile(r" at 0x[0-9a-f]+|[A-Za-z]+Error\(|\(errors=\[")
 
 
 def _events(testcase: Any) -> list[dict[str, Any]]:
@@ -53,6 +60,7 @@ def _until(check: Callable[[], bool], what: str, timeout: float = 20.0) -> Any:
     raise AssertionError(f"timed out waiting for {what}")
 
 
+@inlineCallbacks
 def _start_connector(
     testcase: Any,
     d: Deployment,
@@ -60,12 +68,18 @@ def _start_connector(
     service_host: str = f"tunnel.{DOMAIN}",
     ca: pki.KeyPair | None = None,
     trust: pki.KeyPair | None = None,
-) -> ConnectorService:
+) -> Generator[Deferred[Any], Any, ConnectorService]:
     """
     A connector of one connection; C{ca} signs its certificate, it trusts
     C{trust} for the service's.
     """
     pair = pki.issue_connector_certificate(ca or d.ca, name, "default")
+    if ca is None:
+        # The service's own CA signed it: recorded and admitted, so that
+        # only TLS can fail.
+        connectors_db.record(d.state_dir, pair.cert_pem)
+        assert d.service is not None
+        yield d.service.refresh_admission()
     directory = d.root / name
     directory.mkdir()
     (directory / "connector.pem").write_bytes(pair.cert_pem)
@@ -99,6 +113,8 @@ class TunnelTLSFailureTests(TestCase):
         # Short delays, so that several retries fit in a test.
         self.patch(connector_tap, "INITIAL_RETRY_DELAY", 0.05)
         self.patch(connector_tap, "MAX_RETRY_DELAY", 10.0)
+        self.patch(connector_trust, "FIRST_RETRY", 0.05)
+        self.patch(connector_trust, "MAX_RETRY", 10.0)
         # A refusal log of its own: another test's refusals within the
         # minute would otherwise hold this test's back.
         self.patch(tls, "TUNNEL_REFUSALS", RefusalLog(Logger(namespace="appproxy.daemon.tls")))
@@ -106,8 +122,15 @@ class TunnelTLSFailureTests(TestCase):
         self.d.start_service()
         self.events = _events(self)
 
-    def delays(self) -> list[float]:
-        return [e["delay"] for e in self.events if e.get("log_format", "").startswith(SCHEDULING)]
+    def reasons(self) -> list[str]:
+        """
+        Why the connector's calls fail, as logged; checked to be plain words
+        (no Python repr) and to dial no tunnel (it has no configuration).
+        """
+        text = _text(self.events)
+        self.assertEqual([t for t in text if REPRS.search(t)], [])
+        self.assertEqual([t for t in text if "Tunnel connection to" in t], [])
+        return [t for t in text if t.startswith(PULL_FAILED)]
 
     @inlineCallbacks
     def test_name_mismatch(self) -> Generator[Deferred[Any], Any, None]:
@@ -115,12 +138,14 @@ class TunnelTLSFailureTests(TestCase):
         A service certificate for another name: the connector says so once,
         in an operator's terms, and each retry waits longer than the last.
         """
-        _start_connector(self, self.d, "c-name", service_host=f"wrong.{DOMAIN}")
-        yield _until(lambda: len(self.delays()) >= 5, "five retries")
-        delays = self.delays()[:5]
+        connector = yield _start_connector(self, self.d, "c-name", service_host=f"wrong.{DOMAIN}")
+        delays = connector.trust.pull_delays
+        yield _until(lambda: len(delays) >= 5, "five retries")
+        delays = list(delays)[:5]
         self.assertEqual(delays, sorted(delays), delays)
         self.assertGreater(delays[4], 8 * delays[0], delays)
-        reasons = [t for t in _text(self.events) if "Tunnel connection to" in t and "failed" in t]
+        self.assertEqual(connector.redials, [])
+        reasons = self.reasons()
         self.assertEqual(len(reasons), 1, reasons)
         self.assertIn("certificate verify failed", reasons[0])
         self.assertIn(f"not valid for wrong.{DOMAIN}", reasons[0])
@@ -134,8 +159,9 @@ class TunnelTLSFailureTests(TestCase):
         connector says the service refused its certificate.
         """
         other = pki.generate_ca("another appproxy init")
-        _start_connector(self, self.d, "c-foreign", ca=other)
-        yield _until(lambda: len(self.delays()) >= 4, "four retries")
+        connector = yield _start_connector(self, self.d, "c-foreign", ca=other)
+        delays = connector.trust.pull_delays
+        yield _until(lambda: len(delays) >= 4, "four retries")
         refusals = [
             e
             for e in self.events
@@ -148,19 +174,21 @@ class TunnelTLSFailureTests(TestCase):
         self.assertIn("from 127.0.0.1", text)
         self.assertIn("CN=c-foreign", text)
         self.assertIn("unknown CA", text)
-        reasons = [t for t in _text(self.events) if "Tunnel connection to" in t and "failed" in t]
+        reasons = self.reasons()
         self.assertEqual(len(reasons), 1, reasons)
         self.assertIn("the service refused this connector's certificate", reasons[0])
         self.assertIn("unknown CA", reasons[0])
-        delays = self.delays()[:4]
+        delays = list(delays)[:4]
         self.assertEqual(delays, sorted(delays), delays)
 
     @inlineCallbacks
     def test_unknown_service_ca(self) -> Generator[Deferred[Any], Any, None]:
         """A service certificate from a CA the connector does not trust."""
-        _start_connector(self, self.d, "c-trust", trust=pki.generate_ca("elsewhere"))
-        yield _until(lambda: len(self.delays()) >= 3, "three retries")
-        reasons = [t for t in _text(self.events) if "Tunnel connection to" in t and "failed" in t]
+        connector = yield _start_connector(
+            self, self.d, "c-trust", trust=pki.generate_ca("elsewhere")
+        )
+        yield _until(lambda: len(connector.trust.pull_delays) >= 3, "three retries")
+        reasons = self.reasons()
         self.assertEqual(len(reasons), 1, reasons)
         self.assertIn("certificate verify failed: the service's certificate", reasons[0])
         self.assertIn("(unknown CA)", reasons[0])
@@ -169,9 +197,20 @@ class TunnelTLSFailureTests(TestCase):
     @inlineCallbacks
     def test_established_resets(self) -> Generator[Deferred[Any], Any, None]:
         """A tunnel that comes up resets its connection's failure count."""
-        connector = _start_connector(self, self.d, "c-good")
-        connector.redials[0].failures = 5
+        made: list[Redial] = []
+
+        def failed_before(*args: Any) -> Redial:
+            # Its connection failed five times already (it dials once it has
+            # pulled its configuration, and is up at once on loopback).
+            redial = Redial(*args)
+            redial.failures = 5
+            made.append(redial)
+            return redial
+
+        self.patch(connector_tap, "Redial", failed_before)
+        connector = yield _start_connector(self, self.d, "c-good")
         yield self.d.wait_for_connections(1)
+        self.assertEqual(connector.redials, made)
         yield _until(lambda: connector.redials[0].failures == 0, "the reset")
 
 

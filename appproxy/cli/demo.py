@@ -4,7 +4,10 @@ C{appproxy demo}: the whole path on one machine.
 Creates a state directory (once), then runs the service and a connector as
 real C{twistd} daemons and a small "legacy" app that echoes the headers it
 receives; users sign in with the service's built-in identity provider, as
-a demo user made on the first run.  Once a signed-in request really comes
+a demo user made on the first run.  The connector registers on the first
+run, as one on another host does, with a one-time enrolment token
+(L{appproxy.cli.demo_register}): its key is made for it, not copied from
+C{appproxy init}, which makes none here.  Once a signed-in request really comes
 back from the app through the tunnel (L{appproxy.cli.demo_ready}), prints
 the URL, the user and password.  SIGINT, SIGTERM or SIGHUP stop every child
 (L{appproxy.cli.demo_processes}); ports already taken are reported in one
@@ -29,10 +32,13 @@ import attrs
 
 from appproxy.cli.demo_processes import Children, StopSignals, port_in_use
 from appproxy.cli.demo_ready import NotReady, ReadyCheck, check_ready
+from appproxy.cli.demo_register import RegistrationFailed, register_connector
 
 DEMO_DOMAIN = "appproxy.localhost"
 DEMO_APP = "echo"
 DEMO_USER = "demo"
+#: The connector group of the demo app and its connector.
+DEMO_GROUP = "default"
 PUBLIC_PORT = 8443
 TUNNEL_PORT = 8444
 ECHO_PORT = 8080
@@ -122,8 +128,12 @@ def _demo_user(state_dir: Path) -> str:
 def _ports(state_dir: Path, requested: Ports | None) -> Ports:
     """The ports of the demo directory, or those asked for a new one."""
     config = state_dir / "service.toml"
-    if config.exists() and "[builtin_provider]" not in config.read_text("utf-8", "replace"):
-        # Made by an older appproxy without sign-in: start afresh beside it.
+    if config.exists() and not all(
+        needed in config.read_text("utf-8", "replace")
+        for needed in ("[builtin_provider]", "connector_ca_key")
+    ):
+        # Made by an older appproxy without sign-in, or whose connector the
+        # service no longer admits (not registered): start afresh beside it.
         old = state_dir.with_name(f"{state_dir.name}.old-{int(time.time())}")
         state_dir.rename(old)
         print(f"appproxy demo: moved the old demo directory to {old}", flush=True)
@@ -141,7 +151,8 @@ def _ports(state_dir: Path, requested: Ports | None) -> Ports:
 def _create(state_dir: Path, ports: Ports) -> None:
     """
     Make the demo directory on the first run with C{appproxy init} (its
-    instructions, for a setup made by hand, are not printed).
+    instructions, for a setup made by hand, are not printed), without a
+    connector: it registers (L{_register}).
     """
     from appproxy.cli.main import main as cli_main
 
@@ -161,6 +172,7 @@ def _create(state_dir: Path, ports: Ports) -> None:
         DEMO_APP,
         "--internal-url",
         f"http://127.0.0.1:{ports.echo}/",
+        "--no-connector",
     ]
     with contextlib.redirect_stdout(io.StringIO()):
         code = cli_main(argv)
@@ -214,6 +226,43 @@ def _commands(state_dir: Path, ports: Ports) -> dict[str, list[str]]:
             str(state_dir / "connector" / "connector.toml"),
         ],
     }
+
+
+def _register(
+    state_dir: Path, ports: Ports, children: Children, signals: StopSignals, timeout: float
+) -> None:
+    """
+    On the first run (or after an interrupted one), register the demo's
+    connector into C{state_dir/connector} once the service listens.
+    """
+    if (state_dir / "connector" / "connector.toml").exists():
+        return
+
+    def stop() -> str | None:
+        if signals:
+            return "stopped"
+        ended = children.exited()
+        if ended:
+            name, code = ended[0]
+            return f"the {name} exited with status {code}"
+        return None
+
+    try:
+        register_connector(
+            state_dir,
+            tunnel_host=f"tunnel.{DEMO_DOMAIN}",
+            tunnel_port=ports.tunnel,
+            group=DEMO_GROUP,
+            timeout=timeout,
+            stop=stop,
+        )
+    except (RegistrationFailed, OSError, ValueError) as e:
+        raise DemoError(f"could not register the demo's connector: {e}") from None
+    print(
+        "appproxy demo: the connector registered with a one-time enrolment token"
+        f" (appproxy connectors list --state-dir {state_dir})",
+        flush=True,
+    )
 
 
 class _Readiness(threading.Thread):
@@ -286,10 +335,14 @@ def run_demo(
         for name, argv in _commands(state_dir, ports).items():
             if signals:
                 break
+            if name == "connector":
+                _register(state_dir, ports, children, signals, ready_timeout)
             children.start(name, argv)
         else:
             ready.start()
             code, message = _supervise(children, signals, ready, _banner(state_dir, url, password))
+    except DemoError as e:
+        code, message = (0, None) if signals else (1, str(e))
     finally:
         if message is not None:
             print(f"appproxy demo: {message}", file=sys.stderr, flush=True)

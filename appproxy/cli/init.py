@@ -1,10 +1,12 @@
 """
 C{appproxy init}: a private CA, the service's TLS and tunnel certificates, a
 connector certificate and a working service + connector configuration, in one
-new directory.
+new directory; the connector is recorded in the service's state database
+(L{appproxy.cli.init_state}), which admits only the connectors it knows.
 
 The command line is checked into an L{InitPlan} and every certificate is made
 before anything is written; a failure while writing removes what was written.
+What to run next is printed by L{appproxy.cli.init_steps}.
 """
 
 from __future__ import annotations
@@ -14,8 +16,6 @@ import ipaddress
 import os
 import re
 import secrets
-import shlex
-import sys
 import urllib.parse
 from pathlib import Path
 from typing import TextIO
@@ -23,17 +23,20 @@ from typing import TextIO
 import attrs
 
 from appproxy.cli.init_config import Addresses, InitPlan, connector_toml, service_toml
-from appproxy.cli.install import hidden_path_problem
+from appproxy.cli.init_state import record_init_connector
+from appproxy.cli.init_steps import KEY_MODE, print_next_steps
 from appproxy.daemon import pki
+from appproxy.state.schema import DATABASE_NAME
 
 __all__ = ["UsageError", "add_init_command"]
 
 _DNS_LABEL_RE = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)\Z")
 _NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
 
-_KEY_MODE = 0o600
+_KEY_MODE = KEY_MODE
 _FILE_MODE = 0o644
 _DIR_MODE = 0o700
+_PARENT_MODE = 0o755
 
 
 class UsageError(ValueError):
@@ -142,6 +145,7 @@ def _plan(args: argparse.Namespace) -> InitPlan:
         data_dir=Path(args.data_dir).absolute() if args.data_dir is not None else None,
         service_address=addresses.service_address,
         provider_address=addresses.provider_address,
+        with_connector=not args.no_connector,
     )
 
 
@@ -174,8 +178,8 @@ def _files(plan: InitPlan) -> list[tuple[str, bytes, int]]:
     ca = pki.generate_ca(f"appproxy CA for {domain}")
     service = pki.issue_server_certificate(ca, [f"*.{domain}", domain])
     tunnel = pki.issue_server_certificate(ca, [plan.tunnel_host])
-    connector = pki.issue_connector_certificate(ca, plan.connector_id, plan.group)
-    return [
+    pki.check_connector_names(plan.connector_id, plan.group)
+    files = [
         ("ca.pem", ca.cert_pem, _FILE_MODE),
         ("ca.key", ca.key_pem, _KEY_MODE),
         ("tls/service.pem", service.cert_pem, _FILE_MODE),
@@ -184,11 +188,16 @@ def _files(plan: InitPlan) -> list[tuple[str, bytes, int]]:
         ("tls/tunnel.key", tunnel.key_pem, _KEY_MODE),
         ("service.toml", service_toml(plan).encode("utf-8"), _FILE_MODE),
         ("oidc-client-secret", secrets.token_urlsafe(32).encode("ascii") + b"\n", _KEY_MODE),
-        ("connector/ca.pem", ca.cert_pem, _FILE_MODE),
-        ("connector/connector.pem", connector.cert_pem, _FILE_MODE),
-        ("connector/connector.key", connector.key_pem, _KEY_MODE),
-        ("connector/connector.toml", connector_toml(plan).encode("utf-8"), _FILE_MODE),
     ]
+    if plan.with_connector:
+        connector = pki.issue_connector_certificate(ca, plan.connector_id, plan.group)
+        files += [
+            ("connector/ca.pem", ca.cert_pem, _FILE_MODE),
+            ("connector/connector.pem", connector.cert_pem, _FILE_MODE),
+            ("connector/connector.key", connector.key_pem, _KEY_MODE),
+            ("connector/connector.toml", connector_toml(plan).encode("utf-8"), _FILE_MODE),
+        ]
+    return files
 
 
 @attrs.define
@@ -198,10 +207,20 @@ class _Writer:
     files: list[Path] = attrs.field(factory=list)
     dirs: list[Path] = attrs.field(factory=list)
 
-    def mkdir(self, path: Path) -> None:
-        path.mkdir(mode=_DIR_MODE)
+    def mkdir(self, path: Path, mode: int = _DIR_MODE) -> None:
+        path.mkdir(mode=mode)
         self.dirs.append(path)
-        os.chmod(path, _DIR_MODE)
+        os.chmod(path, mode)
+
+    def makedirs(self, path: Path) -> None:
+        """C{path} (mode 0700) and its missing parents (0755), if missing."""
+        missing = [p for p in [path, *path.parents] if not p.exists() and not p.is_symlink()]
+        for directory in reversed(missing):
+            self.mkdir(directory, _DIR_MODE if directory == path else _PARENT_MODE)
+
+    def created(self, path: Path) -> None:
+        """C{path}, made by something else, is to be removed on failure."""
+        self.files.append(path)
 
     def write(self, path: Path, data: bytes, mode: int) -> None:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
@@ -229,76 +248,42 @@ def _write(plan: InitPlan, existed: bool, files: list[tuple[str, bytes, int]]) -
             os.chmod(state_dir, _DIR_MODE)
         else:
             writer.mkdir(state_dir)
-        subdirs = ["tls", "connector"]
+        subdirs = ["tls"]
+        if plan.with_connector:
+            subdirs.append("connector")
         if plan.data_dir is None:
             subdirs.append("state")
         for sub in subdirs:
             writer.mkdir(state_dir / sub)
         for name, data, mode in files:
             writer.write(state_dir / name, data, mode)
+        if plan.with_connector:
+            _record(plan, files, writer)
     except BaseException:
         writer.undo()
         raise
 
 
+def _record(plan: InitPlan, files: list[tuple[str, bytes, int]], writer: _Writer) -> None:
+    """
+    Record the connector init issued in the service's state database (made
+    in C{--data-dir}, with the directory if missing): the service admits
+    only the connector certificates its database knows.
+    """
+    state = plan.data_dir if plan.data_dir is not None else plan.state_dir / "state"
+    writer.makedirs(state)
+    database = state / DATABASE_NAME
+    if not database.exists():
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            writer.created(database.with_name(database.name + suffix))
+    cert_pem = next(data for name, data, _ in files if name == "connector/connector.pem")
+    record_init_connector(
+        database, connector_id=plan.connector_id, group=plan.group, cert_pem=cert_pem
+    )
+
+
 # ---------------------------------------------------------------------------
 # the command
-
-
-def _print_next_steps(plan: InitPlan, files: list[tuple[str, bytes, int]], out: TextIO) -> None:
-    state_dir = plan.state_dir
-    quoted = shlex.quote(str(state_dir))
-    print(f"Wrote {state_dir}:", file=out)
-    for name, _, mode in files:
-        print(f"  {name}{'  (private key, mode 0600)' if mode == _KEY_MODE else ''}", file=out)
-    if plan.data_dir is None:
-        print("  state/  (durable state of the service)", file=out)
-    else:
-        print(f"The service keeps its state in {plan.data_dir}.", file=out)
-    print("", file=out)
-    connector_config = f"{quoted}/connector/connector.toml"
-    # What 'appproxy install' checks: a unit sees neither /home, /root nor /tmp.
-    problem = hidden_path_problem(
-        prefix=Path(sys.prefix),
-        config=state_dir / "service.toml",
-        state=plan.data_dir if plan.data_dir is not None else state_dir / "state",
-    )
-    if problem is None:
-        print("Run both under systemd (as root, with the same virtualenv's appproxy):", file=out)
-        print(f"  appproxy install service --config {quoted}/service.toml", file=out)
-        print(f"  appproxy install connector --config {connector_config}", file=out)
-        print("or in the foreground, the service:", file=out)
-    else:
-        print(f"'appproxy install' cannot run these under systemd: {problem}.", file=out)
-        print(
-            "For a systemd install, init into /etc/appproxy with --data-dir /var/lib/appproxy"
-            " from a virtualenv in /opt/appproxy (see README.md, 'Setting up').",
-            file=out,
-        )
-        print("Run both in the foreground, the service:", file=out)
-    print(
-        f"  twistd --nodaemon --pidfile= appproxy --config {quoted}/service.toml",
-        file=out,
-    )
-    print("and the connector (in another terminal):", file=out)
-    print(
-        f"  twistd --nodaemon --pidfile= appproxy-connector --config {connector_config}",
-        file=out,
-    )
-    print("", file=out)
-    print("Add a user who may sign in:", file=out)
-    print(f"  appproxy users add alice --state-dir {quoted}", file=out)
-    print("", file=out)
-    external_url = plan.external_url
-    print(f"Then open {external_url}", file=out)
-    print(f"(the app at {plan.internal_url} must be running;", file=out)
-    print(f" the certificate is signed by {quoted}/ca.pem), for example:", file=out)
-    local, _, _ = plan.provider_address.rpartition(":")
-    host_port = f"{plan.app_host}:{plan.port}"
-    print(
-        f"  curl --cacert {quoted}/ca.pem --resolve {host_port}:{local} {external_url}",
-        file=out,
-    )
 
 
 def _cmd_init(args: argparse.Namespace, out: TextIO) -> int:
@@ -308,7 +293,8 @@ def _cmd_init(args: argparse.Namespace, out: TextIO) -> int:
     # connector id (ValueError from pki) leaves no trace.
     files = _files(plan)
     _write(plan, existed, files)
-    _print_next_steps(plan, files, out)
+    ca_pem = next(data for name, data, _ in files if name == "ca.pem")
+    print_next_steps(plan, files, ca_pem, out)
     return 0
 
 
@@ -319,7 +305,8 @@ def add_init_command(subparsers: argparse._SubParsersAction[argparse.ArgumentPar
         help="create a CA, certificates and a working service + connector configuration",
         description=(
             "Create DIR with a private CA, the service's TLS and tunnel certificates, "
-            "a connector certificate, service.toml and connector/connector.toml."
+            "a connector certificate, service.toml and connector/connector.toml; record "
+            "the connector in the service's state database (DIR/state or --data-dir)."
         ),
     )
     parser.add_argument(
@@ -368,6 +355,12 @@ def add_init_command(subparsers: argparse._SubParsersAction[argparse.ArgumentPar
     parser.add_argument("--group", default="default", help="connector group (default: default)")
     parser.add_argument(
         "--connector-id", default="connector-1", help="connector id (default: connector-1)"
+    )
+    parser.add_argument(
+        "--no-connector",
+        action="store_true",
+        help="issue no connector certificate: every connector registers "
+        "(appproxy-connector register), as init's output shows",
     )
     parser.add_argument(
         "--internal-url",

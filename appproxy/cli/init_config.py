@@ -98,6 +98,8 @@ class InitPlan:
     """The address connectors dial, or L{None} to resolve the tunnel host name."""
     provider_address: str
     """Where the service reaches its own built-in provider (C{host:port})."""
+    with_connector: bool = True
+    """Whether init issues (and records) a connector, or every one registers."""
 
     def _origin(self, host: str) -> str:
         return f"https://{host}" if self.port == 443 else f"https://{host}:{self.port}"
@@ -158,13 +160,16 @@ cert = "tls/service.pem"
 key = "tls/service.key"
 
 [tunnel]
-# Listener for connectors (mutual TLS, HTTP/2).
+# Listener for connectors (mutual TLS, HTTP/2; registration over HTTP/1.1).
 listen = {_toml_str(plan.tunnel_listen)}
 # The certificate connectors verify (it names the tunnel host).
 cert = "tls/tunnel.pem"
 key = "tls/tunnel.key"
-# The CA that signs connector client certificates.
+# The CA that signs connector client certificates, and its key: the service
+# signs the certificate of each connector that registers (appproxy-connector
+# register). Without the key, registration and renewal are off.
 connector_ca = "ca.pem"
+connector_ca_key = "ca.key"
 
 [[apps]]
 # Unique name, shown in logs and error pages.

@@ -7,12 +7,15 @@ C{appproxy init}:
   1. checks that C{PREFIX/bin/twistd} exists and that the daemon's
      configuration file is valid (the daemon's own loader);
   2. creates the system user (and its group) if missing;
-  3. gives that group read access to the files the configuration names
-     (keys become C{root:GROUP 0640}, directories C{root:GROUP 0750}) in the
-     configuration's directory; other private files (the CA's key) stay
-     C{root 0600};
-  4. for the service, creates the state directory (C{service.state_dir}),
-     owned by the user, mode 0700, and gives the user what root wrote there;
+  3. for the service, gives that group read access to the files the
+     configuration names (keys become C{root:GROUP 0640}, directories
+     C{root:GROUP 0750}) in the configuration's directory; other private
+     files stay C{root 0600};
+  4. creates the daemon's state directory, owned by the user, mode 0700, and
+     gives the user what root wrote there: the service's
+     (C{service.state_dir}), and for the connector the directory of its
+     configuration (its key stays 0600), where renewal replaces its key and
+     certificate;
   5. writes the unit (L{appproxy.cli.systemd_units}) and prints the
      C{systemctl} commands that start it.
 
@@ -27,7 +30,6 @@ import grp
 import os
 import pwd
 import re
-import stat
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -37,6 +39,14 @@ from typing import Any, TextIO, cast
 
 import attrs
 
+from appproxy.cli.install_files import (
+    Account,
+    check_connector_dir,
+    grant,
+    open_init_dir,
+    state_dir,
+    unreadable,
+)
 from appproxy.cli.systemd_units import (
     DEFAULT_CONNECTOR,
     DEFAULT_SERVICE,
@@ -49,10 +59,6 @@ from appproxy.cli.systemd_units import (
 __all__ = ["add_install_command"]
 
 _USER_RE = re.compile(r"[a-z_][a-z0-9_-]{0,31}\Z")
-_WORLD_READABLE = 0o004
-_KEY_MODE = 0o640
-_DIR_MODE = 0o750
-_STATE_MODE = 0o700
 _UNIT_MODE = 0o644
 _UNIT_DIR = "/etc/systemd/system"
 _NOLOGIN = "/usr/sbin/nologin"
@@ -75,16 +81,6 @@ _KINDS = (
 )
 
 
-@attrs.frozen
-class _Account:
-    """The daemon's user: its ids, or none yet (a dry run)."""
-
-    user: str
-    group: str
-    uid: int | None
-    gid: int | None
-
-
 def _config_paths(value: object) -> Iterator[Path]:
     """Every path in a loaded configuration (attrs classes, tuples)."""
     if isinstance(value, Path):
@@ -97,17 +93,22 @@ def _config_paths(value: object) -> Iterator[Path]:
             yield from _config_paths(getattr(value, field.name))
 
 
-def _load(kind: _Kind, config: Path) -> tuple[Any, Path | None]:
-    """The daemon's configuration, and the service's state directory."""
+def _load(kind: _Kind, config: Path) -> tuple[Any, Path]:
+    """
+    The daemon's configuration and its state directory: the service's
+    C{state_dir}, the directory of the connector's configuration.
+    """
     from appproxy.config import ConfigError, load_connector_config, load_service_config
 
     try:
         if kind.name == "service":
             loaded: Any = load_service_config(config)
             return loaded, loaded.state_dir
-        return load_connector_config(config), None
+        loaded = load_connector_config(config)
     except ConfigError as e:
         raise ValueError(str(e)) from None
+    check_connector_dir(config, loaded.cert.cert, loaded.cert.key)
+    return loaded, config.parent
 
 
 def _check_visible(what: str, path: Path) -> None:
@@ -149,7 +150,7 @@ def hidden_path_problem(*, prefix: Path, config: Path, state: Path | None) -> st
     return None
 
 
-def _account(name: str, dry_run: bool, say: Callable[[str], None]) -> _Account:
+def _account(name: str, dry_run: bool, say: Callable[[str], None]) -> Account:
     """The user C{name}, created (a system user with its own group) if missing."""
     try:
         entry = pwd.getpwnam(name)
@@ -160,11 +161,11 @@ def _account(name: str, dry_run: bool, say: Callable[[str], None]) -> _Account:
         argv += ["--gid", name] if group_exists else ["--user-group"]
         say(f"create the system user {name}: {' '.join([*argv, name])}")
         if dry_run:
-            return _Account(name, name, None, None)
+            return Account(name, name, None, None)
         subprocess.run([*argv, name], check=True, stdin=subprocess.DEVNULL)  # noqa: S603
         entry = pwd.getpwnam(name)
     group = grp.getgrgid(entry.pw_gid).gr_name
-    return _Account(name, group, entry.pw_uid, entry.pw_gid)
+    return Account(name, group, entry.pw_uid, entry.pw_gid)
 
 
 def _group_exists(name: str) -> bool:
@@ -173,97 +174,6 @@ def _group_exists(name: str) -> bool:
     except KeyError:
         return False
     return True
-
-
-def _grant(
-    root: Path,
-    readable: set[Path],
-    skip: Path | None,
-    account: _Account,
-    dry_run: bool,
-    say: Callable[[str], None],
-) -> None:
-    """
-    Give C{account}'s group the directories under C{root} (the configuration
-    file's) and the private files of C{readable} in them. Not C{skip} (the
-    state directory) nor, for the service, a connector's directory (one
-    holding C{connector.toml}): those are another install's.
-    """
-    say(f"{root}: directories root:{account.group} 0750; the keys the daemon reads 0640")
-    for directory, dirnames, filenames in os.walk(root):
-        here = Path(directory)
-        if here == skip or (here != root and "connector.toml" in filenames):
-            dirnames[:] = []
-            continue
-        if not dry_run:
-            _set(here, account.gid, _DIR_MODE)
-        for name in filenames:
-            path = here / name
-            mode = stat.S_IMODE(path.lstat().st_mode)
-            if path.is_symlink() or path not in readable or mode & _WORLD_READABLE:
-                continue
-            say(f"  {path}: root:{account.group} 0640")
-            if not dry_run:
-                _set(path, account.gid, _KEY_MODE)
-
-
-def _open_init_dir(
-    config_dir: Path, account: _Account, dry_run: bool, say: Callable[[str], None]
-) -> None:
-    """
-    A connector's directory inside the one C{appproxy init} made (mode 0700,
-    root's): let the connector's group search that directory too, unless
-    it already belongs to another group (the service's, another user).
-    """
-    parent = config_dir.parent
-    if not (parent / "service.toml").is_file():
-        return
-    st = parent.stat()
-    if st.st_mode & 0o001 or st.st_gid not in (0, account.gid):
-        return
-    say(f"{parent}: root:{account.group} 0750")
-    if not dry_run:
-        _set(parent, account.gid, _DIR_MODE)
-
-
-def _set(path: Path, gid: int | None, mode: int) -> None:
-    assert gid is not None
-    os.chown(path, -1, gid, follow_symlinks=False)
-    os.chmod(path, mode)
-
-
-def _state_dir(state: Path, account: _Account, dry_run: bool, say: Callable[[str], None]) -> None:
-    """C{state}, owned by the user, mode 0700, with what is in it."""
-    say(f"{state}: {account.user}:{account.group} 0700 (the service's state)")
-    if dry_run:
-        return
-    assert account.uid is not None and account.gid is not None
-    state.mkdir(mode=0o755, parents=True, exist_ok=True)
-    os.chown(state, account.uid, account.gid)
-    os.chmod(state, _STATE_MODE)
-    for directory, dirnames, filenames in os.walk(state):
-        for name in dirnames + filenames:
-            os.chown(Path(directory) / name, account.uid, account.gid, follow_symlinks=False)
-
-
-def _unreadable(path: Path, account: _Account) -> str | None:
-    """Why C{account} cannot read C{path} (permission bits), or L{None}."""
-    assert account.uid is not None
-    gids = set(os.getgrouplist(account.user, account.gid or 0))
-
-    def allowed(st: os.stat_result, bit: int) -> bool:
-        if st.st_uid == account.uid:
-            return bool(st.st_mode & (bit << 6))
-        if st.st_gid in gids:
-            return bool(st.st_mode & (bit << 3))
-        return bool(st.st_mode & bit)
-
-    for parent in reversed(path.parents):
-        if not allowed(parent.stat(), 0o1):
-            return f"{parent} is not searchable"
-    if not path.exists():
-        return None
-    return None if allowed(path.stat(), 0o4) else "it is not readable"
 
 
 def _install(kind: _Kind, args: argparse.Namespace, out: TextIO) -> int:
@@ -298,21 +208,30 @@ def _install(kind: _Kind, args: argparse.Namespace, out: TextIO) -> int:
             config=PurePosixPath(config),
             user=account.user,
             group=account.group,
-            state_dir=PurePosixPath(state) if state is not None else None,
+            state_dir=PurePosixPath(state),
         )
     )
     readable = {Path(os.path.normpath(path)) for path in _config_paths(loaded)}
-    _grant(config.parent, readable, state, account, dry_run, say)
-    if kind.name == "connector":
-        _open_init_dir(config.parent, account, dry_run, say)
-    if state is not None:
-        _state_dir(state, account, dry_run, say)
+    if kind.name == "service":
+        grant(config.parent, readable, state, account, dry_run, say)
+        state_dir(state, account, dry_run, say)
+    else:
+        open_init_dir(config.parent, account, dry_run, say)
+        key = Path(os.path.normpath(loaded.cert.key))
+        state_dir(
+            state,
+            account,
+            dry_run,
+            say,
+            what="the connector's state: renewal replaces its key and certificate there",
+            private=frozenset({key}),
+        )
     if not dry_run:
         problems = [
             f"{path}: {why}"
-            for path in sorted(readable | {twistd, python})
-            if (state is None or not path.is_relative_to(state))
-            and (why := _unreadable(path, account)) is not None
+            for path in sorted(readable | {twistd, python, state})
+            if (path == state or not path.is_relative_to(state))
+            and (why := unreadable(path, account)) is not None
         ]
         if problems:
             raise ValueError(

@@ -2,7 +2,7 @@
 The C{appproxy} administration command: the parser, L{main} and the one-line
 error report.
 
-    appproxy init|install|users|keys|logs|sessions|policy ...
+    appproxy init|install|users|keys|logs|sessions|connectors|policy ...
 
 Each command group lives in its own C{appproxy.cli} module (L{appproxy.cli.init},
 ...); its subcommands are functions C{(args, out) -> int} registered with
@@ -66,6 +66,12 @@ def _add_sessions(subparsers: argparse._SubParsersAction[argparse.ArgumentParser
     add_sessions_command(subparsers)
 
 
+def _add_connectors(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from appproxy.cli.connectors import add_connectors_command
+
+    add_connectors_command(subparsers)
+
+
 def _add_policy(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     from appproxy.cli.policy import add_policy_command, load_policies
 
@@ -79,6 +85,7 @@ _SUBCOMMANDS: Sequence[Callable[[argparse._SubParsersAction[argparse.ArgumentPar
     _add_keys,
     _add_logs,
     _add_sessions,
+    _add_connectors,
     _add_policy,
 )
 

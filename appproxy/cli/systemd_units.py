@@ -16,6 +16,7 @@ import attrs
 
 __all__ = [
     "DEFAULT_CONNECTOR",
+    "DEFAULT_CONNECTOR_DIR",
     "DEFAULT_SERVICE",
     "HIDDEN_FROM_UNITS",
     "UnitPaths",
@@ -57,7 +58,11 @@ class UnitPaths:
     group: str
     """Its group."""
     state_dir: PurePosixPath | None = None
-    """The service's state directory, the one place it writes."""
+    """
+    The one place the daemon writes: the service's state directory; the
+    connector's is the directory of its configuration (renewal replaces its
+    key and certificate there).
+    """
 
     @property
     def twistd(self) -> PurePosixPath:
@@ -73,11 +78,15 @@ DEFAULT_SERVICE: Final = UnitPaths(
     state_dir=PurePosixPath("/var/lib/appproxy"),
 )
 
+#: Where C{appproxy-connector register --state-dir} puts a connector's files.
+DEFAULT_CONNECTOR_DIR: Final = PurePosixPath("/var/lib/appproxy-connector")
+
 DEFAULT_CONNECTOR: Final = UnitPaths(
     prefix=PurePosixPath("/opt/appproxy"),
-    config=PurePosixPath("/etc/appproxy/connector/connector.toml"),
+    config=DEFAULT_CONNECTOR_DIR / "connector.toml",
     user="appproxy",
     group="appproxy",
+    state_dir=DEFAULT_CONNECTOR_DIR,
 )
 
 _COMMON = """\
@@ -132,18 +141,29 @@ def _check(paths: UnitPaths) -> None:
             )
 
 
+def _state_lines(paths: UnitPaths, daemon: str, comment: str) -> str:
+    """
+    The daemon's one writable path: C{ReadWritePaths=} its state directory,
+    and C{StateDirectory=} (systemd makes it, the user's, 0700, at start) when
+    it is under C{/var/lib}.
+    """
+    state = paths.state_dir
+    if state is None:
+        raise ValueError(f"the {daemon}'s unit needs its state directory")
+    lines = f"{comment}ReadWritePaths={state}\n"
+    if state.is_relative_to(_STATE_ROOT) and state != _STATE_ROOT:
+        lines += f"StateDirectory={state.relative_to(_STATE_ROOT)}\nStateDirectoryMode=0700\n"
+    return lines
+
+
 def service_unit(paths: UnitPaths) -> str:
     """C{appproxy.service}."""
     _check(paths)
-    state = paths.state_dir
-    if state is None:
-        raise ValueError("the service's unit needs its state directory")
-    state_lines = (
-        "# The state directory (service.state_dir) is the one writable path.\n"
-        f"ReadWritePaths={state}\n"
+    state_lines = _state_lines(
+        paths,
+        "service",
+        "# The state directory (service.state_dir) is the one writable path.\n",
     )
-    if state.is_relative_to(_STATE_ROOT) and state != _STATE_ROOT:
-        state_lines += f"StateDirectory={state.relative_to(_STATE_ROOT)}\nStateDirectoryMode=0700\n"
     return (
         f"""\
 # appproxy service: the public HTTPS listener and the tunnel endpoint for
@@ -177,8 +197,19 @@ AmbientCapabilities=CAP_NET_BIND_SERVICE
 
 
 def connector_unit(paths: UnitPaths) -> str:
-    """C{appproxy-connector.service}."""
+    """
+    C{appproxy-connector.service}; C{paths.state_dir} is the directory of
+    its configuration.
+    """
     _check(paths)
+    if paths.state_dir != paths.config.parent:
+        raise ValueError("the connector's unit needs the directory of its configuration")
+    state_lines = _state_lines(
+        paths,
+        "connector",
+        "# The configuration's directory is the connector's state, its one writable\n"
+        "# path: renewal replaces the key and certificate there.\n",
+    )
     return (
         f"""\
 # appproxy connector: runs inside the private network and dials out to the
@@ -201,10 +232,11 @@ NotifyAccess=main
 ExecReload=/bin/kill -HUP $MAINPID
 """
         + _COMMON.format(user=paths.user, group=paths.group)
+        + state_lines
         + """
 # Outbound connections only: no capabilities at all.
 CapabilityBoundingSet=
 
 """
-        + _HARDENING.format(writable=" (the connector keeps no state)")
+        + _HARDENING.format(writable=" except the connector's directory")
     )

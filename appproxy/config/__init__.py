@@ -7,7 +7,7 @@ L{load_connector_config} read a file, the C{parse_*} functions check an
 already parsed one, and the classes they return are in
 L{appproxy.config.model}.  Inside: C{service} and C{connector} (one per
 file), the sections of C{service.toml} (C{_apps}, C{_signin},
-C{_policies}), the checked table C{_table}, the value checkers C{_values}
+C{_policies}, C{_connectors}), the checked table C{_table}, the value checkers C{_values}
 and C{_endpoint}, the file readers C{_files}, and C{_messages} (how values
 are shown in an error).
 
@@ -23,6 +23,7 @@ from appproxy.config.model import (
     CertificateFiles,
     ConfigError,
     ConnectorConfig,
+    ConnectorsConfig,
     OidcConfig,
     RiskConfig,
     ServiceConfig,
@@ -36,6 +37,7 @@ __all__ = [
     "CertificateFiles",
     "ConfigError",
     "ConnectorConfig",
+    "ConnectorsConfig",
     "OidcConfig",
     "RiskConfig",
     "ServiceConfig",

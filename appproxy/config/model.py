@@ -256,6 +256,25 @@ class ClientLimits:
 
 
 @attrs.frozen(kw_only=True)
+class ConnectorsConfig:
+    """Connector registration, certificates and inventory (C{[connectors]})."""
+
+    device_client_id: str | None = None
+    """The client id ID tokens from the device flow are issued to (their
+    audience); L{None}: registration with an administrator's sign-in is off."""
+    admin_claim: str = "roles"
+    admin_value: str = "Application Administrator"
+    """The claim that must contain this value (a string or a list of strings)."""
+    certificate_days: int = 365
+    renew_after_days: int = 180
+    inactive_after_days: int = 10
+    config_interval: float = 120.0
+    """Seconds between two configuration pulls of a connector."""
+    connections: int | None = None
+    """Tunnel connections each connector keeps; L{None}: the connector's own."""
+
+
+@attrs.frozen(kw_only=True)
 class ServiceConfig:
     """The service's configuration (C{service.toml})."""
 
@@ -269,6 +288,10 @@ class ServiceConfig:
     tunnel_cert: CertificateFiles
     connector_ca: Path
     connector_ca_pem: bytes = attrs.field(repr=False)
+    #: The connector CA's key: without it, registration and renewal are off.
+    connector_ca_key: Path | None = None
+    connector_ca_key_pem: bytes | None = attrs.field(default=None, repr=False)
+    connectors: ConnectorsConfig = attrs.field(factory=ConnectorsConfig)
     apps: tuple[AppConfig, ...]
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     oidc: OidcConfig | None = None

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-from appproxy.config import _apps, _policies, _signin
+from appproxy.config import _apps, _connectors, _policies, _signin
 from appproxy.config._endpoint import endpoint
 from appproxy.config._files import ca_file, certificate_files, read_toml
 from appproxy.config._messages import quote
@@ -35,6 +35,7 @@ _TOP_KEYS = (
     "risk",
     "locations",
     "policies",
+    "connectors",
 )
 _SERVICE_KEYS = (
     "listen",
@@ -49,7 +50,7 @@ _SERVICE_KEYS = (
     "websockets_per_user",
 )
 _CERTIFICATE_KEYS = ("cert", "key")
-_TUNNEL_KEYS = ("listen", "cert", "key", "connector_ca")
+_TUNNEL_KEYS = ("listen", "cert", "key", "connector_ca", "connector_ca_key")
 
 
 def load_service_config(path: str | Path) -> ServiceConfig:
@@ -104,11 +105,13 @@ def parse_service_config(data: Mapping[str, object], path: Path) -> ServiceConfi
     )
     tunnel_cert = certificate_files(tunnel, "cert", "key")
     connector_ca, connector_ca_pem = ca_file(tunnel, "connector_ca")
+    ca_key, ca_key_pem = _connectors.connector_ca_key(tunnel, connector_ca_pem, connector_ca)
 
     apps = _apps.apps(top)
     trusted_proxies = networks(service, "trusted_proxies")
     oidc = _signin.oidc(top)
     builtin = _signin.builtin_provider(top, state_dir)
+    connectors = _connectors.connectors(top, builtin)
     risk = _policies.risk(top)
     locations = _policies.locations(top)
     policies = _policies.policies(
@@ -127,6 +130,9 @@ def parse_service_config(data: Mapping[str, object], path: Path) -> ServiceConfi
         tunnel_cert=tunnel_cert,
         connector_ca=connector_ca,
         connector_ca_pem=connector_ca_pem,
+        connector_ca_key=ca_key,
+        connector_ca_key_pem=ca_key_pem,
+        connectors=connectors,
         apps=apps,
         trusted_proxies=trusted_proxies,
         oidc=oidc,

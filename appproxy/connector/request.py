@@ -23,6 +23,7 @@ from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
 
 from appproxy.connector.backend import BackendError, classify_failure, connection_tokens
 from appproxy.connector.bodies import ResponseSender, StreamBodyProducer
+from appproxy.connector.origins import path_refusal
 from appproxy.http.headers import HOP_BY_HOP
 from appproxy.http.length import response_content_length
 from appproxy.http.redact import redact_query
@@ -166,14 +167,18 @@ class ConnectorStream(TunnelStream):
                 headers.addRawHeader(name, value)
         has_body = event.stream_ended is None
         app = proto.factory.backend.apps.get(app_name.decode("latin-1"))
-        if app is None:
-            self.fail(
-                BackendError(
-                    502,
-                    "backend-error",
-                    f"This connector has no settings for the app {app_name.decode('latin-1')!r}.",
-                )
-            )
+        refused = proto.factory.refusal(
+            app_name.decode("latin-1"),
+            app,
+            pseudo.get(b":scheme", b"http"),
+            pseudo.get(b":authority", b""),
+        )
+        path = pseudo.get(b":path", b"/")
+        bad_path = path_refusal(pseudo.get(b":method", b"GET"), path)
+        if refused is None and bad_path is not None:
+            refused = BackendError(502, "connector-error", f"Refused: {bad_path}.")
+        if refused is not None or app is None:
+            self.fail(refused or BackendError(502, "connector-error", "no app"))
             return
         # Timed by the machine, by idleness, not by the backend client.
         machine = self.machine
@@ -181,7 +186,7 @@ class ConnectorStream(TunnelStream):
         machine.has_body = has_body
         authority = pseudo.get(b":authority", b"")
         headers.setRawHeaders(b"host", [authority])
-        self.url = pseudo.get(b":scheme", b"http") + b"://" + authority + pseudo.get(b":path", b"/")
+        self.url = pseudo.get(b":scheme", b"http") + b"://" + authority + path
         self.method = pseudo.get(b":method", b"GET")
         if has_body:
             self.body = StreamBodyProducer(self, length)

@@ -22,6 +22,7 @@ flight finish and then says GOAWAY.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 import attrs
 from h2.errors import ErrorCodes
@@ -30,9 +31,10 @@ from h2.exceptions import H2Error
 from h2.settings import SettingCodes
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from appproxy.connector.backend import BackendClient, parse_settings
+from appproxy.connector.backend import BackendApp, BackendClient, BackendError, parse_settings
 from appproxy.connector.request import ConnectorStream
 from appproxy.connector.websocket import UpgradeStream
 from appproxy.connector.websocket_app import is_upgrade
@@ -53,6 +55,7 @@ from appproxy.tunnel.expiry import ExpiryWatch, watch_own_certificate
 from appproxy.tunnel.fields import CONTROL_FIELD, SETTINGS_CONTROL, UnsendableFields
 
 N = ConnectorInput
+_log = Logger(namespace="appproxy.connector.tunnel")
 
 #: Largest settings document accepted from the service.
 MAX_SETTINGS_SIZE = 1 << 20
@@ -75,6 +78,24 @@ class _SettingsStream(TunnelStream):
         self.proto.acknowledge(self.stream_id, flow_length)
 
     def request_ended(self) -> None:
+        """
+        The settings are in: applied (and answered) at once, or, in the
+        daemon, once the configuration pull they trigger is done, so that
+        the pushed and the pulled settings take effect together.
+        """
+        pushed = self.proto.factory.settings_pushed
+        pulled = pushed() if pushed is not None else None
+        if pulled is None:
+            self._apply()
+        else:
+            pulled.addBoth(self._pulled)
+
+    def _pulled(self, _: object) -> None:
+        proto = self.proto
+        if proto.connected and proto.streams.get(self.stream_id) is self:
+            proto.within_stream(self.stream_id, self._apply)
+
+    def _apply(self) -> None:
         proto = self.proto
         backend = proto.factory.backend
         status = b"204"
@@ -281,7 +302,13 @@ class ConnectorTunnelProtocol(TunnelProtocol["ConnectorTunnelFactory"]):
                 self.conn.close_connection()
             except H2Error:
                 pass
-            self.flush()
+        # Written now, even while writes are held (inside dataReceived, or
+        # L{appproxy.tunnel.outbound.hold_writes} while the last response
+        # ends): whatever is written after loseConnection is dropped, and
+        # with it that response and the GOAWAY.
+        data = self.conn.data_to_send()
+        if data and self.transport is not None and self.connected:
+            self.transport.write(data)
         if self.transport is not None:
             self.transport.loseConnection()
 
@@ -317,6 +344,32 @@ class ConnectorTunnelFactory(TunnelFactory[ConnectorTunnelProtocol]):
     """Requests taken from the service since start."""
     stream_errors: int = attrs.field(init=False, default=0)
     """Streams ended by an exception in their handling (the connection went on)."""
+
+    origins: Callable[[str, bytes, bytes], str | None] | None = None
+    """The origin check: given an app's name and a request's C{:scheme} and
+    C{:authority}, why it is refused (L{None}: allowed).  The daemon sets it
+    from its pulled configuration (L{appproxy.connector.origins}); L{None}
+    here (factories built directly, in tests) allows every app's origin."""
+    settings_pushed: Callable[[], Deferred[None] | None] | None = None
+    """Called when the service pushed its settings (the daemon pulls its
+    configuration again); the settings are applied and acknowledged when
+    the Deferred it returns fires (at once if it returns L{None})."""
+
+    def refusal(
+        self, app_name: str, app: BackendApp | None, scheme: bytes, authority: bytes
+    ) -> BackendError | None:
+        """Why a request (or WebSocket) for an app must not go to its origin."""
+        if self.origins is not None:
+            reason = self.origins(app_name, scheme, authority)
+            if reason is not None:
+                _log.warn(
+                    "Refused a request for the app {app}: {reason}", app=app_name, reason=reason
+                )
+                return BackendError(502, "connector-error", f"Refused: {reason}.")
+        if app is None:
+            detail = f"This connector has no settings for the app {app_name!r}."
+            return BackendError(502, "backend-error", detail)
+        return None
 
     def buildProtocol(self, addr: object) -> ConnectorTunnelProtocol:
         return ConnectorTunnelProtocol(self)

@@ -2,14 +2,12 @@
 One WebSocket at the connector: an upgraded tunnel stream (extended
 CONNECT, C{:protocol websocket}) in, a connection to the internal app out
 (L{appproxy.connector.websocket_app}), and raw bytes relayed both ways.
-
 A shell over L{UpgradeMachine}: it feeds the machine the handshake's answer
 (a 101 only if it accepts the WebSocket, RFC 6455 4.1), the ends of each
-direction and the connector's drain, and carries out what it decides.  Flow
-control is end to end: the app's connection stops being read while the
-stream's send window is shut (resumed by C{outbound_drained}), and the
-service's DATA is acknowledged only as the app's write buffer drains: a
-WebSocket holds about a window's worth of memory here, whatever is sent.
+direction and the drain, and does what it decides.  Flow control is end to
+end: the app's connection is not read while the stream's send window is
+shut (until C{outbound_drained}), and the service's DATA is acknowledged as
+the app's write buffer drains: a WebSocket holds a window's worth of memory.
 """
 
 from __future__ import annotations
@@ -27,6 +25,7 @@ from twisted.python.failure import Failure
 from twisted.web.client import URI
 
 from appproxy.connector.backend import BackendError, classify_failure
+from appproxy.connector.origins import path_refusal
 from appproxy.connector.websocket_app import (
     UPGRADED_FIELD,
     AppConnection,
@@ -147,9 +146,10 @@ class UpgradeStream(TunnelStream):
         scheme, authority, path = where.scheme, where.authority, where.path
         self.url = redact_query((scheme + b"://" + authority + path).decode("latin-1"))
         app = proto.factory.backend.apps.get(self.app_name)
-        if app is None:
-            detail = f"This connector has no settings for the app {self.app_name!r}."
-            self._answer(BackendError(502, "backend-error", detail))
+        refused = proto.factory.refusal(self.app_name, app, scheme, authority)
+        bad = path_refusal(b"CONNECT", path)  # else it could change the origin dialled
+        if refused is not None or app is None or bad is not None:
+            self._answer(refused or BackendError(502, "connector-error", bad or "no app"))
             return
         self.machine.limit = app.timeout
         try:

@@ -4,6 +4,9 @@ C{twistd appproxy-connector}: the connector inside the private network.
 
 from __future__ import annotations
 
+import sys
+import time
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -18,7 +21,13 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from appproxy.config import ConnectorConfig, load_connector_config
+from appproxy.config._files import read_toml
+from appproxy.config.model import CertificateFiles
 from appproxy.connector.backend import BackendClient
+from appproxy.connector.enrolment import ServiceAddress
+from appproxy.connector.keyfiles import recover_renewal
+from appproxy.connector.origins import AllowedOrigins
+from appproxy.connector.trust import ConnectorTrust, expired_message
 from appproxy.connector.tunnel import ConnectorTunnelFactory
 from appproxy.daemon import heap, malloc
 from appproxy.daemon.redial import DialReport, Redial, watched_factory
@@ -30,9 +39,12 @@ from appproxy.daemon.runtime import (
     use_log_format,
 )
 from appproxy.daemon.tls import ReloadableTLS, tunnel_client_options
+from appproxy.tunnel.enrolment import ConnectorSettings
 
 #: Seconds in-flight requests get to finish after GOAWAY when stopping.
 DRAIN_TIMEOUT = 60.0
+#: Seconds a settings push waits for the configuration pull it triggers.
+PUSH_WAIT = 5.0
 #: Redial backoff: first retry after about this many seconds, doubling with
 #: each failure until a tunnel is established (L{appproxy.daemon.redial})...
 INITIAL_RETRY_DELAY = 0.5
@@ -74,8 +86,11 @@ class _DescribedEndpoint:
 
 class ConnectorService(MultiService):
     """
-    Keeps C{connections} tunnel connections to the service, each redialled
-    with exponential backoff and jitter, and drains them with GOAWAY on stop.
+    Pulls its configuration from the service (L{ConnectorTrust}), then keeps
+    C{connections} tunnel connections to the service, each redialled with
+    exponential backoff and jitter, and drains them with GOAWAY on stop.
+    Requests go only to the internal origins of the apps in the pulled
+    configuration; before the first pull no tunnel is dialled.
     """
 
     log = Logger()
@@ -91,14 +106,18 @@ class ConnectorService(MultiService):
             config.capacity,
             config.ping_interval,
             config.websocket_capacity,
+            origins=self._refusal,
+            settings_pushed=self._pushed,
         )
+        #: The pulled configuration's apps and origins (None: none pulled yet).
+        self.allowed: AllowedOrigins | None = None
         self.tls = tls = ReloadableTLS(self._tls(config))
         description = (
             f"{config.service_host}:{config.service_port} (TLS, via {config.service_address})"
         )
         #: Why connections fail, told once per reason (all connections).
         self.report = DialReport(self.log, description, config.service_host)
-        endpoint = _DescribedEndpoint(
+        self.endpoint = _DescribedEndpoint(
             wrapClientTLS(
                 tls, HostnameEndpoint(reactor, config.service_address, config.service_port)
             ),
@@ -107,15 +126,64 @@ class ConnectorService(MultiService):
         )
         #: Each connection's backoff, reset once its tunnel is established.
         self.redials: list[Redial] = []
-        for _ in range(config.connections):
+        self.trust = ConnectorTrust(
+            reactor,
+            ServiceAddress(config.service_host, config.service_port, config.service_address),
+            config.ca_pem,
+            config.cert.cert,
+            config.cert.key,
+            config.cert.cert_pem,
+            config.cert.key_pem,
+            self._configured,
+            self._renewed,
+        )
+
+    def _refusal(self, app: str, scheme: bytes, authority: bytes) -> str | None:
+        if self.allowed is None:
+            return "no configuration has been pulled from the service yet"
+        return self.allowed.refusal(app, scheme, authority)
+
+    def _pushed(self) -> Deferred[None]:
+        """
+        The service pushed its settings (a new connection, or its reload):
+        pull, and let the push be acknowledged once the pull is done (or
+        after L{PUSH_WAIT} seconds, well within the service's patience).
+        """
+        return self.trust.pulled(PUSH_WAIT)
+
+    def _configured(self, settings: ConnectorSettings) -> None:
+        self.allowed = AllowedOrigins.of((app.name, app.internal_url) for app in settings.apps)
+        wanted = settings.connections or self.config.connections
+        if wanted < len(self.redials):
+            self.log.info(
+                "The service asks for {n} tunnel connections; {m} stay until restart",
+                n=wanted,
+                m=len(self.redials),
+            )
+        self._dial(wanted)
+
+    def _dial(self, count: int) -> None:
+        """Keep at least C{count} tunnel connections (new ones start now if running)."""
+        while len(self.redials) < count:
             redial = Redial(INITIAL_RETRY_DELAY, MAX_RETRY_DELAY)
             self.redials.append(redial)
             ClientService(
-                endpoint,
+                self.endpoint,
                 watched_factory(self.factory, redial, self.report),
                 retryPolicy=redial,
-                clock=reactor,
+                clock=self.reactor,
             ).setServiceParent(self)
+
+    def _renewed(self, cert_pem: bytes, key_pem: bytes) -> None:
+        """A renewed certificate: new tunnel connections present it."""
+        config = self.config
+        self.tls.current = tunnel_client_options(
+            config.service_host, config.ca_pem, cert_pem, key_pem
+        )
+        files = CertificateFiles(
+            cert=config.cert.cert, key=config.cert.key, cert_pem=cert_pem, key_pem=key_pem
+        )
+        self.config = attrs.evolve(config, cert=files)
 
     @staticmethod
     def _tls(config: ConnectorConfig) -> Any:
@@ -142,6 +210,7 @@ class ConnectorService(MultiService):
     def _apply_reload(self, loaded: tuple[ConnectorConfig, Any]) -> None:
         config, tls = loaded
         self.tls.current = tls
+        self.trust.use(config.cert.cert_pem, config.cert.key_pem, config.ca_pem)
         old = self.config
         later = [
             key
@@ -164,8 +233,10 @@ class ConnectorService(MultiService):
 
     def startService(self) -> None:
         super().startService()
+        self.trust.start()
         self.log.info(
-            "appproxy connector started: {n} connections to {host}:{port} (via {address})",
+            "appproxy connector started: pulling its configuration, then {n} connections"
+            " to {host}:{port} (via {address})",
             n=self.config.connections,
             host=self.config.service_host,
             port=self.config.service_port,
@@ -182,6 +253,9 @@ class ConnectorService(MultiService):
             t=DRAIN_TIMEOUT,
         )
         self.factory.draining = True
+        trust: ConnectorTrust | None = getattr(self, "trust", None)  # None: half-built in tests
+        if trust is not None:
+            trust.stop()
         # consumeErrors: a drain cut short by the timeout is told once, below.
         drains = gatherResults(
             [p.drain() for p in list(self.factory.protocols)], consumeErrors=True
@@ -208,10 +282,43 @@ class ConnectorService(MultiService):
         )
 
 
-def makeService(options: usage.Options) -> IService:
-    service = make_daemon(
-        options, lambda path, reactor: ConnectorService(load_connector_config(path), reactor)
+def _recover(path: Path) -> None:
+    """Finish a renewal a crash interrupted, before the files are read."""
+    try:
+        table = read_toml(path).get("connector")
+        cert, key = table["cert"], table["key"]  # type: ignore[index]
+    except Exception:
+        return  # loading the file will say what is wrong with it
+    if isinstance(cert, str) and isinstance(key, str):
+        done = recover_renewal(path.parent / cert, path.parent / key)
+        if done:
+            ConnectorService.log.warn("Certificate files: {done}", done=done)
+
+
+def load_connector(path: Path, reactor: Any, now: float | None = None) -> ConnectorService:
+    """
+    The connector daemon for its file, or exit with one clear line if its
+    certificate has expired (it must be registered again: the line says how).
+    """
+    _recover(path)
+    config = load_connector_config(path)
+    service = ServiceAddress(config.service_host, config.service_port, config.service_address)
+    message = expired_message(
+        config.cert.cert_pem,
+        config.cert.cert,
+        config.ca_pem,
+        service,
+        config.path.parent,
+        time.time() if now is None else now,
     )
+    if message is not None:
+        sys.stderr.write(f"appproxy-connector: {message}\n")
+        raise SystemExit(1)
+    return ConnectorService(config, reactor)
+
+
+def makeService(options: usage.Options) -> IService:
+    service = make_daemon(options, load_connector)
     heap.install(
         "connector",
         lambda: heap.tunnel_counts(service.factory.protocols),

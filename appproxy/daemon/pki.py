@@ -1,35 +1,52 @@
 """
 The small private PKI appproxy needs: a service CA, server certificates for the
 public listener and the tunnel, and client certificates naming a connector and
-the connector group it serves.
+the connector group it serves; connector ids, serials and CA fingerprints.
 
 Pure functions over PEM bytes; no I/O. Keys are EC P-256, written as
 unencrypted PKCS#8 PEM (the files holding them are protected by their mode).
+Connectors' certificate requests (making and signing them) are
+L{appproxy.daemon.csr}.
 """
 
 from __future__ import annotations
 
 import datetime
+import hashlib
 import re
+import secrets
 from collections.abc import Sequence
 
 import attrs
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric.types import (
+    CertificatePublicKeyTypes,
+    PublicKeyTypes,
+)
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 __all__ = [
     "CONNECTOR_GROUP_URI_PREFIX",
+    "CONNECTOR_URI_PREFIX",
     "ConnectorIdentity",
     "KeyPair",
+    "ca_fingerprint",
+    "certificate_serial",
+    "check_connector_names",
+    "connector_certificate",
     "connector_identity",
     "generate_ca",
     "issue_connector_certificate",
     "issue_server_certificate",
+    "new_connector_id",
+    "parse_fingerprint",
 ]
 
 CONNECTOR_GROUP_URI_PREFIX = "urn:appproxy:connector-group:"
+CONNECTOR_URI_PREFIX = "urn:appproxy:connector:"
+
 
 # Certificates start this far in the past so that a peer whose clock is a little
 # behind still accepts a certificate issued a moment ago.
@@ -100,7 +117,7 @@ def _load_ca(
 def _builder(
     subject: x509.Name,
     issuer: x509.Name,
-    key: ec.EllipticCurvePrivateKey,
+    public_key: CertificatePublicKeyTypes,
     now: datetime.datetime,
     not_after: datetime.datetime,
     *,
@@ -115,7 +132,7 @@ def _builder(
         x509.CertificateBuilder()
         .subject_name(subject)
         .issuer_name(issuer)
-        .public_key(key.public_key())
+        .public_key(public_key)
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - _CLOCK_SKEW)
         .not_valid_after(not_after)
@@ -134,23 +151,25 @@ def _builder(
             ),
             critical=True,
         )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
     )
 
 
 def _leaf_builder(
     ca_cert: x509.Certificate,
     subject: x509.Name,
-    key: ec.EllipticCurvePrivateKey,
-    lifetime_days: int,
+    public_key: CertificatePublicKeyTypes,
+    lifetime: datetime.timedelta,
+    now: datetime.datetime | None = None,
 ) -> x509.CertificateBuilder:
-    if lifetime_days < 1:
-        raise ValueError("lifetime_days must be at least 1")
-    now = _now()
+    if lifetime <= datetime.timedelta(0):
+        raise ValueError("a certificate's lifetime must be positive")
+    if now is None:
+        now = _now()
     # A leaf cannot usefully outlive its CA.
-    not_after = min(now + datetime.timedelta(days=lifetime_days), ca_cert.not_valid_after_utc)
+    not_after = min(now + lifetime, ca_cert.not_valid_after_utc)
     ca_ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
-    return _builder(subject, ca_cert.subject, key, now, not_after, ca=False).add_extension(
+    return _builder(subject, ca_cert.subject, public_key, now, not_after, ca=False).add_extension(
         x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski),
         critical=False,
     )
@@ -168,7 +187,9 @@ def generate_ca(common_name: str, *, lifetime_days: int = 3650) -> KeyPair:
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     now = _now()
     not_after = now + datetime.timedelta(days=lifetime_days)
-    cert = _builder(name, name, key, now, not_after, ca=True).sign(key, hashes.SHA256())
+    cert = _builder(name, name, key.public_key(), now, not_after, ca=True).sign(
+        key, hashes.SHA256()
+    )
     return KeyPair(cert_pem=_cert_pem(cert), key_pem=_key_pem(key))
 
 
@@ -190,8 +211,11 @@ def issue_server_certificate(
     ca_cert, ca_key = _load_ca(ca)
     key = _new_key()
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0][:64])])
+    if lifetime_days < 1:
+        raise ValueError("lifetime_days must be at least 1")
+    lifetime = datetime.timedelta(days=lifetime_days)
     cert = (
-        _leaf_builder(ca_cert, subject, key, lifetime_days)
+        _leaf_builder(ca_cert, subject, key.public_key(), lifetime)
         .add_extension(
             x509.SubjectAlternativeName([x509.DNSName(name) for name in names]),
             critical=False,
@@ -202,35 +226,112 @@ def issue_server_certificate(
     return KeyPair(cert_pem=_cert_pem(cert), key_pem=_key_pem(key))
 
 
-def issue_connector_certificate(
-    ca: KeyPair, connector_id: str, group: str, *, lifetime_days: int = 365
-) -> KeyPair:
-    """
-    Issue a TLS client certificate for a connector: the common name is the
-    connector id and a SAN URI C{urn:appproxy:connector-group:GROUP} names the
-    one group it serves.
-    """
+def check_connector_names(connector_id: str, group: str) -> None:
+    """@raise ValueError: unless both are valid as a connector id and a group."""
     if not _CONNECTOR_ID_RE.match(connector_id):
         raise ValueError(
             f"connector id {connector_id!r} must be 1-64 letters, digits, '.', '-' or '_'"
         )
     if not _GROUP_RE.match(group):
         raise ValueError(f"connector group {group!r} must be 1-64 letters, digits, '-' or '_'")
+
+
+def connector_certificate(
+    ca: KeyPair,
+    public_key: PublicKeyTypes,
+    connector_id: str,
+    group: str,
+    lifetime: datetime.timedelta,
+    now: datetime.datetime | None = None,
+) -> bytes:
+    """
+    The PEM certificate of a connector, and nothing else: subject CN = the id;
+    SAN URIs naming the connector and its group; EKU clientAuth only; key usage
+    digitalSignature; not a CA; a random serial.
+    """
+    check_connector_names(connector_id, group)
+    if not isinstance(public_key, ec.EllipticCurvePublicKey | rsa.RSAPublicKey):
+        raise ValueError("a connector's key must be an EC or RSA public key")
     ca_cert, ca_key = _load_ca(ca)
-    key = _new_key()
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, connector_id)])
     cert = (
-        _leaf_builder(ca_cert, subject, key, lifetime_days)
+        _leaf_builder(ca_cert, subject, public_key, lifetime, now)
         .add_extension(
             x509.SubjectAlternativeName(
-                [x509.UniformResourceIdentifier(f"{CONNECTOR_GROUP_URI_PREFIX}{group}")]
+                [
+                    x509.UniformResourceIdentifier(f"{CONNECTOR_URI_PREFIX}{connector_id}"),
+                    x509.UniformResourceIdentifier(f"{CONNECTOR_GROUP_URI_PREFIX}{group}"),
+                ]
             ),
             critical=False,
         )
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
-    return KeyPair(cert_pem=_cert_pem(cert), key_pem=_key_pem(key))
+    return _cert_pem(cert)
+
+
+def issue_connector_certificate(
+    ca: KeyPair, connector_id: str, group: str, *, lifetime_days: int = 365
+) -> KeyPair:
+    """
+    Issue a TLS client certificate, and its key, for a connector: the common
+    name is the connector id, SAN URIs C{urn:appproxy:connector:ID} and
+    C{urn:appproxy:connector-group:GROUP} name it and the one group it serves.
+    """
+    if lifetime_days < 1:
+        raise ValueError("lifetime_days must be at least 1")
+    check_connector_names(connector_id, group)
+    key = _new_key()
+    cert_pem = connector_certificate(
+        ca, key.public_key(), connector_id, group, datetime.timedelta(days=lifetime_days)
+    )
+    return KeyPair(cert_pem=cert_pem, key_pem=_key_pem(key))
+
+
+def new_connector_id() -> str:
+    """A new random connector id: C{cn-} and 16 lowercase hexadecimal digits."""
+    return "cn-" + secrets.token_hex(8)
+
+
+def certificate_serial(cert: bytes | x509.Certificate) -> str:
+    """A certificate's (PEM bytes or loaded) serial: lowercase hex, no colons."""
+    if isinstance(cert, bytes):
+        cert = x509.load_pem_x509_certificate(cert)
+    return format(cert.serial_number, "x")
+
+
+def ca_fingerprint(cert_pem: bytes) -> str:
+    """C{sha256:} and the lowercase hex SHA-256 of the certificate's DER."""
+    der = x509.load_pem_x509_certificate(cert_pem).public_bytes(serialization.Encoding.DER)
+    return "sha256:" + hashlib.sha256(der).hexdigest()
+
+
+_HEX_DIGITS = frozenset("0123456789abcdef")
+
+
+def parse_fingerprint(text: str) -> str:
+    """
+    The canonical form (C{sha256:} + 64 lowercase hex digits) of a SHA-256
+    fingerprint written with or without a C{sha256:} prefix (any case), with
+    or without colons between the digits.
+
+    @raise ValueError: if it is not one.
+    """
+    value = text.strip().lower()
+    if value.startswith("sha256:"):
+        value = value[len("sha256:") :]
+    digits = value.replace(":", "")
+    if not digits or not set(digits) <= _HEX_DIGITS:
+        raise ValueError(
+            f"{text!r} is not a SHA-256 fingerprint: expected 'sha256:' and 64 hexadecimal digits"
+        )
+    if len(digits) != 64:
+        raise ValueError(
+            f"{text!r} is not a SHA-256 fingerprint: it has {len(digits)} hexadecimal digits, "
+            "not 64"
+        )
+    return "sha256:" + digits
 
 
 def connector_identity(cert: x509.Certificate) -> ConnectorIdentity:
@@ -240,7 +341,9 @@ def connector_identity(cert: x509.Certificate) -> ConnectorIdentity:
     This does not verify the certificate; the TLS handshake does that.
 
     @raise ValueError: if the certificate has no common name (or several), no
-        group URI, or more than one group URI.
+        group URI, or more than one group URI; or a connector URI (optional:
+        certificates made before appproxy wrote one have none) that is not
+        exactly one and equal to the common name.
     """
     common_names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     if len(common_names) != 1:
@@ -254,9 +357,18 @@ def connector_identity(cert: x509.Certificate) -> ConnectorIdentity:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
         raise ValueError("the connector certificate has no subject alternative names") from None
+    uris = san.get_values_for_type(x509.UniformResourceIdentifier)
+    named = [
+        uri[len(CONNECTOR_URI_PREFIX) :] for uri in uris if uri.startswith(CONNECTOR_URI_PREFIX)
+    ]
+    if named and named != [connector_id]:
+        raise ValueError(
+            "the connector certificate names no connector: its connector URI "
+            f"{', '.join(named)!r} is not its common name {connector_id!r}"
+        )
     groups = [
         uri[len(CONNECTOR_GROUP_URI_PREFIX) :]
-        for uri in san.get_values_for_type(x509.UniformResourceIdentifier)
+        for uri in uris
         if uri.startswith(CONNECTOR_GROUP_URI_PREFIX)
     ]
     if not groups:

@@ -63,17 +63,30 @@ class Redial:
         self.failures = 0
 
 
+#: What L{DialReport} says by default: of tunnel connections.
+TUNNEL_FAILED = "Tunnel connection to {service} failed: {reason}; retrying with backoff"
+TUNNEL_ESTABLISHED = "Tunnel connection to {service} established"
+
+
 @attrs.define(eq=False)
 class DialReport:
     """
     Tells the operator why tunnel connections fail: each distinct reason
-    once, until a tunnel is established again.
+    once, until a tunnel is established again.  With other messages, the
+    same for other calls to the service (the connector's configuration
+    pull, its renewal).
     """
 
     log: Logger
     service: str
     """The service, as the log names it (host:port)."""
     service_host: str
+    failed_message: str = TUNNEL_FAILED
+    """Logged once per reason (a format over C{service} and C{reason})."""
+    established_message: str | None = TUNNEL_ESTABLISHED
+    """Logged when it works again after failures (over C{service}), if given."""
+    error: bool = False
+    """Failures are logged as errors (else as warnings)."""
     reported: set[str] = attrs.field(init=False, factory=set)
 
     def failed(self, description: str) -> None:
@@ -82,10 +95,8 @@ class DialReport:
         if len(self.reported) >= 64:
             self.reported.clear()
         self.reported.add(description)
-        self.log.warn(
-            "Tunnel connection to {service} failed: {reason}; retrying with backoff",
-            service=self.service,
-            reason=description,
+        (self.log.error if self.error else self.log.warn)(
+            self.failed_message, service=self.service, reason=description
         )
 
     def connection_failed(self, reason: Failure) -> None:
@@ -96,8 +107,8 @@ class DialReport:
         self.failed(describe_tunnel_failure(reason, connection, self.service_host))
 
     def established(self) -> None:
-        if self.reported:
-            self.log.info("Tunnel connection to {service} established", service=self.service)
+        if self.reported and self.established_message is not None:
+            self.log.info(self.established_message, service=self.service)
         self.reported.clear()
 
 

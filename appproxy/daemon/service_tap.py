@@ -31,6 +31,8 @@ from appproxy.frontend.deadlines import ClientDeadlines
 from appproxy.frontend.front_end import FrontEnd
 from appproxy.frontend.proxy import ProxyHTTPFactory
 from appproxy.gate.setup import SignInSetup, build_sign_in
+from appproxy.oidc.client import RelyingParty
+from appproxy.trust.service import ConnectorTrust
 from appproxy.tunnel.queue import ConnectorGroups
 from appproxy.tunnel.service import ServiceTunnelFactory
 
@@ -45,7 +47,8 @@ Options = config_options("service", "/etc/appproxy/service.toml")
 
 class AppProxyService(Service):
     """
-    The service: the public HTTPS listener and the tunnel listener.
+    The service: the public HTTPS listener and the tunnel listener (the
+    tunnel and, by ALPN, the connector enrolment API).
 
     Ports are bound in C{privilegedStartService} (before twistd drops
     privileges, so port 443 works), and a port that cannot be bound stops
@@ -65,21 +68,39 @@ class AppProxyService(Service):
         )
         self.tunnel_factory = ServiceTunnelFactory(reactor, self.groups, config.apps)
         self.public_tls = ReloadableTLS(self._public_tls(config))
-        self.tunnel_tls = ReloadableTLS(self._tunnel_tls(config))
         self.public_port: IListeningPort | None = None
         self.tunnel_port: IListeningPort | None = None
         self.sign_in: SignInSetup = build_sign_in(config, reactor)
         self.sign_in.install(self.frontend)
+        # Connector admission is read here, before the tunnel listener opens.
+        self.trust = ConnectorTrust(
+            config, reactor, self.tunnel_factory, self.sign_in.database, self._relying_party
+        )
+        self.tunnel_tls = ReloadableTLS(self._tunnel_tls(config))
 
     @staticmethod
     def _public_tls(config: ServiceConfig) -> SNIServerContextFactory:
         return SNIServerContextFactory([(c.cert_pem, c.key_pem) for c in config.certificates])
 
-    @staticmethod
-    def _tunnel_tls(config: ServiceConfig) -> Any:
+    def _tunnel_tls(self, config: ServiceConfig) -> Any:
         return tunnel_server_context(
-            config.tunnel_cert.cert_pem, config.tunnel_cert.key_pem, config.connector_ca_pem
+            config.tunnel_cert.cert_pem,
+            config.tunnel_cert.key_pem,
+            config.connector_ca_pem,
+            refused=self.trust.certificate_refused,
         )
+
+    def _relying_party(self) -> RelyingParty | None:
+        """The relying party sign-in uses now (ID tokens of registrations are checked by it)."""
+        sign_in = self.sign_in.sign_in
+        return sign_in.context.relying_party if sign_in is not None else None
+
+    def refresh_admission(self) -> Deferred[None]:
+        """
+        Read the connector registry now, as the 1 s poll does; fires once
+        what was read is in force (tests record a connector, then wait for this).
+        """
+        return self.trust.refresh()
 
     def setServiceParent(self, parent: Any) -> None:
         super().setServiceParent(parent)
@@ -119,6 +140,7 @@ class AppProxyService(Service):
         self.frontend.set_apps(config.apps)
         self.sign_in.reload(config, self.frontend)
         self.tunnel_factory.set_apps(config.apps)
+        self.trust.reload(config)
         self.config = config
         self.log.info(
             "Configuration reloaded: apps {apps}",
@@ -156,7 +178,7 @@ class AppProxyService(Service):
         self.tunnel_port = self._listen(
             config.tunnel_listen,
             "tunnel.listen",
-            TLSMemoryBIOFactory(self.tunnel_tls, False, self.tunnel_factory),
+            TLSMemoryBIOFactory(self.tunnel_tls, False, self.trust.factory),
         )
         super().privilegedStartService()
 
@@ -164,6 +186,7 @@ class AppProxyService(Service):
         if self.public_port is None:
             self.privilegedStartService()
         super().startService()
+        self.trust.start()
         assert self.public_port is not None and self.tunnel_port is not None
         self.log.info(
             "appproxy service ready: HTTPS on {public}, tunnel on {tunnel}, apps: {apps}",
@@ -189,6 +212,7 @@ class AppProxyService(Service):
         )
         d = gatherResults([d for d in stopping if d is not None])
         d.addCallback(lambda _: self._drain(self.reactor.seconds() + DRAIN_TIMEOUT))
+        d.addCallback(lambda _: self.trust.close())
         d.addCallback(lambda _: self.sign_in.close())
         return d  # type: ignore[return-value]
 

@@ -4,7 +4,8 @@ TLS glue between appproxy's PEM files and Twisted/pyOpenSSL.
   - L{SNIServerContextFactory}: the public HTTPS listener; one certificate per
     SNI host name, ALPN (h2, http/1.1) on each.
   - L{tunnel_server_context} / L{tunnel_client_options}: the mutual TLS tunnel
-    between service and connectors (h2 only, TLS 1.2+).
+    between service and connectors (h2, TLS 1.2+); the listener also speaks
+    http/1.1 for the enrolment API, where a client certificate is optional.
   - L{peer_connector_identity} / L{negotiated_protocol}: what a handshake
     established, read from a C{TLSMemoryBIOProtocol} transport.
 """
@@ -33,15 +34,19 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from appproxy.daemon import pki
-from appproxy.daemon.tls_failures import RefusalLog, log_refused_certificates
+from appproxy.daemon.tls_failures import RefusalLog, RefusedHook, log_refused_certificates
 
 __all__ = [
+    "TUNNEL_LISTENER_PROTOCOLS",
     "SNIServerContextFactory",
     "negotiated_protocol",
     "peer_connector_identity",
     "tunnel_client_options",
     "tunnel_server_context",
 ]
+
+#: The tunnel listener's ALPN protocols: the tunnel, then the enrolment API.
+TUNNEL_LISTENER_PROTOCOLS = (b"h2", b"http/1.1")
 
 #: The service's log of refused connector certificates: one per service
 #: process, so its rate limit holds across reloads.
@@ -154,12 +159,23 @@ class SNIServerContextFactory:
 
 
 def tunnel_server_context(
-    cert_pem: bytes, key_pem: bytes, connector_ca_pem: bytes
+    cert_pem: bytes,
+    key_pem: bytes,
+    connector_ca_pem: bytes,
+    *,
+    refused: RefusedHook | None = None,
 ) -> IOpenSSLServerConnectionCreator:
     """
-    The service side of the tunnel: TLS 1.2+, ALPN h2 only, and a client
-    certificate signed by the connector CA is required; certificates
-    refused are logged with the peer's address (L{TUNNEL_REFUSALS}).
+    The service side of the tunnel listener: TLS 1.2+, ALPN C{h2} (the
+    tunnel) and C{http/1.1} (the enrolment API).  A client certificate is
+    verified against the connector CA if one is presented, but not
+    required: the enrolment API's registration has none, and the tunnel
+    refuses a connection without one after the handshake.  Certificates
+    refused are logged with the peer's address (L{TUNNEL_REFUSALS}) and
+    given to C{refused} (the service audits expired ones).
+
+    No session tickets and no session cache: every connection makes a full
+    handshake, so nothing resumes around the admission check.
     """
     ca_certs = x509.load_pem_x509_certificates(connector_ca_pem)
     chain, key = _load_chain(cert_pem, key_pem)
@@ -167,13 +183,17 @@ def tunnel_server_context(
         chain,
         key,
         verify=True,
-        requireCertificate=True,
+        requireCertificate=False,
         caCerts=[crypto.X509.from_cryptography(c) for c in ca_certs],
-        acceptableProtocols=[b"h2"],
+        acceptableProtocols=list(TUNNEL_LISTENER_PROTOCOLS),
+        enableSessions=False,
+        enableSessionTickets=False,
     )
     # Build (and check) the context now rather than on the first connection.
-    options.getContext()
-    return log_refused_certificates(options, TUNNEL_REFUSALS)
+    context = options.getContext()
+    context.set_options(SSL.OP_NO_TICKET)
+    context.set_session_cache_mode(SSL.SESS_CACHE_OFF)
+    return log_refused_certificates(options, TUNNEL_REFUSALS, refused)
 
 
 def tunnel_client_options(
@@ -193,6 +213,15 @@ def tunnel_client_options(
         acceptableProtocols=[b"h2"],
         extraCertificateOptions={"raiseMinimumTo": TLSVersion.TLSv1_2},
     )
+
+
+def peer_certificate(transport: Any) -> x509.Certificate | None:
+    """The (verified) client certificate of a TLS transport, or L{None}."""
+    try:
+        peer = transport.getPeerCertificate()
+        return None if peer is None else peer.to_cryptography()
+    except Exception:
+        return None
 
 
 def peer_connector_identity(transport: Any) -> pki.ConnectorIdentity | None:

@@ -4,7 +4,9 @@ Why a tunnel's TLS handshake failed, in an operator's terms, for both ends.
   - L{describe_tunnel_failure}: the connector's account of a tunnel
     connection that ended before the tunnel was set up (the service's
     certificate names another host, is signed by an unknown CA, has
-    expired; or the service refused the connector's certificate).
+    expired; or the service refused the connector's certificate);
+    L{describe_tls_failure}, its TLS part, also tells why the connector's
+    calls to the service's API (its configuration pull, its renewal) fail.
   - L{RefusalLog} / L{log_refused_certificates}: the service's log of the
     connector certificates it refuses, with the peer's address, rate-limited
     per address and reason (a misconfigured connector redials for ever).
@@ -19,6 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 import attrs
+from cryptography import x509
 from OpenSSL import SSL
 from OpenSSL.SSL import X509VerificationCodes as Codes
 from service_identity import VerificationError
@@ -30,10 +33,17 @@ from zope.interface import implementer
 
 __all__ = [
     "RefusalLog",
+    "RefusedHook",
+    "describe_tls_failure",
     "describe_tunnel_failure",
     "log_refused_certificates",
     "verify_error_phrase",
 ]
+
+#: Told of each client certificate the tunnel listener refuses: the peer's
+#: address, the certificate (the leaf, when C{depth} is 0) and the X.509
+#: verification error code.
+RefusedHook = Callable[[str, x509.Certificate, int, int], None]
 
 _UNKNOWN_CA = "is not signed by a CA we trust (unknown CA)"
 _VERIFY_PHRASES: dict[int, str] = {
@@ -101,6 +111,23 @@ def describe_tunnel_failure(reason: Failure, connection: Any, service_host: str)
         (for the verification result), else L{None}.
     """
     exc = reason.value
+    described = describe_tls_failure(exc, connection, service_host) if exc is not None else None
+    if described is not None:
+        return described
+    if isinstance(exc, ierror.ConnectionDone | ierror.ConnectionLost):
+        return "the service closed the connection before the tunnel was set up"
+    return f"the connection failed before the tunnel was set up: {exc}"
+
+
+def describe_tls_failure(exc: BaseException, connection: Any, service_host: str) -> str | None:
+    """
+    Why TLS with the service failed, in an operator's terms (the tunnel's
+    and the connector's calls to the service's API say it alike); L{None}
+    if C{exc} is no TLS failure.
+
+    @param connection: the connection's L{SSL.Connection} if still known
+        (for the verification result), else L{None}.
+    """
     if isinstance(exc, VerificationError):
         return (
             f"certificate verify failed: the service's certificate is not valid for "
@@ -125,9 +152,7 @@ def describe_tunnel_failure(reason: Failure, connection: Any, service_host: str)
                     )
                 return f"the service ended the TLS handshake: {alert}"
         return f"TLS handshake failed: {'; '.join(reasons)}"
-    if isinstance(exc, ierror.ConnectionDone | ierror.ConnectionLost):
-        return "the service closed the connection before the tunnel was set up"
-    return f"the connection failed before the tunnel was set up: {exc}"
+    return None
 
 
 @attrs.define(eq=False)
@@ -167,6 +192,7 @@ class RefusalLog:
 class _LoggingServerTLS:
     options: Any
     refusals: RefusalLog
+    hook: RefusedHook | None = None
 
     def getContext(self) -> SSL.Context:
         context: SSL.Context = self.options.getContext()
@@ -189,10 +215,13 @@ class _LoggingServerTLS:
                 try:
                     tls = protocol()
                     peer = tls.transport.getPeer() if tls is not None else None
-                    subject = cert.to_cryptography().subject.rfc4514_string()
+                    certificate = cert.to_cryptography()
+                    address = str(getattr(peer, "host", peer))
                     self.refusals.refused(
-                        str(getattr(peer, "host", peer)), verify_error_phrase(code), subject
+                        address, verify_error_phrase(code), certificate.subject.rfc4514_string()
                     )
+                    if self.hook is not None:
+                        self.hook(address, certificate, code, depth)
                 except Exception:
                     self.refusals.log.failure("Logging a refused connector certificate")
             return bool(ok)
@@ -200,9 +229,12 @@ class _LoggingServerTLS:
         return verify
 
 
-def log_refused_certificates(options: Any, refusals: RefusalLog) -> IOpenSSLServerConnectionCreator:
+def log_refused_certificates(
+    options: Any, refusals: RefusalLog, hook: RefusedHook | None = None
+) -> IOpenSSLServerConnectionCreator:
     """
     C{options} (a server connection creator that checks client
-    certificates), logging each certificate it refuses to C{refusals}.
+    certificates), logging each certificate it refuses to C{refusals} and
+    telling C{hook}, if given.
     """
-    return _LoggingServerTLS(options, refusals)
+    return _LoggingServerTLS(options, refusals, hook)

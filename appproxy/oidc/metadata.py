@@ -42,6 +42,9 @@ class ProviderMetadata:
         error.
     @ivar userinfo_endpoint: the UserInfo endpoint, if any.
     @ivar end_session_endpoint: RP-initiated logout, if supported.
+    @ivar device_authorization_endpoint: the device authorization grant's
+        endpoint (RFC 8628), if the provider has one (an invalid one is
+        ignored: sign-in does not use it; connector registration does).
     """
 
     issuer: str
@@ -54,6 +57,7 @@ class ProviderMetadata:
     authorization_response_iss_parameter_supported: bool = False
     userinfo_endpoint: str | None = None
     end_session_endpoint: str | None = None
+    device_authorization_endpoint: str | None = None
 
 
 def _string_list(
@@ -119,6 +123,7 @@ def parse_metadata(document: bytes, issuer: str) -> ProviderMetadata:
             "The provider's discovery document has an invalid"
             " authorization_response_iss_parameter_supported",
         )
+    device = metadata.get("device_authorization_endpoint")
     auth_methods = _string_list(
         metadata, "token_endpoint_auth_methods_supported", ("client_secret_basic",)
     )
@@ -131,6 +136,7 @@ def parse_metadata(document: bytes, issuer: str) -> ProviderMetadata:
         jwks_uri=metadata["jwks_uri"],
         userinfo_endpoint=endpoints["userinfo_endpoint"],
         end_session_endpoint=endpoints["end_session_endpoint"],
+        device_authorization_endpoint=device if is_https_url(device) else None,
         code_challenge_methods_supported=pkce,
         token_endpoint_auth_methods_supported=auth_methods,
         id_token_signing_alg_values_supported=algorithms,

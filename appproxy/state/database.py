@@ -201,6 +201,14 @@ class StateDatabase:
 
         return d.addBoth(done)
 
+    def run_interaction(self, interaction: Callable[..., _T], *args: object) -> Deferred[_T]:
+        """
+        C{interaction(txn, *args)} in the pool's thread, in one transaction
+        (committed if it returns, rolled back if it raises): for the blocking
+        functions of the state modules (L{appproxy.state.connectors}).
+        """
+        return self._run(interaction, *args)
+
     # -- sign-in log
 
     def record_sign_in(self, event: SignInEvent) -> Deferred[None]:

@@ -113,6 +113,63 @@ _MIGRATIONS: Sequence[Sequence[str]] = (
         "CREATE INDEX revocations_by_subject ON revocations (kind, subject)",
         "CREATE INDEX revocations_by_expiry ON revocations (expires_at)",
     ),
+    # 3: connectors, their certificates, enrolment tokens and the audit log
+    # (appproxy.state.connectors).
+    (
+        """
+        CREATE TABLE connectors (
+            id TEXT PRIMARY KEY,
+            grp TEXT NOT NULL,
+            host_name TEXT NOT NULL,
+            version TEXT NOT NULL,
+            state TEXT NOT NULL CHECK (state IN ('enabled', 'disabled', 'revoked')),
+            registered REAL,
+            registered_by TEXT,
+            serial TEXT NOT NULL,
+            not_before REAL,
+            not_after REAL NOT NULL,
+            last_seen REAL,
+            last_address TEXT,
+            connections INTEGER NOT NULL DEFAULT 0,
+            streams INTEGER NOT NULL DEFAULT 0,
+            changed REAL NOT NULL
+        )
+        """,
+        """
+        CREATE TABLE connector_certificates (
+            serial TEXT PRIMARY KEY,
+            connector_id TEXT NOT NULL,
+            issued REAL,
+            not_after REAL,
+            status TEXT CHECK (status IN ('current', 'retired'))
+        )
+        """,
+        "CREATE INDEX connector_certificates_by_connector ON connector_certificates (connector_id)",
+        """
+        CREATE TABLE enrolment_tokens (
+            id TEXT PRIMARY KEY,
+            hash BLOB NOT NULL,
+            grp TEXT NOT NULL,
+            created REAL,
+            expires REAL NOT NULL,
+            uses_left INTEGER NOT NULL,
+            created_by TEXT,
+            revoked INTEGER NOT NULL DEFAULT 0
+        )
+        """,
+        """
+        CREATE TABLE audit (
+            id INTEGER PRIMARY KEY,
+            time REAL NOT NULL,
+            event TEXT NOT NULL,
+            actor TEXT,
+            address TEXT,
+            connector_id TEXT,
+            detail TEXT
+        )
+        """,
+        "CREATE INDEX audit_by_time ON audit (time)",
+    ),
 )
 
 #: The schema version this appproxy writes.

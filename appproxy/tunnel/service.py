@@ -23,7 +23,8 @@ events and its own and carries out their actions.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import attrs
 from h2.errors import ErrorCodes
@@ -65,6 +66,9 @@ from appproxy.tunnel.service_events import ServiceStreamEvents
 from appproxy.tunnel.service_stream import ServiceStream
 from appproxy.tunnel.service_upgrade import UpgradeStream
 from appproxy.tunnel.service_upgrades import UpgradeChannel
+
+if TYPE_CHECKING:
+    from appproxy.daemon.pki import ConnectorIdentity
 
 #: Extra time the service waits beyond the app's backend timeout, which the
 #: connector enforces, before it gives up on a stream gone idle itself
@@ -111,6 +115,11 @@ class ServiceTunnelProtocol(ServiceStreamEvents, TunnelProtocol["ServiceTunnelFa
         identity = peer_connector_identity(self.transport)
         if identity is None:
             self.log.warn("Connector certificate names no connector group; closing")
+            self.abort()
+            return
+        admit = self.factory.admit
+        if admit is not None and not admit(self, identity):
+            # Refused by the connector registry (logged and audited there).
             self.abort()
             return
         self.connector_id = identity.connector_id
@@ -362,6 +371,9 @@ class ServiceTunnelFactory(TunnelFactory[ServiceTunnelProtocol]):
     apps: Sequence[AppConfig]
     """The apps of every group; each connection pushes its group's."""
     ping_interval: float = 15.0
+    admit: Callable[[ServiceTunnelProtocol, ConnectorIdentity], bool] | None = None
+    """Whether the connector registry admits a connection's certificate, asked
+    once its handshake is done (L{appproxy.trust.admission}); L{None}: all are."""
     protocols: set[ServiceTunnelProtocol] = attrs.field(init=False, factory=set)
     stream_errors: int = attrs.field(init=False, default=0)
 

@@ -5,8 +5,9 @@
 // It wraps oidc-provider (panva's certified implementation) with the small set of
 // choices the tests need: HTTPS on 127.0.0.1 only, static clients, users with a
 // password and an optional one-time code, PKCE required, no consent screen, claims
-// (groups, roles, amr, acr) in the ID token, RP-initiated logout, and plain HTML forms
-// that a scripted browser can fill. The configuration file is written by
+// (groups, roles, amr, acr) in the ID token, RP-initiated logout, the device
+// authorization grant (RFC 8628) for public clients that ask for it, and plain HTML
+// forms that a scripted browser can fill. The configuration file is written by
 // tests/nodeprovider.py; see README.md beside this file for its keys.
 //
 // Prints "READY <port>" on stdout once it listens; exits non-zero with a message on
@@ -23,7 +24,7 @@ const { Check, base: basePolicy } = interactionPolicy;
 
 const MAX_FORM_BYTES = 64 * 1024;
 const TTL_NAMES = new Set([
-  'AccessToken', 'AuthorizationCode', 'Grant', 'IdToken', 'Interaction', 'Session',
+  'AccessToken', 'AuthorizationCode', 'DeviceCode', 'Grant', 'IdToken', 'Interaction', 'Session',
 ]);
 // Keys of a user that are not claims.
 const SECRET_KEYS = new Set(['password', 'otp']);
@@ -56,7 +57,9 @@ function loadConfig(path) {
     fail(`cannot read configuration ${path}: ${err.message}`);
   }
   if (!isObject(config)) fail('the configuration must be a JSON object');
-  const { port, issuer, cert, key, clients, users, jwks, ttl = {} } = config;
+  const {
+    port, issuer, cert, key, clients, users, jwks, ttl = {}, device_interval: deviceInterval,
+  } = config;
   if (!Number.isInteger(port) || port < 1 || port > 65535) {
     fail('"port" must be an integer from 1 to 65535');
   }
@@ -98,6 +101,9 @@ function loadConfig(path) {
   if (!isObject(jwks) || !Array.isArray(jwks.keys) || jwks.keys.length === 0) {
     fail('"jwks" must be a JSON Web Key Set with at least one private key');
   }
+  if (deviceInterval !== undefined && !(Number.isInteger(deviceInterval) && deviceInterval >= 1)) {
+    fail('"device_interval" must be a positive integer when given');
+  }
   if (!isObject(ttl)) fail('"ttl" must be an object');
   for (const [name, seconds] of Object.entries(ttl)) {
     if (!TTL_NAMES.has(name)) fail(`unknown ttl "${name}" (known: ${[...TTL_NAMES].join(', ')})`);
@@ -112,7 +118,7 @@ function loadConfig(path) {
     fail(`cannot read the TLS certificate or key: ${err.message}`);
   }
   return {
-    port, issuer, clients, users, jwks, ttl, certPem, keyPem,
+    port, issuer, clients, users, jwks, ttl, certPem, keyPem, deviceInterval,
   };
 }
 
@@ -140,6 +146,41 @@ function sendHtml(res, status, html) {
     'Cache-Control': 'no-store',
   });
   res.end(body);
+}
+
+// The device flow's pages (RFC 8628 section 3.3): plain forms, nothing fetched from
+// elsewhere. oidc-provider gives each page its form (hidden xsrf and user_code fields);
+// a submit button is put inside it so that a scripted browser can post it as it is.
+function withButton(form, button) {
+  return form.replace(/<\/form>\s*$/, `${button}\n</form>`);
+}
+
+async function deviceInputSource(ctx, form, out, err) {
+  let message = '<p>Enter the code shown on your device.</p>';
+  if (err && (err.userCode || err.name === 'NoCodeError')) {
+    message = '<p class="error">The code you entered is incorrect or has expired. Try again.</p>';
+  } else if (err && err.name === 'AbortedError') {
+    message = '<p class="error">The sign-in was cancelled.</p>';
+  } else if (err) {
+    message = `<p class="error">${escapeHtml(out?.error_description ?? 'An error occurred.')}</p>`;
+  }
+  ctx.type = 'html';
+  ctx.body = page('Connect a device', `${message}
+${withButton(form.trim(), '<button type="submit">Continue</button>')}`);
+}
+
+async function deviceConfirmSource(ctx, form, client, deviceInfo, userCode) {
+  const name = client.clientName || client.clientId;
+  ctx.type = 'html';
+  ctx.body = page('Approve device', `<p><strong>${escapeHtml(name)}</strong> on the device \
+showing the code <code id="user-code">${escapeHtml(userCode)}</code> asks to sign in as you.</p>
+${withButton(form.trim(), `<button type="submit" id="approve">Approve</button>
+<button type="submit" id="abort" name="abort" value="yes">Cancel</button>`)}`);
+}
+
+async function deviceSuccessSource(ctx) {
+  ctx.type = 'html';
+  ctx.body = page('Device approved', '<p>You are signed in on the device. You can close this page.</p>');
 }
 
 function loginForm(uid, { login = '', error } = {}) {
@@ -222,6 +263,7 @@ function buildProvider(config) {
     IdToken: 3600,
     Interaction: 600,
     Session: 3600,
+    DeviceCode: 600,
     ...config.ttl,
   };
 
@@ -257,6 +299,15 @@ function buildProvider(config) {
     features: {
       devInteractions: { enabled: false },
       claimsParameter: { enabled: true },
+      // Only clients whose grant_types hold the device_code grant may use it.
+      deviceFlow: {
+        enabled: true,
+        charset: 'base-20',
+        mask: '****-****',
+        userCodeInputSource: deviceInputSource,
+        userCodeConfirmSource: deviceConfirmSource,
+        successSource: deviceSuccessSource,
+      },
       rpInitiatedLogout: {
         enabled: true,
         // A plain form: a scripted browser submits it as it is to sign out.
@@ -303,6 +354,13 @@ function buildProvider(config) {
     ttl,
   });
   provider.proxy = false;
+  if (config.deviceInterval !== undefined) {
+    // oidc-provider leaves "interval" out of the device authorization answer (so
+    // clients wait 5 seconds between polls, RFC 8628 section 3.2); tests say less.
+    provider.on('device_authorization.success', (ctx, body) => {
+      body.interval = config.deviceInterval;
+    });
+  }
   provider.on('server_error', (ctx, err) => {
     process.stderr.write(`provider.mjs: server error: ${err.stack}\n`);
   });
