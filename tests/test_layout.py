@@ -85,6 +85,7 @@ PURE = (
     "appproxy.frontend.ws_frames",
     "appproxy.tunnel.frame_repr",
     "appproxy.tunnel.fields",
+    "appproxy.tunnel.received",
     "appproxy.tunnel.enrolment",
     "appproxy.connector.origins",
     "appproxy.trust.admin_token",

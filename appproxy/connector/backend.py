@@ -41,6 +41,7 @@ from twisted.web.iweb import IAgentEndpointFactory, IBodyProducer, IPolicyForHTT
 from zope.interface import implementer
 
 from appproxy.http.redact import redact_query
+from appproxy.tunnel.outbound import hold_writes, release_writes
 
 #: Idle persistent connections kept per internal host.
 MAX_PERSISTENT_PER_HOST = 64
@@ -183,6 +184,16 @@ class _ParserKeepingProtocol(HTTP11ClientProtocol):
     C{Connection} header: its parser keeps that header (with Keep-Alive,
     Transfer-Encoding, ...) in its C{connHeaders}, out of C{response.headers}.
     """
+
+    def dataReceived(self, data: bytes) -> None:
+        # What the backend sent goes down the tunnel in as few frames and
+        # writes as it can: a small response's head, body and end in one
+        # write, its body and END_STREAM in one DATA frame.
+        hold_writes()
+        try:
+            super().dataReceived(data)
+        finally:
+            release_writes()
 
     def request(self, request: Any) -> Deferred[IResponse]:
         finished: Deferred[IResponse] = super().request(request)

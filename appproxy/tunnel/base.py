@@ -68,7 +68,7 @@ from twisted.python.failure import Failure
 from appproxy.tunnel.connection import TunnelConnection
 from appproxy.tunnel.fields import UnsendableFields
 from appproxy.tunnel.frame_repr import bounded_raw_data_repr
-from appproxy.tunnel.outbound import OutboundStreams
+from appproxy.tunnel.outbound import OutboundStreams, writes_held
 from appproxy.tunnel.stream import TunnelStream
 
 __all__ = ["TunnelFactory", "TunnelProtocol", "TunnelStream", "bounded_raw_data_repr"]
@@ -188,8 +188,8 @@ class TunnelProtocol(OutboundStreams, Protocol, Generic[_F]):
             stream.stream_aborted("the tunnel connection was lost")
 
     def flush(self) -> None:
-        if self._receiving:
-            # Written once, at the end of dataReceived.
+        if self._receiving or writes_held(self):
+            # Written once, at the end of dataReceived or of the hold.
             return
         data = self.conn.data_to_send()
         if data and self.transport is not None and self.connected:

@@ -10,11 +10,36 @@ from typing import TYPE_CHECKING, cast
 
 from h2.config import H2Configuration
 from h2.connection import H2Connection
+from h2.events import (
+    Event,
+    InformationalResponseReceived,
+    RequestReceived,
+    ResponseReceived,
+    TrailersReceived,
+)
+from h2.exceptions import ProtocolError
 
 from appproxy.tunnel.fields import Field, TunnelEncoder, UnsendableFields, field_problem
+from appproxy.tunnel.received import (
+    REQUEST_BLOCK,
+    RESPONSE_BLOCK,
+    TRAILER_BLOCK,
+    TunnelDecoder,
+    received_fields,
+    received_problem,
+)
 
 if TYPE_CHECKING:
     from hpack.struct import HeaderWeaklyTyped
+    from hyperframe.frame import Frame, HeadersFrame
+
+#: The kind of header block each of h2's header events carries.
+_BLOCK_KINDS = {
+    RequestReceived: REQUEST_BLOCK,
+    ResponseReceived: RESPONSE_BLOCK,
+    InformationalResponseReceived: RESPONSE_BLOCK,
+    TrailersReceived: TRAILER_BLOCK,
+}
 
 
 #: Closed streams each tunnel connection remembers (h2 keeps 65,536, about
@@ -37,6 +62,12 @@ class TunnelConnection(H2Connection):
 
     It remembers the last L{CLOSED_STREAMS_KEPT} closed streams, not h2's
     65,536 (memory that grew for the first minutes of any busy daemon).
+
+    Received header blocks are checked by L{received_problem}, not by h2's
+    own validation: the same blocks refused (as a protocol error of the
+    connection, as h2 does), in a few operations over the whole block
+    instead of a chain of generators with a Python loop over every byte;
+    and decoded by L{TunnelDecoder}.
     """
 
     MAX_CLOSED_STREAMS = CLOSED_STREAMS_KEPT
@@ -46,12 +77,17 @@ class TunnelConnection(H2Connection):
             H2Configuration(
                 client_side=client_side,
                 header_encoding=None,
-                validate_inbound_headers=True,
+                # Checked by _receive_headers_frame, as h2 would.
+                validate_inbound_headers=False,
+                normalize_inbound_headers=False,
                 validate_outbound_headers=False,
                 normalize_outbound_headers=False,
             )
         )
         self.encoder = TunnelEncoder()
+        decoder = TunnelDecoder(self.decoder.max_header_list_size)
+        decoder.max_allowed_table_size = self.decoder.max_allowed_table_size
+        self.decoder = decoder
 
     def send_headers(
         self,
@@ -74,3 +110,20 @@ class TunnelConnection(H2Connection):
             priority_depends_on,
             priority_exclusive,
         )
+
+    def _receive_headers_frame(self, frame: HeadersFrame) -> tuple[list[Frame], list[Event]]:
+        frames, events = super()._receive_headers_frame(frame)
+        for event in events:
+            kind = _BLOCK_KINDS.get(type(event))
+            if kind is None:
+                continue
+            headers: list[Field] = event.headers  # type: ignore[attr-defined]
+            names = [field[0] for field in headers]
+            if b"cookie" in names:
+                headers = event.headers = received_fields(headers)  # type: ignore[attr-defined]
+                names = [field[0] for field in headers]
+            problem = received_problem(headers, kind, names)
+            if problem is not None:
+                raise ProtocolError(f"Received an invalid header block: {problem}")
+            break
+        return frames, events

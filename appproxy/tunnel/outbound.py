@@ -4,6 +4,13 @@ L{appproxy.tunnel.base.TunnelProtocol}: per-stream outbound buffers that send
 DATA only within the peer's flow-control window and tell the stream when its
 buffer has drained; resets; reopening the receive window as data is
 consumed.
+
+Writes can be held for the length of one call (L{hold_writes},
+L{release_writes}: the connector holds them while its HTTP client parses
+what a backend sent): small DATA waits in its stream's buffer, and what
+the connections would write goes in one write each at the end.  A small
+response's body then leaves in the same DATA frame as its END_STREAM (not
+in a DATA frame followed by an empty one), and its frames in one write.
 """
 
 from __future__ import annotations
@@ -21,6 +28,52 @@ from appproxy.tunnel.stream import TunnelStream
 #: Bytes written while the transport has paused us (frames the peer made us
 #: send without reading them) beyond which the peer is dropped.
 MAX_BUFFERED_CONTROL_BYTES = 1 << 18
+#: DATA a stream holds while writes are held (more is sent at once).
+MAX_HELD_BYTES = 1 << 16
+
+
+class _Holding:
+    """What waits for L{release_writes}."""
+
+    depth = 0
+    streams: list[tuple[OutboundStreams, TunnelStream]] = []
+    protocols: list[OutboundStreams] = []
+
+
+def hold_writes() -> None:
+    """
+    Hold the tunnel's writes until the matching L{release_writes} (calls
+    nest): small DATA stays in its stream's buffer, to go out with what
+    follows it (its END_STREAM, more DATA), and each connection writes
+    once.  Release it in a C{finally}.
+    """
+    _Holding.depth += 1
+
+
+def release_writes() -> None:
+    """Send what L{hold_writes} held, once the outermost hold ends."""
+    _Holding.depth -= 1
+    if _Holding.depth:
+        return
+    streams, _Holding.streams = _Holding.streams, []
+    for proto, stream in streams:
+        stream.data_held = False
+        if stream.outbound and proto.connected and not stream.closed:
+            proto.within_stream(stream.stream_id, proto._send_pending, stream)
+    protocols, _Holding.protocols = _Holding.protocols, []
+    for proto in protocols:
+        proto.flush_held = False
+        proto.flush()
+
+
+def writes_held(proto: OutboundStreams) -> bool:
+    """Whether writes are held; if so, C{proto} flushes when they are released."""
+    if not _Holding.depth:
+        return False
+    if not proto.flush_held:
+        proto.flush_held = True
+        _Holding.protocols.append(proto)
+    return True
 
 
 class OutboundStreams:
@@ -35,6 +88,8 @@ class OutboundStreams:
     streams: dict[int, TunnelStream]
     transport_paused: bool
     paused_bytes: int
+    #: A flush waits for L{release_writes}.
+    flush_held: bool = False
 
     def flush(self) -> None:
         raise NotImplementedError
@@ -105,6 +160,17 @@ class OutboundStreams:
         if data:
             stream.outbound.append(data)
             stream.outbound_size += len(data)
+            if (
+                _Holding.depth
+                and not stream.end_pending
+                and stream.outbound_size <= MAX_HELD_BYTES
+                and not self.transport_paused
+            ):
+                # Sent with what follows, at the latest on release_writes.
+                if not stream.data_held:
+                    stream.data_held = True
+                    _Holding.streams.append((self, stream))
+                return True
         drained = self._send_pending(stream)
         self.flush()
         return drained
@@ -131,8 +197,15 @@ class OutboundStreams:
                 chunk = outbound[0]
                 if len(chunk) <= window:
                     outbound.popleft()
-                    conn.send_data(sid, chunk)
                     stream.outbound_size -= len(chunk)
+                    if not outbound and stream.end_pending:
+                        # The last DATA carries END_STREAM: no empty frame.
+                        stream.end_pending = False
+                        conn.send_data(sid, chunk, end_stream=True)
+                        stream.local_closed = True
+                        self.stream_send_closed(stream)
+                        return True
+                    conn.send_data(sid, chunk)
                 else:
                     conn.send_data(sid, chunk[:window])
                     outbound[0] = chunk[window:]

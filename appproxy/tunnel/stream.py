@@ -25,6 +25,9 @@ class TunnelStream:
     """C{end_stream} was asked for while data was buffered."""
     closed: bool = attrs.field(init=False, default=False)
     """The stream has ended or been reset; nothing more is sent."""
+    data_held: bool = attrs.field(init=False, default=False)
+    """C{outbound} holds DATA until the writes held are released (see
+    L{appproxy.tunnel.outbound.hold_writes})."""
     local_closed: bool = attrs.field(init=False, default=False)
     """Our side has sent END_STREAM."""
     request_id: str = attrs.field(init=False, default="-")
