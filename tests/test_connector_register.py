@@ -85,6 +85,8 @@ class RegisterTests(TestCase):
         identity = pki.connector_identity(cert)
         self.assertIn(identity.connector_id.encode(), out)
         self.assertEqual(config.ca_pem, CA.cert_pem)
+        # The pinned CA verifies the service (not the system trust store).
+        self.assertEqual((config.service_trust, config.service_ca_pem), ("ca", CA.cert_pem))
         self.assertEqual(
             (config.service_host, config.service_port, config.service_address),
             (SERVICE_HOST, self.state.port, "127.0.0.1"),
@@ -132,6 +134,17 @@ class RegisterTests(TestCase):
             SCRIPT, ["register", "--service", "http://x"], env=dict(os.environ), reactor=reactor
         )
         self.assertEqual(code, 2)
+        # Exactly one of --ca-fingerprint and --system-trust.
+        _, err, code = await self.run_register("--token-file", str(self.token), "--system-trust")
+        self.assertEqual(code, 2)
+        self.assertIn(b"--system-trust: not allowed with argument --ca-fingerprint", err)
+        base = ["register", "--service", "https://tunnel.test", "--state-dir", str(self.dir)]
+        _, err, code = await getProcessOutputAndValue(
+            SCRIPT, base, env=dict(os.environ), reactor=reactor
+        )
+        self.assertEqual(code, 2)
+        self.assertIn(b"one of the arguments --ca-fingerprint --system-trust is required", err)
+        self.assertEqual(self.state.calls.paths, [])
 
     async def test_unreachable_service(self) -> None:
         port = self.state.port

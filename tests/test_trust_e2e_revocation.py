@@ -74,6 +74,13 @@ class RevocationTests(TestCase):
 
         refusals = yield wait_until(refused_redial, "a refused redial, audited", 15)
         self.assertIn("revoked", str(refusals[0]))
+        # Its operator is told why, not only that the service closed the
+        # connection: a refused redial makes the connector ask the API.
+        process = one.process
+        assert process is not None
+        yield wait_until(
+            lambda: "connector_revoked" in process.output(), "the connector saying why", 15
+        )
         self.assertEqual(d.connections(one), 0)
         status, answer = yield d.api("GET", "/v1/config", cert=one.files())
         self.assertEqual((status, answer["error"]), (403, "connector_revoked"), answer)

@@ -3,8 +3,9 @@ The C{appproxy-connector} command, run on a connector's host (the daemon
 itself is C{twistd appproxy-connector}):
 
     appproxy-connector register --service https://HOST[:PORT] --state-dir DIR
-        --ca-fingerprint sha256:HEX [--group NAME] [--token-file FILE]
-        [--address IP] [--idp-ca FILE] [--name HOSTNAME] [--force]
+        (--ca-fingerprint sha256:HEX | --system-trust) [--group NAME]
+        [--token-file FILE] [--address IP] [--idp-ca FILE] [--name HOSTNAME]
+        [--force]
 
 Registration, step by step:
 
@@ -12,6 +13,10 @@ Registration, step by step:
      the CA's SHA-256 fingerprint must be the one given (else nothing is
      sent: the connection may be intercepted).  From then on that CA is the
      only trust root, and the service's certificate must name HOST.
+     With C{--system-trust} (a tunnel listener with a publicly trusted
+     certificate), every call, this one included, is verified against the
+     system trust store instead, HOST checked, and C{connector.toml} says
+     C{service_trust = "system"} (the connector CA is written for reference).
   2. The token: C{--token-file} (a one-time enrolment token, or an
      administrator's ID token), or the device flow (RFC 8628) against the
      service's OpenID provider, which C{GET /v1/registration} names.
@@ -46,6 +51,7 @@ from appproxy.connector.enrolment import (
     EnrolmentClient,
     ServiceAddress,
     UnreachableService,
+    failure_reason,
     fetch_ca,
     verified_tls,
 )
@@ -83,7 +89,8 @@ class Registration:
 
     service: ServiceAddress
     state_dir: Path
-    fingerprint: str
+    fingerprint: str | None
+    """The connector CA's fingerprint; L{None}: the system trust store verifies the service."""
     group: str | None
     token_file: Path | None
     idp_ca: Path | None
@@ -118,11 +125,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     register.add_argument("--service", required=True, metavar="https://HOST[:PORT]")
     register.add_argument("--state-dir", required=True, type=Path, metavar="DIR")
-    register.add_argument(
+    trust = register.add_mutually_exclusive_group(required=True)
+    trust.add_argument(
         "--ca-fingerprint",
-        required=True,
         metavar="sha256:HEX",
         help="the connector CA's SHA-256 fingerprint, as the service's administrator gave it",
+    )
+    trust.add_argument(
+        "--system-trust",
+        action="store_true",
+        help="the service's tunnel listener has a publicly trusted certificate: verify it"
+        " with the system trust store (now and from then on) instead of a pinned CA",
     )
     register.add_argument("--group", help="the connector group (default: the token's, or default)")
     register.add_argument(
@@ -148,7 +161,7 @@ def _registration(args: argparse.Namespace) -> Registration:
     return Registration(
         service=ServiceAddress(host, port, args.address),
         state_dir=args.state_dir,
-        fingerprint=pki.parse_fingerprint(args.ca_fingerprint),
+        fingerprint=None if args.system_trust else pki.parse_fingerprint(args.ca_fingerprint),
         group=args.group,
         token_file=args.token_file,
         idp_ca=args.idp_ca,
@@ -186,19 +199,22 @@ def _read_token(path: Path, err: TextIO) -> str:
 async def register(reactor: Any, reg: Registration, out: TextIO, err: TextIO) -> int:
     """Register (see the module); the exit status."""
     _check_state_dir(reg)
-    ca = await fetch_ca(reactor, reg.service)
+    # With the system trust store, the first call is verified as all others.
+    system = verified_tls(reg.service.host, None) if reg.fingerprint is None else None
+    ca = await fetch_ca(reactor, reg.service, system)
     ca_pem = ca.ca.encode("ascii")
     try:
         found = pki.ca_fingerprint(ca_pem)
     except ValueError:
         raise RegistrationError(f"{reg.service} sent no readable CA certificate") from None
-    if found != reg.fingerprint:
+    if reg.fingerprint is not None and found != reg.fingerprint:
         raise RegistrationError(
             f"the connector CA of {reg.service} has the fingerprint {found}, not"
             f" {reg.fingerprint}: the connection may be intercepted, or the fingerprint"
             " is mistyped (nothing was sent)"
         )
-    client = EnrolmentClient(reactor, reg.service, verified_tls(reg.service.host, ca_pem))
+    tls = system or verified_tls(reg.service.host, ca_pem)
+    client = EnrolmentClient(reactor, reg.service, tls)
     if reg.token_file is not None:
         token = _read_token(reg.token_file, err)
     else:
@@ -261,6 +277,12 @@ def _write(
     ]
     if service.address:
         lines.append(f"service_address = {_toml_string(service.address)}")
+    if reg.fingerprint is None:
+        lines += [
+            "# The service's certificate is verified with the system trust store;",
+            "# the connector CA is kept for reference.",
+            'service_trust = "system"',
+        ]
     lines += [
         f'ca = "{CA_FILE}"',
         f'cert = "{CERT_FILE}"',
@@ -273,6 +295,19 @@ def _write(
     write_file(config, ("\n".join(lines) + "\n").encode())
     load_connector_config(config)  # what the daemon will read must load
     return config
+
+
+def _explained(error: Exception, reg: Registration) -> str:
+    """The error's text; a TLS failure in the operator's terms (as the daemon says it)."""
+    if not isinstance(error, UnreachableService) or error.cause is None:
+        return str(error)
+    hint = (
+        "with --system-trust, the system trust store must hold its issuer"
+        if reg.fingerprint is None
+        else "if it is publicly trusted, register with --system-trust"
+    )
+    reason = failure_reason(error, reg.service.host, hint)
+    return str(error).removesuffix(error.detail) + reason
 
 
 def main(
@@ -304,7 +339,7 @@ def main(
             ValueError,
         ) as e:
             prefix = "registration refused: " if isinstance(e, ApiFailure) else ""
-            err.write(f"{_PROG}: error: {prefix}{e}\n")
+            err.write(f"{_PROG}: error: {prefix}{_explained(e, reg)}\n")
             status.append(1)
         except Exception as e:  # a bug: still one line
             err.write(f"{_PROG}: error: unexpected {e!r}\n")

@@ -8,10 +8,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-from appproxy.config._files import ca_file, certificate_files, read_toml
-from appproxy.config._table import document
+from appproxy.config._files import ca_file, certificate_files, optional_ca_file, read_toml
+from appproxy.config._table import Table, document
 from appproxy.config._values import address, dns_name
-from appproxy.config.model import LOG_FORMATS, ConnectorConfig
+from appproxy.config.model import LOG_FORMATS, SERVICE_TRUSTS, ConnectorConfig
 
 __all__ = ["load_connector_config", "parse_connector_config"]
 
@@ -23,6 +23,7 @@ _CONNECTOR_KEYS = (
     "capacity",
     "websocket_capacity",
     "ca",
+    "service_trust",
     "cert",
     "key",
     "ping_interval",
@@ -49,6 +50,7 @@ def parse_connector_config(data: Mapping[str, object], path: Path) -> ConnectorC
         "connector", _CONNECTOR_KEYS, "a [connector] table with service_host, ca, cert and key"
     )
     service_host = dns_name(connector, "service_host")
+    service_trust = connector.choice("service_trust", SERVICE_TRUSTS, "ca")
     # Keys are checked in this order: the first mistake found is the one reported.
     return ConnectorConfig(
         path=top.ctx.path,
@@ -58,9 +60,17 @@ def parse_connector_config(data: Mapping[str, object], path: Path) -> ConnectorC
         connections=connector.integer("connections", 4, 1, 64),
         capacity=connector.integer("capacity", 100, 1, 1000),
         websocket_capacity=connector.integer("websocket_capacity", 250, 0, 10_000),
-        ca=(ca := ca_file(connector, "ca"))[0],
+        service_trust=service_trust,
+        # With the system trust store, the connector CA is kept for reference only.
+        ca=(ca := _ca(connector, service_trust))[0],
         ca_pem=ca[1],
         cert=certificate_files(connector, "cert", "key"),
         ping_interval=connector.number("ping_interval", 15.0, 3600.0),
         log_format=connector.choice("log_format", LOG_FORMATS, "text"),
     )
+
+
+def _ca(connector: Table, service_trust: str) -> tuple[Path | None, bytes | None]:
+    if service_trust == "system":
+        return optional_ca_file(connector, "ca")
+    return ca_file(connector, "ca")

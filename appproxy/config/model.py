@@ -312,6 +312,10 @@ class ServiceConfig:
         return frozenset(hosts)
 
 
+#: How the connector trusts the service (C{connector.toml} C{service_trust}).
+SERVICE_TRUSTS = ("ca", "system")
+
+
 @attrs.frozen(kw_only=True)
 class ConnectorConfig:
     """The connector's configuration (C{connector.toml})."""
@@ -323,8 +327,17 @@ class ConnectorConfig:
     connections: int = 4
     capacity: int = 100
     websocket_capacity: int = 250
-    ca: Path
-    ca_pem: bytes = attrs.field(repr=False)
+    service_trust: str = "ca"
+    """C{ca}: the service's certificate must chain to C{ca}; C{system}: to the
+    system trust store (a publicly trusted certificate)."""
+    ca: Path | None
+    """The connector CA (L{None}: not given, allowed with C{service_trust = "system"})."""
+    ca_pem: bytes | None = attrs.field(repr=False)
     cert: CertificateFiles
     ping_interval: float = 15.0
     log_format: str = "text"
+
+    @property
+    def service_ca_pem(self) -> bytes | None:
+        """The CA the service's certificate must chain to; L{None}: the system trust store."""
+        return None if self.service_trust == "system" else self.ca_pem

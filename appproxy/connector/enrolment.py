@@ -6,7 +6,10 @@ ALPN C{http/1.1}.
 The first call, C{GET /v1/ca}, is made without verifying the service (the
 caller checks the CA's fingerprint against the one the administrator gave);
 every other call trusts that CA only, with the service's host name checked,
-and, after registration, presents the connector's certificate.
+and, after registration, presents the connector's certificate.  A service
+whose tunnel listener has a publicly trusted certificate may instead be
+verified against the system trust store, for every call, the first one
+included (C{verified_tls(host, None)}).
 """
 
 from __future__ import annotations
@@ -22,7 +25,6 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IStreamClientEndpoint
 from twisted.internet.ssl import (
-    Certificate,
     CertificateOptions,
     PrivateCertificate,
     TLSVersion,
@@ -41,7 +43,8 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer
 
-from appproxy.daemon.tls_failures import describe_tls_failure
+from appproxy.daemon.tls import service_trust_root
+from appproxy.daemon.tls_failures import CA_HINT, describe_tls_failure
 from appproxy.tunnel.enrolment import (
     CA_PATH,
     ENROLMENT_ALPN,
@@ -150,10 +153,11 @@ def unverified_tls(host: str) -> IOpenSSLClientConnectionCreator:
 
 
 def verified_tls(
-    host: str, ca_pem: bytes, cert_pem: bytes | None = None, key_pem: bytes | None = None
+    host: str, ca_pem: bytes | None, cert_pem: bytes | None = None, key_pem: bytes | None = None
 ) -> IOpenSSLClientConnectionCreator:
     """
-    TLS that trusts C{ca_pem} only and checks that the service's certificate
+    TLS that trusts C{ca_pem} only (L{None}: the system trust store, for a
+    publicly trusted certificate) and checks that the service's certificate
     names C{host}; with C{cert_pem} and C{key_pem}, mutual TLS.
     """
     client = None
@@ -163,7 +167,7 @@ def verified_tls(
         client = PrivateCertificate.loadPEM(cert_pem + key_pem)
     return optionsForClientTLS(
         host,
-        trustRoot=Certificate.loadPEM(ca_pem),
+        trustRoot=service_trust_root(ca_pem),
         clientCertificate=client,
         acceptableProtocols=[ENROLMENT_ALPN],
         extraCertificateOptions={"raiseMinimumTo": TLSVersion.TLSv1_2},
@@ -293,10 +297,11 @@ class EnrolmentClient:
         return result
 
 
-def failure_reason(failure: Exception, host: str) -> str:
+def failure_reason(failure: Exception, host: str, ca_hint: str = CA_HINT) -> str:
     """
     Why a call to the service failed, for the operator, without naming the
-    call: TLS failures in the tunnel's own words (L{describe_tls_failure}).
+    call: TLS failures in the tunnel's own words (L{describe_tls_failure};
+    C{ca_hint} says where to look when the service is not trusted).
     """
     if isinstance(failure, ApiFailure):
         if failure.error is not None:
@@ -306,7 +311,7 @@ def failure_reason(failure: Exception, host: str) -> str:
     if isinstance(failure, UnreachableService):
         cause = failure.cause
         if cause is not None:
-            tls = describe_tls_failure(cause, failure.connection, host)
+            tls = describe_tls_failure(cause, failure.connection, host, ca_hint)
             if tls is not None:
                 return tls
             if isinstance(cause, ierror.ConnectError):
@@ -315,6 +320,13 @@ def failure_reason(failure: Exception, host: str) -> str:
     return str(failure) or type(failure).__name__
 
 
-def fetch_ca(reactor: Any, service: ServiceAddress) -> Deferred[CaAnswer]:
-    """C{GET /v1/ca}, not verifying the service: check what it gives before trusting it."""
-    return EnrolmentClient(reactor, service, unverified_tls(service.host)).get(CA_PATH, CaAnswer)
+def fetch_ca(
+    reactor: Any, service: ServiceAddress, tls: IOpenSSLClientConnectionCreator | None = None
+) -> Deferred[CaAnswer]:
+    """
+    C{GET /v1/ca}: without C{tls}, not verifying the service (check what it
+    gives before trusting it); with the system trust store's L{verified_tls},
+    verified as every later call is.
+    """
+    tls = tls if tls is not None else unverified_tls(service.host)
+    return EnrolmentClient(reactor, service, tls).get(CA_PATH, CaAnswer)

@@ -51,6 +51,7 @@ from appproxy.connector.keyfiles import install_renewal, key_matches
 from appproxy.daemon import pki
 from appproxy.daemon.csr import make_csr, new_connector_key
 from appproxy.daemon.redial import DialReport, Redial
+from appproxy.daemon.tls_failures import CA_HINT, SYSTEM_TRUST_HINT
 from appproxy.tunnel.enrolment import (
     CONFIG_PATH,
     RENEW_PATH,
@@ -95,14 +96,15 @@ def renewal_due(cert_pem: bytes, renew_after: float, now: float) -> bool:
 def expired_message(
     cert_pem: bytes,
     cert_path: Path,
-    ca_pem: bytes,
+    ca_pem: bytes | None,
     service: ServiceAddress,
     state_dir: Path,
     now: float,
 ) -> str | None:
     """
     L{None} while the certificate is valid; once it has expired, what to
-    tell the administrator: when it expired and exactly what to run.
+    tell the administrator: when it expired and exactly what to run
+    (C{ca_pem} L{None}: the service is verified with the system trust store).
     """
     cert = x509.load_pem_x509_certificates(cert_pem)[0]
     not_after = cert.not_valid_after_utc
@@ -113,6 +115,7 @@ def expired_message(
     except ValueError:
         group = "GROUP"
     address = f" --address {service.address}" if service.address else ""
+    trust = "--system-trust" if ca_pem is None else f"--ca-fingerprint {pki.ca_fingerprint(ca_pem)}"
     when = _when(not_after.timestamp())
     return (
         f"the connector certificate {cert_path} expired on {when}: the service refuses it,"
@@ -120,7 +123,7 @@ def expired_message(
         f" 'appproxy connectors token create --group {group}', put the token in a file"
         " here, then run 'appproxy-connector register"
         f" --service https://{service.host}:{service.port}{address}"
-        f" --ca-fingerprint {pki.ca_fingerprint(ca_pem)} --state-dir {state_dir}"
+        f" {trust} --state-dir {state_dir}"
         f" --group {group} --token-file FILE --force' and start the connector again"
     )
 
@@ -139,7 +142,8 @@ class ConnectorTrust:
 
     reactor: Any
     service: ServiceAddress
-    ca_pem: bytes = attrs.field(repr=False)
+    ca_pem: bytes | None = attrs.field(repr=False)
+    """The CA the service's certificate must chain to (L{None}: the system trust store)."""
     cert_path: Path
     key_path: Path
     cert_pem: bytes = attrs.field(repr=False)
@@ -213,7 +217,7 @@ class ConnectorTrust:
         _fire(self._waiting + self._waiting_next)
         self._waiting, self._waiting_next = [], []
 
-    def use(self, cert_pem: bytes, key_pem: bytes, ca_pem: bytes) -> None:
+    def use(self, cert_pem: bytes, key_pem: bytes, ca_pem: bytes | None) -> None:
         """The daemon reloaded its files (SIGHUP): use them from now on."""
         self.cert_pem, self.key_pem, self.ca_pem = cert_pem, key_pem, ca_pem
         self._expired_told = False
@@ -275,7 +279,8 @@ class ConnectorTrust:
 
     def reason(self, failure: Exception) -> str:
         """Why a call to the service failed, for the operator (no call named)."""
-        return failure_reason(failure, self.service.host)
+        hint = SYSTEM_TRUST_HINT if self.ca_pem is None else CA_HINT
+        return failure_reason(failure, self.service.host, hint)
 
     async def _pull(self) -> None:
         try:

@@ -39,6 +39,7 @@ from appproxy.daemon.runtime import (
     use_log_format,
 )
 from appproxy.daemon.tls import ReloadableTLS, tunnel_client_options
+from appproxy.daemon.tls_failures import CA_HINT, SYSTEM_TRUST_HINT
 from appproxy.tunnel.enrolment import ConnectorSettings
 
 #: Seconds in-flight requests get to finish after GOAWAY when stopping.
@@ -116,7 +117,12 @@ class ConnectorService(MultiService):
             f"{config.service_host}:{config.service_port} (TLS, via {config.service_address})"
         )
         #: Why connections fail, told once per reason (all connections).
-        self.report = DialReport(self.log, description, config.service_host)
+        self.report = DialReport(
+            self.log,
+            description,
+            config.service_host,
+            ca_hint=CA_HINT if config.service_ca_pem is not None else SYSTEM_TRUST_HINT,
+        )
         self.endpoint = _DescribedEndpoint(
             wrapClientTLS(
                 tls, HostnameEndpoint(reactor, config.service_address, config.service_port)
@@ -129,7 +135,7 @@ class ConnectorService(MultiService):
         self.trust = ConnectorTrust(
             reactor,
             ServiceAddress(config.service_host, config.service_port, config.service_address),
-            config.ca_pem,
+            config.service_ca_pem,
             config.cert.cert,
             config.cert.key,
             config.cert.cert_pem,
@@ -137,6 +143,10 @@ class ConnectorService(MultiService):
             self._configured,
             self._renewed,
         )
+        # A tunnel closed by the service after the handshake: its registry
+        # refused the certificate (disabled, revoked, deleted); the API says
+        # why, and the pull's report tells the operator (once per reason).
+        self.report.refused = self.trust.pull
 
     def _refusal(self, app: str, scheme: bytes, authority: bytes) -> str | None:
         if self.allowed is None:
@@ -178,7 +188,7 @@ class ConnectorService(MultiService):
         """A renewed certificate: new tunnel connections present it."""
         config = self.config
         self.tls.current = tunnel_client_options(
-            config.service_host, config.ca_pem, cert_pem, key_pem
+            config.service_host, config.service_ca_pem, cert_pem, key_pem
         )
         files = CertificateFiles(
             cert=config.cert.cert, key=config.cert.key, cert_pem=cert_pem, key_pem=key_pem
@@ -188,7 +198,7 @@ class ConnectorService(MultiService):
     @staticmethod
     def _tls(config: ConnectorConfig) -> Any:
         return tunnel_client_options(
-            config.service_host, config.ca_pem, config.cert.cert_pem, config.cert.key_pem
+            config.service_host, config.service_ca_pem, config.cert.cert_pem, config.cert.key_pem
         )
 
     def setServiceParent(self, parent: Any) -> None:
@@ -210,7 +220,8 @@ class ConnectorService(MultiService):
     def _apply_reload(self, loaded: tuple[ConnectorConfig, Any]) -> None:
         config, tls = loaded
         self.tls.current = tls
-        self.trust.use(config.cert.cert_pem, config.cert.key_pem, config.ca_pem)
+        self.report.ca_hint = CA_HINT if config.service_ca_pem is not None else SYSTEM_TRUST_HINT
+        self.trust.use(config.cert.cert_pem, config.cert.key_pem, config.service_ca_pem)
         old = self.config
         later = [
             key
@@ -306,7 +317,7 @@ def load_connector(path: Path, reactor: Any, now: float | None = None) -> Connec
     message = expired_message(
         config.cert.cert_pem,
         config.cert.cert,
-        config.ca_pem,
+        config.service_ca_pem,
         service,
         config.path.parent,
         time.time() if now is None else now,

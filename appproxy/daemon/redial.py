@@ -23,12 +23,13 @@ from collections.abc import Callable
 from typing import Any
 
 import attrs
+from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IProtocol, IProtocolFactory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from appproxy.daemon.tls_failures import describe_tunnel_failure
+from appproxy.daemon.tls_failures import CA_HINT, describe_tunnel_failure
 
 __all__ = ["DialReport", "Redial", "watched_factory"]
 
@@ -87,6 +88,11 @@ class DialReport:
     """Logged when it works again after failures (over C{service}), if given."""
     error: bool = False
     """Failures are logged as errors (else as warnings)."""
+    ca_hint: str = CA_HINT
+    """Where an untrusted service certificate sends the operator (L{describe_tls_failure})."""
+    refused: Callable[[], object] | None = None
+    """Called when the service closed a connection before the tunnel was set
+    up (its registry refused the certificate: the connector asks why)."""
     reported: set[str] = attrs.field(init=False, factory=set)
 
     def failed(self, description: str) -> None:
@@ -104,7 +110,9 @@ class DialReport:
         self.failed(f"cannot connect: {reason.getErrorMessage().rstrip('.')}")
 
     def lost_before_tunnel(self, reason: Failure, connection: Any) -> None:
-        self.failed(describe_tunnel_failure(reason, connection, self.service_host))
+        self.failed(describe_tunnel_failure(reason, connection, self.service_host, self.ca_hint))
+        if self.refused is not None and reason.check(ConnectionDone, ConnectionLost):
+            self.refused()
 
     def established(self) -> None:
         if self.reported and self.established_message is not None:

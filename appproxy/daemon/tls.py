@@ -29,6 +29,7 @@ from twisted.internet.ssl import (
     PrivateCertificate,
     TLSVersion,
     optionsForClientTLS,
+    platformTrust,
 )
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -41,6 +42,7 @@ __all__ = [
     "SNIServerContextFactory",
     "negotiated_protocol",
     "peer_connector_identity",
+    "service_trust_root",
     "tunnel_client_options",
     "tunnel_server_context",
 ]
@@ -197,22 +199,33 @@ def tunnel_server_context(
 
 
 def tunnel_client_options(
-    service_host: str, ca_pem: bytes, cert_pem: bytes, key_pem: bytes
+    service_host: str, ca_pem: bytes | None, cert_pem: bytes, key_pem: bytes
 ) -> IOpenSSLClientConnectionCreator:
     """
     The connector side of the tunnel: the service's certificate must be signed
-    by C{ca_pem} and name C{service_host}; we present our connector certificate.
+    by C{ca_pem} (L{None}: chain to the system trust store, for a publicly
+    trusted certificate) and name C{service_host}; we present our connector
+    certificate.
     """
     _load_chain(cert_pem, key_pem)
     if not cert_pem.endswith(b"\n"):
         cert_pem += b"\n"
     return optionsForClientTLS(
         service_host,
-        trustRoot=Certificate.loadPEM(ca_pem),
+        trustRoot=service_trust_root(ca_pem),
         clientCertificate=PrivateCertificate.loadPEM(cert_pem + key_pem),
         acceptableProtocols=[b"h2"],
         extraCertificateOptions={"raiseMinimumTo": TLSVersion.TLSv1_2},
     )
+
+
+def service_trust_root(ca_pem: bytes | None) -> Any:
+    """
+    What the connector trusts the service's certificate to chain to: the
+    pinned CA C{ca_pem}, or with L{None} the system trust store (OpenSSL's
+    default verify paths, which honour C{SSL_CERT_FILE} and C{SSL_CERT_DIR}).
+    """
+    return platformTrust() if ca_pem is None else Certificate.loadPEM(ca_pem)
 
 
 def peer_certificate(transport: Any) -> x509.Certificate | None:

@@ -32,6 +32,8 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 __all__ = [
+    "CA_HINT",
+    "SYSTEM_TRUST_HINT",
     "RefusalLog",
     "RefusedHook",
     "describe_tls_failure",
@@ -44,6 +46,13 @@ __all__ = [
 #: address, the certificate (the leaf, when C{depth} is 0) and the X.509
 #: verification error code.
 RefusedHook = Callable[[str, x509.Certificate, int, int], None]
+
+#: Where to look when the service's certificate is not trusted: the pinned
+#: CA, or (L{SYSTEM_TRUST_HINT}) the system trust store.
+CA_HINT = "check ca in connector.toml"
+SYSTEM_TRUST_HINT = (
+    'service_trust is "system" in connector.toml: the system trust store must hold its issuer'
+)
 
 _UNKNOWN_CA = "is not signed by a CA we trust (unknown CA)"
 _VERIFY_PHRASES: dict[int, str] = {
@@ -102,7 +111,9 @@ def _verify_result(connection: Any) -> int | None:
     return code or None
 
 
-def describe_tunnel_failure(reason: Failure, connection: Any, service_host: str) -> str:
+def describe_tunnel_failure(
+    reason: Failure, connection: Any, service_host: str, ca_hint: str = CA_HINT
+) -> str:
     """
     Why a tunnel connection ended before the tunnel was set up, for the
     connector's log.
@@ -111,7 +122,9 @@ def describe_tunnel_failure(reason: Failure, connection: Any, service_host: str)
         (for the verification result), else L{None}.
     """
     exc = reason.value
-    described = describe_tls_failure(exc, connection, service_host) if exc is not None else None
+    described = (
+        describe_tls_failure(exc, connection, service_host, ca_hint) if exc is not None else None
+    )
     if described is not None:
         return described
     if isinstance(exc, ierror.ConnectionDone | ierror.ConnectionLost):
@@ -119,7 +132,9 @@ def describe_tunnel_failure(reason: Failure, connection: Any, service_host: str)
     return f"the connection failed before the tunnel was set up: {exc}"
 
 
-def describe_tls_failure(exc: BaseException, connection: Any, service_host: str) -> str | None:
+def describe_tls_failure(
+    exc: BaseException, connection: Any, service_host: str, ca_hint: str = CA_HINT
+) -> str | None:
     """
     Why TLS with the service failed, in an operator's terms (the tunnel's
     and the connector's calls to the service's API say it alike); L{None}
@@ -138,10 +153,7 @@ def describe_tls_failure(exc: BaseException, connection: Any, service_host: str)
         if any("certificate verify failed" in r for r in reasons):
             code = _verify_result(connection) if connection is not None else None
             what = verify_error_phrase(code) if code else "could not be verified"
-            return (
-                f"certificate verify failed: the service's certificate {what}"
-                " (check ca in connector.toml)"
-            )
+            return f"certificate verify failed: the service's certificate {what} ({ca_hint})"
         for text in reasons:
             match = _ALERT.search(text)
             if match:
