@@ -29,17 +29,22 @@ PACKAGE = ROOT / "appproxy"
 #: C{daemon}).
 LAYERS: Mapping[str, frozenset[str]] = {
     "http": frozenset(),
-    "state": frozenset({"http", "oidc"}),
+    "observe": frozenset(),
+    "state": frozenset({"http", "oidc", "observe"}),
     "access": frozenset({"http", "state"}),
     "identity": frozenset({"http", "access", "state"}),
     "config": frozenset({"http", "access"}),
     "oidc": frozenset({"http"}),
-    "idp": frozenset({"http", "access", "state", "oidc", "frontend"}),
-    "tunnel": frozenset({"http", "config", "frontend", "daemon"}),
-    "connector": frozenset({"http", "config", "tunnel", "daemon"}),
-    "gate": frozenset({"http", "access", "identity", "oidc", "state", "config", "idp", "frontend"}),
-    "frontend": frozenset({"http", "access", "identity", "gate", "tunnel", "config", "state"}),
-    "trust": frozenset({"http", "config", "state", "oidc", "tunnel", "daemon"}),
+    "idp": frozenset({"http", "access", "state", "oidc", "frontend", "observe"}),
+    "tunnel": frozenset({"http", "config", "frontend", "daemon", "observe"}),
+    "connector": frozenset({"http", "config", "tunnel", "daemon", "observe"}),
+    "gate": frozenset(
+        {"http", "access", "identity", "oidc", "state", "config", "idp", "frontend", "observe"}
+    ),
+    "frontend": frozenset(
+        {"http", "access", "identity", "gate", "tunnel", "config", "state", "observe"}
+    ),
+    "trust": frozenset({"http", "config", "state", "oidc", "tunnel", "daemon", "observe"}),
 }
 
 #: Packages and modules that must load without the reactor, twisted.web or
