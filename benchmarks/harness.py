@@ -523,6 +523,16 @@ class Stack:
         # The first app is published without sign-in (the plain data path);
         # a second app on the same backend signs users in.
         text = _sub(text, r'^pre_authentication = "oidc"$', 'pre_authentication = "passthrough"')
+        # The abuse limits would refuse the load generator (one address):
+        # the budgets off, the connection caps out of the way.
+        text += """
+[limits]
+anonymous_rate = 0
+signin_rate = 0
+signed_in_rate = 0
+connections_per_address = 1000000
+connections_total = 10000000
+"""
         text += f"""
 [[apps]]
 name = "{AUTH_APP}"

@@ -120,7 +120,7 @@ def start_daemons(
     argv = [
         *(PYTHON, "-m", "appproxy", "init", "--state-dir", str(config_dir)),
         *("--domain", DOMAIN, "--app-name", APP),
-        *("--port", str(public), "--tunnel-port", str(tunnel)),
+        *("--port", str(public), "--tunnel-port", str(tunnel), "--metrics-listen=none"),
         *("--internal-url", f"http://127.0.0.1:{backend.getHost().port}/"),  # type: ignore[attr-defined]
     ]
     init = spawn(testcase, "appproxy init", argv, parent)

@@ -18,9 +18,12 @@ __all__ = ["init_service_dir", "service_config"]
 def init_service_dir(path: Path, *extra: str) -> Path:
     """
     Run C{appproxy init --state-dir PATH} in this process (its output
-    dropped); return C{path}, absolute.
+    dropped); return C{path}, absolute.  Its metrics listener is off unless
+    C{extra} sets one (a fixed port would clash between services).
     """
     path = path.absolute()
+    if not any(arg.startswith("--metrics-listen") for arg in extra):
+        extra = (*extra, "--metrics-listen=none")
     with redirect_stdout(io.StringIO()):
         code = main(["init", "--state-dir", str(path), "--domain", "example.test", *extra])
     if code != 0:

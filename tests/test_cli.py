@@ -246,7 +246,10 @@ class InitTests(SynchronousTestCase):
         self.assertEqual(self.init()[0], 0)
         with open(self.dir / "service.toml", "rb") as f:
             config = tomllib.load(f)
-        self.assertEqual(set(config), {"service", "tunnel", "apps", "oidc", "builtin_provider"})
+        self.assertEqual(
+            set(config), {"service", "tunnel", "metrics", "apps", "oidc", "builtin_provider"}
+        )
+        self.assertEqual(config["metrics"], {"listen": "tcp:9464:interface=127.0.0.1"})
         self.assertEqual(
             config["service"],
             {

@@ -209,7 +209,11 @@ def spawn(testcase: TestCase, name: str, argv: list[str], cwd: Path, **env: str)
 def init(testcase: TestCase, *extra: str) -> Any:
     """
     C{python -m appproxy init} into a new directory; return the directory.
+    Its metrics listener is off unless C{extra} sets one (a fixed port would
+    clash between services).
     """
+    if not any(arg.startswith("--metrics-listen") for arg in extra):
+        extra = (*extra, "--metrics-listen=none")
     parent = Path(testcase.mktemp()).absolute()
     parent.mkdir(parents=True)
     state = parent / "state"

@@ -45,6 +45,7 @@ LAYERS: Mapping[str, frozenset[str]] = {
         {"http", "access", "identity", "gate", "tunnel", "config", "state", "observe"}
     ),
     "trust": frozenset({"http", "config", "state", "oidc", "tunnel", "daemon", "observe"}),
+    "admin": frozenset({"http", "config", "state", "oidc", "trust", "daemon", "observe", "access"}),
 }
 
 #: Packages and modules that must load without the reactor, twisted.web or
@@ -55,6 +56,12 @@ PURE = (
     "appproxy.access",
     "appproxy.identity",
     "appproxy.state.files",
+    "appproxy.admin.cursor",
+    "appproxy.admin.filters",
+    "appproxy.admin.records",
+    "appproxy.admin.syslog",
+    "appproxy.admin.overview",
+    "appproxy.admin.page_assets",
     "appproxy.state.signins",
     "appproxy.state.schema",
     "appproxy.state.queries",
@@ -110,6 +117,9 @@ PURE = (
     "appproxy.daemon.csr",
     "appproxy.daemon.sdnotify",
     "appproxy.daemon.heap",
+    "appproxy.observe.metrics",
+    "appproxy.observe.requests",
+    "appproxy.observe.live",
 )
 
 #: Modules whose loading marks a module as not pure.

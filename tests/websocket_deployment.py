@@ -397,6 +397,7 @@ def start(
     connector: str = "",
     queue_timeout: float = 10,
     tls_app: bool = False,
+    metrics: int | None = None,
 ) -> Any:
     """
     The internal app, C{appproxy init}, the users L{USERS}, the service and
@@ -409,6 +410,8 @@ def start(
         certificate for C{localhost} from a CA of its own), published as
         C{secure} (C{backend_ca} is that CA) and C{untrusted} (no
         C{backend_ca}: the system's trust store does not know it).
+    @param metrics: the port of the service's metrics listener on
+        127.0.0.1 (L{None}: none).
     """
     parent = Path(testcase.mktemp()).absolute()
     parent.mkdir(parents=True)
@@ -434,6 +437,7 @@ def start(
         *(PYTHON, "-m", "appproxy", "init", "--state-dir", str(config_dir)),
         *("--domain", DOMAIN, "--app-name", "web"),
         *("--port", str(public), "--tunnel-port", str(tunnel)),
+        f"--metrics-listen={'none' if metrics is None else f'tcp:{metrics}:interface=127.0.0.1'}",
         *("--internal-url", f"http://127.0.0.1:{app_port}/"),
     ]
     init = spawn(testcase, "appproxy init", argv, parent)

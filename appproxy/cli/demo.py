@@ -173,6 +173,8 @@ def _create(state_dir: Path, ports: Ports) -> None:
         "--internal-url",
         f"http://127.0.0.1:{ports.echo}/",
         "--no-connector",
+        # The demo's ports are its own; a metrics port would be one more to clash.
+        "--metrics-listen=none",
     ]
     with contextlib.redirect_stdout(io.StringIO()):
         code = cli_main(argv)

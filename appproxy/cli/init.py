@@ -22,7 +22,13 @@ from typing import TextIO
 
 import attrs
 
-from appproxy.cli.init_config import Addresses, InitPlan, connector_toml, service_toml
+from appproxy.cli.init_config import (
+    METRICS_LISTEN,
+    Addresses,
+    InitPlan,
+    connector_toml,
+    service_toml,
+)
 from appproxy.cli.init_state import record_init_connector
 from appproxy.cli.init_steps import KEY_MODE, print_next_steps
 from appproxy.daemon import pki
@@ -146,6 +152,7 @@ def _plan(args: argparse.Namespace) -> InitPlan:
         service_address=addresses.service_address,
         provider_address=addresses.provider_address,
         with_connector=not args.no_connector,
+        metrics_listen=None if args.metrics_listen.strip() in ("", "none") else args.metrics_listen,
     )
 
 
@@ -351,6 +358,13 @@ def add_init_command(subparsers: argparse._SubParsersAction[argparse.ArgumentPar
         metavar="ENDPOINT",
         help="public listener endpoint, overriding --bind and --port for the listener "
         "(default: tcp:PORT:interface=ADDRESS)",
+    )
+    parser.add_argument(
+        "--metrics-listen",
+        default=METRICS_LISTEN,
+        metavar="ENDPOINT",
+        help=f"the Prometheus metrics listener, plain HTTP (default: {METRICS_LISTEN}; "
+        "'none': off)",
     )
     parser.add_argument("--group", default="default", help="connector group (default: default)")
     parser.add_argument(

@@ -14,6 +14,11 @@ import attrs
 __all__ = ["Addresses", "InitPlan", "connector_toml", "service_toml"]
 
 
+#: Where C{appproxy init} puts the metrics listener: Prometheus's port for
+#: exporters of this kind, on loopback only.
+METRICS_LISTEN = "tcp:9464:interface=127.0.0.1"
+
+
 def _host_port(address: str, port: int) -> str:
     return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
 
@@ -100,6 +105,8 @@ class InitPlan:
     """Where the service reaches its own built-in provider (C{host:port})."""
     with_connector: bool = True
     """Whether init issues (and records) a connector, or every one registers."""
+    metrics_listen: str | None = METRICS_LISTEN
+    """The Prometheus metrics listener (C{[metrics] listen}); L{None}: off."""
 
     def _origin(self, host: str) -> str:
         return f"https://{host}" if self.port == 443 else f"https://{host}:{self.port}"
@@ -113,6 +120,17 @@ class InitPlan:
     def login_origin(self) -> str:
         """The built-in provider's issuer."""
         return self._origin(self.login_host)
+
+
+def _metrics_toml(plan: InitPlan) -> str:
+    """The C{[metrics]} table (commented out when off)."""
+    off = "# " if plan.metrics_listen is None else ""
+    return (
+        f"{off}[metrics]\n"
+        "# Prometheus metrics over plain HTTP at /metrics (docs/metrics.md): keep the\n"
+        "# listener private (loopback, or an address only the scraper reaches).\n"
+        f"{off}listen = {_toml_str(plan.metrics_listen or METRICS_LISTEN)}\n"
+    )
 
 
 def _toml_str(value: str) -> str:
@@ -171,6 +189,7 @@ key = "tls/tunnel.key"
 connector_ca = "ca.pem"
 connector_ca_key = "ca.key"
 
+{_metrics_toml(plan)}
 [[apps]]
 # Unique name, shown in logs and error pages.
 name = {_toml_str(plan.app_name)}

@@ -18,6 +18,7 @@ import attrs
 
 from appproxy.access.policy import Assignment, MfaRule, NamedLocation, Policy
 from appproxy.config._messages import one_line
+from appproxy.config.admin_model import AdminConfig, EventsConfig
 
 #: Seconds to wait for an internal app's response headers, by C{backend_timeout}.
 BACKEND_TIMEOUTS: Final[Mapping[str, float]] = {"default": 85.0, "long": 180.0}
@@ -253,6 +254,35 @@ class ClientLimits:
     """Connections one client address may have reading a header block at once."""
     websockets_per_user: int = 50
     """WebSockets one signed-in user may have open at once (per service process)."""
+    h2_empty_data_burst: int = 100
+    """Empty DATA frames (not ending their stream) an HTTP/2 connection may send at once."""
+    h2_empty_data_rate: float = 10.0
+    """... and per second after that."""
+    h2_reset_burst: int = 1000
+    """Streams an HTTP/2 client may reset at once (Rapid Reset, CVE-2023-44487)."""
+    h2_reset_rate: float = 33.0
+    """... and per second after that."""
+
+
+@attrs.frozen(kw_only=True)
+class LimitsConfig:
+    """
+    The abuse limits of C{[limits]} (the data-path ones are L{ClientLimits});
+    enforced by L{appproxy.frontend.limits} and L{appproxy.daemon.plain_http}.
+    A rate of 0 turns its budget off.
+    """
+
+    anonymous_rate: float = 50.0
+    anonymous_burst: int = 500
+    signin_rate: float = 5.0
+    signin_burst: int = 100
+    signed_in_rate: float = 200.0
+    signed_in_burst: int = 2000
+    tracked_addresses: int = 100_000
+    """Addresses whose buckets are kept, per budget (least recently used forgotten)."""
+    connections_per_address: int = 512
+    connections_total: int = 10_000
+    queued_per_group: int = 10_000
 
 
 @attrs.frozen(kw_only=True)
@@ -272,6 +302,14 @@ class ConnectorsConfig:
     """Seconds between two configuration pulls of a connector."""
     connections: int | None = None
     """Tunnel connections each connector keeps; L{None}: the connector's own."""
+
+
+@attrs.frozen(kw_only=True)
+class MetricsConfig:
+    """The Prometheus metrics listener (C{[metrics]})."""
+
+    listen: str | None = None
+    """A server endpoint string (plain HTTP, C{/metrics} only); L{None}: off."""
 
 
 @attrs.frozen(kw_only=True)
@@ -300,6 +338,10 @@ class ServiceConfig:
     locations: tuple[NamedLocation, ...] = ()
     policies: tuple[Policy, ...] = ()
     client_limits: ClientLimits = attrs.field(factory=ClientLimits)
+    limits: LimitsConfig = attrs.field(factory=LimitsConfig)
+    admin: AdminConfig = attrs.field(factory=AdminConfig)
+    events: EventsConfig = attrs.field(factory=EventsConfig)
+    metrics: MetricsConfig = attrs.field(factory=MetricsConfig)
 
     @property
     def login_hosts(self) -> frozenset[str]:

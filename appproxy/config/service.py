@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-from appproxy.config import _apps, _connectors, _policies, _signin
+from appproxy.config import _admin, _apps, _connectors, _limits, _metrics, _policies, _signin
 from appproxy.config._endpoint import endpoint
 from appproxy.config._files import ca_file, certificate_files, read_toml
 from appproxy.config._messages import quote
@@ -19,7 +19,6 @@ from appproxy.config.model import (
     LOG_FORMATS,
     AppConfig,
     BuiltinProviderConfig,
-    ClientLimits,
     OidcConfig,
     ServiceConfig,
 )
@@ -36,6 +35,10 @@ _TOP_KEYS = (
     "locations",
     "policies",
     "connectors",
+    "admin",
+    "events",
+    "metrics",
+    "limits",
 )
 _SERVICE_KEYS = (
     "listen",
@@ -80,14 +83,7 @@ def parse_service_config(data: Mapping[str, object], path: Path) -> ServiceConfi
     state_dir = service.path("state_dir")
     queue_timeout = service.number("queue_timeout", 10.0, 3600.0)
     log_format = service.choice("log_format", LOG_FORMATS, "text")
-    client_limits = ClientLimits(
-        header_timeout=service.number("client_header_timeout", 30.0, 3600.0),
-        body_min_rate=service.integer("client_body_min_rate", 512, 0, 1 << 30),
-        header_connections_per_address=service.integer(
-            "client_header_connections_per_address", 256, 1, 100_000
-        ),
-        websockets_per_user=service.integer("websockets_per_user", 50, 0, 100_000),
-    )
+    client_limits, limits = _limits.limits(top, service)
     certificates = tuple(
         certificate_files(table, "cert", "key")
         for table in service.tables(
@@ -118,6 +114,9 @@ def parse_service_config(data: Mapping[str, object], path: Path) -> ServiceConfi
         top, {app.name for app in apps}, {location.name for location in locations}
     )
     _check_sign_in(top.ctx, apps, oidc, builtin)
+    admin = _admin.admin(top, {"service.listen": listen, "tunnel.listen": tunnel_listen})
+    events = _admin.events(top)
+    metrics = _metrics.metrics(top, {"service.listen": listen, "tunnel.listen": tunnel_listen})
 
     return ServiceConfig(
         path=top.ctx.path,
@@ -141,6 +140,10 @@ def parse_service_config(data: Mapping[str, object], path: Path) -> ServiceConfi
         locations=locations,
         policies=policies,
         client_limits=client_limits,
+        limits=limits,
+        admin=admin,
+        events=events,
+        metrics=metrics,
     )
 
 

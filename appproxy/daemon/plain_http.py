@@ -25,6 +25,12 @@ accept, not only once TLS starts: a client opening connections that never
 send a byte (or never finish the handshake) is held to the same bound, and
 one more is closed at once.  The HTTP channel takes the count over when the
 connection turns out to be TLS; trusted proxies are exempt.
+
+It also holds the caps on open connections (C{[limits]}
+C{connections_per_address}, IPv6 counted per /64, and C{connections_total}:
+L{appproxy.http.ratelimit.ConnectionCounts}), from the TCP accept to the
+close: one more is closed at once, and counted in
+C{appproxy_limit_hits_total}.  Trusted proxies count only in the total.
 """
 
 from __future__ import annotations
@@ -38,6 +44,8 @@ from twisted.python.failure import Failure
 
 from appproxy.frontend.deadlines import ClientDeadlines
 from appproxy.frontend.peer import address_text
+from appproxy.http.ratelimit import ConnectionCounts, Throttle, connection_key
+from appproxy.observe.metrics import LIMIT_HITS
 
 __all__ = [
     "FIRST_BYTE_TIMEOUT",
@@ -95,11 +103,36 @@ class _FirstByte(Protocol):
         self._tail = b""
         #: The address counted in the deadlines' bound, while it is.
         self._counted: str | None = None
+        #: Counted in the connection caps: under this key (L{None}: the total only).
+        self._open: tuple[str | None] | None = None
 
     def connectionMade(self) -> None:
-        if not self._count():
+        if not self._admit() or not self._count():
             return
         self._set_timer(FIRST_BYTE_TIMEOUT, self._give_up)
+
+    def _admit(self) -> bool:
+        """Count this connection in the caps; C{False}: past one (closed)."""
+        counts = self.factory.connections
+        if counts is None or self.transport is None:
+            return True
+        host = str(getattr(self.transport.getPeer(), "host", "?"))
+        deadlines = self.factory.deadlines
+        key = None if deadlines is not None and deadlines.exempt(host) else connection_key(host)
+        refused = counts.enter(key)
+        if refused is None:
+            self._open = (key,)
+            return True
+        LIMIT_HITS.labels(limit=refused).inc()
+        if self.factory.refusals.due(f"{refused} {key}", self.factory.clock.seconds()):
+            log.info(
+                "Closing a connection from {address}: over {limit} (said once a minute)",
+                address=host,
+                limit=refused,
+            )
+        self._plain = self._answered = True
+        self.transport.abortConnection()  # type: ignore[attr-defined]
+        return False
 
     def _count(self) -> bool:
         """Count this connection for its address; C{False}: it was one too many."""
@@ -110,6 +143,7 @@ class _FirstByte(Protocol):
         if deadlines.exempt(address):
             return True
         if not deadlines.enter(address):
+            LIMIT_HITS.labels(limit="client_header_connections_per_address").inc()
             log.info(
                 "Closing a connection from {address}: it already has {n} reading headers",
                 address=address,
@@ -143,6 +177,9 @@ class _FirstByte(Protocol):
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:  # noqa: B008
         self._cancel_timer()
         self._uncount()
+        if self._open is not None and self.factory.connections is not None:
+            self.factory.connections.leave(self._open[0])
+        self._open = None
         if self._inner is not None:
             inner, self._inner = self._inner, None
             # Nothing is delivered to the TLS protocol after its connectionLost.
@@ -219,7 +256,7 @@ class HTTPSOnlyFactory(Factory):
     The public listener's factory: TLS connections go to C{wrapped} (a
     C{TLSMemoryBIOFactory}); a plain HTTP request gets a C{400} that says to
     use HTTPS.  C{deadlines}, if given, bounds each address's connections
-    from the TCP accept on.
+    from the TCP accept on; C{connections}, if given, caps open connections.
     """
 
     noisy = False
@@ -229,11 +266,16 @@ class HTTPSOnlyFactory(Factory):
         wrapped: IProtocolFactory,
         clock: IReactorTime,
         deadlines: ClientDeadlines | None = None,
+        connections: ConnectionCounts | None = None,
     ) -> None:
         self.wrapped = wrapped
         self.clock = clock
         #: The bound on connections per address (L{None}: none).
         self.deadlines = deadlines
+        #: The caps on open connections (L{None}: none).
+        self.connections = connections
+        #: When to log a refused connection again.
+        self.refusals = Throttle(60.0)
 
     def startFactory(self) -> None:
         self.wrapped.doStart()

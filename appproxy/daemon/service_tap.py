@@ -16,6 +16,8 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
 from twisted.python.failure import Failure
 
+from appproxy.access.cookie import Sealer
+from appproxy.admin.service import AdminService
 from appproxy.config import ServiceConfig, load_service_config
 from appproxy.daemon import heap, malloc
 from appproxy.daemon.plain_http import HTTPSOnlyFactory
@@ -26,11 +28,13 @@ from appproxy.daemon.runtime import (
     reload_or_keep,
     use_log_format,
 )
+from appproxy.daemon.service_metrics import ServiceMetrics
 from appproxy.daemon.tls import ReloadableTLS, SNIServerContextFactory, tunnel_server_context
 from appproxy.frontend.deadlines import ClientDeadlines
 from appproxy.frontend.front_end import FrontEnd
 from appproxy.frontend.proxy import ProxyHTTPFactory
 from appproxy.gate.setup import SignInSetup, build_sign_in
+from appproxy.http.ratelimit import ConnectionCounts
 from appproxy.oidc.client import RelyingParty
 from appproxy.trust.service import ConnectorTrust
 from appproxy.tunnel.queue import ConnectorGroups
@@ -60,8 +64,13 @@ class AppProxyService(Service):
     def __init__(self, config: ServiceConfig, reactor: Any) -> None:
         self.config = config
         self.reactor = reactor
-        self.groups = ConnectorGroups(reactor, config.queue_timeout)
+        self.groups = ConnectorGroups(reactor, config.queue_timeout, config.limits.queued_per_group)
         self.frontend = FrontEnd(config.apps, self.groups, reactor)
+        self.frontend.limiter.configure(config.limits, _provider_address(config))
+        #: The caps on open public connections (C{[limits]}).
+        self.connections = ConnectionCounts(
+            config.limits.connections_per_address, config.limits.connections_total
+        )
         self.frontend.websockets.per_user = config.client_limits.websockets_per_user
         self.client_deadlines = ClientDeadlines(
             reactor, config.client_limits, trusted=lambda: self.frontend.trusted_proxies
@@ -77,6 +86,13 @@ class AppProxyService(Service):
             config, reactor, self.tunnel_factory, self.sign_in.database, self._relying_party
         )
         self.tunnel_tls = ReloadableTLS(self._tunnel_tls(config))
+        #: The admin API's listener (C{[admin]}) and the events' retention.
+        self.admin = AdminService(
+            config, reactor, self.trust.database, self._relying_party, self._sealer
+        )
+        self.admin_port: IListeningPort | None = None
+        #: The live gauges and the metrics listener (C{[metrics]}).
+        self.metrics = ServiceMetrics(self)
 
     @staticmethod
     def _public_tls(config: ServiceConfig) -> SNIServerContextFactory:
@@ -95,6 +111,11 @@ class AppProxyService(Service):
         sign_in = self.sign_in.sign_in
         return sign_in.context.relying_party if sign_in is not None else None
 
+    def _sealer(self) -> Sealer | None:
+        """The sealer of the service's key ring (the admin page's cookies), if it signs in."""
+        sign_in = self.sign_in.sign_in
+        return sign_in.context.sealer if sign_in is not None else None
+
     def refresh_admission(self) -> Deferred[None]:
         """
         Read the connector registry now, as the 1 s poll does; fires once
@@ -112,7 +133,14 @@ class AppProxyService(Service):
         certificates and the settings pushed to connectors change at once;
         a bad file is refused and the running configuration kept.
         """
-        reload_or_keep(self.log, self._load_reload, self._apply_reload)
+        applied: list[bool] = []
+
+        def apply(loaded: tuple[ServiceConfig, SNIServerContextFactory, Any]) -> None:
+            self._apply_reload(loaded)
+            applied.append(True)
+
+        reload_or_keep(self.log, self._load_reload, apply)
+        self.metrics.reloaded(bool(applied))
 
     def _load_reload(self) -> tuple[ServiceConfig, SNIServerContextFactory, Any]:
         config = load_service_config(self.config.path)
@@ -127,6 +155,8 @@ class AppProxyService(Service):
             ("service.listen", old.listen, config.listen),
             ("tunnel.listen", old.tunnel_listen, config.tunnel_listen),
             ("service.state_dir", old.state_dir, config.state_dir),
+            ("admin.listen", old.admin.listen, config.admin.listen),
+            ("metrics.listen", old.metrics.listen, config.metrics.listen),
         ]:
             if before != after:
                 self.log.warn("{key} changed: takes effect on restart", key=key)
@@ -134,6 +164,10 @@ class AppProxyService(Service):
         self.tunnel_tls.current = tunnel_tls
         self.groups.timeout = config.queue_timeout
         self.client_deadlines.limits = config.client_limits
+        self.frontend.limiter.configure(config.limits, _provider_address(config))
+        self.groups.set_backlog(config.limits.queued_per_group)
+        self.connections.per_address = config.limits.connections_per_address
+        self.connections.total = config.limits.connections_total
         self.frontend.websockets.per_user = config.client_limits.websockets_per_user
         for group in self.groups:
             group.timeout = config.queue_timeout
@@ -141,6 +175,7 @@ class AppProxyService(Service):
         self.sign_in.reload(config, self.frontend)
         self.tunnel_factory.set_apps(config.apps)
         self.trust.reload(config)
+        self.admin.reload(config)
         self.config = config
         self.log.info(
             "Configuration reloaded: apps {apps}",
@@ -173,6 +208,7 @@ class AppProxyService(Service):
                 ),
                 self.reactor,
                 self.client_deadlines,
+                self.connections,
             ),
         )
         self.tunnel_port = self._listen(
@@ -180,6 +216,9 @@ class AppProxyService(Service):
             "tunnel.listen",
             TLSMemoryBIOFactory(self.tunnel_tls, False, self.trust.factory),
         )
+        if config.admin.listen is not None:
+            self.admin_port = self._listen(config.admin.listen, "admin.listen", self.admin.factory)
+        self.metrics.listen()
         super().privilegedStartService()
 
     def startService(self) -> None:
@@ -187,6 +226,7 @@ class AppProxyService(Service):
             self.privilegedStartService()
         super().startService()
         self.trust.start()
+        self.admin.start()
         assert self.public_port is not None and self.tunnel_port is not None
         self.log.info(
             "appproxy service ready: HTTPS on {public}, tunnel on {tunnel}, apps: {apps}",
@@ -205,6 +245,11 @@ class AppProxyService(Service):
             if port is not None
         ]
         self.public_port = self.tunnel_port = None
+        if self.admin_port is not None:
+            stopping.append(self.admin_port.stopListening())
+            self.admin_port = None
+        self.admin.stop()
+        stopping.append(self.metrics.stop())
         # WebSockets cannot be drained: each gets a close frame (1001) now,
         # and the drain waits for their clients' connections to close.
         self.frontend.websockets.close_all(
@@ -230,6 +275,13 @@ class AppProxyService(Service):
         for protocol in list(protocols):
             protocol.abort()
         return succeed(None)
+
+
+def _provider_address(config: ServiceConfig) -> str | None:
+    """Where the relying party reaches the built-in provider (its calls are not charged)."""
+    if config.builtin_provider is None or config.oidc is None:
+        return None
+    return config.oidc.provider_address
 
 
 def _host_port(address: Any) -> str:

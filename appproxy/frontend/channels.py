@@ -213,7 +213,7 @@ class ProxyChannelProtocol(_GenericHTTPChannelProtocol):
             if type(channel) is H2Connection:
                 channel.__class__ = DeadlineH2Connection
                 guarded = cast(DeadlineH2Connection, channel)
-                guarded.start_guard()
+                guarded.start_guard(getattr(deadlines, "limits", None))
                 guarded.start_deadlines(deadlines)
             super().dataReceived(data)
             # Chosen for good: from now on every chunk goes straight to the

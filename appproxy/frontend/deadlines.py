@@ -46,6 +46,7 @@ from appproxy.config.model import ClientLimits
 from appproxy.frontend.channels import ProxyChannelProtocol, StrictHTTPChannel, Upgraded
 from appproxy.frontend.peer import peer_text
 from appproxy.http.forwarding import IPAddress, IPNetwork, unmapped
+from appproxy.observe.metrics import LIMIT_HITS
 
 __all__ = ["ClientDeadlines", "DeadlineHTTPChannel", "deadline_channel_protocol"]
 
@@ -238,6 +239,7 @@ class DeadlineHTTPChannel(StrictHTTPChannel):
             address = self._peer = str(getattr(self.transport.getPeer(), "host", "?"))
         if not deadlines.exempt(address):
             if not deadlines.enter(address):
+                LIMIT_HITS.labels(limit="client_header_connections_per_address").inc()
                 log.info(
                     "Closing a connection from {address}: it already has {n} reading headers",
                     address=address,
@@ -307,6 +309,8 @@ class DeadlineHTTPChannel(StrictHTTPChannel):
         if transport is None:
             return
         limits = self._limits()
+        slow = "client_header_timeout" if phase == _HEADERS else "client_body_min_rate"
+        LIMIT_HITS.labels(limit=slow).inc()
         log.info(
             "Client {peer} too slow sending its request {what} (limits: headers in {limit:g} s,"
             " body at {rate} bytes/s); closing",

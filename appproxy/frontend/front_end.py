@@ -14,6 +14,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.web.resource import IResource
 
 from appproxy.config import AppConfig
+from appproxy.frontend.limits import RequestLimiter
 from appproxy.frontend.routing import Router
 from appproxy.frontend.ws_registry import WebSocketRegistry
 from appproxy.gate.signin import SignIn
@@ -55,6 +56,8 @@ class FrontEnd:
     """The public keys of the signed identity assertion."""
     websockets: WebSocketRegistry = attrs.field(init=False)
     """The open WebSockets: their caps, and their end with their session."""
+    limiter: RequestLimiter = attrs.field(init=False, factory=RequestLimiter)
+    """The request budgets per client address (C{[limits]})."""
 
     def __attrs_post_init__(self) -> None:
         self.websockets = WebSocketRegistry(self.clock)

@@ -33,6 +33,7 @@ from twisted.python.failure import Failure
 from appproxy.config.model import ClientLimits
 from appproxy.frontend.h2_guard import GuardedH2Connection
 from appproxy.frontend.peer import peer_text
+from appproxy.observe.metrics import LIMIT_HITS
 
 __all__ = ["DeadlineH2Connection"]
 
@@ -152,6 +153,7 @@ class DeadlineH2Connection(GuardedH2Connection):
     def _header_timed_out(self) -> None:
         self._header_timer = None
         limits = self._limits()
+        LIMIT_HITS.labels(limit="client_header_timeout").inc()
         log.info(
             "HTTP/2 client {peer} too slow sending a header block (limit: {limit:g} s); closing",
             peer=peer_text(self.transport),
@@ -207,6 +209,7 @@ class DeadlineH2Connection(GuardedH2Connection):
     def _body_too_slow(self, sid: int, limits: ClientLimits) -> None:
         stream: Any = self.streams.get(sid)
         request: Any = getattr(stream, "_request", None)
+        LIMIT_HITS.labels(limit="client_body_min_rate").inc()
         log.info(
             "HTTP/2 client {peer} too slow sending the body of stream {sid}"
             " (at least {rate} bytes/s after {limit:g} s)",

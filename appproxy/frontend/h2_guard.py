@@ -48,7 +48,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web._http2 import H2Connection
 
+from appproxy.config.model import ClientLimits
 from appproxy.frontend.peer import peer_text
+from appproxy.observe.metrics import LIMIT_HITS
 from appproxy.tunnel.fields import TunnelEncoder, field_problem
 
 __all__ = ["CLOSED_STREAMS_KEPT", "EMPTY_DATA_BURST", "EMPTY_DATA_RATE", "GuardedH2Connection"]
@@ -56,10 +58,12 @@ __all__ = ["CLOSED_STREAMS_KEPT", "EMPTY_DATA_BURST", "EMPTY_DATA_RATE", "Guarde
 #: Closed streams a client's connection remembers, to recognise the frames
 #: the client had in flight when a stream was reset.
 CLOSED_STREAMS_KEPT = 1024
-#: Empty DATA frames (not ending their stream) a connection may send at once.
-EMPTY_DATA_BURST = 100
-#: ... and per second after that.
-EMPTY_DATA_RATE = 10.0
+_DEFAULT = ClientLimits()
+#: Empty DATA frames (not ending their stream) a connection may send at once
+#: (the default of C{[limits] h2_empty_data_burst}).
+EMPTY_DATA_BURST = _DEFAULT.h2_empty_data_burst
+#: ... and per second after that (C{h2_empty_data_rate}).
+EMPTY_DATA_RATE = _DEFAULT.h2_empty_data_rate
 
 log = Logger()
 
@@ -75,12 +79,20 @@ class GuardedH2Connection(H2Connection):
     """
 
     _empty_tokens: float
+    _empty_burst: int
+    _empty_rate: float
     _empty_tokens_at: float
     _flooded: bool
     _drain_watches: dict[int, tuple[int, Callable[[], None]]]
 
-    def start_guard(self) -> None:
-        self._empty_tokens = float(EMPTY_DATA_BURST)
+    def start_guard(self, limits: ClientLimits | None = None) -> None:
+        """Set the guard up, with the frame budgets of C{limits} (C{[limits]} C{h2_*})."""
+        limits = limits or _DEFAULT
+        self._empty_burst, self._empty_rate = limits.h2_empty_data_burst, limits.h2_empty_data_rate
+        # twisted.web's bucket for stream resets (Rapid Reset), as configured.
+        self._resetTokenBurst = self._resetTokens = limits.h2_reset_burst
+        self._resetTokenRate = limits.h2_reset_rate  # type: ignore[assignment]
+        self._empty_tokens = float(self._empty_burst)
         self._empty_tokens_at = self._reactor.seconds()
         self._flooded = False
         self._drain_watches = {}
@@ -113,6 +125,7 @@ class GuardedH2Connection(H2Connection):
         if self._flooded:
             # Close only once the whole batch of events is handled: the
             # connection's event loop goes on after a handler returns.
+            LIMIT_HITS.labels(limit="h2_empty_data").inc()
             log.warn("Empty DATA frame flood from {peer}: GOAWAY", peer=peer_text(self.transport))
             self.conn.close_connection(error_code=h2.errors.ErrorCodes.ENHANCE_YOUR_CALM)
             self._terminate(Failure(ConnectionLost("Empty DATA frame flood")))
@@ -204,7 +217,7 @@ class GuardedH2Connection(H2Connection):
         # A wall clock: never let a step backwards drain the bucket.
         elapsed = max(0.0, now - self._empty_tokens_at)
         self._empty_tokens = min(
-            float(EMPTY_DATA_BURST), self._empty_tokens + elapsed * EMPTY_DATA_RATE
+            float(self._empty_burst), self._empty_tokens + elapsed * self._empty_rate
         )
         self._empty_tokens_at = now
         if self._empty_tokens < 1:

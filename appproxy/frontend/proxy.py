@@ -24,6 +24,7 @@ from zope.interface import implementer
 from appproxy.frontend.deadlines import ClientDeadlines, deadline_channel_protocol
 from appproxy.frontend.front_end import FrontEnd
 from appproxy.frontend.request import ProxyRequest
+from appproxy.observe.requests import app_metrics
 
 __all__ = ["ProxyHTTPFactory", "ProxyRequestFactory"]
 
@@ -80,7 +81,15 @@ class ProxyHTTPFactory(http.HTTPFactory):
         method = request.method.decode("latin-1") if request.method else "-"
         host = (request.getHeader(b"host") or b"-").decode("latin-1")
         path = (request.path or b"").decode("latin-1")
-        duration_ms = (time.monotonic() - started) * 1000 if started else 0.0
+        seconds = time.monotonic() - started if started else None
+        duration_ms = seconds * 1000 if seconds is not None else 0.0
+        app = getattr(request, "app", None)
+        app_metrics(app.name if app is not None else None).finished(
+            request.code,
+            seconds,
+            getattr(request, "bytes_in", 0),
+            request.sentLength,
+        )
         rid = getattr(request, "request_id", "")
         # The line is formatted here, once, and given as the event's format
         # with its braces doubled: the log observer's formatter then has no

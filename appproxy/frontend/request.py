@@ -36,6 +36,7 @@ from appproxy.frontend.answers import (
 )
 from appproxy.frontend.exchange import ExchangeRequest
 from appproxy.frontend.front_end import FrontEnd
+from appproxy.frontend.limits import ANONYMOUS, SIGNED_IN, SIGNIN
 from appproxy.frontend.prepare import internal_target, prepared_headers
 from appproxy.frontend.ws_gate import forward_websocket, judge_handshake
 from appproxy.gate.paths import HAND_OFF_PATH, SIGN_IN_PATH, SIGN_OUT_PATH
@@ -66,10 +67,13 @@ class ProxyRequest(ExchangeRequest):
         self._client_ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
         #: A WebSocket handshake (L{appproxy.frontend.ws_gate}), judged well-formed.
         self._websocket = False
+        #: Body bytes received from the client (the request metrics).
+        self.bytes_in = 0
 
     # -- parsing hooks: a login host's page reads its (small) body itself ---
 
     def handleContentChunk(self, data: bytes) -> None:
+        self.bytes_in += len(data)
         self._headers_complete()
         if self._local is None or self._done:
             super().handleContentChunk(data)
@@ -124,6 +128,10 @@ class ProxyRequest(ExchangeRequest):
         if host.lower() in self.frontend.login_hosts:
             self._begin_login(host.lower())
             return
+        app = self.frontend.router.route(host, self.path)
+        # What signs in is charged once the gate has decided (L{_admitted}).
+        if not (app and app.signs_in and self.frontend.sign_in) and self._over_budget(ANONYMOUS):
+            return
         if self.path in (ROBOTS_PATH, JWKS_PATH) and self.frontend.router.publishes_host(host):
             # Every published host, whatever its apps' path prefixes.
             if self.path == ROBOTS_PATH:
@@ -131,7 +139,6 @@ class ProxyRequest(ExchangeRequest):
             else:
                 self._respond_soon(jwks_answer(self.frontend.jwks))
             return
-        app = self.frontend.router.route(host, self.path)
         if app is None:
             self._respond_soon(self._not_found(host.decode("latin-1")))
             return
@@ -153,6 +160,8 @@ class ProxyRequest(ExchangeRequest):
             return
         client_ip = self._resolved_client_ip()
         cookies = parse_cookies(self.requestHeaders.getRawHeaders(b"cookie"))
+        if self.path in (HAND_OFF_PATH, SIGN_OUT_PATH) and self._over_budget(SIGNIN):
+            return
         if self.path == HAND_OFF_PATH and method in (b"GET", b"HEAD"):
             self._reply_when_ready(
                 sign_in.hand_off(
@@ -194,6 +203,9 @@ class ProxyRequest(ExchangeRequest):
     def _admitted(self, decided: Admit | Reply, app: AppConfig, *, soon: bool) -> None:
         if self._done:
             return
+        signed_in = isinstance(decided, Admit) and decided.session is not None
+        if self._over_budget(SIGNED_IN if signed_in else ANONYMOUS):
+            return
         if isinstance(decided, Reply):
             if soon:
                 self.frontend.clock.callLater(0, self._reply, decided)
@@ -228,7 +240,11 @@ class ProxyRequest(ExchangeRequest):
         """A request to a login host: the relying party's paths or a resource."""
         sign_in = self.frontend.sign_in
         callback_path = self.frontend.callback_path
-        if sign_in is not None and self.path in (SIGN_IN_PATH.encode(), callback_path):
+        own = self.path in (SIGN_IN_PATH.encode(), callback_path)
+        budget = self.frontend.limiter.login_budget(self.path, own, self._client_address())
+        if budget is not None and self._over_budget(budget):
+            return
+        if sign_in is not None and own:
             if self.method not in (b"GET", b"HEAD"):
                 self._respond_error_soon(405, "Method not allowed", "Use GET.")
                 return
@@ -243,6 +259,7 @@ class ProxyRequest(ExchangeRequest):
                         client_ip=client_ip,
                         request_id=self.request_id,
                         accept=accept,
+                        user_agent=self.requestHeaders.getRawHeaders(b"user-agent"),
                     )
                 )
             else:
@@ -335,6 +352,16 @@ class ProxyRequest(ExchangeRequest):
             self._respond(Answer(reply.status, reply.content_type, reply.body))
 
     # -- who is asking ---------------------------------------------------------
+
+    def _over_budget(self, budget: str) -> bool:
+        """Whether the client is over C{budget} (then it is answered 429, soon)."""
+        now, limiter = self.frontend.clock.seconds(), self.frontend.limiter
+        if not (wait := limiter.take(budget, self._resolved_client_ip(), now)):
+            return False
+        retry, answer = limiter.answer(budget, wait, self.request_id, now, self._accept())
+        self.responseHeaders.setRawHeaders(b"retry-after", [retry])
+        self._respond_soon(answer)
+        return True
 
     def _resolved_client_ip(self) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
         """The client's address: the TCP peer, unless it is a trusted proxy."""

@@ -53,6 +53,7 @@ from appproxy.frontend.relay import relayed_headers
 from appproxy.frontend.ws_frames import GOING_AWAY, FrameBoundaries, close_frame
 from appproxy.frontend.ws_registry import OpenWebSocket, WebSocketRegistry
 from appproxy.http.websocket import switching_protocols_head
+from appproxy.observe.requests import app_metrics
 from appproxy.tunnel.queue import ExchangeStream, ProxyJob
 
 if TYPE_CHECKING:
@@ -355,6 +356,8 @@ class WebSocketExchange:
             # A client that does not read would hold the connection open.
             self._cut = self.clock.callLater(CLOSE_GRACE, transport.abortConnection)
         self.registry.release(self.entry)
+        # Counted as a request (101) with its bytes; its lifetime is no latency.
+        app_metrics(self.app.name).finished(101, None, self._to_app, self._to_client)
         log.info(
             "WebSocket {app} {user} {rid} {duration_s:.1f}s in={bytes_in} out={bytes_out}"
             " closed by {who}: {why}",

@@ -29,6 +29,8 @@ from appproxy.gate.replies import Header, Reply, Requester, error_page, failure_
 from appproxy.gate.sessions import SessionRegistry
 from appproxy.http.forwarding import IPAddress
 from appproxy.identity.assertion import AssertionSigner
+from appproxy.observe.metrics import SIGN_INS
+from appproxy.observe.requests import app_metrics
 from appproxy.oidc.client import RelyingParty
 from appproxy.state.database import StateDatabase
 from appproxy.state.signinlog import SignInLog
@@ -112,8 +114,10 @@ class GateContext:
         step: str | None = None,
         policy: str | None = None,
         detail: str = "",
+        session: Session | None = None,
     ) -> None:
-        """Log a sign-in event for C{requester}."""
+        """Log a sign-in event for C{requester} (and C{session}'s sub and iss), and count it."""
+        SIGN_INS.labels(result, step or "none").inc()
         self.sign_in_log.record(
             SignInEvent(
                 time=self.clock.seconds(),
@@ -125,6 +129,9 @@ class GateContext:
                 policy=policy,
                 request_id=requester.request_id,
                 detail=detail,
+                subject=None if session is None else session.subject,
+                issuer=None if session is None else session.issuer,
+                user_agent=requester.user_agent,
             )
         )
 
@@ -165,7 +172,11 @@ class GateContext:
 
     def decide(self, app: AppConfig, session: Session, client_ip: IPAddress, now: int) -> Decision:
         """Assignment and policy for C{session}, now, with the risks seen so far."""
-        return decide(self.policies, self.failures, self.anonymizers, app, session, client_ip, now)
+        decision = decide(
+            self.policies, self.failures, self.anonymizers, app, session, client_ip, now
+        )
+        app_metrics(app.name).decision(decision.outcome).inc()
+        return decision
 
     def refused(
         self,
@@ -174,6 +185,7 @@ class GateContext:
         user: str,
         requester: Requester,
         headers: Sequence[Header] = (),
+        session: Session | None = None,
     ) -> Reply:
         """Log a refusal by assignment or policy; the 403 page that names it."""
         refused = refusal(decision)
@@ -185,6 +197,7 @@ class GateContext:
             step=refused.step,
             policy=decision.policy,
             detail=decision.reason,
+            session=session,
         )
         return self.error_page(403, refused.title, decision.reason, requester, headers=headers)
 

@@ -12,7 +12,7 @@ Every attempt and decision goes to the sign-in log.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import urlencode
 
@@ -143,11 +143,15 @@ class Flow:
         client_ip: IPAddress,
         request_id: str,
         accept: bytes | None,
+        user_agent: Sequence[bytes] | None = None,
     ) -> defer.Deferred[Reply]:
         """
         The redirect URI: finish the sign-in and hand the session to the app.
+
+        @param user_agent: the request's C{User-Agent} values, for the sign-in log.
         """
-        requester = Requester(str(client_ip), request_id, accept)
+        agent = user_agent[0][:512].decode("latin-1") if user_agent else None
+        requester = Requester(str(client_ip), request_id, accept, agent or None)
         return defer.ensureDeferred(self._callback(args, cookies, client_ip, requester))
 
     async def _callback(
@@ -232,6 +236,7 @@ class Flow:
                 step="policy",
                 policy=decision.policy,
                 detail=decision.reason,
+                session=session,
             )
         if step in ("step-up", "reauthenticate"):
             reply = context.send_to_sign_in(
@@ -245,7 +250,9 @@ class Flow:
             )
             return attrs.evolve(reply, headers=(*reply.headers, clear))
         if step == "refuse":
-            return context.refused(decision, app, session.user, requester, headers=(clear,))
+            return context.refused(
+                decision, app, session.user, requester, headers=(clear,), session=session
+            )
 
         try:
             token_ref = await context.database.store_reference(
@@ -262,7 +269,9 @@ class Flow:
         # Recorded before the browser gets the cookie, so that it can be listed and ended.
         if not await context.sessions.record_issued(session, requester.client_ip):
             return fail("session", "The session could not be recorded. Try again.", 500)
-        context.record("success", app.name, user, requester, detail=", ".join(session.amr))
+        context.record(
+            "success", app.name, user, requester, detail=", ".join(session.amr), session=session
+        )
         hand_off = context.sealer.seal(
             "hand-off",
             {

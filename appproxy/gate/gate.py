@@ -146,7 +146,7 @@ class Gate:
                 app, method, uri, requester, cookies=cookies, prompt="login"
             )
         if step == "refuse":
-            return context.refused(decision, app, session.user, requester)
+            return context.refused(decision, app, session.user, requester, session=session)
         try:
             headers = identity_headers(app.headers, session)
         except UnsafeClaimValue as e:

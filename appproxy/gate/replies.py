@@ -77,11 +77,13 @@ class Requester:
     @ivar client_ip: the client's address (behind trusted proxies resolved).
     @ivar request_id: the request's id, shown on pages and logged.
     @ivar accept: the request's C{Accept} header: HTML or JSON pages.
+    @ivar user_agent: its C{User-Agent}, for the sign-in log (if known).
     """
 
     client_ip: str
     request_id: str
     accept: bytes | None
+    user_agent: str | None = None
 
 
 def redirect(location: str, *headers: Header) -> Reply:

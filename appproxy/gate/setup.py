@@ -28,6 +28,7 @@ from appproxy.gate.context import GateContext
 from appproxy.gate.sessions import SessionRegistry
 from appproxy.gate.signin import SignIn
 from appproxy.identity.assertion import AssertionSigner, load_or_create_assertion_key
+from appproxy.observe.metrics import SIGN_INS
 from appproxy.oidc.client import RelyingParty
 from appproxy.oidc.settings import RelyingPartySettings
 from appproxy.state.database import StateDatabase
@@ -177,7 +178,9 @@ class SignInSetup:
                 ClientRegistration(
                     client_id=oidc.client_id,
                     client_secret=oidc.client_secret,
-                    redirect_uris=(oidc.callback_url,),
+                    # The admin page (C{[admin] url}) signs in with the same client.
+                    redirect_uris=(oidc.callback_url,)
+                    + ((config.admin.url + "/admin/callback",) if config.admin.url else ()),
                     auth_methods=(oidc.client_auth,),
                 ),
             )
@@ -210,6 +213,7 @@ class SignInSetup:
         now = self.reactor.seconds()
         if not ok:
             self.failures.record(user, address, now)
+            SIGN_INS.labels("failure", step).inc()
         if self.sign_in_log is not None and not ok:
             self.sign_in_log.record(
                 SignInEvent(

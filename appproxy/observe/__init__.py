@@ -1,7 +1,13 @@
 """
-What the service tells its operators besides its log: Prometheus metrics
-(L{appproxy.observe.metrics}), served on a listener of their own, never on
-the public one.
+What the service tells its operators besides its log: Prometheus metrics,
+served on a listener of their own (C{[metrics] listen}), never on the
+public one.
+
+L{appproxy.observe.metrics}: the registry and the counters and histograms
+the code paths increment; L{appproxy.observe.requests}: the public
+listener's request metrics, bound once per app; L{appproxy.observe.live}:
+the gauges of live state, read at scrape time from a snapshot the daemon
+provides; L{appproxy.observe.exposition}: the C{/metrics} site.
 
 Imports nothing from appproxy: every layer may count here.
 """

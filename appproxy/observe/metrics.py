@@ -81,13 +81,15 @@ QUEUE_WAIT: Final = Histogram(
 )
 SIGN_INS: Final = Counter(
     "appproxy_sign_ins",
-    "Sign-ins, by result (success, failure) and reason (a fixed set of codes).",
+    "Sign-in log events, by result (success, failure, mfa-required, not-assigned, blocked,"
+    " signed-out) and reason (the step: a fixed set of codes; none for a success).",
     ("result", "reason"),
     registry=REGISTRY,
 )
 POLICY_DECISIONS: Final = Counter(
     "appproxy_policy_decisions",
-    "Conditional-access decisions, by app and decision (allow, deny, mfa).",
+    "Assignment and conditional-access decisions, by app and decision (allow, not-assigned,"
+    " block, mfa, reauthenticate).",
     ("app", "decision"),
     registry=REGISTRY,
 )
@@ -108,3 +110,9 @@ CONFIG_RELOADS: Final = Counter(
 def status_class(code: int) -> str:
     """C{2xx} for 200..299, and so on; C{other} outside 100..599."""
     return f"{code // 100}xx" if 100 <= code <= 599 else "other"
+
+
+# Both results exist from the start (0), so that a rate or an alert on
+# failures has a series before the first one.
+for _result in ("success", "failure"):
+    CONFIG_RELOADS.labels(_result)

@@ -54,6 +54,8 @@ AUDIT_EVENTS: Final = frozenset(
         "refused",
         "token-create",
         "token-revoke",
+        "admin-sign-in",
+        "admin-sign-in-refused",
     }
 )
 

@@ -66,7 +66,8 @@ def select_sign_ins(cursor: Any, since: float | None, limit: int | None) -> list
 def insert_sign_in(txn: Any, event: SignInEvent) -> None:
     """Append C{event} to the sign-in log."""
     txn.execute(
-        f"INSERT INTO sign_ins ({_SIGN_IN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",  # noqa: S608
+        f"INSERT INTO sign_ins ({_SIGN_IN_COLUMNS}, subject, issuer, user_agent)"  # noqa: S608
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             event.time,
             event.user,
@@ -77,6 +78,9 @@ def insert_sign_in(txn: Any, event: SignInEvent) -> None:
             event.policy,
             event.request_id,
             event.detail,
+            event.subject,
+            event.issuer,
+            event.user_agent,
         ),
     )
 

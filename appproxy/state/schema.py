@@ -170,6 +170,12 @@ _MIGRATIONS: Sequence[Sequence[str]] = (
         """,
         "CREATE INDEX audit_by_time ON audit (time)",
     ),
+    # 4: the sign-in log's subject, issuer and user agent (appproxy.admin's API).
+    (
+        "ALTER TABLE sign_ins ADD COLUMN subject TEXT",
+        "ALTER TABLE sign_ins ADD COLUMN issuer TEXT",
+        "ALTER TABLE sign_ins ADD COLUMN user_agent TEXT",
+    ),
 )
 
 #: The schema version this appproxy writes.

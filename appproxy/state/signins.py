@@ -82,6 +82,9 @@ class SignInEvent:
     @ivar policy: the conditional-access policy that decided, if any.
     @ivar request_id: the request id (shown on error pages).
     @ivar detail: a short explanation for administrators.  Never a secret.
+    @ivar subject: the ID token's C{sub}, if the sign-in got that far.
+    @ivar issuer: the ID token's C{iss}, likewise.
+    @ivar user_agent: the browser's C{User-Agent}, if known.
     """
 
     time: float
@@ -95,6 +98,9 @@ class SignInEvent:
     policy: str | None = None
     request_id: str
     detail: str = ""
+    subject: str | None = None
+    issuer: str | None = None
+    user_agent: str | None = None
 
     def to_json(self) -> dict[str, object]:
         """

@@ -120,6 +120,8 @@ class ProxyJob:
     _timer: IDelayedCall | None = attrs.field(init=False, default=None)
     _deadline: float = attrs.field(init=False, default=0.0)
     """While queued: when the queue timeout expires."""
+    _queued_at: float = attrs.field(init=False, default=0.0)
+    """When it was last put in a queue (the queue wait metric)."""
     _on_timeout: Callable[[ProxyJob], None] | None = attrs.field(init=False, default=None)
     """While queued: what to call if no connection takes it in time."""
 

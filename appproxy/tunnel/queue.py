@@ -25,10 +25,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from functools import partial
+from typing import Any
 
 import attrs
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
+
+from appproxy.observe.metrics import LIMIT_HITS, QUEUE_WAIT
 
 # The job and its exchange live in their own module; imported from here too.
 from appproxy.tunnel.job import IDEMPOTENT_METHODS, Exchange, ExchangeStream, ProxyJob
@@ -100,6 +103,12 @@ class ConnectorGroupQueue:
     L{connection_lost})."""
     _alone_since: float = attrs.field(init=False)
     """When the group last had no connection (its creation, at first)."""
+    _wait: Any = attrs.field(init=False)
+    """The group's child of the queue wait histogram (resolved once)."""
+
+    @_wait.default
+    def _wait_metric(self) -> Any:
+        return QUEUE_WAIT.labels(self.name)
 
     @_alone_since.default
     def _created(self) -> float:
@@ -115,8 +124,10 @@ class ConnectorGroupQueue:
         """
         waiter = next((w for w in self._waiters if self._may_take(w.connection, job)), None)
         if waiter is None and len(self._pending) >= self.backlog:
+            LIMIT_HITS.labels(limit="queued_per_group").inc()
             raise NoCapacity(self.name)
-        job._deadline = self.clock.seconds() + self.timeout
+        job._queued_at = self.clock.seconds()
+        job._deadline = job._queued_at + self.timeout
         job._on_timeout = on_timeout
         if waiter is None:
             self._arm(job)
@@ -207,6 +218,8 @@ class ConnectorGroupQueue:
         return all(other in job.carriers for other in self.connections.values())
 
     def _carried_by(self, connection: object, job: ProxyJob) -> None:
+        """C{connection} takes C{job}: out of the queue, its wait counted."""
+        self._wait.observe(self.clock.seconds() - job._queued_at)
         connector = self.connections.get(connection)
         if connector is not None:
             job.carriers.add(connector)
@@ -269,6 +282,9 @@ class ConnectorGroups:
     clock: IReactorTime
     timeout: float
     """The queue timeout of groups created from now on."""
+    backlog: int = 10000
+    """Jobs each queue may hold waiting (C{[limits] queued_per_group}; set
+    on every queue by L{set_backlog})."""
     _groups: dict[str, ConnectorGroupQueue] = attrs.field(init=False, factory=dict)
     _upgrade_groups: dict[str, ConnectorGroupQueue] = attrs.field(init=False, factory=dict)
     _started: float = attrs.field(init=False)
@@ -297,8 +313,14 @@ class ConnectorGroups:
             group.upgrades = True
         return group
 
+    def set_backlog(self, backlog: int) -> None:
+        """Every queue, and those made from now on, hold at most C{backlog} jobs."""
+        self.backlog = backlog
+        for group in self:
+            group.backlog = backlog
+
     def _new(self, name: str) -> ConnectorGroupQueue:
-        group = ConnectorGroupQueue(name, self.clock, self.timeout)
+        group = ConnectorGroupQueue(name, self.clock, self.timeout, self.backlog)
         group._alone_since = self._started
         return group
 
