@@ -12,13 +12,23 @@ import os
 from pathlib import Path
 from typing import Any
 
+import h2.events
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.threads import deferToThread
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import TestCase
 
 from tests import deployment
-from tests.h2_client import HOST, posts, pseudo
+from tests.h2_client import (
+    HOST,
+    Exchange,
+    Session,
+    h2_client,
+    posts,
+    pseudo,
+    read_until_done,
+    tls_socket,
+)
 
 
 def _ready_connections(d: deployment.Deployment) -> int:
@@ -214,3 +224,58 @@ class RawH2Tests(TestCase):
         statuses = [session.streams[sid].status for sid in (1, 3, 5)]
         self.assertEqual(statuses, [400, 200, 200])
         self.assertEqual(d.backend.hits, 2)
+
+
+def _early_answer_then_more(d: deployment.Deployment) -> Session:
+    """
+    A POST the service answers before its body is in (C{/robots.txt} is
+    answered at once, whatever the method), the rest of the body and its end
+    sent after the answer, then a GET on the same connection.
+    """
+    session = Session()
+    with tls_socket(d) as tls:
+        conn = h2_client()
+        conn.send_headers(1, [*pseudo(b"POST", b"/robots.txt"), (b"content-length", b"60000")])
+        conn.send_data(1, b"x" * 16000)
+        tls.sendall(conn.data_to_send())
+        answer = session.streams.setdefault(1, Exchange())
+        ended = False
+        while not ended:  # the answer, ended while the request goes on
+            data = tls.recv(65536)
+            if not data:
+                session.closed = True
+                return session
+            for event in conn.receive_data(data):
+                if isinstance(event, h2.events.ResponseReceived):
+                    answer.status = int(dict(event.headers)[b":status"])
+                elif isinstance(event, h2.events.DataReceived):
+                    answer.body += event.data
+                    conn.acknowledge_received_data(event.flow_controlled_length, 1)
+                ended = ended or isinstance(event, h2.events.StreamEnded)
+        conn.send_data(1, b"y" * 16000)
+        conn.send_data(1, b"w" * 12000)
+        conn.send_data(1, b"z" * 16000, end_stream=True)
+        conn.send_headers(3, pseudo(b"GET", b"/echo?after=1"), end_stream=True)
+        tls.sendall(conn.data_to_send())
+        read_until_done(tls, conn, session, [3])
+    return session
+
+
+class EarlyAnswerTests(TestCase):
+    timeout = 60
+
+    @inlineCallbacks
+    def test_body_after_the_answer(self) -> Any:
+        """
+        The rest of a request body that arrives after its response ended
+        is dropped (its window given back), not taken for an error of the
+        whole connection: the next request on it is served.
+        """
+        d = yield deployment.start(self)
+        session = yield deferToThread(_early_answer_then_more, d)
+        self.assertIsNone(session.goaway)
+        self.assertFalse(session.closed)
+        self.assertEqual(session.streams[1].status, 200)
+        self.assertIn(b"Disallow: /", session.streams[1].body)
+        self.assertEqual(session.streams[3].status, 200)
+        self.assertEqual(session.streams[3].echo()["uri"], "/echo?after=1")

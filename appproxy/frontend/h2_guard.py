@@ -207,7 +207,29 @@ class GuardedH2Connection(H2Connection):
             transport.unregisterProducer()
         super()._terminate(reason)
 
+    def _gone(self, stream_id: int) -> bool:
+        """
+        Whether a stream's request is answered and ended already (an early
+        answer, a 302, 401, 413 or 429, while its body still arrives):
+        twisted.web forgets a stream once its response is done, and would
+        take what the client still sends on it for an error of the whole
+        connection, every other stream on it lost.
+        """
+        return stream_id not in self.streams
+
     def _requestDataReceived(self, event: h2.events.DataReceived) -> None:
+        if self._gone(event.stream_id):
+            # Dropped, and its window given back (the connection's, and the
+            # stream's while h2 still knows it), so the client can go on.
+            if event.flow_controlled_length:
+                try:
+                    self.conn.acknowledge_received_data(
+                        event.flow_controlled_length, event.stream_id
+                    )
+                except h2.exceptions.H2Error:
+                    pass
+                self.transport.write(self.conn.data_to_send())  # type: ignore[union-attr]
+            return
         if event.data or event.stream_ended is not None:
             super()._requestDataReceived(event)
             return
@@ -227,3 +249,11 @@ class GuardedH2Connection(H2Connection):
         if event.flow_controlled_length:
             # Padding only: it used window, which the stream gives back.
             super()._requestDataReceived(event)
+
+    def _requestEnded(self, event: h2.events.StreamEnded) -> None:
+        if not self._gone(event.stream_id):
+            super()._requestEnded(event)
+
+    def _requestAborted(self, event: h2.events.StreamReset) -> None:
+        if not self._gone(event.stream_id):
+            super()._requestAborted(event)
