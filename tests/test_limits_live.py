@@ -277,6 +277,39 @@ class LimitsTests(TestCase):
         self.assertFalse(any(h.closed for h in held))
 
     @inlineCallbacks
+    def test_other_addresses_do_not_reset_a_bucket(self) -> Any:
+        """
+        With C{tracked_addresses} full, a client over its budget stays over it
+        after requests from as many other /64s (the table forgets no bucket
+        that is not full; the others share one bucket).
+        """
+        limits = "[limits]\nanonymous_rate = 0.01\nanonymous_burst = 2\ntracked_addresses = 8"
+        d = BehindProxy(self, WEB, 15.0, extra_toml=limits)
+        d.start_service()
+        d.start_connector(connections=1)
+        yield d.wait_for_connections(1)
+        proxy = client(d, "127.0.0.3")
+
+        @inlineCallbacks
+        def codes(address: str, count: int = 1) -> Any:
+            headers = Headers({b"x-forwarded-for": [address.encode()]})
+            result = []
+            for _ in range(count):
+                response = yield proxy.get(URL + "/echo", headers=headers)
+                yield response.content()
+                result.append(response.code)
+            return result
+
+        self.assertEqual((yield codes("2001:db8:1:1::1", 3)), [200, 200, 429])
+        others = []
+        for n in range(2, 10):
+            others += yield codes(f"2001:db8:1:{n:x}::1")
+        # Seven take the table's other places; the eighth has the shared bucket.
+        self.assertEqual(others, [200] * 8)
+        self.assertEqual((yield codes("2001:db8:1:1::ffff", 2)), [429, 429])
+        self.assertEqual((yield codes("2001:db8:1:a::1", 3)), [200, 429, 429])
+
+    @inlineCallbacks
     def test_h2_reset_budget(self) -> Any:
         """C{h2_reset_burst}: a client resetting more streams at once gets GOAWAY."""
         d = yield self.deployment("h2_reset_burst = 5\nh2_reset_rate = 1", 0)

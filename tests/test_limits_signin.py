@@ -3,7 +3,8 @@ The three request budgets of C{[limits]} through a real service signing in
 with the built-in provider (in this process, real TLS on loopback): the
 sign-in endpoints have their own budget, signed-in requests theirs, and
 requests without a session the anonymous one; the service's own calls to
-the provider are not charged.
+the provider are not charged, but the clients of a reverse proxy on the
+provider address are.
 """
 
 from __future__ import annotations
@@ -28,6 +29,11 @@ signin_rate = 0.01
 signin_burst = 8
 signed_in_rate = 0.01
 signed_in_burst = 12
+"""
+PROXY_LIMITS = """
+[limits]
+signin_rate = 0.01
+signin_burst = 5
 """
 
 
@@ -86,3 +92,46 @@ class BudgetTests(TestCase):
             statuses.append(page.status)
         self.assertEqual(statuses, [200, 429])
         self.assertIn("signed_in_rate", page.text)
+
+    @inlineCallbacks
+    def test_behind_local_proxy(self) -> Any:
+        """
+        Behind a trusted reverse proxy on the provider address (127.0.0.1),
+        the provider's C{/token} is charged to the client the proxy names in
+        C{X-Forwarded-For}: 429 past the sign-in burst. The service's own
+        token call (from 127.0.0.1, not forwarded) is still not charged.
+        """
+        d = yield start_builtin(self, extra_toml=PROXY_LIMITS)
+        assert d.service is not None
+        path = d.service.config.path
+        text = path.read_text()
+        path.write_text(
+            text.replace("[service]\n", '[service]\ntrusted_proxies = ["127.0.0.1"]\n', 1)
+        )
+        d.service.reload()
+        self.assertTrue(d.service.frontend.trusted_proxies)
+        before = hits(SIGNIN)
+
+        # Five sign-in requests of 127.0.0.1 (its burst): a sixth, the token call, would fail it.
+        alice = d.browser()
+        page = yield sign_in(alice, f"{WEB}/docs")
+        self.assertEqual(page.status, 200)
+        self.assertEqual(hits(SIGNIN), before)
+
+        client = d.browser()
+        forwarded = {"x-forwarded-for": ["203.0.113.9"]}
+        statuses = []
+        for n in range(7):
+            page = yield client.request(
+                "POST",
+                f"https://{LOGIN}/token",
+                body=b"grant_type=authorization_code&code=guess%d" % n,
+                headers={**forwarded, "content-type": ["application/x-www-form-urlencoded"]},
+            )
+            statuses.append(page.status)
+            if page.status == 429:
+                break
+        self.assertEqual(len(statuses), 6, statuses)
+        self.assertNotIn(429, statuses[:-1])
+        self.assertIn("signin_rate", page.text)
+        self.assertEqual(hits(SIGNIN), before + 1)

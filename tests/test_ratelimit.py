@@ -105,14 +105,73 @@ class TokenBucketTests(SynchronousTestCase):
         self.assertEqual(retry_after_header(1.2), b"2")
 
     def test_memory_bound(self) -> None:
-        """However many addresses, at most C{capacity} buckets; the oldest go first."""
+        """
+        However many addresses, at most C{capacity} buckets; past it, new
+        addresses share the overflow bucket while no bucket is full again,
+        and take the place of full ones once they are.
+        """
         buckets = TokenBuckets(Budget(rate=1.0, burst=1), capacity=100)
         for n in range(10_000):
             buckets.take(f"10.0.{n >> 8}.{n & 255}", 0.0)
             self.assertLessEqual(len(buckets), 100)
-        # The last address used is still over its budget; the first was forgotten.
+        # The first 100 kept their (empty) buckets; the others shared one.
+        self.assertIn("10.0.0.0", buckets)
+        self.assertNotIn("10.0.39.15", buckets)
+        self.assertGreater(buckets.take("10.0.0.0", 0.0), 0.0)
         self.assertGreater(buckets.take("10.0.39.15", 0.0), 0.0)
-        self.assertEqual(buckets.take("10.0.0.0", 0.0), 0.0)
+        # A second later every bucket is full again: a new address gets its own.
+        self.assertEqual(buckets.take("10.0.39.15", 1.0), 0.0)
+        self.assertIn("10.0.39.15", buckets)
+        self.assertLessEqual(len(buckets), 100)
+
+    def test_no_reset_by_other_addresses(self) -> None:
+        """
+        A client over its budget stays over it however many other addresses
+        send (the table forgets no bucket that is not full): the least
+        recently used one is not forgotten to make room.
+        """
+        buckets = TokenBuckets(Budget(rate=0.01, burst=2), capacity=8)
+        spent = [buckets.take("2001:db8:1:1::/64", 0.0) for _ in range(3)]
+        self.assertEqual(spent[:2], [0.0, 0.0])
+        self.assertGreater(spent[2], 0.0)
+        for n in range(2, 10_000):
+            buckets.take(f"2001:db8:1:{n:x}::/64", 0.0)
+        self.assertGreater(buckets.take("2001:db8:1:1::/64", 0.0), 0.0)
+        # The overflow bucket is one more shared key: spent after its burst.
+        self.assertGreater(buckets.take("2001:db8:2::/64", 0.0), 0.0)
+
+    @settings(max_examples=300, deadline=None)
+    @given(
+        budgets,
+        st.integers(min_value=1, max_value=4),
+        st.lists(
+            st.tuples(st.integers(0, 7), st.floats(min_value=0.0, max_value=3.0)), max_size=80
+        ),
+    )
+    def test_bounded_table_is_unbounded_per_key(
+        self, budget: Budget, capacity: int, steps: list[tuple[int, float]]
+    ) -> None:
+        """
+        Whatever other keys do, each key (the overflow bucket as one more)
+        is answered exactly as by a table that never forgets: so a key's
+        admitted requests never exceed C{burst + rate * elapsed}.
+        """
+        buckets = TokenBuckets(budget, capacity=capacity)
+        reference = TokenBuckets(budget, capacity=1_000)
+        admitted: dict[str, int] = {}
+        first: dict[str, float] = {}
+        now = 0.0
+        for key_number, gap in steps:
+            now += gap
+            key = str(key_number)
+            wait = buckets.take(key, now)
+            self.assertLessEqual(len(buckets), capacity)
+            charged = key if key in buckets else "overflow"
+            self.assertEqual(wait, reference.take(charged, now))
+            first.setdefault(charged, now)
+            admitted[charged] = admitted.get(charged, 0) + (wait == 0.0)
+            allowed = budget.burst + budget.rate * (now - first[charged]) + 1e-6
+            self.assertLessEqual(admitted[charged], allowed)
 
     @settings(max_examples=200, deadline=None)
     @given(budgets, st.lists(st.floats(min_value=0.0, max_value=5.0), max_size=60))

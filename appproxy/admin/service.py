@@ -1,8 +1,9 @@
 """
 The admin API's listener (C{[admin] listen}: HTTPS, ALPN C{http/1.1}, with
-C{[admin] cert}/C{key} or the service's first certificate) and the
-retention of sign-in and audit events (C{[events] retention_days}: rows
-older are purged at start and then daily, in the database's pool).
+C{[admin] cert}/C{key} or the service's first certificate; no request body,
+a header deadline and caps on connections: L{appproxy.daemon.side_listener})
+and the retention of sign-in and audit events (C{[events] retention_days}:
+rows older are purged at start and then daily, in the database's pool).
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
-from twisted.web import server
 
 from appproxy.access.cookie import Sealer
 from appproxy.admin import records
@@ -23,6 +23,7 @@ from appproxy.admin.auth import AdminAuth
 from appproxy.admin.page import AdminSite
 from appproxy.admin.page_auth import PageAuth
 from appproxy.config import ServiceConfig
+from appproxy.daemon.side_listener import SideSite, capped
 from appproxy.daemon.tls import ReloadableTLS, SNIServerContextFactory
 from appproxy.oidc.client import RelyingParty
 from appproxy.state.database import StateDatabase
@@ -33,8 +34,6 @@ log = Logger()
 
 #: Seconds between two retention purges.
 PURGE_INTERVAL: Final = 86_400.0
-#: Seconds an admin API connection may be idle.
-IDLE_TIMEOUT: Final = 60
 
 
 def _tls(config: ServiceConfig) -> SNIServerContextFactory:
@@ -99,9 +98,8 @@ class AdminService:
         self.resource = AdminResource(self.auth, database)
         #: The admin page's sign-in (C{[admin] url}).
         self.page = PageAuth(config, relying_party, sealer, reactor, database)
-        site = server.Site(AdminSite(self.resource, self.page), timeout=IDLE_TIMEOUT)
-        site.displayTracebacks = False
-        self.factory = TLSMemoryBIOFactory(self.tls, False, site)
+        site = SideSite(AdminSite(self.resource, self.page), reactor)
+        self.factory = capped(TLSMemoryBIOFactory(self.tls, False, site), "admin", reactor)
 
     def reload(self, config: ServiceConfig) -> None:
         """New tokens' checks, certificate and retention (the listener itself: on restart)."""

@@ -279,7 +279,7 @@ class LimitsConfig:
     signed_in_rate: float = 200.0
     signed_in_burst: int = 2000
     tracked_addresses: int = 100_000
-    """Addresses whose buckets are kept, per budget (least recently used forgotten)."""
+    """Addresses whose buckets are kept, per budget (L{appproxy.http.ratelimit.TokenBuckets})."""
     connections_per_address: int = 512
     connections_total: int = 10_000
     queued_per_group: int = 10_000

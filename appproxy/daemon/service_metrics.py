@@ -13,7 +13,8 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 
-from appproxy.observe.exposition import metrics_site
+from appproxy.daemon.side_listener import SideSite, capped
+from appproxy.observe.exposition import MetricsResource
 from appproxy.observe.live import LIVE, Snapshot
 from appproxy.observe.metrics import CONFIG_RELOADS
 
@@ -75,13 +76,18 @@ class ServiceMetrics:
 
     def listen(self) -> None:
         """
-        Open the metrics listener (plain HTTP, C{/metrics} only), if configured.
+        Open the metrics listener (plain HTTP, C{/metrics} only, with the
+        limits of L{appproxy.daemon.side_listener}), if configured.
 
         @raise SystemExit: it cannot be bound (one line on stderr).
         """
         description = self.service.config.metrics.listen
         if description is not None and self.port is None:
-            self.port = self.service._listen(description, "metrics.listen", metrics_site())
+            site = SideSite(MetricsResource(), self.service.reactor)
+            # No access log: scrapes are frequent.
+            site.log = lambda request: None  # type: ignore[method-assign]
+            factory = capped(site, "metrics", self.service.reactor)
+            self.port = self.service._listen(description, "metrics.listen", factory)
             log.info("Metrics on {description} (/metrics)", description=description)
 
     def stop(self) -> Deferred[None] | None:

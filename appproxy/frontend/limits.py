@@ -90,14 +90,22 @@ class RequestLimiter:
             self._buckets[name].budget = budget
             self._buckets[name].capacity = config.tracked_addresses
 
-    def login_budget(self, path: bytes, signs_in: bool, peer: str) -> str | None:
+    def login_budget(
+        self, path: bytes, signs_in: bool, peer: str, client: IPAddress | None = None
+    ) -> str | None:
         """
         The budget of a request for C{path} on a login host (C{signs_in}: the
-        sign-in start or the callback) from the TCP peer C{peer}; L{None}:
-        not charged (the service's own call to the built-in provider).
+        sign-in start or the callback) from the TCP peer C{peer}, whose client
+        address (after C{trusted_proxies}) is C{client} (L{None}: the peer's);
+        L{None}: not charged (the service's own call to the built-in provider).
+
+        Only a request from the provider address that no trusted proxy
+        forwarded is the service's own: a reverse proxy on the same host
+        connects from that address too, for clients of the internet.
         """
         if path in _BACK_CHANNEL and self.own_peer is not None:
-            if _address_of(peer) == self.own_peer:
+            own = _address_of(peer) == self.own_peer
+            if own and (client is None or unmapped(client) == self.own_peer):
                 return None
         return SIGNIN if signs_in or path in SIGNIN_PROVIDER_PATHS else ANONYMOUS
 
@@ -110,8 +118,16 @@ class RequestLimiter:
         One request of C{address} against C{budget}: C{0.0} if it may go on,
         else the seconds until it may (counted as a limit hit).
         """
-        key = address_key(address)
-        wait = self._buckets[budget].take(key, now)
+        key, buckets = address_key(address), self._buckets[budget]
+        wait = buckets.take(key, now)
+        if key not in buckets and not buckets.budget.unlimited:
+            if self._logged.due(f"{budget} overflow", now):
+                log.warn(
+                    "The {budget} budget keeps {tracked} addresses ([limits] tracked_addresses),"
+                    " none with a full bucket: new addresses share one bucket (said once a minute)",
+                    budget=budget,
+                    tracked=len(buckets),
+                )
         if wait:
             LIMIT_HITS.labels(limit=budget).inc()
             if self._logged.due(f"{budget} {key}", now):

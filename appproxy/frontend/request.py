@@ -241,7 +241,8 @@ class ProxyRequest(ExchangeRequest):
         sign_in = self.frontend.sign_in
         callback_path = self.frontend.callback_path
         own = self.path in (SIGN_IN_PATH.encode(), callback_path)
-        budget = self.frontend.limiter.login_budget(self.path, own, self._client_address())
+        peer, client = self._client_address(), self._resolved_client_ip()
+        budget = self.frontend.limiter.login_budget(self.path, own, peer, client)
         if budget is not None and self._over_budget(budget):
             return
         if sign_in is not None and own:

@@ -10,9 +10,19 @@ long until the next one (its C{Retry-After}).  This is nginx's C{limit_req}
 with C{burst} and C{nodelay}: up to C{burst} requests at once, then C{rate}
 per second.
 
-The table keeps at most C{capacity} addresses: the one used least recently
-is forgotten first (a forgotten address starts again with a full bucket), so
-memory stays bounded whatever the number of addresses sending.
+The table keeps at most C{capacity} addresses, so memory stays bounded
+whatever the number of addresses sending, and never forgets a bucket that
+is not full: when full, it forgets buckets that have refilled to their
+burst (a forgotten address starts again with a full bucket: forgetting
+those changes nothing), and if none has, a new address is charged to one
+shared overflow bucket (of the same budget) instead, until there is room.
+It looks for full buckets among the L{TokenBuckets.SCAN} least recently used
+only (the work per request stays bounded; a bucket unused for
+C{burst / rate} seconds is full).  A smaller C{capacity} (a reload) keeps
+the buckets beyond it until they are full again.
+So whatever other addresses do, an address never gets more than its own
+C{burst + rate * elapsed}, the overflow bucket counting as one more address
+(with a clock that does not step back).
 
 Pure: no reactor, no I/O; the caller gives the time.
 """
@@ -21,6 +31,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import itertools
 import math
 from collections import OrderedDict
 
@@ -91,42 +102,70 @@ def retry_after(tokens: float, budget: Budget) -> float:
 
 class TokenBuckets:
     """
-    One budget's buckets, one per address key, at most C{capacity} of them
-    (the least recently used forgotten first).
+    One budget's buckets, one per address key, at most C{capacity} of them;
+    past it, new keys share one overflow bucket (see the module).
     """
+
+    #: How many of the least recently used buckets a new key looks at for
+    #: full ones to forget when the table is full (bounds the work per request).
+    SCAN = 32
 
     def __init__(self, budget: Budget, capacity: int) -> None:
         self.budget = budget
         self.capacity = capacity
         #: key -> (tokens, when they were counted), least recently used first.
         self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+        #: The bucket new keys share while the table is full of buckets not full.
+        self._overflow: tuple[float, float] | None = None
 
     def __len__(self) -> int:
         return len(self._buckets)
 
+    def __contains__(self, key: object) -> bool:
+        """Whether C{key} has a bucket of its own (not the overflow one)."""
+        return key in self._buckets
+
     def take(self, key: str, now: float) -> float:
         """
-        Take a token of C{key}'s bucket: C{0.0} if there was one, else the
-        seconds until there is one (nothing is taken).
+        Take a token of C{key}'s bucket (the overflow bucket for a new key
+        while the table is full): C{0.0} if there was one, else the seconds
+        until there is one (nothing is taken).
         """
-        budget = self.budget
-        if budget.unlimited:
+        if self.budget.unlimited:
             return 0.0
         held = self._buckets.pop(key, None)
+        if held is None and len(self._buckets) >= max(1, self.capacity):
+            self._forget_full(now)
+            if len(self._buckets) >= max(1, self.capacity):
+                wait, self._overflow = self._charge(self._overflow, now)
+                return wait
+        wait, self._buckets[key] = self._charge(held, now)
+        return wait
+
+    def _charge(
+        self, held: tuple[float, float] | None, now: float
+    ) -> tuple[float, tuple[float, float]]:
+        """The wait (see L{take}) and the bucket after a request, from the bucket C{held}."""
+        budget = self.budget
         tokens = float(budget.burst)
         if held is not None:
             tokens = refill(held[0], now - held[1], budget)
             # A clock stepping back is not credit to spend later.
             now = max(now, held[1])
-        wait = 0.0
         if tokens >= 1.0:
-            tokens -= 1.0
-        else:
-            wait = retry_after(tokens, budget)
-        self._buckets[key] = (tokens, now)
-        while len(self._buckets) > max(1, self.capacity):
-            self._buckets.popitem(last=False)
-        return wait
+            return 0.0, (tokens - 1.0, now)
+        return retry_after(tokens, budget), (tokens, now)
+
+    def _forget_full(self, now: float) -> None:
+        """Forget the buckets among the L{SCAN} least recently used that are full again."""
+        budget = self.budget
+        full = [
+            key
+            for key, (tokens, when) in itertools.islice(self._buckets.items(), self.SCAN)
+            if refill(tokens, now - when, budget) >= budget.burst
+        ]
+        for key in full:
+            del self._buckets[key]
 
 
 class Throttle:

@@ -4,7 +4,9 @@ exposition of L{appproxy.observe.metrics.REGISTRY}, anything else 404.
 
 Rendered in the reactor's thread (not prometheus_client's WSGI resource,
 which renders in a thread pool): the collectors read the service's live
-state, which only the reactor's thread may touch.
+state, which only the reactor's thread may touch.  The listener's site and
+its limits are L{appproxy.daemon.side_listener}'s (built in
+L{appproxy.daemon.service_metrics}).
 """
 
 from __future__ import annotations
@@ -14,11 +16,11 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import CollectorRegistry
 from twisted.logger import Logger
-from twisted.web import resource, server
+from twisted.web import resource
 
 from appproxy.observe.metrics import REGISTRY
 
-__all__ = ["MetricsResource", "metrics_site"]
+__all__ = ["MetricsResource"]
 
 log = Logger()
 
@@ -51,11 +53,3 @@ class MetricsResource(resource.Resource):
             return b"Collecting the metrics failed: see the service's log\n"
         request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode("ascii"))
         return body
-
-
-def metrics_site(registry: CollectorRegistry = REGISTRY) -> server.Site:
-    """The metrics listener's factory (no access log: scrapes are frequent)."""
-    site = server.Site(MetricsResource(registry))
-    site.noisy = False
-    site.log = lambda request: None  # type: ignore[method-assign]
-    return site
