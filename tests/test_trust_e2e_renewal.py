@@ -31,10 +31,10 @@ from tests.trust_deployment import (
     WAIT,
     Connector,
     Files,
-    RequestLoop,
     TrustDeployment,
     start,
 )
+from tests.trust_load import RequestLoop
 from tests.websocket_clients import wait_until
 
 AGE = datetime.timedelta(days=200)

@@ -13,7 +13,8 @@ from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import TestCase
 
-from tests.trust_deployment import RequestLoop, start
+from tests.trust_deployment import start
+from tests.trust_load import RequestLoop
 from tests.websocket_clients import wait_until
 
 #: The contract: a revoked connector's tunnels close within a second of the

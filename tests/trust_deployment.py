@@ -33,8 +33,7 @@ import attrs
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
-from twisted.internet import reactor
-from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
+from twisted.internet.defer import Deferred, inlineCallbacks
 
 from appproxy.daemon import pki
 from appproxy.state.enrolment_tokens import create_token
@@ -52,7 +51,6 @@ __all__ = [
     "USER_CODE",
     "Connector",
     "Files",
-    "RequestLoop",
     "TrustDeployment",
     "start",
 ]
@@ -258,7 +256,7 @@ class TrustDeployment(Deployment):
     ) -> Deferred[Any]:
         def enough() -> bool:
             if connector.process is not None and not connector.process.running:
-                raise AssertionError(f"the connector exited:\n{self.describe()}")
+                raise AssertionError(f"the connector exited:\n{connector.process.describe()}")
             return self.connections(connector) == count
 
         return wait_until(enough, f"{count} tunnel connections of {connector.name}", timeout)
@@ -271,10 +269,6 @@ class TrustDeployment(Deployment):
             for p in processes
             if p is not None
         )
-
-    def describe(self) -> str:
-        processes = [self.service_process, *(c.process for c in self.named.values())]
-        return "\n".join(p.describe() for p in processes if p is not None)
 
     # -- the enrolment API and the tunnel, spoken directly -------------------
 
@@ -328,54 +322,6 @@ class TrustDeployment(Deployment):
             return True
 
         return in_thread(attempt)
-
-
-@attrs.define
-class RequestLoop:
-    """
-    C{workers} clients each sending C{GET /loop/N} to the app, one after the
-    other, until stopped or C{limit} requests in all (loopback only).
-
-    @ivar results: C{(started, ended, status or exception name)} of each.
-    """
-
-    deployment: TrustDeployment
-    workers: int = 4
-    limit: int = 3000
-    results: list[tuple[float, float, int | str]] = attrs.field(factory=list)
-    _stopped: bool = False
-    _running: list[Deferred[None]] = attrs.field(factory=list)
-
-    def start(self) -> RequestLoop:
-        self._running = [self._worker() for _ in range(self.workers)]
-        return self
-
-    @inlineCallbacks
-    def _worker(self) -> Any:
-        client = self.deployment.client()
-        while not self._stopped and len(self.results) < self.limit:
-            started = reactor.seconds()
-            outcome: int | str
-            try:
-                url = self.deployment.url("web", f"/loop/{len(self.results)}")
-                response = yield client.get(url, timeout=10)
-                yield response.content()
-                outcome = response.code
-            except Exception as e:
-                outcome = type(e).__name__
-            self.results.append((started, reactor.seconds(), outcome))
-
-    def wait(self, more: int, timeout: float = WAIT) -> Deferred[Any]:
-        """Wait until C{more} further requests have ended."""
-        target = len(self.results) + more
-        return wait_until(lambda: len(self.results) >= target, f"{more} more requests", timeout)
-
-    def stop(self) -> Deferred[list[None]]:
-        self._stopped = True
-        return gatherResults(self._running)
-
-    def failures(self) -> list[tuple[float, float, int | str]]:
-        return [result for result in self.results if result[2] != 200]
 
 
 def _provider_toml(provider: str | NodeProvider, public: int) -> str:
