@@ -17,13 +17,11 @@ import attrs
 from appproxy.config import ServiceConfig
 from appproxy.oidc.client import RelyingParty
 from appproxy.oidc.errors import SignInError
-from appproxy.oidc.tokens import token_header
 from appproxy.trust.admin_token import (
-    AdminCheck,
     NotAdministrator,
     actor_name,
-    verify_admin_token,
 )
+from appproxy.trust.admin_verify import verify_admin
 
 __all__ = ["AdminAuth", "Unauthorized", "actor", "bearer_token"]
 
@@ -83,20 +81,8 @@ class AdminAuth:
                 "this service checks no tokens: it needs [oidc], and [admin] audience"
                 " or [connectors] device_client_id",
             )
-        check = AdminCheck(
-            issuer=config.oidc.issuer,
-            client_id=audience,
-            algorithms=config.oidc.algorithms,
-            clock_skew=config.oidc.clock_skew,
-            admin_claim=config.connectors.admin_claim,
-            admin_value=config.connectors.admin_value,
-        )
         try:
-            metadata = await rp.metadata()
-            check = attrs.evolve(check, issuer=metadata.issuer)
-            kid = token_header(token).get("kid")
-            keys = await rp.jwks.get_keys(kid if isinstance(kid, str) else None)
-            return verify_admin_token(token, keys=keys, check=check, now=int(self.clock.seconds()))
+            return await verify_admin(token, rp, config, audience, int(self.clock.seconds()))
         except SignInError as e:
             raise Unauthorized(401, "invalid_token", e.reason) from None
         except NotAdministrator as e:

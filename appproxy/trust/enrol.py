@@ -15,7 +15,6 @@ import datetime
 from collections.abc import Callable
 from typing import Any
 
-import attrs
 from cryptography import x509
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -24,16 +23,14 @@ from appproxy.config import ServiceConfig
 from appproxy.daemon import csr, pki
 from appproxy.oidc.client import RelyingParty
 from appproxy.oidc.errors import SignInError
-from appproxy.oidc.tokens import token_header
 from appproxy.state import connectors
 from appproxy.trust.admin_token import (
     USED_KIND,
-    AdminCheck,
     NotAdministrator,
     actor_name,
     use_id,
-    verify_admin_token,
 )
+from appproxy.trust.admin_verify import verify_admin
 from appproxy.trust.admission import AdmissionGate
 from appproxy.trust.errors import CERTIFICATE_ERRORS, Answer, Refused
 from appproxy.trust.renewal import first_sight, record_renewal
@@ -194,20 +191,8 @@ class Enrolment:
                 " [connectors] device_client_id): use an enrolment token"
                 " (appproxy connectors token create --group NAME)",
             )
-        check = AdminCheck(
-            issuer=config.oidc.issuer,
-            client_id=client_id,
-            algorithms=config.oidc.algorithms,
-            clock_skew=config.oidc.clock_skew,
-            admin_claim=config.connectors.admin_claim,
-            admin_value=config.connectors.admin_value,
-        )
         try:
-            metadata = await rp.metadata()
-            check = attrs.evolve(check, issuer=metadata.issuer)
-            kid = token_header(token).get("kid")
-            keys = await rp.jwks.get_keys(kid if isinstance(kid, str) else None)
-            return verify_admin_token(token, keys=keys, check=check, now=int(self.clock.seconds()))
+            return await verify_admin(token, rp, config, client_id, int(self.clock.seconds()))
         except SignInError as e:
             raise Refused(401, "invalid_token", e.reason) from None
         except NotAdministrator as e:
