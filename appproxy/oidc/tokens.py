@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import base64
 import math
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 from urllib.parse import quote_plus, urlencode
 
@@ -30,6 +30,7 @@ __all__ = [
     "check_id_token_claims",
     "code_exchange_request",
     "parse_token_response",
+    "signed_claims",
     "token_header",
     "verify_id_token",
 ]
@@ -237,6 +238,39 @@ def check_id_token_claims(
             raise _token_error("The sign-in at the identity provider is too old (auth_time)")
 
 
+def signed_claims(
+    raw: str, *, keys: Mapping[str, jwt.PyJWK], algorithms: Collection[str]
+) -> dict[str, Any]:
+    """
+    The claims of an ID token whose header and signature are good (the
+    first half of L{verify_id_token}; the claims are not checked): C{alg}
+    one of C{algorithms} and of L{ID_TOKEN_ALGORITHMS}, no C{crit}, the key
+    chosen by C{kid} (L{choose_key}), the signature checked with that key
+    and that algorithm only.
+
+    @raise SignInError: (step C{"id-token"}) with the reason.
+    """
+    header = token_header(raw)
+    alg = header.get("alg")
+    if not isinstance(alg, str) or alg not in ID_TOKEN_ALGORITHMS or alg not in algorithms:
+        raise _token_error("The ID token is signed with an algorithm that is not allowed (alg)")
+    if "crit" in header:
+        raise _token_error("The ID token uses header extensions this service does not know (crit)")
+    key = choose_key(keys, header.get("kid"), alg)
+    try:
+        decoded = jwt.api_jws.PyJWS(algorithms=[alg]).decode_complete(
+            raw, key=key.key, algorithms=[alg]
+        )
+    except jwt.InvalidSignatureError:
+        raise _token_error("The ID token's signature is not valid") from None
+    except jwt.PyJWTError:
+        raise _token_error("The ID token is malformed") from None
+    claims = json_object(decoded["payload"])
+    if claims is None:
+        raise _token_error("The ID token's claims are malformed")
+    return claims
+
+
 def verify_id_token(
     raw: str,
     *,
@@ -264,24 +298,7 @@ def verify_id_token(
 
     @raise SignInError: (step C{"id-token"}) with the reason.
     """
-    header = token_header(raw)
-    alg = header.get("alg")
-    if not isinstance(alg, str) or alg not in ID_TOKEN_ALGORITHMS or alg not in settings.algorithms:
-        raise _token_error("The ID token is signed with an algorithm that is not allowed (alg)")
-    if "crit" in header:
-        raise _token_error("The ID token uses header extensions this service does not know (crit)")
-    key = choose_key(keys, header.get("kid"), alg)
-    try:
-        decoded = jwt.api_jws.PyJWS(algorithms=[alg]).decode_complete(
-            raw, key=key.key, algorithms=[alg]
-        )
-    except jwt.InvalidSignatureError:
-        raise _token_error("The ID token's signature is not valid") from None
-    except jwt.PyJWTError:
-        raise _token_error("The ID token is malformed") from None
-    claims = json_object(decoded["payload"])
-    if claims is None:
-        raise _token_error("The ID token's claims are malformed")
+    claims = signed_claims(raw, keys=keys, algorithms=settings.algorithms)
     check_id_token_claims(
         claims,
         issuer=metadata.issuer,
