@@ -53,46 +53,42 @@ class LiveCollector(Collector):
 
     @staticmethod
     def _families(now: Snapshot) -> Iterator[Metric]:
-        depth = GaugeMetricFamily(
-            "appproxy_queue_depth",
-            "Requests waiting in a connector group's queue for a tunnel stream.",
-            labels=("group", "queue"),
-        )
-        for (group, queue), value in sorted(now.queue_depth.items()):
-            depth.add_metric((group, queue), value)
-        yield depth
-        connections = GaugeMetricFamily(
-            "appproxy_tunnel_connections",
-            "Tunnel connections open, per connector and its group.",
-            labels=("connector", "group"),
-        )
-        for key, value in sorted(now.tunnel_connections.items()):
-            connections.add_metric(key, value)
-        yield connections
-        streams = GaugeMetricFamily(
-            "appproxy_tunnel_streams",
-            "Tunnel streams in flight (requests and WebSockets), per connector and its group.",
-            labels=("connector", "group"),
-        )
-        for key, value in sorted(now.tunnel_streams.items()):
-            streams.add_metric(key, value)
-        yield streams
-        expiry = GaugeMetricFamily(
-            "appproxy_connector_certificate_expiry_timestamp_seconds",
-            "The notAfter of each connected connector's certificate (seconds since the epoch).",
-            labels=("connector",),
-        )
-        for connector, when in sorted(now.certificate_expiry.items()):
-            expiry.add_metric((connector,), when)
-        yield expiry
-        websockets = GaugeMetricFamily(
-            "appproxy_websockets_open",
-            "WebSockets open (or opening) on the public listener, per app.",
-            labels=("app",),
-        )
-        for app, value in sorted(now.websockets_open.items()):
-            websockets.add_metric((app,), value)
-        yield websockets
+        for name, text, labels, values in (
+            (
+                "appproxy_queue_depth",
+                "Requests waiting in a connector group's queue for a tunnel stream.",
+                ("group", "queue"),
+                now.queue_depth,
+            ),
+            (
+                "appproxy_tunnel_connections",
+                "Tunnel connections open, per connector and its group.",
+                ("connector", "group"),
+                now.tunnel_connections,
+            ),
+            (
+                "appproxy_tunnel_streams",
+                "Tunnel streams in flight (requests and WebSockets), per connector and its group.",
+                ("connector", "group"),
+                now.tunnel_streams,
+            ),
+            (
+                "appproxy_connector_certificate_expiry_timestamp_seconds",
+                "The notAfter of each connected connector's certificate (seconds since the epoch).",
+                ("connector",),
+                {(connector,): when for connector, when in now.certificate_expiry.items()},
+            ),
+            (
+                "appproxy_websockets_open",
+                "WebSockets open (or opening) on the public listener, per app.",
+                ("app",),
+                {(app,): value for app, value in now.websockets_open.items()},
+            ),
+        ):
+            family = GaugeMetricFamily(name, text, labels=labels)
+            for key, value in sorted(values.items()):
+                family.add_metric(key, value)
+            yield family
         if now.last_reload is not None:
             yield GaugeMetricFamily(
                 "appproxy_config_last_reload_success_timestamp_seconds",
