@@ -103,6 +103,10 @@ def summary_rows(results: dict[str, Any]) -> list[list[str]]:
                     _verdict(r[key] <= idle_memory.TARGET_KIB),
                 ]
             )
+    rows += [
+        [measure, value, "", target, verdict]
+        for measure, value, target, verdict in throughput.target_rows(t)
+    ]
     w = results.get("websocket")
     if w is not None:
         rows += [

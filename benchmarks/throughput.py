@@ -37,6 +37,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import h2clients
 import harness
 import naive
 from harness import CpuMeter, Stack, StackOptions, least_disturbed, wait_quiet, wrk
@@ -197,12 +198,27 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 stack,
                 args.attempts,
             )
+        # HTTP/2 clients against HTTP/1.1 clients, both h2load (see h2clients).
+        for key, h1 in (("h1_clients", True), ("h2_clients", False)):
+            results[key] = least_disturbed(
+                lambda h1=h1: h2clients.measure(
+                    stack,
+                    proxy_url,
+                    host,
+                    clients=args.concurrency,
+                    seconds=args.duration,
+                    h1=h1,
+                ),
+                stack,
+                args.attempts,
+            )
         for key in ("", "_c1"):
             plain, signed = results[f"proxy{key}"], results[f"signed_in{key}"]
             if plain.get("rps"):
                 results[f"signed_in_vs_proxy{key}"] = round(signed["rps"] / plain["rps"], 3)
         if args.naive_url:
             results["vs_naive"] = vs_naive(results)
+        results["targets"] = targets(results)
         results["memory_kib"] = stack.memory()
         if args.profile:
             results["profile"] = profile(stack, proxy_url, host, args)
@@ -229,6 +245,69 @@ def vs_naive(results: dict[str, Any]) -> dict[str, float]:
     n1, p1 = results["naive_c1"], results["proxy_c1"]
     out["proxy_c1_p50_ms_minus_naive"] = round(p1["latency_ms"]["p50"] - n1["latency_ms"]["p50"], 3)
     return out
+
+
+#: The performance issue's targets measured here, each a figure from this run.
+TARGET_C1_ADDED_MS = 1.0
+TARGET_SIGNED_IN_SHARE = 0.90
+
+
+def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """
+    The performance issue's targets that this run measures, each as a ratio
+    or a difference between two figures of the same run: measure, value,
+    target and whether it is met.
+    """
+    out: list[dict[str, Any]] = []
+
+    def add(measure: str, value: float | None, target: str, met: bool | None) -> None:
+        out.append({"measure": measure, "value": value, "target": target, "met": met})
+
+    v = results.get("vs_naive")
+    if v is not None:
+        ratio = v.get("proxy_rps_per_cpu")
+        add(
+            "requests per CPU-second, appproxy / naive tunnel",
+            ratio,
+            f">= {TARGET_VS_NAIVE}",
+            None if ratio is None else ratio >= TARGET_VS_NAIVE,
+        )
+    p1, d1 = results["proxy_c1"], results["direct_c1"]
+    added = round(p1["latency_ms"]["p50"] - d1["latency_ms"]["p50"], 3)
+    add(
+        "c1 p50 latency added over direct (ms)",
+        added,
+        f"<= {TARGET_C1_ADDED_MS}",
+        added <= TARGET_C1_ADDED_MS,
+    )
+    plain, signed = results["proxy"], results["signed_in"]
+    share = None
+    if plain.get("rps_per_cpu_daemons") and signed.get("rps_per_cpu_daemons"):
+        share = round(signed["rps_per_cpu_daemons"] / plain["rps_per_cpu_daemons"], 3)
+    add(
+        "signed in / passthrough, requests per CPU-second",
+        share,
+        f">= {TARGET_SIGNED_IN_SHARE}",
+        None if share is None else share >= TARGET_SIGNED_IN_SHARE,
+    )
+    h2 = h2clients.ratio(results)
+    add(
+        "HTTP/2 / HTTP/1.1 clients (h2load), requests per CPU-second",
+        h2,
+        f">= {h2clients.TARGET_H2_VS_H1}",
+        None if h2 is None else h2 >= h2clients.TARGET_H2_VS_H1,
+    )
+    return out
+
+
+def target_rows(results: dict[str, Any]) -> list[list[str]]:
+    """L{targets} as table rows: measure, value, target, verdict."""
+    rows = []
+    for t in results.get("targets", []):
+        value = "-" if t["value"] is None else f"{t['value']:g}"
+        verdict = "-" if t["met"] is None else ("met" if t["met"] else "NOT MET")
+        rows.append([t["measure"], value, t["target"], verdict])
+    return rows
 
 
 def profile(stack: Stack, url: str, host: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -315,7 +394,26 @@ def rows(results: dict[str, Any]) -> list[list[str]]:
             "",
         ],
         *naive_rows(results),
+        *h2_rows(results),
     ]
+
+
+def h2_rows(results: dict[str, Any]) -> list[list[str]]:
+    """Rows for the h2load runs: HTTP/1.1 and HTTP/2 clients of the same client program."""
+    out = []
+    for key, label in (("h1_clients", "HTTP/1.1"), ("h2_clients", "HTTP/2")):
+        r = results.get(key)
+        if r is None:
+            continue
+        out.append(
+            [
+                f"h2load {label} clients: requests/s / per CPU-second",
+                f"{r['rps']:.0f} / {r['rps_per_cpu_daemons']:.0f}",
+                "",
+                "",
+            ]
+        )
+    return out
 
 
 def naive_rows(results: dict[str, Any]) -> list[list[str]]:
@@ -394,6 +492,7 @@ def main(argv: list[str] | None = None) -> int:
         print(harness.dump_json(results))
     else:
         print(harness.fmt_table(rows(results), ["throughput", "full path", "direct", "target"]))
+        print(harness.fmt_table(target_rows(results), ["target (same run)", "value", "target", ""]))
     return 0
 
 
