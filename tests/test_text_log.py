@@ -8,12 +8,12 @@ from __future__ import annotations
 import io
 import signal
 import time
-from typing import Any
+from typing import Any, cast
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet.task import Clock
-from twisted.logger import Logger, LogPublisher, textFileLogObserver
+from twisted.logger import ILogObserver, Logger, LogPublisher, textFileLogObserver
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
@@ -134,3 +134,19 @@ class ChoiceTests(TestCase):
         Logger("ns", observer=observer).info("hello {x}", x=1)
         with open(path) as f:
             self.assertIn("[ns#info] hello 1\n", f.read())
+
+
+class LineEventTests(TestCase):
+    def test_event_as_info_makes_it(self) -> None:
+        """A line's event is the one C{Logger.info} would emit."""
+        events: list[dict[str, Any]] = []
+        observer = cast(ILogObserver, events.append)
+        log = LineLogger("ns", source=self, observer=observer)
+        plain = Logger("ns", source=self, observer=observer)
+        log.line("GET {x} }{", a=1, log_system="access")
+        plain.info("GET {{x}} }}{{", a=1, log_system="access")
+        ours, theirs = events
+        self.assertLessEqual(abs(ours.pop("log_time") - theirs.pop("log_time")), 1.0)
+        self.assertIs(ours.pop("log_logger"), log)
+        self.assertIs(theirs.pop("log_logger"), plain)
+        self.assertEqual(ours, theirs)

@@ -104,17 +104,11 @@ class ExchangeRequest(http.Request):
         self._headers_complete()
 
     def parseCookies(self) -> None:
-        # twisted.web parses every request's Cookie field into
-        # C{received_cookies} here; only the service's own pages read them,
-        # and they ask for it (L{parse_cookies_now}).
+        # Not twisted.web's parse: only the service's own pages read cookies.
         if self._is_h2 and not self._started:
             channel: Any = self.channel
             self._head = (channel.command, channel.path, b"HTTP/2")
             self._headers_complete()
-
-    def parse_cookies_now(self) -> None:
-        """Fill C{received_cookies} (twisted.web's C{parseCookies})."""
-        http.Request.parseCookies(self)
 
     def _headers_complete(self) -> None:
         """

@@ -69,8 +69,7 @@ class ProxyRequest(ExchangeRequest):
         self._websocket = False
         #: Body bytes received from the client (the request metrics).
         self.bytes_in = 0
-        #: The Host field (b"" if none), once judged the only one (the access log).
-        self.host_field: bytes | None = None
+        self.host_field: bytes | None = None  # Host (b"" if none), once judged
 
     # -- parsing hooks: a login host's page reads its (small) body itself ---
 
@@ -295,7 +294,7 @@ class ProxyRequest(ExchangeRequest):
         self.prepath: list[bytes] = []
         self.postpath: list[bytes] = self.path[1:].split(b"/")
         if not self.received_cookies:
-            self.parse_cookies_now()
+            Request.parseCookies(self)  # (not done for every request: L{parseCookies})
         try:
             body = getChildForRequest(resource, self).render(self)
         except UnsupportedMethod as refused:
@@ -383,8 +382,6 @@ class ProxyRequest(ExchangeRequest):
 
     def _client_address(self) -> str:
         """The TCP peer's address."""
-        # Request's own (twisted.web.http's module attributes are looked up
-        # through a deprecation proxy: not once per request).
         address: IAddress = Request.getClientAddress(self)
         return str(getattr(address, "host", "unknown"))
 

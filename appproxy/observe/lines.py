@@ -11,7 +11,9 @@ fields.
 
 from __future__ import annotations
 
-from twisted.logger import Logger
+from time import time
+
+from twisted.logger import Logger, LogLevel
 
 __all__ = ["LineLogger", "line_of"]
 
@@ -20,8 +22,20 @@ class LineLogger(Logger):
     """A logger whose events' formats are whole lines, braces doubled."""
 
     def line(self, text: str, **fields: object) -> None:
-        """Log C{text} (at level info) with C{fields} for structured observers."""
-        self.info(text.replace("{", "{{").replace("}", "}}"), **fields)
+        """
+        Log C{text} (at level info) with C{fields} for structured observers:
+        the event C{self.info} would emit, made here (no level check, no
+        trace: a line is never traced).
+        """
+        fields.update(
+            log_logger=self,
+            log_level=LogLevel.info,
+            log_namespace=self.namespace,
+            log_source=self.source,
+            log_format=text.replace("{", "{{").replace("}", "}}"),
+            log_time=time(),
+        )
+        self.observer(fields)
 
 
 def line_of(format: str) -> str:
