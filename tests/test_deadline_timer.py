@@ -90,3 +90,84 @@ class DeadlineTimerTests(TestCase):
         clock.advance(2)
         self.assertTrue(transport.disconnecting)
         self.assertIn(b"408", transport.value())
+
+
+IDLE = 30.0
+
+
+def connect_idle(clock: Clock) -> tuple[DeadlineHTTPChannel, StringTransport]:
+    """A channel with twisted.web's idle timeout (and no header deadline)."""
+    channel = DeadlineHTTPChannel()
+    channel.callLater = clock.callLater  # type: ignore[assignment]
+    channel.timeOut = IDLE  # type: ignore[assignment]
+    channel.requestFactory = Held
+    transport = StringTransport()
+    channel.makeConnection(transport)
+    return channel, transport
+
+
+class Held(http.Request):
+    """Holds every request until the test finishes it."""
+
+    held: list[http.Request] = []
+
+    def process(self) -> None:
+        Held.held.append(self)
+
+
+class IdleTimerTests(TestCase):
+    """
+    twisted.web's idle timeout on the same channel: one timer per
+    connection, parked (not cancelled and made anew) while a request is
+    handled, with the same idle deadline as before.
+    """
+
+    def setUp(self) -> None:
+        Held.held = []
+        self.clock = Clock()
+        self.channel, self.transport = connect_idle(self.clock)
+        self.addCleanup(lambda: self.channel.connectionLost(Failure(ConnectionDone())))
+
+    def answer(self) -> None:
+        request = Held.held.pop()
+        request.setResponseCode(204)
+        request.finish()
+
+    def test_one_idle_timer_per_connection(self) -> None:
+        """Request after request, the idle timer is the same DelayedCall."""
+        self.channel.dataReceived(GET)
+        first = self.channel._idle_timer
+        self.assertIsNotNone(first)
+        for _ in range(3):
+            self.answer()
+            self.clock.advance(1)
+            self.channel.dataReceived(GET)
+        self.answer()
+        self.assertIs(self.channel._idle_timer, first)
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+
+    def test_idle_connection_times_out(self) -> None:
+        """IDLE seconds after the last response, the connection is closed."""
+        self.channel.dataReceived(GET)
+        self.clock.advance(IDLE / 2)
+        self.answer()
+        self.clock.advance(IDLE - 1)
+        self.assertFalse(self.transport.disconnecting)
+        self.clock.advance(2)
+        self.assertTrue(self.transport.disconnecting)
+
+    def test_long_request_not_timed_out(self) -> None:
+        """A request handled for longer than IDLE is not cut off."""
+        self.channel.dataReceived(GET)
+        self.clock.advance(IDLE * 3)
+        self.assertFalse(self.transport.disconnecting)
+        self.answer()
+        self.assertIn(b"204", self.transport.value())
+        self.clock.advance(IDLE + 1)
+        self.assertTrue(self.transport.disconnecting)
+
+    def test_lost_connection_leaves_no_timer(self) -> None:
+        """A connection lost mid-request leaves nothing scheduled."""
+        self.channel.dataReceived(GET)
+        self.channel.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(self.clock.getDelayedCalls(), [])

@@ -113,8 +113,12 @@ class Assignment:
         return _folded(self.users)
 
     def assigned(self, user: str, groups: frozenset[str]) -> bool:
-        """Is C{user}, a member of C{groups}, assigned?"""
-        return self.explain(user, groups) is not None
+        """Is C{user}, a member of C{groups}, assigned?  (As L{explain}, not worded.)"""
+        if (not self.users and not self.groups) or ANY in self.users:
+            return True
+        if user.casefold() in self._users_folded:
+            return True
+        return any(group in groups for group in self.groups)
 
     def explain(self, user: str, groups: frozenset[str]) -> str | None:
         """How C{user} is assigned, as a phrase; L{None} if they are not."""

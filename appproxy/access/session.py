@@ -114,19 +114,24 @@ class Session:
         C{user} (the user name) come from the fields above; any other name
         from C{claims}.  L{None} if the session has no such claim.
         """
-        fields: dict[str, ClaimValue | None] = {
-            "user": self.user,
-            "sub": self.subject,
-            "name": self.name,
-            "email": self.email,
-            "groups": self.groups,
-            "roles": self.roles,
-            "amr": self.amr,
-            "acr": self.acr,
-        }
-        if name in fields:
-            return fields[name]
+        field = _CLAIM_FIELDS.get(name)
+        if field is not None:
+            value: ClaimValue | None = getattr(self, field)
+            return value
         return self.claims.get(name)
+
+
+#: The claims L{Session.claim} reads from the session's fields: claim -> field.
+_CLAIM_FIELDS: dict[str, str] = {
+    "user": "user",
+    "sub": "subject",
+    "name": "name",
+    "email": "email",
+    "groups": "groups",
+    "roles": "roles",
+    "amr": "amr",
+    "acr": "acr",
+}
 
 
 # The session as JSON: short keys, every field always present.

@@ -135,6 +135,14 @@ class DeadlineHTTPChannel(StrictHTTPChannel):
     _cut_timer: IDelayedCall | None = None
     _deadline = 0.0
     _closing = False
+    _lost = False
+    _peer_address: Any = None
+    _host_address: Any = None
+    """The connection's addresses (the same for all its requests), asked once."""
+    _idle_timer: IDelayedCall | None = None
+    """twisted.web's idle timer (L{setTimeout}): running, or parked."""
+    _idle_on = False
+    """Whether L{_idle_timer} stands for the idle timeout now."""
 
     # -- twisted.web's hooks ----------------------------------------------------
 
@@ -188,21 +196,65 @@ class DeadlineHTTPChannel(StrictHTTPChannel):
         super().requestDone(request)
 
     def setTimeout(self, period: float | None) -> float | None:
+        # twisted.web's idle timer (TimeoutMixin's), kept here so that it is
+        # not cancelled and made anew for every request: stopped while a
+        # request is handled, it stays scheduled, parked, and is moved on
+        # (lazily: a later time costs no scheduling) when the next idle
+        # time starts; a parked timer that comes due does nothing.
+        previous, self.timeOut = self.timeOut, period  # type: ignore[assignment]
         if period is None:
             # twisted.web stops its idle timer when the request is complete,
             # when the connection is lost and when it hands over to HTTP/2:
-            # none of them is a time to keep ours.
+            # none of them is a time to keep our deadline.
+            self._idle_on = False
             self._leave_headers()
-            if self._phase == _HANDLING:
+            if self._phase == _HANDLING and not self._lost:
                 # The request is complete: the connection stays, and so may
-                # the timer, parked for the next request.
+                # the timers, parked for the next request.
                 self._park_timer()
             else:
                 # Lost, or handed over to HTTP/2 (this channel gets no
                 # connectionLost then): nothing may stay scheduled.
                 self._stop_timer()
-        previous: float | None = super().setTimeout(period)
+                self._stop_idle()
+            return previous
+        self._idle_on = True
+        idle = self._idle_timer
+        if idle is not None and idle.active():
+            idle.reset(period)
+        else:
+            self._idle_timer = self.callLater(period, self._idle_expired)
         return previous
+
+    def resetTimeout(self) -> None:
+        if self._idle_on and self._idle_timer is not None and self.timeOut is not None:
+            self._idle_timer.reset(self.timeOut)
+
+    def _idle_expired(self) -> None:
+        self._idle_timer = None
+        if self._idle_on:
+            self._idle_on = False
+            self.timeoutConnection()
+
+    def _stop_idle(self) -> None:
+        self._idle_on = False
+        if self._idle_timer is not None and self._idle_timer.active():
+            self._idle_timer.cancel()
+        self._idle_timer = None
+
+    def getPeer(self) -> Any:
+        # Asked by every request (twisted.web's Request.__init__): the
+        # transport's answer is a new address object each time.
+        peer = self._peer_address
+        if peer is None:
+            peer = self._peer_address = super().getPeer()
+        return peer
+
+    def getHost(self) -> Any:
+        host = self._host_address
+        if host is None:
+            host = self._host_address = super().getHost()
+        return host
 
     def upgrade(self, upgraded: Upgraded) -> bytes:
         # A WebSocket: the tunnel's idle timeout governs it, not these deadlines.
@@ -212,12 +264,14 @@ class DeadlineHTTPChannel(StrictHTTPChannel):
         return super().upgrade(upgraded)
 
     def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:  # noqa: B008
+        self._lost = True
         self._leave_headers()
         self._stop_timer()
         if self._cut_timer is not None and self._cut_timer.active():
             self._cut_timer.cancel()
         self._cut_timer = None
         super().connectionLost(reason)
+        self._stop_idle()
 
     # -- the deadlines -----------------------------------------------------------
 

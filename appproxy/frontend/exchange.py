@@ -104,7 +104,7 @@ class ExchangeRequest(http.Request):
         self._headers_complete()
 
     def parseCookies(self) -> None:
-        super().parseCookies()
+        # Not twisted.web's parse: only the service's own pages read cookies.
         if self._is_h2 and not self._started:
             channel: Any = self.channel
             self._head = (channel.command, channel.path, b"HTTP/2")

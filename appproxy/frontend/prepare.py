@@ -38,7 +38,9 @@ def prepared_headers(
         out whole, so that no C{Sec-WebSocket-*} field it might also name is
         dropped with it; C{Upgrade} is dropped as every hop-by-hop field is.
     """
-    host = request.requestHeaders.getRawHeaders(b"host", [b""])[0]
+    host = request.host_field
+    if host is None:
+        host = request.requestHeaders.getRawHeaders(b"host", [b""])[0]
     raw = [
         (name, value)
         for name, values in request.requestHeaders.getAllRawHeaders()

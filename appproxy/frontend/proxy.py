@@ -16,7 +16,6 @@ from typing import Any
 
 import attrs
 from twisted.internet.interfaces import IAddress, IReactorTime
-from twisted.logger import Logger
 from twisted.web import http
 from twisted.web.iweb import INonQueuedRequestFactory
 from zope.interface import implementer
@@ -24,11 +23,13 @@ from zope.interface import implementer
 from appproxy.frontend.deadlines import ClientDeadlines, deadline_channel_protocol
 from appproxy.frontend.front_end import FrontEnd
 from appproxy.frontend.request import ProxyRequest
+from appproxy.observe.lines import LineLogger
 from appproxy.observe.requests import app_metrics
 
 __all__ = ["ProxyHTTPFactory", "ProxyRequestFactory"]
 
-log = Logger()
+#: The access log (a line per request, written as it is by the text log).
+log = LineLogger()
 
 
 @implementer(INonQueuedRequestFactory)
@@ -79,7 +80,10 @@ class ProxyHTTPFactory(http.HTTPFactory):
         self.frontend.requests_served += 1
         started = getattr(request, "_started_at", 0.0)
         method = request.method.decode("latin-1") if request.method else "-"
-        host = (request.getHeader(b"host") or b"-").decode("latin-1")
+        host_field = getattr(request, "host_field", None)
+        if host_field is None:
+            host_field = request.getHeader(b"host")
+        host = (host_field or b"-").decode("latin-1")
         path = (request.path or b"").decode("latin-1")
         seconds = time.monotonic() - started if started else None
         duration_ms = seconds * 1000 if seconds is not None else 0.0
@@ -92,12 +96,11 @@ class ProxyHTTPFactory(http.HTTPFactory):
         )
         rid = getattr(request, "request_id", "")
         # The line is formatted here, once, and given as the event's format
-        # with its braces doubled: the log observer's formatter then has no
-        # field to look up (seven fields and a format spec cost it more than
-        # the rest of the line).  The fields stay in the event for JSON logs.
-        line = f"{method} {host}{path} {request.code} {duration_ms:.1f}ms {rid}"
-        log.info(
-            line.replace("{", "{{").replace("}", "}}"),
+        # with its braces doubled (L{LineLogger}): a text log writes it as it
+        # is (L{appproxy.daemon.text_log}).  The fields stay in the event for
+        # JSON logs.
+        log.line(
+            f"{method} {host}{path} {request.code} {duration_ms:.1f}ms {rid}",
             method=method,
             host=host,
             path=path,

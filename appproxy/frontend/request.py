@@ -20,7 +20,7 @@ from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import IAddress
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web import http
+from twisted.web.http import Request
 from twisted.web.resource import IResource, UnsupportedMethod, getChildForRequest
 from twisted.web.server import NOT_DONE_YET
 
@@ -69,6 +69,7 @@ class ProxyRequest(ExchangeRequest):
         self._websocket = False
         #: Body bytes received from the client (the request metrics).
         self.bytes_in = 0
+        self.host_field: bytes | None = None  # Host (b"" if none), once judged
 
     # -- parsing hooks: a login host's page reads its (small) body itself ---
 
@@ -92,7 +93,7 @@ class ProxyRequest(ExchangeRequest):
             return
         # The service's own pages: parse the query and form, then render.
         self._body_complete = True
-        http.Request.requestReceived(self, command, path, version)
+        Request.requestReceived(self, command, path, version)
 
     # -- deciding ----------------------------------------------------------------
 
@@ -116,7 +117,7 @@ class ProxyRequest(ExchangeRequest):
         if problem is not None:
             self._refuse_malformed(problem)
             return
-        host = self.requestHeaders.getRawHeaders(b"host", [b""])[0]
+        host = self.host_field = self.requestHeaders.getRawHeaders(b"host", [b""])[0]
 
         if not uri.startswith(b"/"):
             self._respond_error_soon(400, "Bad request", "The request target must be a path.")
@@ -293,7 +294,7 @@ class ProxyRequest(ExchangeRequest):
         self.prepath: list[bytes] = []
         self.postpath: list[bytes] = self.path[1:].split(b"/")
         if not self.received_cookies:
-            self.parseCookies()
+            Request.parseCookies(self)  # (not done for every request: L{parseCookies})
         try:
             body = getChildForRequest(resource, self).render(self)
         except UnsupportedMethod as refused:
@@ -381,7 +382,7 @@ class ProxyRequest(ExchangeRequest):
 
     def _client_address(self) -> str:
         """The TCP peer's address."""
-        address: IAddress = http.Request.getClientAddress(self)
+        address: IAddress = Request.getClientAddress(self)
         return str(getattr(address, "host", "unknown"))
 
     def getClientAddress(self) -> IAddress:
@@ -390,7 +391,7 @@ class ProxyRequest(ExchangeRequest):
         provider's lockout, the sign-in log) see it: the TCP peer, unless that
         is a trusted proxy, whose X-Forwarded-For is then believed.
         """
-        address: IAddress = http.Request.getClientAddress(self)
+        address: IAddress = Request.getClientAddress(self)
         if not self.frontend.trusted_proxies or not hasattr(address, "host"):
             return address
         ip = self._resolved_client_ip()

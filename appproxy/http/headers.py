@@ -8,6 +8,7 @@ mutated.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from collections.abc import Iterable, Sequence
@@ -88,9 +89,15 @@ def _encode_value(what: str, value: str) -> bytes:
         encoded = value.encode("ascii")
     except UnicodeEncodeError:
         raise ValueError(f"{what} is not ASCII: {value!r}") from None
-    if not encoded or not is_valid_header_value(encoded):
+    if not encoded or _UNSAFE_VALUE_BYTE.search(encoded) is not None:
         raise ValueError(f"{what} is not a valid header value: {value!r}")
     return encoded
+
+
+@functools.lru_cache(maxsize=256)
+def _check_netloc(netloc: str) -> None:
+    """L{_encode_value} of an app's netloc: checked once (it is configuration)."""
+    _encode_value("internal_netloc", netloc)
 
 
 def _connection_tokens(headers: Sequence[tuple[bytes, bytes]]) -> set[bytes]:
@@ -133,13 +140,13 @@ def prepare_request_headers(
     forwarded_for = _encode_value("client_address", client_address)
     forwarded_host = _encode_value("external_host", external_host)
     request_id_value = _encode_value("request_id", request_id)
-    _encode_value("internal_netloc", internal_netloc)
+    _check_netloc(internal_netloc)
 
     connection_named = _connection_tokens(headers)
     result: list[tuple[bytes, bytes]] = []
     for name, value in headers:
         lower = name.lower()
-        normalised = normalise_name(name)
+        normalised = lower.replace(b"_", b"-")  # normalise_name, inline
         if (
             lower in HOP_BY_HOP
             or lower in connection_named

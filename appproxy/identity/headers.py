@@ -21,7 +21,7 @@ import re
 from collections.abc import Iterable, Sequence
 
 from appproxy.access.session import Session
-from appproxy.http.headers import RESERVED_PREFIX, normalise_name
+from appproxy.http.headers import RESERVED_PREFIX
 
 __all__ = [
     "APPPROXY_COOKIE_PREFIXES",
@@ -39,7 +39,8 @@ Headers = list[tuple[bytes, bytes]]
 #: case-sensitively, as cookie names are).
 APPPROXY_COOKIE_PREFIXES: tuple[bytes, ...] = (b"__Host-appproxy-", b"appproxy-")
 
-_RESERVED_PREFIX = RESERVED_PREFIX.decode("ascii")
+#: What every one of L{APPPROXY_COOKIE_PREFIXES} contains.
+_COOKIE_MARK = b"appproxy-"
 _OWS = b" \t"
 _TOKEN_CHARS = frozenset(
     "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
@@ -103,6 +104,32 @@ def identity_headers(mapping: Sequence[tuple[str, str]], session: Session) -> He
         or a Unicode line or paragraph separator.
     @raise ValueError: if a header name is not an HTTP token.
     """
+    key = (id(session), mapping)
+    try:
+        cached = _IDENTITY_CACHE.get(key)
+    except TypeError:  # a mapping that is not hashable: not cached
+        return _identity_headers(mapping, session)
+    if cached is not None and cached[0] is session:
+        return list(cached[1])
+    result = _identity_headers(mapping, session)
+    if len(_IDENTITY_CACHE) >= _IDENTITY_CACHE_SIZE:
+        _IDENTITY_CACHE.clear()
+    _IDENTITY_CACHE[key] = (session, tuple(result))
+    return result
+
+
+#: Identity headers made lately, by (the session object's id, the mapping):
+#: the session cookie codec gives the same L{Session} object for the same
+#: cookie (L{appproxy.access.cookie}), so a signed-in browser's requests make
+#: their headers once.  The entry holds the session, so its id is not reused
+#: while the entry exists; a session is immutable.  Emptied when full.
+_IDENTITY_CACHE: dict[
+    tuple[int, Sequence[tuple[str, str]]], tuple[Session, tuple[tuple[bytes, bytes], ...]]
+] = {}
+_IDENTITY_CACHE_SIZE = 1024
+
+
+def _identity_headers(mapping: Sequence[tuple[str, str]], session: Session) -> Headers:
     result: Headers = []
     for header, claim in mapping:
         name = _header_name(header)
@@ -122,10 +149,24 @@ def normalise_header_name(name: str) -> str:
 
 
 @functools.lru_cache(maxsize=64)
-def _normalised_names(protected: frozenset[str]) -> frozenset[str]:
-    """C{protected}, normalised: computed once per set (the front end's set
-    changes only on reload), not once per request."""
-    return frozenset(normalise_header_name(name) for name in protected)
+def _normalised_names(protected: frozenset[str]) -> frozenset[bytes]:
+    """C{protected}, normalised and encoded: computed once per set (the front
+    end's set changes only on reload), not once per request."""
+    return _encoded(frozenset(normalise_header_name(name) for name in protected))
+
+
+def _encoded(names: frozenset[str]) -> frozenset[bytes]:
+    """
+    Header names as the fields' names are compared (latin-1 bytes); a name
+    with a character beyond latin-1 matches no field, and is left out.
+    """
+    encoded = set()
+    for name in names:
+        try:
+            encoded.add(name.encode("latin-1"))
+        except UnicodeEncodeError:
+            pass
+    return frozenset(encoded)
 
 
 def strip_spoofed_headers(
@@ -142,13 +183,14 @@ def strip_spoofed_headers(
     names = (
         _normalised_names(protected)
         if isinstance(protected, frozenset)
-        else frozenset(normalise_header_name(name) for name in protected)
+        else _encoded(frozenset(normalise_header_name(name) for name in protected))
     )
+    # normalise_name inline: one lowercase and one replace per field.
     return [
         (name, value)
         for name, value in headers
-        if (normalised := normalise_name(name).decode("latin-1")) not in names
-        and not normalised.startswith(_RESERVED_PREFIX)
+        if (normalised := name.lower().replace(b"_", b"-")) not in names
+        and not normalised.startswith(RESERVED_PREFIX)
     ]
 
 
@@ -170,7 +212,8 @@ def strip_appproxy_cookies(headers: Sequence[tuple[bytes, bytes]]) -> Headers:
     """
     result: Headers = []
     for name, value in headers:
-        if name.lower() != b"cookie":
+        if name.lower() != b"cookie" or _COOKIE_MARK not in value:
+            # (No pair can be appproxy's without the mark in its name.)
             result.append((name, value))
             continue
         pairs = value.split(b";")

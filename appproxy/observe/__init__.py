@@ -5,7 +5,9 @@ public one.
 
 L{appproxy.observe.metrics}: the registry and the counters and histograms
 the code paths increment; L{appproxy.observe.requests}: the public
-listener's request metrics, bound once per app; L{appproxy.observe.live}:
+listener's request metrics, counted per app in plain numbers and moved into
+the metrics at scrape time; L{appproxy.observe.lines}: the access log's
+logger, whose lines a text log writes as they are; L{appproxy.observe.live}:
 the gauges of live state, read at scrape time from a snapshot the daemon
 provides; L{appproxy.observe.exposition}: the C{/metrics} site.
 

@@ -11,12 +11,14 @@ result or reason from a fixed set.  Never a user, a path or an address.
 
 from __future__ import annotations
 
-from typing import Final
+from collections.abc import Callable
+from typing import Any, Final
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 __all__ = [
     "CONFIG_RELOADS",
+    "LATENCY_BUCKETS",
     "LIMIT_HITS",
     "POLICY_DECISIONS",
     "QUEUE_WAIT",
@@ -25,12 +27,38 @@ __all__ = [
     "REQUEST_BYTES",
     "REQUEST_DURATION",
     "SIGN_INS",
+    "before_scrape",
     "status_class",
 ]
 
 #: Every metric of the service (not the process-wide default registry, so
 #: that tests and several services in one process stay apart).
 REGISTRY: Final = CollectorRegistry(auto_describe=True)
+
+#: What runs before each collection of L{REGISTRY} (counts kept outside the
+#: metrics per request, moved into them: L{appproxy.observe.requests}).
+_BEFORE_SCRAPE: Final[list[Callable[[], None]]] = []
+
+
+def before_scrape(hook: Callable[[], None]) -> None:
+    """Run C{hook} whenever L{REGISTRY} is collected, before its metrics are."""
+    _BEFORE_SCRAPE.append(hook)
+
+
+class _BeforeScrape:
+    """The registry's first collector: runs the hooks, has no metrics of its own."""
+
+    def collect(self) -> list[Any]:
+        for hook in _BEFORE_SCRAPE:
+            hook()
+        return []
+
+    def describe(self) -> list[Any]:
+        return []
+
+
+# Registered before every metric: a registry collects in registration order.
+REGISTRY.register(_BeforeScrape())
 
 #: Latency buckets (seconds): a proxied request takes from about a
 #: millisecond to the apps' timeouts.
@@ -51,6 +79,9 @@ _LATENCY: Final = (
     30.0,
     60.0,
 )
+
+#: The duration histograms' upper bounds, +Inf last (as prometheus_client keeps them).
+LATENCY_BUCKETS: Final = (*_LATENCY, float("inf"))
 
 REQUESTS: Final = Counter(
     "appproxy_requests",
