@@ -17,6 +17,7 @@ from typing import Any
 
 from h2.config import H2Configuration
 from h2.connection import H2Connection
+from h2.errors import ErrorCodes
 from h2.events import (
     ConnectionTerminated,
     DataReceived,
@@ -137,14 +138,12 @@ class Pair:
                 try:
                     events = self.ends[other].receive_data(data)
                 except H2Error as e:
-                    self.log.append(
-                        (
-                            other,
-                            "receive error",
-                            type(e).__name__,
-                            int(getattr(e, "error_code", 0) or 0),
-                        )
-                    )
+                    code = int(getattr(e, "error_code", 0) or 0)
+                    if code == ErrorCodes.COMPRESSION_ERROR:
+                        # An HPACK decoding error: h2 answers PROTOCOL_ERROR,
+                        # RFC 9113 section 4.3 (and ours) COMPRESSION_ERROR.
+                        code = ErrorCodes.PROTOCOL_ERROR
+                    self.log.append((other, "receive error", type(e).__name__, code))
                     self.broken = True
                     return
                 for event in events:

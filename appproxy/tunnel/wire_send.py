@@ -219,8 +219,6 @@ class WireSender:
         priority_depends_on: int | None = None,
         priority_exclusive: bool | None = None,
     ) -> None:
-        if self._gone:
-            raise ProtocolError("The connection is closed (GOAWAY)")
         fields = headers if isinstance(headers, list) else list(headers)
         stream = self.streams.get(stream_id)
         if stream is None:
@@ -230,6 +228,8 @@ class WireSender:
                     # Its response's content-length promises no body.
                     stream.head = value == b"HEAD"
                     break
+        elif self._gone:
+            raise ProtocolError("The connection is closed (GOAWAY)")
         elif stream.state is HALF_CLOSED_LOCAL:
             raise ProtocolError(f"Stream {stream_id} is half-closed (local)")
         elif fields and fields[0][0] == b":status" and fields[0][1][:1] == b"1":
@@ -258,6 +258,12 @@ class WireSender:
             self._end_local(stream)
 
     def _open_outbound(self, stream_id: int) -> WireStream:
+        # In h2's order: the peer's limit, the connection's state, the id.
+        limit = self.remote_max_streams
+        if self.client_side and len(self.streams) + 1 > limit:
+            raise TooManyStreamsError(f"Max outbound streams is {limit}")
+        if self._gone:
+            raise ProtocolError("The connection is closed (GOAWAY)")
         if not self.client_side or not stream_id & 1 or stream_id <= 0:
             if stream_id in self._closed_streams or stream_id <= self.highest_inbound_stream_id:
                 raise StreamClosedError(stream_id)
@@ -266,9 +272,6 @@ class WireSender:
             raise StreamIDTooLowError(stream_id, self.highest_outbound_stream_id)
         if stream_id > MAX_WINDOW:
             raise ProtocolError(f"Invalid stream ID {stream_id}")
-        limit = self.remote_max_streams
-        if len(self.streams) + 1 > limit:
-            raise TooManyStreamsError(f"Max outbound streams is {limit}")
         self.highest_outbound_stream_id = stream_id
         stream = WireStream(stream_id, OPEN, self.remote_initial_window, self.local_initial_window)
         stream.sent_headers = True
