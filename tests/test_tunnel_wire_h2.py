@@ -118,6 +118,8 @@ class Pair:
         }
         self.role = role
         self.final_sent: set[tuple[str, int]] = set()
+        #: Streams a send call was refused on (h2 then closes them quietly).
+        self.refused: set[tuple[str, int]] = set()
         self.log: list[Any] = []
         self.sids: list[int] = []
         self.unacked: dict[tuple[str, int], int] = {}
@@ -174,12 +176,13 @@ class Pair:
 
     def misuse(self, side: str, sid: int) -> bool:
         """
-        Sending on a stream the subject cannot send on: h2 raises, and
-        quietly closes the stream on its side (nothing sent), where ours
-        only raises; such calls are left out.
+        Sending on a stream an end cannot send on: h2 raises, and quietly
+        closes the stream on its side (nothing sent), where ours only
+        raises; such calls are left out (at the h2 peer too: it would then
+        open more streams than its peer allows, which is not the point).
         """
-        if side != self.role:
-            return False
+        if (side, sid) in self.refused:
+            return True
         stream = self.ends[side].streams.get(sid)
         return stream is None or stream.state_machine.state in (
             StreamState.HALF_CLOSED_LOCAL,
@@ -195,7 +198,10 @@ class Pair:
         except H2Error:
             window = 0
         size = max(0, min(size, window, end_point.max_outbound_frame_size))
+        before = len(self.log)
         self.call(side, "send_data", sid, b"c" * size, end_stream=end)
+        if len(self.log) > before:
+            self.refused.add((side, sid))
         self.pump()
         for other in SIDES:
             amount = self.unacked.pop((other, sid), 0)
@@ -216,11 +222,36 @@ class Pair:
             self.send_chunk("client", sid, size, at == len(request) - 1)
         if self.broken or self.misuse("server", sid):
             return
+        before = len(self.log)
         self.call("server", "send_headers", sid, [(b":status", status)], end_stream=not response)
+        if len(self.log) > before:
+            self.refused.add(("server", sid))
         self.final_sent.add(("server", sid))
         self.pump()
         for at, size in enumerate(response):
             self.send_chunk("server", sid, size, at == len(response) - 1)
+
+    def play_send(self, op: tuple[Any, ...]) -> None:
+        """The calls that send on a stream: a response, trailers, DATA, END_STREAM."""
+        kind = op[0]
+        if kind == "respond":
+            fields = [(b":status", op[2])]
+            if op[4] is not None:
+                fields.append((b"content-length", str(op[4]).encode()))
+            self.call("server", "send_headers", self.sid(op[1]), fields, end_stream=op[3])
+        elif kind == "trailers":
+            self.call(op[1], "send_headers", self.sid(op[2]), [(b"x-t", b"1")], end_stream=op[3])
+        elif kind == "data":
+            side, sid, size, end = op[1], self.sid(op[2]), op[3], op[4]
+            end_point = self.ends[side]
+            try:
+                window = end_point.local_flow_control_window(sid)
+            except H2Error:
+                window = 0
+            size = max(0, min(size, window, end_point.max_outbound_frame_size))
+            self.call(side, "send_data", sid, b"d" * size, end_stream=end)
+        elif kind == "end":
+            self.call(op[1], "end_stream", self.sid(op[2]))
 
     def play(self, op: tuple[Any, ...]) -> None:
         kind = op[0]
@@ -247,6 +278,12 @@ class Pair:
                     return
             if kind == "respond" and not op[2].startswith(b"1"):
                 self.final_sent.add((side, sid))
+            before = len(self.log)
+            self.play_send(op)
+            if len(self.log) > before and self.log[-1][2:3] == ("raised",):
+                self.refused.add((side, sid))
+            self.pump()
+            return
         if kind == "exchange":
             self.exchange(*op[1:])
         elif kind == "request":
@@ -259,24 +296,6 @@ class Pair:
             self.call("client", "send_headers", sid, fields, end_stream=op[1])
             if len(self.log) == before:
                 self.sids.append(sid)
-        elif kind == "respond":
-            fields = [(b":status", op[2])]
-            if op[4] is not None:
-                fields.append((b"content-length", str(op[4]).encode()))
-            self.call("server", "send_headers", self.sid(op[1]), fields, end_stream=op[3])
-        elif kind == "trailers":
-            self.call(op[1], "send_headers", self.sid(op[2]), [(b"x-t", b"1")], end_stream=op[3])
-        elif kind == "data":
-            side, sid, size, end = op[1], self.sid(op[2]), op[3], op[4]
-            end_point = self.ends[side]
-            try:
-                window = end_point.local_flow_control_window(sid)
-            except H2Error:
-                window = 0
-            size = max(0, min(size, window, end_point.max_outbound_frame_size))
-            self.call(side, "send_data", sid, b"d" * size, end_stream=end)
-        elif kind == "end":
-            self.call(op[1], "end_stream", self.sid(op[2]))
         elif kind == "reset":
             self.call(op[1], "reset_stream", self.sid(op[2]), op[3])
         elif kind == "ack":
