@@ -64,7 +64,9 @@ CLIENT_SECRET = "a-client-secret-of-some-length-0123456789"
 USER_CODE = re.compile(r"\b[BCDFGHJKLMNPQRSTVWXZ]{4}-[BCDFGHJKLMNPQRSTVWXZ]{4}\b")
 #: Bound on a command, a registration or a daemon's start.
 WAIT = 30.0
-_HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes.fromhex("000000040000000000")
+#: What a connector (the tunnel's HTTP/2 server) sends first: an empty SETTINGS
+#: frame (the client's "PRI * HTTP/2.0" preface is the service's to send).
+_HTTP2_PREFACE = bytes.fromhex("000000040000000000")
 
 
 #: A certificate file and its key file.

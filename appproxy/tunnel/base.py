@@ -5,9 +5,10 @@ The tunnel is one TLS connection that the connector dials; on it the roles are
 reversed: the connector is the HTTP/2 I{server} and the service the HTTP/2
 I{client} that opens one stream per user request (see C{docs/architecture.md}).
 
-L{TunnelProtocol} feeds an L{h2.connection.H2Connection} the way Twisted's own
-HTTP/2 server does: bytes in, events out, C{data_to_send()} written back.  It
-adds what both ends need:
+L{TunnelProtocol} feeds its HTTP/2 connection
+(L{appproxy.tunnel.connection.TunnelConnection}: ours, with h2's API, events
+and exceptions) the way Twisted's own HTTP/2 server feeds h2's: bytes in,
+events out, C{data_to_send()} written back.  It adds what both ends need:
 
  - the factory (L{TunnelFactory}) that holds the clock, the PING interval,
    the set of connected protocols and the count of failed streams;
@@ -131,8 +132,8 @@ class TunnelProtocol(OutboundStreams, Protocol, Generic[_F]):
         self.factory = factory
         self.clock = factory.clock
         self.ping_interval = factory.ping_interval
-        # Each end checks what it receives with h2, and what it sends with
-        # the cheaper checks of TunnelConnection.
+        # Each end checks what it receives as h2 would (stricter where RFC
+        # 9113 asks), and what it sends with the cheaper checks of fields.py.
         self.conn = TunnelConnection(self.client_side)
         self.streams: dict[int, TunnelStream] = {}
         self._ping_call: IDelayedCall | None = None
