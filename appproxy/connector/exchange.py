@@ -14,7 +14,7 @@ ends with its head.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Protocol
@@ -35,12 +35,13 @@ HEAD, BODY, DONE = 0, 1, 2
 DONE_REASON = Failure(ResponseDone("Response body fully received"))
 
 
-class HeadEnd(Exception):
-    """Stops the parser after the head of a response to C{HEAD}."""
-
-
-class Malformed(ValueError):
-    """What llhttp accepts and this client does not."""
+class _Stop(Exception):
+    """
+    Stops llhttp: the head of a response to C{HEAD} is all (C{head_ended}),
+    or the response is refused (C{problem}).  The response notes which: an
+    exception raised in a callback may reach C{feed_data}'s caller with
+    another context.
+    """
 
 
 class BackendResponse:
@@ -76,6 +77,12 @@ class BackendResponse:
         self.ended: Failure | None = None
         self.paused = False
         self.consumer: LengthBody | None = None
+        self.rewritten = False
+        self.head_ended = False
+        self.problem = ""
+        self.head_lengths: list[tuple[bytes, bytes]] | None = None
+        """A response to C{HEAD}: its C{Content-Length} fields, left out of
+        what llhttp parses (it would check them as the framing of a body)."""
 
     @property
     def headers(self) -> Headers:
@@ -86,14 +93,20 @@ class BackendResponse:
 
     # -- llhttp's callbacks ----------------------------------------------------
 
+    def _refuse(self, problem: str) -> NoReturn:
+        self.problem = problem
+        raise _Stop(problem)
+
     def on_message_begin(self) -> None:
         if self.state == DONE:
-            raise Malformed("data after the response")
+            self._refuse("data after the response")
         self.heads += 1
         self.fields = []
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.fields.append((name.lower(), value))
+        # llhttp leaves trailing whitespace in the value (RFC 9112 5: not
+        # part of it).
+        self.fields.append((name.lower(), value.rstrip(b" \t")))
 
     def on_headers_complete(self) -> None:
         conn = self.conn
@@ -102,11 +115,11 @@ class BackendResponse:
         code = parser.get_status_code()
         if code < 200:
             if code == 101:
-                raise Malformed("101 Switching Protocols, unasked")
+                self._refuse("101 Switching Protocols, unasked")
             return  # 1xx: the answer follows
         version = parser.get_http_version()
         if version != "1.1" and version != "1.0":
-            raise Malformed(f"version HTTP/{version}")
+            self._refuse(f"version HTTP/{version}")
         self.code = code
         keep = version == "1.1" and parser.should_keep_alive()
         length: Any = UNKNOWN_LENGTH
@@ -115,12 +128,16 @@ class BackendResponse:
                 length = int(value)  # llhttp checked it: digits, only one
             elif name == b"transfer-encoding":
                 if self.chunked or value.strip(b" \t").lower() != b"chunked":
-                    raise Malformed(f"Transfer-Encoding {value!r}")
+                    self._refuse(f"Transfer-Encoding {value!r}")
                 self.chunked = True
             elif name == b"connection":
                 self.connection = self.connection | {
                     t.strip(b" \t").lower() for t in value.split(b",") if t.strip(b" \t")
                 }
+        if self.head_lengths:
+            # Parsed with a length of 0 for llhttp: the lengths sent go on.
+            fields = [f for f in self.fields if f[0] != b"content-length"]
+            self.fields = fields + self.head_lengths
         if version == "1.0":
             self.version = (1, 0)
         head_only = self.method == b"HEAD"
@@ -134,7 +151,8 @@ class BackendResponse:
         self.connecting = None
         self.deferred.callback(self)
         if head_only:
-            raise HeadEnd()
+            self.head_ended = True
+            raise _Stop()
 
     def on_body(self, data: bytes) -> None:
         protocol = self.protocol

@@ -32,15 +32,26 @@ from appproxy.connector.exchange import (
     DONE_REASON,
     HEAD,
     BackendResponse,
-    HeadEnd,
 )
+from appproxy.http.length import parse_content_length
 from appproxy.tunnel.outbound import hold_writes, release_writes
 
 if TYPE_CHECKING:
     from appproxy.connector.pool import OriginPool
 
+#: The most a response's head (with any 1xx heads before it) may take.
+MAX_HEAD = 65536
 _FOLD = re.compile(rb"\r\n[ \t]+")
 _HEAD_END = b"\r\n\r\n"
+#: What llhttp refuses in a head that is parsed again, rewritten.
+_REWRITTEN = frozenset(
+    {
+        "Unexpected whitespace after header value",
+        "Invalid character in Content-Length",
+        "Duplicate Content-Length",
+        "Empty Content-Length",
+    }
+)
 
 
 def _nth_head_end(data: bytes, count: int) -> int:
@@ -169,10 +180,14 @@ class BackendConnection(Protocol):
             self._refused(e, response)
         finally:
             release_writes()
+        head = self.head
+        if head is not None and len(head) > MAX_HEAD and self.response is response:
+            # Still no end to the head (or to its 1xx heads).
+            self._malformed(response, f"a response head over {MAX_HEAD} bytes")
 
     def _refused(self, error: HttpParserError, response: BackendResponse) -> None:
-        cause = error.__context__
-        if isinstance(cause, HeadEnd):
+        if response.head_ended:
+            response.head_ended = False
             head = self.head or b""
             self.head = None
             if _nth_head_end(head, response.heads) != len(head):
@@ -180,43 +195,69 @@ class BackendConnection(Protocol):
             if response.state == BODY:
                 response._complete()
             return
+        problem = response.problem
         if (
             response.state == HEAD
-            and cause is None
-            and str(error) == "Unexpected whitespace after header value"
+            and not problem
+            and not response.rewritten
+            and str(error) in _REWRITTEN
         ):
-            self._unfold(response)
+            self._rewrite(response)
             return
-        self.abort()
-        reason = error if cause is None else cause
-        response._fail(Failure(ParseError(str(reason), b"")), True)
+        self._malformed(response, problem or str(error))
 
-    def _unfold(self, response: BackendResponse) -> None:
+    def _rewrite(self, response: BackendResponse) -> None:
         """
-        Parse the head again with each obs-fold (CRLF then spaces) replaced
-        by a space, once it is all here; refused when a fold starts a head's
-        fields.
+        Parse a head llhttp refused again, once it is all here, with each
+        obs-fold (CRLF then spaces) replaced by a space and its
+        C{Content-Length} fields (a list of one number, or the same number
+        repeated: RFC 9110 section 8.6) as one; refused when a fold starts a
+        head's fields or the lengths are malformed or disagree.  A response
+        to C{HEAD} is parsed with a length of 0 instead: its lengths are the
+        tunnel stream's to check, as they are.
         """
         head = self.head or b""
         end = _nth_head_end(head, response.heads)
         start = _nth_head_end(head, response.heads - 1)
         line_end = head.find(b"\r\n", start)
         if head[line_end + 2 : line_end + 3] in (b" ", b"\t"):
-            self.abort()
-            response._fail(Failure(ParseError("obs-fold after the status line", b"")), True)
+            self._malformed(response, "obs-fold after the status line")
             return
         if end < 0:
-            self.parser = _Folding(self, response)
+            self.parser = _Incomplete(self, response)
             return
+        lines = _FOLD.sub(b" ", head[start : end - 4]).split(b"\r\n")
+        kept = [lines[0]]
+        lengths = []
+        for line in lines[1:]:
+            name, _, value = line.partition(b":")
+            if name.lower() == b"content-length":
+                lengths.append((b"content-length", value.strip(b" \t")))
+            else:
+                kept.append(line)
+        if lengths and response.method == b"HEAD":
+            # llhttp does not frame by it here, but reads keep-alive from it.
+            response.head_lengths = lengths
+            kept.append(b"Content-Length: 0")
+        elif lengths:
+            try:
+                length = parse_content_length(value for _, value in lengths)
+            except ValueError as e:
+                self._malformed(response, str(e))
+                return
+            kept.append(b"Content-Length: %d" % (length or 0))
+        response.rewritten = True
         response.heads = 0
         self.parser = parser = HttpResponseParser(response)
-        unfolded = head[:start] + _FOLD.sub(b" ", head[start:end])
-        data = unfolded + head[end:]
-        self.head = data
+        self.head = data = head[:start] + b"\r\n".join(kept) + head[end - 4 :]
         try:
             parser.feed_data(data)
         except HttpParserError as e:
             self._refused(e, response)
+
+    def _malformed(self, response: BackendResponse, reason: str) -> None:
+        self.abort()
+        response._fail(Failure(ParseError(reason, b"")), True)
 
     def release(self, response: BackendResponse) -> None:
         """The response is all here: pool the connection, or close it."""
@@ -267,12 +308,12 @@ class BackendConnection(Protocol):
         self.lost_d = []
 
 
-class _Folding:
-    """Stands for the parser while an obs-folded head is still arriving."""
+class _Incomplete:
+    """Stands for the parser while a head to parse again is still arriving."""
 
     def __init__(self, conn: BackendConnection, response: BackendResponse) -> None:
         self.conn = conn
         self.response = response
 
     def feed_data(self, data: bytes) -> None:
-        self.conn._unfold(self.response)
+        self.conn._rewrite(self.response)
