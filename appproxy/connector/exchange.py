@@ -53,6 +53,27 @@ class BackendResponse:
     @ivar connection: the lowercased tokens of its C{Connection} header.
     """
 
+    # What most exchanges never change: class defaults, not stores per request.
+    code = 0
+    connection: frozenset[bytes] = frozenset()
+    length: int | Any = UNKNOWN_LENGTH
+    version = (1, 1)
+    chunked = False
+    keep = False
+    retried = False
+    conn: BackendConnection | None = None
+    connecting: Deferred[Any] | None = None
+    protocol: Any = None
+    ended: Failure | None = None
+    paused = False
+    consumer: LengthBody | None = None
+    rewritten = False
+    head_ended = False
+    problem = ""
+    head_lengths: list[tuple[bytes, bytes]] | None = None
+    """A response to C{HEAD}: its C{Content-Length} fields as sent, kept
+    from llhttp (it would check them as the framing of a body)."""
+
     def __init__(self, pool: OriginPool, method: bytes, head: bytes, body: Any) -> None:
         self.pool = pool
         self.method = method
@@ -60,29 +81,10 @@ class BackendResponse:
         self.body = body
         self.deferred: Deferred[BackendResponse] = Deferred(self._cancel)
         self.state = HEAD
-        self.code = 0
         self.fields: list[tuple[bytes, bytes]] = []
-        self.connection: frozenset[bytes] = frozenset()
-        self.length: int | Any = UNKNOWN_LENGTH
-        self.version = (1, 1)
-        self.chunked = False
-        self.keep = False
         self.sent = body is None
         self.heads = 0
-        self.retried = False
-        self.conn: BackendConnection | None = None
-        self.connecting: Deferred[Any] | None = None
-        self.protocol: Any = None
         self.pending: list[bytes] = []
-        self.ended: Failure | None = None
-        self.paused = False
-        self.consumer: LengthBody | None = None
-        self.rewritten = False
-        self.head_ended = False
-        self.problem = ""
-        self.head_lengths: list[tuple[bytes, bytes]] | None = None
-        """A response to C{HEAD}: its C{Content-Length} fields, left out of
-        what llhttp parses (it would check them as the framing of a body)."""
 
     @property
     def headers(self) -> Headers:
