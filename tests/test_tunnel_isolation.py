@@ -95,7 +95,8 @@ class IsolationTests(TestCase):
     def test_hostile_backend(self) -> Any:
         """
         A backend header with a NUL byte, a bad Content-Length: 502 for that
-        request; the slow request on the same tunnel connection completes.
+        request (the connector's HTTP client refuses each as a malformed
+        response); the slow request on the same tunnel connection completes.
         """
         hostile = reactor.listenTCP(
             0,
@@ -117,7 +118,6 @@ class IsolationTests(TestCase):
         self.assertEqual(response.code, 200)
         self.assertEqual((yield response.content()), b"slow")
         self.assert_same_tunnel()
-        self.assertGreaterEqual(self.connector.stream_errors, 1)
 
     @inlineCallbacks
     def test_unsendable_request_lines(self) -> Any:

@@ -1,54 +1,55 @@
 """
 The connector's HTTP client for internal applications.
 
-One L{twisted.web.client.Agent} per application, each with its own persistent
-connection pool and TLS policy (the app's CA bundle, the system trust store,
-or, only when an administrator said C{verify_backend_tls = false}, none).
+One L{AppClient} per application (L{appproxy.connector.pool}), each with its
+own TLS policy (the app's CA bundle, the system trust store, or, only when an
+administrator said C{verify_backend_tls = false}, none) and its pools of
+persistent HTTP/1.1 connections (L{appproxy.connector.http1}: llhttp, strict).
 Redirects are never followed: they go back to the user, translated.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
-from weakref import WeakKeyDictionary
 
 import attrs
 from OpenSSL import SSL
 from twisted.internet import error as ierror
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, gatherResults
 from twisted.internet.defer import TimeoutError as DeferredTimeoutError
-from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
-from twisted.internet.interfaces import (
-    IOpenSSLClientConnectionCreator,
-    IReactorTime,
-    IStreamClientEndpoint,
-)
+from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IReactorTime
 from twisted.internet.ssl import Certificate, CertificateOptions, trustRootFromCertificates
 from twisted.python.failure import Failure
-from twisted.web._newclient import HTTP11ClientProtocol, ParseError
-from twisted.web.client import (
-    URI,
-    Agent,
-    BrowserLikePolicyForHTTPS,
-    HTTPConnectionPool,
-    ResponseFailed,
-    _HTTP11ClientFactory,
-)
-from twisted.web.error import SchemeNotSupported
+from twisted.web._newclient import ParseError
+from twisted.web.client import BrowserLikePolicyForHTTPS, ResponseFailed
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IAgentEndpointFactory, IBodyProducer, IPolicyForHTTPS, IResponse
+from twisted.web.iweb import IBodyProducer, IPolicyForHTTPS
 from zope.interface import implementer
 
+from appproxy.connector.http1 import BackendResponse
+from appproxy.connector.pool import (
+    CONNECT_TIMEOUT,
+    IDLE_CONNECTION_TIMEOUT,
+    MAX_PERSISTENT_PER_HOST,
+    AppClient,
+)
 from appproxy.http.redact import redact_query
-from appproxy.tunnel.outbound import hold_writes, release_writes
 
-#: Idle persistent connections kept per internal host.
-MAX_PERSISTENT_PER_HOST = 64
-#: Seconds an idle persistent connection is kept.
-IDLE_CONNECTION_TIMEOUT = 60
-#: Seconds to establish a TCP connection to the internal app.
-CONNECT_TIMEOUT = 10
+__all__ = [
+    "CONNECT_TIMEOUT",
+    "IDLE_CONNECTION_TIMEOUT",
+    "MAX_PERSISTENT_PER_HOST",
+    "BackendApp",
+    "BackendClient",
+    "BackendError",
+    "BackendResponse",
+    "classify_failure",
+    "connection_tokens",
+    "parse_settings",
+    "response_fields",
+    "tls_policy",
+]
 
 
 @attrs.frozen
@@ -131,105 +132,33 @@ def tls_policy(app: BackendApp) -> IPolicyForHTTPS:
     return BrowserLikePolicyForHTTPS()
 
 
-@implementer(IAgentEndpointFactory)
-@attrs.define(eq=False)
-class _CachedEndpoints:
-    """
-    One endpoint per internal host, made once: the Agent would otherwise
-    build a new endpoint (and IDNA-encode the host name) for every request,
-    even those served from the connection pool.
-    """
-
-    reactor: Any
-    policy: IPolicyForHTTPS
-    _endpoints: dict[tuple[bytes, bytes, int], IStreamClientEndpoint] = attrs.field(
-        init=False, factory=dict
-    )
-
-    def endpointForURI(self, uri: URI) -> IStreamClientEndpoint:
-        key = (uri.scheme, uri.host, uri.port)
-        endpoint = self._endpoints.get(key)
-        if endpoint is None:
-            host = uri.host.decode("ascii")
-            endpoint = HostnameEndpoint(self.reactor, host, uri.port, timeout=CONNECT_TIMEOUT)
-            if uri.scheme == b"https":
-                creator = self.policy.creatorForNetloc(uri.host, uri.port)
-                endpoint = wrapClientTLS(creator, endpoint)
-            elif uri.scheme != b"http":
-                raise SchemeNotSupported(f"unsupported scheme {uri.scheme!r}")
-            self._endpoints[key] = endpoint
-        return endpoint
-
-
-#: The Connection header's tokens of each backend response (see
-#: L{connection_tokens}).  The values must not refer to their keys, or the
-#: entries would never go: a parser refers to its request and response.
-_TOKENS: WeakKeyDictionary[Any, frozenset[bytes]] = WeakKeyDictionary()
-
-
-def _tokens(conn_headers: object) -> frozenset[bytes]:
-    if not isinstance(conn_headers, Headers):
-        return frozenset()
-    return frozenset(
-        token.strip().lower()
-        for value in conn_headers.getRawHeaders(b"connection", [])
-        for token in value.split(b",")
-        if token.strip()
-    )
-
-
-class _ParserKeepingProtocol(HTTP11ClientProtocol):
-    """
-    Twisted's HTTP/1.1 client, noting the tokens of each response's
-    C{Connection} header: its parser keeps that header (with Keep-Alive,
-    Transfer-Encoding, ...) in its C{connHeaders}, out of C{response.headers}.
-    """
-
-    def dataReceived(self, data: bytes) -> None:
-        # What the backend sent goes down the tunnel in as few frames and
-        # writes as it can: a small response's head, body and end in one
-        # write, its body and END_STREAM in one DATA frame.
-        hold_writes()
-        try:
-            super().dataReceived(data)
-        finally:
-            release_writes()
-
-    def request(self, request: Any) -> Deferred[IResponse]:
-        finished: Deferred[IResponse] = super().request(request)
-        parser = getattr(self, "_parser", None)
-        if parser is not None:
-            finished.addCallback(_note_tokens, parser)
-        return finished
-
-
-def _note_tokens(response: IResponse, parser: object) -> IResponse:
-    if tokens := _tokens(getattr(parser, "connHeaders", None)):
-        _TOKENS[response] = tokens
-    return response
-
-
-def connection_tokens(response: IResponse) -> frozenset[bytes]:
+def connection_tokens(response: Any) -> frozenset[bytes]:
     """
     The lowercased tokens of a backend response's C{Connection} header: the
     headers it names are hop-by-hop (RFC 9110 7.6.1) and must not reach the
-    user.  Twisted's client does not put C{Connection} in
-    C{response.headers}; L{_ParserKeepingProtocol} notes them.
+    user.
     """
-    return _TOKENS.get(response, frozenset())
+    tokens: frozenset[bytes] = getattr(response, "connection", frozenset())
+    return tokens
 
 
-class _QuietClientFactory(_HTTP11ClientFactory):
-    # "Starting factory _HTTP11ClientFactory(<function ... at 0x...>, ...)"
-    # per connection says nothing to an operator.
-    noisy = False
-
-    def buildProtocol(self, addr: Any) -> HTTP11ClientProtocol:
-        return _ParserKeepingProtocol(self._quiescentCallback)
-
-
-class _QuietPool(HTTPConnectionPool):
-    _factory = _QuietClientFactory
+def response_fields(response: Any) -> tuple[list[tuple[bytes, bytes]], frozenset[bytes]]:
+    """
+    The header fields (names lowercased) and C{Connection} tokens of a
+    response from another client than L{AppClient} (twisted.web's).
+    """
+    fields = [
+        (name.lower(), value)
+        for name, values in response.headers.getAllRawHeaders()
+        for value in values
+    ]
+    tokens = frozenset(
+        token.strip().lower()
+        for name, value in fields
+        if name == b"connection"
+        for token in value.split(b",")
+    )
+    return fields, tokens | connection_tokens(response)
 
 
 class BackendError(Exception):
@@ -268,7 +197,7 @@ def classify_failure(failure: Failure, url: str, timeout: float) -> BackendError
         return BackendError(502, "backend-refused", f"Could not connect to {url}.")
     reasons: list[Failure] = list(getattr(exc, "reasons", []) or [])
     if any(r.check(CancelledError, DeferredTimeoutError) for r in reasons):
-        # The Agent reports its cancellation (by our timeout) wrapped.
+        # A cancellation (by our timeout) reported wrapped.
         return BackendError(504, "timeout", f"{url} did not answer within {timeout:g} seconds.")
     for reason in reasons:
         if reason.check(SSL.Error):
@@ -277,9 +206,8 @@ def classify_failure(failure: Failure, url: str, timeout: float) -> BackendError
             )
     for reason in reasons:
         if reason.check(ValueError, ParseError):
-            # Twisted's HTTP client refused the response's head (a
-            # malformed status line, a malformed or conflicting
-            # Content-Length, ...).
+            # The client refused the response's head (a malformed status
+            # line, a malformed or conflicting Content-Length, ...).
             return BackendError(
                 502, "backend-error", f"{url} sent a malformed response: {reason.value}"
             )
@@ -301,51 +229,45 @@ class BackendClient:
     reactor: Any
     apps: dict[str, BackendApp] = attrs.field(init=False, factory=dict)
     """The settings the service pushed, by app name."""
-    _agents: dict[BackendApp, tuple[Agent, HTTPConnectionPool]] = attrs.field(
-        init=False, factory=dict
-    )
-    _retired: list[HTTPConnectionPool] = attrs.field(init=False, factory=list)
-    """Pools of apps no longer configured: requests in flight still return
-    their connections to them, which L{close} closes too."""
+    _clients: dict[BackendApp, AppClient] = attrs.field(init=False, factory=dict)
+    _retired: list[AppClient] = attrs.field(init=False, factory=list)
+    """Clients of apps no longer configured: requests in flight still end
+    on their connections, which are closed then, not pooled."""
 
     def configure(self, apps: Mapping[str, BackendApp]) -> None:
         """
-        Adopt the settings pushed by the service.  Agents of apps whose
+        Adopt the settings pushed by the service.  Clients of apps whose
         settings did not change are kept, with their pooled connections.
         """
         self.apps = dict(apps)
         current = set(self.apps.values())
-        for app in [a for a in self._agents if a not in current]:
-            _agent, pool = self._agents.pop(app)
-            pool.closeCachedConnections()
-            self._retired.append(pool)
+        for app in [a for a in self._clients if a not in current]:
+            client = self._clients.pop(app)
+            client.close()
+            self._retired.append(client)
 
-    def _agent_for(self, app: BackendApp) -> Agent:
-        entry = self._agents.get(app)
-        if entry is None:
-            pool = _QuietPool(self.reactor, persistent=True)
-            pool.maxPersistentPerHost = MAX_PERSISTENT_PER_HOST
-            pool.cachedConnectionTimeout = IDLE_CONNECTION_TIMEOUT
-            agent = Agent.usingEndpointFactory(
-                self.reactor, _CachedEndpoints(self.reactor, tls_policy(app)), pool=pool
-            )
-            entry = self._agents[app] = (agent, pool)
-        return entry[0]
+    def _agent_for(self, app: BackendApp) -> AppClient:
+        client = self._clients.get(app)
+        if client is None:
+            client = self._clients[app] = AppClient(self.reactor, tls_policy(app))
+        return client
 
     def request(
         self,
         app: BackendApp,
         method: bytes,
         url: bytes,
-        headers: Headers,
+        headers: Headers | Sequence[tuple[bytes, bytes]],
         body: IBodyProducer | None,
         clock: IReactorTime,
         timed: bool = True,
-    ) -> Deferred[IResponse]:
+    ) -> Deferred[BackendResponse]:
         """
         Send a request to C{app}.  With C{timed}, it fails with a timeout if
         the response headers take over C{app.timeout} seconds; without it,
         the caller times it (from the end of the request body).
+
+        @raise ValueError: HTTP/1.1 cannot carry the request as it is.
         """
         d = self._agent_for(app).request(method, url, headers, body)
         if timed:
@@ -353,9 +275,7 @@ class BackendClient:
         return d
 
     def close(self) -> Deferred[Any]:
-        from twisted.internet.defer import gatherResults
-
-        pools = [pool for _agent, pool in self._agents.values()] + self._retired
-        self._agents.clear()
+        clients = [*self._clients.values(), *self._retired]
+        self._clients.clear()
         self._retired = []
-        return gatherResults([pool.closeCachedConnections() for pool in pools])
+        return gatherResults([client.close() for client in clients])

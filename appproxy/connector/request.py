@@ -18,10 +18,9 @@ from h2.exceptions import H2Error
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
-from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
 
-from appproxy.connector.backend import BackendError, classify_failure, connection_tokens
+from appproxy.connector.backend import BackendError, classify_failure, response_fields
 from appproxy.connector.bodies import ResponseSender, StreamBodyProducer
 from appproxy.connector.origins import path_refusal
 from appproxy.http.headers import HOP_BY_HOP
@@ -49,26 +48,19 @@ if TYPE_CHECKING:
 
 
 def _response_headers(
-    headers: Headers, connection: frozenset[bytes] = frozenset()
+    fields: list[tuple[bytes, bytes]], connection: frozenset[bytes] = frozenset()
 ) -> list[tuple[bytes, bytes]]:
     """
-    Backend response headers fit for HTTP/2: lowercase, without hop-by-hop
-    headers, the ones named in Connection (C{connection}: its tokens, which
-    Twisted's client keeps out of C{headers}), appproxy's own, or
-    C{content-length} (the stream sends the checked length).
+    Backend response header fields (names lowercased) fit for HTTP/2: without
+    hop-by-hop headers, the ones named in Connection (C{connection}: its
+    tokens), appproxy's own, or C{content-length} (the stream sends the
+    checked length).
     """
-    raw = [(name.lower(), value) for name, values in headers.getAllRawHeaders() for value in values]
-    named = set(connection) | {
-        token.strip().lower()
-        for name, value in raw
-        if name == b"connection"
-        for token in value.split(b",")
-    }
     return [
         (name, value)
-        for name, value in raw
+        for name, value in fields
         if name not in HOP_BY_HOP
-        and name not in named
+        and name not in connection
         and name != b"content-length"
         and not name.startswith(b"appproxy-")
         and not name.startswith(b":")
@@ -90,7 +82,7 @@ class ConnectorStream(TunnelStream):
     a property)."""
     body: StreamBodyProducer | None = attrs.field(init=False, default=None)
     """The request body on its way to the backend, if there is one."""
-    request_d: Deferred[IResponse] | None = attrs.field(init=False, default=None)
+    request_d: Deferred[Any] | None = attrs.field(init=False, default=None)
     """The backend request, until it answers."""
     response_transport: Any = attrs.field(init=False, default=None)
     """The backend response body's transport, paused when the tunnel is full."""
@@ -146,7 +138,7 @@ class ConnectorStream(TunnelStream):
     def start(self, event: RequestReceived) -> None:
         proto = self.proto
         pseudo: dict[bytes, bytes] = {}
-        headers = Headers()
+        fields: list[tuple[bytes, bytes]] = []
         length: int | str = UNKNOWN_LENGTH
         app_name = b""
         ack = False
@@ -161,10 +153,10 @@ class ConnectorStream(TunnelStream):
                 continue
             elif name == b"content-length":
                 length = int(value)
-            else:
+            elif name != b"host":  # the authority is the host
                 if name == b"x-request-id":
                     self.request_id = value.decode("latin-1")
-                headers.addRawHeader(name, value)
+                fields.append((name, value))
         has_body = event.stream_ended is None
         app = proto.factory.backend.apps.get(app_name.decode("latin-1"))
         refused = proto.factory.refusal(
@@ -185,7 +177,7 @@ class ConnectorStream(TunnelStream):
         machine.limit = app.timeout
         machine.has_body = has_body
         authority = pseudo.get(b":authority", b"")
-        headers.setRawHeaders(b"host", [authority])
+        fields.append((b"host", authority))
         self.url = pseudo.get(b":scheme", b"http") + b"://" + authority + path
         self.method = pseudo.get(b":method", b"GET")
         if has_body:
@@ -197,7 +189,7 @@ class ConnectorStream(TunnelStream):
             proto.flush()
         self._feed(I.REQUEST_SENT)
         d = proto.factory.backend.request(
-            app, self.method, self.url, headers, self.body, proto.clock, timed=False
+            app, self.method, self.url, fields, self.body, proto.clock, timed=False
         )
         self.request_d = d
         d.addCallbacks(self._got_response, self._request_failed, errbackArgs=(app.timeout,))
@@ -210,7 +202,16 @@ class ConnectorStream(TunnelStream):
             response.deliverBody(Protocol())  # discard; the stream is gone
             return
         headers = [(b":status", b"%d" % response.code)]
-        declared = response.headers.getRawHeaders(b"content-length", [])
+        fields: list[tuple[bytes, bytes]] | None = getattr(response, "fields", None)
+        if fields is None:
+            fields, tokens = response_fields(response)
+        else:
+            tokens = response.connection  # type: ignore[attr-defined]
+        declared = (
+            [value for name, value in fields if name == b"content-length"]
+            if self.method == b"HEAD"
+            else []
+        )
         try:
             length = response_content_length(
                 response.code,
@@ -227,7 +228,7 @@ class ConnectorStream(TunnelStream):
             return
         if length is not None:
             headers.append((b"content-length", b"%d" % length))
-        headers += _response_headers(response.headers, connection_tokens(response))
+        headers += _response_headers(fields, tokens)
         try:
             self.proto.conn.send_headers(self.stream_id, headers)
         except H2Error:
