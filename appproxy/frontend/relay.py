@@ -83,7 +83,15 @@ class ResponseRelay:
             # for an HTTP/2 client twisted.web would still queue it and
             # turn its sending loop once more for it.
             return
-        self.request.write(data)
+        if self.http2 and not self.request.startedWriting:
+            connection = self._h2_connection()
+            if hasattr(connection, "write_first"):
+                # The header block and the first data in one write.
+                connection.write_first(self.request, data)
+            else:
+                self.request.write(data)
+        else:
+            self.request.write(data)
         if self.http2 and not self._held and self._h2_queued() > H2_QUEUE_LIMIT:
             self.stream.hold()
             self._held = True
