@@ -131,7 +131,9 @@ class ResponseRelay:
         channel: Any = self.request.channel
         if channel is None:
             return 0
-        queue = channel._conn._outboundStreamQueues.get(channel.streamID, ())
+        queue = channel._conn._outboundStreamQueues.get(channel.streamID)
+        if not queue:
+            return 0  # the usual case: the data went at once
         return sum(len(chunk) for chunk in queue if isinstance(chunk, bytes))
 
     def _drained(self) -> None:
