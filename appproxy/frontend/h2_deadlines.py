@@ -83,8 +83,10 @@ class DeadlineH2Connection(GuardedH2Connection):
 
     def _requestReceived(self, event: h2.events.RequestReceived) -> None:
         super()._requestReceived(event)
+        if event.stream_ended is not None:
+            return  # no body to wait for
         limits = self._limits()
-        if event.stream_ended is None and limits is not None and limits.body_min_rate:
+        if limits is not None and limits.body_min_rate:
             self._body_deadlines[event.stream_id] = self._now() + limits.header_timeout
             self._arm_body()
 
@@ -99,11 +101,13 @@ class DeadlineH2Connection(GuardedH2Connection):
         super()._requestDataReceived(event)
 
     def _requestEnded(self, event: h2.events.StreamEnded) -> None:
-        self._body_deadlines.pop(event.stream_id, None)
+        if self._body_deadlines:
+            self._body_deadlines.pop(event.stream_id, None)
         super()._requestEnded(event)
 
     def _requestDone(self, streamID: int) -> None:
-        self._body_deadlines.pop(streamID, None)
+        if self._body_deadlines:
+            self._body_deadlines.pop(streamID, None)
         super()._requestDone(streamID)
 
     def connectionLost(
@@ -135,14 +139,15 @@ class DeadlineH2Connection(GuardedH2Connection):
         return len(pending) < _FRAME_HEADER or pending[3] in _HEADER_FRAME_TYPES
 
     def _watch_header_block(self) -> None:
-        limits = self._limits()
-        if limits is None:
+        source = self._limits_source
+        if source is None or source.limits is None:
             return
         if not self._header_block_open():
-            self._stop_header_timer()
+            if self._header_timer is not None:
+                self._stop_header_timer()
         elif self._header_timer is None:
             self._header_timer = self._reactor.callLater(
-                limits.header_timeout, self._header_timed_out
+                source.limits.header_timeout, self._header_timed_out
             )
 
     def _stop_header_timer(self) -> None:

@@ -25,9 +25,15 @@ request id, unique to each response, and cookies go as never-indexed
 literals, not Huffman-coded into the table where they would only push out
 what is worth keeping), and a block that is plainly valid
 (L{appproxy.tunnel.fields.field_problem}, one pass over the whole block) is
-not normalised and validated again by h2, field by field.  A response whose
+not normalised and validated again by h2, field by field.  Received
+header blocks are checked as h2 would, in fewer steps
+(L{appproxy.frontend.h2_inbound}).  A response whose
 data has all gone ends at once, not on a later turn of twisted.web's sending
-loop, and a stream held back for a slow reader (L{appproxy.frontend.relay})
+loop; data that loop would send at once (it is idle, the transport takes
+data, the data fits the windows and a frame) is sent without a turn of it
+(its priority step, Deferred and C{callLater(0)}); a response's header block
+goes out with its first data (L{GuardedH2Connection.write_first}); and a
+stream held back for a slow reader (L{appproxy.frontend.relay})
 is released as soon as that loop has drained its queue.
 
 L{appproxy.frontend.channels.ProxyChannelProtocol} makes the public
@@ -49,6 +55,7 @@ from twisted.python.failure import Failure
 from twisted.web._http2 import H2Connection
 
 from appproxy.config.model import ClientLimits
+from appproxy.frontend.h2_inbound import adopt
 from appproxy.frontend.peer import peer_text
 from appproxy.observe.metrics import LIMIT_HITS
 from appproxy.tunnel.fields import TunnelEncoder, field_problem
@@ -84,6 +91,10 @@ class GuardedH2Connection(H2Connection):
     _empty_tokens_at: float
     _flooded: bool
     _drain_watches: dict[int, tuple[int, Callable[[], None]]]
+    _corked: bool
+    #: The transport's addresses, once asked for.
+    _peer: Any = None
+    _host: Any = None
 
     def start_guard(self, limits: ClientLimits | None = None) -> None:
         """Set the guard up, with the frame budgets of C{limits} (C{[limits]} C{h2_*})."""
@@ -96,8 +107,13 @@ class GuardedH2Connection(H2Connection):
         self._empty_tokens_at = self._reactor.seconds()
         self._flooded = False
         self._drain_watches = {}
-        # Nothing has been encoded yet: the table is still empty.
+        self._corked = False
+        # A block field_problem passes is sent as it is (see writeHeaders).
+        self.conn.config.normalize_outbound_headers = False
+        self.conn.config.validate_outbound_headers = False
+        # Nothing has been encoded or decoded yet: the tables are still empty.
         self.conn.encoder = TunnelEncoder()
+        adopt(self.conn)
         # h2 remembers 65,536 closed streams per connection (about 8 MiB once
         # a client has made that many requests on it): keep fewer.
         self.conn._closed_streams = SizeLimitDict(size_limit=CLOSED_STREAMS_KEPT)
@@ -105,18 +121,67 @@ class GuardedH2Connection(H2Connection):
     def writeHeaders(
         self, version: bytes, code: bytes, reason: bytes, headers: Any, streamID: int
     ) -> None:
-        # twisted.web gives the names capitalised; HTTP/2 wants them lowercase.
-        fields = [(name.lower(), value) for name, value in headers]
+        # twisted.web's, for names given capitalised (HTTP/2 wants them
+        # lowercase), and with h2's outbound normalisation and validation
+        # (off: see start_guard) only for a block field_problem finds fault
+        # with (h2 strips what it may, refuses the rest, as before).
+        fields = [(b":status", code), *[(name.lower(), value) for name, value in headers]]
         config = self.conn.config
-        if field_problem([(b":status", code), *fields]) is not None:
-            # Leave it to h2 as before (it strips what it may, refuses the rest).
-            super().writeHeaders(version, code, reason, fields, streamID)
-            return
-        config.normalize_outbound_headers = config.validate_outbound_headers = False
-        try:
-            super().writeHeaders(version, code, reason, fields, streamID)
-        finally:
+        plain = field_problem(fields) is None
+        if not plain:
             config.normalize_outbound_headers = config.validate_outbound_headers = True
+        try:
+            self.conn.send_headers(streamID, fields)
+        except h2.exceptions.StreamClosedError:
+            # The client closed the stream: as twisted.web, nothing to do.
+            return
+        finally:
+            if not plain:
+                config.normalize_outbound_headers = config.validate_outbound_headers = False
+        if not self._corked:
+            self._tryToWriteControlData()
+
+    def write_first(self, request: Any, data: bytes) -> None:
+        """
+        C{request.write(data)}, the first write of C{request}'s response: its
+        header block goes out with the data (one write to the transport,
+        not two), or at the latest when this returns.
+        """
+        self._corked = True
+        try:
+            request.write(data)
+        finally:
+            self._corked = False
+        if self.transport is not None:
+            self._tryToWriteControlData()
+
+    def writeDataToStream(self, streamID: int, data: bytes) -> None:
+        # twisted.web queues the data and wakes its sending loop, which sends
+        # it (a priority step, a frame) and then turns once more on the
+        # reactor's next turn (a callLater(0), a priority step, a new
+        # Deferred) only to find nothing left to send.  While that loop is
+        # idle (no stream has anything it can send), nothing waits for the
+        # transport, and the data fits the windows and one frame, send it now,
+        # as the loop would.
+        conn = self.conn
+        if (
+            data
+            and self._sendingDeferred is not None
+            and self._consumerBlocked is None
+            and not self._bufferedControlFrames
+            and self._stillProducing
+            and not self._outboundStreamQueues.get(streamID, True)
+            and len(data) <= conn.max_outbound_frame_size
+        ):
+            left = conn.local_flow_control_window(streamID) - len(data)
+            if left >= 0:
+                conn.send_data(streamID, data)
+                self.transport.write(conn.data_to_send())  # type: ignore[union-attr]
+                self.resetTimeout()
+                if left == 0:
+                    self.streams[streamID].flowControlBlocked()
+                return
+        super().writeDataToStream(streamID, data)
 
     def dataReceived(self, data: bytes) -> None:
         if self._flooded:
@@ -178,6 +243,20 @@ class GuardedH2Connection(H2Connection):
                 if self.queued(stream_id) <= below:
                     del self._drain_watches[stream_id]
                     drained()
+
+    def getPeer(self) -> Any:
+        # Each request asks (twisted.web's Request, for its client): the
+        # address is the connection's, the same for all of them.
+        peer = self._peer
+        if peer is None:
+            peer = self._peer = super().getPeer()
+        return peer
+
+    def getHost(self) -> Any:
+        host = self._host
+        if host is None:
+            host = self._host = super().getHost()
+        return host
 
     def timeoutConnection(self) -> None:
         # twisted.web's, logging the client as host:port, not an object's repr.
@@ -251,7 +330,7 @@ class GuardedH2Connection(H2Connection):
             super()._requestDataReceived(event)
 
     def _requestEnded(self, event: h2.events.StreamEnded) -> None:
-        if not self._gone(event.stream_id):
+        if event.stream_id in self.streams:  # not self._gone(...), one call less
             super()._requestEnded(event)
 
     def _requestAborted(self, event: h2.events.StreamReset) -> None:

@@ -83,7 +83,15 @@ class ResponseRelay:
             # for an HTTP/2 client twisted.web would still queue it and
             # turn its sending loop once more for it.
             return
-        self.request.write(data)
+        if self.http2 and not self.request.startedWriting:
+            connection = self._h2_connection()
+            if hasattr(connection, "write_first"):
+                # The header block and the first data in one write.
+                connection.write_first(self.request, data)
+            else:
+                self.request.write(data)
+        else:
+            self.request.write(data)
         if self.http2 and not self._held and self._h2_queued() > H2_QUEUE_LIMIT:
             self.stream.hold()
             self._held = True
@@ -123,7 +131,9 @@ class ResponseRelay:
         channel: Any = self.request.channel
         if channel is None:
             return 0
-        queue = channel._conn._outboundStreamQueues.get(channel.streamID, ())
+        queue = channel._conn._outboundStreamQueues.get(channel.streamID)
+        if not queue:
+            return 0  # the usual case: the data went at once
         return sum(len(chunk) for chunk in queue if isinstance(chunk, bytes))
 
     def _drained(self) -> None:
