@@ -268,6 +268,21 @@ class UpgradeTests(SynchronousTestCase):
         self.assertEqual(m.feed(N.CONNECTION_LOST), [])
         self.assertEqual((m.open, m.upgrades), (0, 0))
 
+    def test_upgrade_waits_for_the_settings_push(self) -> None:
+        """
+        The first settings push is a stream of its own, opened before the
+        connector's limit is known: an upgrade waits for room within that
+        limit, not only within the upgrade capacity.
+        """
+        m = ConnectionMachine(max_capacity=10, max_upgrades=1)
+        m.feed(N.HANDSHAKE_DONE)
+        m.feed(N.SETTINGS_ACKED, 1)
+        self.assertEqual(m.feed(N.CAPACITY_CHANGED, 1), [])
+        self.assertEqual(m.feed(N.UPGRADE_OFFERED), [ReturnUpgrade()])
+        self.assertEqual(m.feed(N.STREAM_CLOSED), [WantUpgrade()])
+        self.assertEqual(m.feed(N.UPGRADE_OFFERED), [OpenUpgrade()])
+        self.assertEqual((m.open, m.upgrades, m.advertised), (0, 1, 1))
+
     def test_cancelled_upgrade_asks_again(self) -> None:
         m = upgrading()
         self.assertEqual(m.feed(N.UPGRADE_CANCELLED), [WantUpgrade()])
@@ -306,7 +321,8 @@ class UpgradePropertyTests(SynchronousTestCase):
             self.assertEqual(len(answers), 1 if event is N.UPGRADE_OFFERED else 0)
             if any(isinstance(a, WantUpgrade) for a in actions):
                 self.assertTrue(m.wanting_upgrade)
-                self.assertFalse(wanting and event is not N.UPGRADE_OFFERED)
+                # An upgrade offered or cancelled answers the ask before it.
+                self.assertFalse(wanting and event not in (N.UPGRADE_OFFERED, N.UPGRADE_CANCELLED))
                 self.assertFalse(was_closed)
             if any(isinstance(a, Close) for a in actions):
                 self.assertEqual((m.open, m.upgrades), (0, 0))

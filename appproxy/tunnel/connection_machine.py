@@ -252,7 +252,11 @@ class ConnectionMachine:
 
     @property
     def upgrade_room(self) -> int:
-        return max(0, self.upgrade_capacity - self.upgrades)
+        # Within the upgrade capacity, and within what the connector
+        # advertises for all streams: the first settings push is opened
+        # before that limit is known, so requests alone do not bound it.
+        total = self.advertised - self.open - self.upgrades
+        return max(0, min(self.upgrade_capacity - self.upgrades, total))
 
     # -- handlers ----------------------------------------------------------
 
@@ -311,8 +315,8 @@ class ConnectionMachine:
         if self.state is C.DRAINING:
             return self._close_if_idle()
         if self.push_pending and self.room:
-            return self._push(0)
-        return self._fill(0)
+            return [*self._push(0), *self._fill_upgrade()]
+        return [*self._fill(0), *self._fill_upgrade()]
 
     def _drain(self, value: int) -> list[Action]:
         self.push_pending = False
@@ -340,11 +344,7 @@ class ConnectionMachine:
     # -- upgraded streams --------------------------------------------------
 
     def _fill_upgrade(self) -> list[Action]:
-        if (
-            self.state is not C.READY
-            or self.wanting_upgrade
-            or self.upgrades >= self.upgrade_capacity
-        ):
+        if self.state is not C.READY or self.wanting_upgrade or not self.upgrade_room:
             return []
         self.wanting_upgrade = True
         return [WantUpgrade()]
@@ -357,7 +357,7 @@ class ConnectionMachine:
 
     def _upgrade_offered(self, value: int) -> list[Action]:
         self.wanting_upgrade = False
-        if self.state is not C.READY or self.upgrades >= self.upgrade_capacity:
+        if self.state is not C.READY or not self.upgrade_room:
             return [ReturnUpgrade(), *self._close_if_idle()]
         self.upgrades += 1
         return [OpenUpgrade(), *self._fill_upgrade()]
