@@ -34,9 +34,11 @@ from h2.exceptions import (
     StreamClosedError,
     StreamIDTooLowError,
 )
+from hpack import Decoder, NeverIndexedHeaderTuple
 from twisted.trial.unittest import SynchronousTestCase
 
 from appproxy.tunnel.connection import TunnelConnection
+from appproxy.tunnel.fields import UnsendableFields
 from tests.h2_wire import (
     CONTINUATION,
     DATA,
@@ -62,6 +64,7 @@ from tests.h2_wire import (
     greeted,
     headers,
     literal,
+    parse,
     ping,
     rst_stream,
     settings,
@@ -590,3 +593,82 @@ def _add_case(name: str) -> None:
 
 for _name in REFUSED:
     _add_case(_name)
+
+
+class SendSideTests(SynchronousTestCase):
+    """What the tunnel's ends rely on when they send."""
+
+    def test_secrets_never_indexed(self) -> None:
+        """
+        Cookies, credentials and unique values go as HPACK never-indexed
+        literals (RFC 7541 7.1.3): in requests and in responses.
+        """
+        conn = greeted(True)
+        conn.send_headers(
+            1,
+            [
+                *REQUEST,
+                (b"cookie", b"a=1"),
+                (b"authorization", b"Bearer x"),
+                (b"x-request-id", b"r1"),
+                (b"accept", b"*/*"),
+            ],
+        )
+        fields = Decoder().decode(parse(conn.data_to_send())[0].payload, raw=True)
+        never = {bytes(f[0]) for f in fields if isinstance(f, NeverIndexedHeaderTuple)}
+        self.assertEqual(never, {b"cookie", b"authorization", b"x-request-id"})
+        conn = server()
+        conn.receive_data(R1)
+        conn.send_headers(1, [*RESPONSE, (b"set-cookie", b"s=1"), (b"set-cookie", b"t=2")])
+        fields = Decoder().decode(parse(conn.data_to_send())[0].payload, raw=True)
+        self.assertEqual(
+            [type(f) for f in fields if f[0] == b"set-cookie"], [NeverIndexedHeaderTuple] * 2
+        )
+
+    def test_unsendable_fields(self) -> None:
+        """A block the far end would refuse is not sent: L{UnsendableFields}."""
+        conn = greeted(True)
+        for bad in ([(b"X-Up", b"1")], [(b"connection", b"close")], [(b"x", b"a\nb")]):
+            with self.assertRaises(UnsendableFields):
+                conn.send_headers(1, REQUEST + bad)
+            self.assertEqual(conn.data_to_send(), b"")
+
+    def test_send_limits(self) -> None:
+        """
+        DATA over the peer's frame size or the window is refused, not sent.
+        """
+        conn = greeted(True)
+        conn.send_headers(1, REQUEST)
+        conn.data_to_send()
+        self.assertEqual(conn.local_flow_control_window(1), 65535)
+        self.assertEqual(conn.max_outbound_frame_size, 16384)
+        self.assertRaises(FrameTooLargeError, conn.send_data, 1, b"x" * 16385)
+        for _ in range(3):
+            conn.send_data(1, b"x" * 16384)
+        self.assertRaises(FlowControlError, conn.send_data, 1, b"x" * 16384)
+        conn.send_data(1, b"x" * 16383)
+        self.assertEqual(conn.local_flow_control_window(1), 0)
+        self.assertEqual(sum(len(f.payload) for f in parse(conn.data_to_send())), 65535)
+
+    def test_after_reset(self) -> None:
+        """
+        On a stream we reset, sending raises an H2Error (the tunnel drops
+        what it had queued) and writes nothing.
+        """
+        conn = greeted(True)
+        conn.send_headers(1, REQUEST)
+        conn.reset_stream(1, E.CANCEL)
+        conn.data_to_send()
+        for call in (
+            lambda: conn.send_data(1, b"x"),
+            lambda: conn.end_stream(1),
+            lambda: conn.reset_stream(1, E.CANCEL),
+            lambda: conn.send_headers(1, [(b"x", b"1")], end_stream=True),
+        ):
+            self.assertRaises(StreamClosedError, call)
+        try:
+            conn.acknowledge_received_data(5, 1)
+        except H2Error:
+            pass
+        self.assertEqual(conn.data_to_send(), b"")
+        self.assertRaises(NoSuchStreamError, conn.send_data, 99, b"x")
