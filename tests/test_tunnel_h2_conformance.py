@@ -7,12 +7,12 @@ the exception C{receive_data} raises (the tunnel's protocol catches any
 L{H2Error}, writes what the connection wrote and drops the connection) and
 the GOAWAY or RST_STREAM, with its error code, it writes for the peer.
 
-The answers asserted are those of the h2-based implementation, each checked
-against RFC 9113 (where h2 ends the whole connection for what the RFC calls
-a stream error, that is allowed by section 5.4.1).  Where h2's answer breaks
-the RFC, the test asserts the RFC's answer, says so in a comment marked
-"RFC 9113 VIOLATION", and carries trial's C{todo} (an expected failure while
-the implementation is h2's).
+The answers asserted are RFC 9113's, each case citing its section.  Where
+the RFC asks for a stream error, section 5.4.1 lets an endpoint end the whole
+connection instead (h2 did, for several): those cases (L{EITHER}) accept
+exactly the two answers, a RST_STREAM of that stream or a GOAWAY, both with
+the RFC's error code.  The exception class is h2's (the tunnel's connection
+was h2's H2Connection; its own raises the same classes), or a subclass.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import struct
 from collections.abc import Callable
 
 from h2.errors import ErrorCodes
+from h2.events import StreamReset
 from h2.exceptions import (
     DenialOfServiceError,
     FlowControlError,
@@ -157,15 +158,9 @@ REFUSED: dict[str, tuple[Callable[[], TunnelConnection], bytes, type[H2Error], W
         FlowControlError,
         goaway_of(E.FLOW_CONTROL_ERROR),
     ),
-    # 6.9: an increment of 0 is a stream error (h2 ends the connection: 5.4.1
-    # allows it) or a connection error; overflowing the connection's window
-    # is a connection error (the stream's: see test_window_overflow_stream).
-    "window_update_0_on_stream": (
-        server,
-        R1 + window_update(1, 0),
-        ProtocolError,
-        goaway_of(E.PROTOCOL_ERROR),
-    ),
+    # 6.9: an increment of 0 on the connection is a connection error (on a
+    # stream: see EITHER); overflowing the connection's window is a
+    # connection error (the stream's: see test_window_overflow_stream).
     "window_update_0_on_connection": (
         server,
         window_update(0, 0),
@@ -215,7 +210,9 @@ REFUSED: dict[str, tuple[Callable[[], TunnelConnection], bytes, type[H2Error], W
         ProtocolError,
         goaway_of(E.PROTOCOL_ERROR),
     ),
-    # 6.10: CONTINUATION only right after HEADERS without END_HEADERS, same stream.
+    # 6.10: CONTINUATION only right after HEADERS without END_HEADERS, same
+    # stream: a connection error PROTOCOL_ERROR (on an idle stream, 5.1, h2's
+    # NoSuchStreamError).
     "continuation_without_headers": (
         server,
         frame(CONTINUATION, END_HEADERS, 1, block(REQUEST)),
@@ -328,13 +325,10 @@ REFUSED: dict[str, tuple[Callable[[], TunnelConnection], bytes, type[H2Error], W
         FrameDataMissingError,
         goaway_of(E.FRAME_SIZE_ERROR),
     ),
-    # 5.3.1, 6.3: PRIORITY (stream errors in the RFC; h2 ends the connection).
-    "priority_depends_on_itself": (
-        server,
-        R1 + priority(1, 1),
-        ProtocolError,
-        goaway_of(E.PROTOCOL_ERROR),
-    ),
+    # 6.3, RFC 7540 5.3.1 (the scheme RFC 9113 5.3.1 deprecates; its frame
+    # stays): a self-dependency is a stream error PROTOCOL_ERROR, but a
+    # RST_STREAM cannot be sent on an idle stream (6.4): a connection error
+    # (5.4.1); in HEADERS, the connection error h2 chose (5.4.1 allows it).
     "priority_idle_stream_depends_on_itself": (
         server,
         priority(3, 3),
@@ -346,12 +340,6 @@ REFUSED: dict[str, tuple[Callable[[], TunnelConnection], bytes, type[H2Error], W
         frame(HEADERS, END_HEADERS | PRIORITY_FLAG, 1, struct.pack(">LB", 1, 16) + block(REQUEST)),
         ProtocolError,
         goaway_of(E.PROTOCOL_ERROR),
-    ),
-    "priority_wrong_length": (
-        server,
-        R1 + frame(PRIORITY, 0, 1, b"\0\0\0\0"),
-        FrameDataMissingError,
-        goaway_of(E.FRAME_SIZE_ERROR),
     ),
     # 6.1, 6.2: padding as long as the payload or longer.
     "data_padding_too_long": (
@@ -564,6 +552,35 @@ def _closed_both_ways() -> TunnelConnection:
     return conn
 
 
+#: name: (the end under test, the bytes, the stream, the RFC's error code, the
+#: class of the connection error h2 chose instead): a stream error in RFC 9113,
+#: which section 5.4.1 lets an endpoint treat as a connection error.
+EITHER: dict[str, tuple[Callable[[], TunnelConnection], bytes, int, int, type[H2Error]]] = {
+    # 6.9: "A receiver MUST treat the receipt of a WINDOW_UPDATE frame with a
+    # flow-control window increment of 0 as a stream error ... PROTOCOL_ERROR".
+    "window_update_0_on_stream": (
+        server,
+        R1 + window_update(1, 0),
+        1,
+        E.PROTOCOL_ERROR,
+        ProtocolError,
+    ),
+    # RFC 7540 5.3.1 (the priority scheme RFC 9113 5.3.1 deprecates; its
+    # frame stays, 6.3): "A stream cannot depend on itself.  An endpoint MUST
+    # treat this as a stream error (Section 5.4.2) of type PROTOCOL_ERROR."
+    "priority_depends_on_itself": (server, R1 + priority(1, 1), 1, E.PROTOCOL_ERROR, ProtocolError),
+    # 6.3: "A PRIORITY frame with a length other than 5 octets MUST be treated
+    # as a stream error (Section 5.4.2) of type FRAME_SIZE_ERROR."
+    "priority_wrong_length": (
+        server,
+        R1 + frame(PRIORITY, 0, 1, b"\0\0\0\0"),
+        1,
+        E.FRAME_SIZE_ERROR,
+        FrameDataMissingError,
+    ),
+}
+
+
 class RefusedTests(SynchronousTestCase):
     """
     Each case of L{REFUSED}: C{receive_data} raises h2's exception class (or
@@ -582,6 +599,26 @@ class RefusedTests(SynchronousTestCase):
         self.assertEqual(outcome.written, written, name)
 
 
+class StreamErrorTests(SynchronousTestCase):
+    """
+    Each case of L{EITHER}: a stream error (that stream reset, the connection
+    going on) or, as RFC 9113 section 5.4.1 allows, a connection error (h2's
+    exception class raised, a GOAWAY), both with the RFC's error code.
+    """
+
+    def check(self, name: str) -> None:
+        make, data, stream_id, code, raised = EITHER[name]
+        conn = make()
+        outcome = feed(conn, data)
+        if outcome.raised is None:
+            self.assertEqual(outcome.written, [("RST_STREAM", stream_id, code)], name)
+            self.assertIn(StreamReset, [type(e) for e in outcome.events], name)
+            self.assertEqual(feed(conn, ping()).raised, None, f"{name}: the connection ended")
+        else:
+            self.assertTrue(issubclass(outcome.raised, raised), f"{name}: {outcome.raised}")
+            self.assertEqual(outcome.written, [("GOAWAY", 0, code)], name)
+
+
 def _add_case(name: str) -> None:
     def test(self: RefusedTests) -> None:
         self.check(name)
@@ -593,6 +630,19 @@ def _add_case(name: str) -> None:
 
 for _name in REFUSED:
     _add_case(_name)
+
+
+def _add_either(name: str) -> None:
+    def test(self: StreamErrorTests) -> None:
+        self.check(name)
+
+    test.__name__ = f"test_{name}"
+    test.__doc__ = f"A stream error, or a connection error: {name.replace('_', ' ')}."
+    setattr(StreamErrorTests, test.__name__, test)
+
+
+for _name in EITHER:
+    _add_either(_name)
 
 
 class SendSideTests(SynchronousTestCase):

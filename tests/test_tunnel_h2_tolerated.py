@@ -1,16 +1,15 @@
 """
 The tunnel's HTTP/2 connection (L{TunnelConnection}) with odd but lawful
-frames, frames on streams that just closed, a CONTINUATION flood, and the
-few places where h2's answer breaks RFC 9113.
+frames, frames on streams that just closed, a CONTINUATION flood, frames
+after a GOAWAY, and the timing of our SETTINGS.
 
 Frames on a closed stream (RFC 9113 section 5.1) must be tolerated or
 answered as the RFC says, and the connection must go on: each such test
 ends by checking that a PING is still answered.
 
-Tests marked "RFC 9113 VIOLATION" assert the RFC's answer, which the
-h2-based implementation does not give: they carry trial's C{todo} (expected
-failures now; an implementation that gets them right shows them as
-unexpected successes, and then the C{todo} can go).
+Tests whose docstring says "h2 broke RFC 9113" assert the RFC's answer
+where the h2-based implementation (the tunnel's connection until it had its
+own) gave another: the RFC's text is quoted, and h2's answer described.
 """
 
 from __future__ import annotations
@@ -24,10 +23,11 @@ from h2.events import (
     InformationalResponseReceived,
     RequestReceived,
     ResponseReceived,
+    StreamEnded,
     StreamReset,
     WindowUpdated,
 )
-from h2.exceptions import FrameTooLargeError, ProtocolError
+from h2.exceptions import FrameTooLargeError, ProtocolError, StreamClosedError
 from twisted.trial.unittest import SynchronousTestCase
 
 from appproxy.tunnel.connection import TunnelConnection
@@ -65,7 +65,6 @@ from tests.h2_wire import (
 E = ErrorCodes
 R1 = headers(1, REQUEST)
 R1_ENDED = headers(1, REQUEST, end_stream=True)
-VIOLATION = "RFC 9113 violation in h2: see the test's docstring"
 
 
 def server() -> TunnelConnection:
@@ -207,12 +206,18 @@ class ClosedStreamTests(Base):
         return conn
 
     def test_closed_data(self) -> None:
-        """DATA after END_STREAM both ways: a stream error STREAM_CLOSED."""
+        """
+        DATA after END_STREAM both ways (5.1, closed): "an endpoint that
+        receives any frames after receiving a frame with the END_STREAM flag
+        set MUST treat that as a connection error (Section 5.4.1) of type
+        STREAM_CLOSED, unless the frame is permitted" (WINDOW_UPDATE,
+        RST_STREAM, PRIORITY: test_closed_window_update_rst_priority).  h2
+        broke RFC 9113 here: it answered with a stream error (RST_STREAM).
+        """
         conn = self.closed_both_ways()
         outcome = feed(conn, frame(DATA, 0, 1, b"x") + frame(DATA, END_STREAM, 1, b"x"))
-        self.assertEqual(outcome.raised, None)
-        self.assertEqual(outcome.written, [("RST_STREAM", 1, E.STREAM_CLOSED)] * 2)
-        self.assertGoesOn(conn)
+        self.assertEqual(outcome.raised, StreamClosedError)
+        self.assertEqual(outcome.written, [("GOAWAY", 0, E.STREAM_CLOSED)])
 
     def test_closed_window_update_rst_priority(self) -> None:
         """WINDOW_UPDATE, RST_STREAM and PRIORITY after END_STREAM: ignored."""
@@ -304,19 +309,20 @@ class ClosedStreamTests(Base):
 
     def test_after_our_reset_ignored(self) -> None:
         """
-        RFC 9113 VIOLATION (5.1, closed): "An endpoint MUST ignore frames
+        RFC 9113 section 5.1 (closed): "An endpoint MUST ignore frames
         that it receives on closed streams after it has sent a RST_STREAM
-        frame."  h2 answers each DATA or HEADERS frame the peer had in
-        flight with a RST_STREAM (STREAM_CLOSED) of its own.
+        frame."  h2 broke RFC 9113 here: it answered each DATA or HEADERS
+        frame the peer had in flight with a RST_STREAM (STREAM_CLOSED).
+        Their DATA still counts against the connection's window (6.9), which
+        is reopened for it: see test_after_our_reset_tolerated.
         """
         conn = server()
         feed(conn, R1)
         conn.reset_stream(1, E.CANCEL)
         conn.data_to_send()
         outcome = feed(conn, frame(DATA, 0, 1, b"x") * 3 + headers(1, [(b"x", b"1")], True))
-        self.assertEqual(outcome.written, [])
-
-    test_after_our_reset_ignored.todo = VIOLATION  # type: ignore[attr-defined]
+        self.assertEqual((outcome.raised, outcome.written, outcome.events), (None, [], []))
+        self.assertGoesOn(conn)
 
 
 class FloodTests(Base):
@@ -353,8 +359,8 @@ class FloodTests(Base):
 
 class ViolationTests(Base):
     """
-    Where h2 breaks RFC 9113: the lawful part of its behaviour is asserted
-    unconditionally, the RFC's exact answer under C{todo}.
+    Where h2 broke RFC 9113: the lawful part of its behaviour, and the RFC's
+    exact answer.
     """
 
     def test_hpack_error_ends_connection(self) -> None:
@@ -363,28 +369,25 @@ class ViolationTests(Base):
 
     def test_hpack_error_is_compression_error(self) -> None:
         """
-        RFC 9113 VIOLATION (4.3): "A decoding error in a field block MUST be
-        treated as a connection error of type COMPRESSION_ERROR."  h2 says
-        PROTOCOL_ERROR.
+        RFC 9113 section 4.3: "A decoding error in a field block MUST be
+        treated as a connection error of type COMPRESSION_ERROR."  h2 broke
+        RFC 9113: PROTOCOL_ERROR.
         """
         outcome = self.refused(server(), frame(HEADERS, END_HEADERS, 1, b"\xff\x7f"))
         self.assertEqual(outcome.written, [("GOAWAY", 0, E.COMPRESSION_ERROR)])
-
-    test_hpack_error_is_compression_error.todo = VIOLATION  # type: ignore[attr-defined]
 
     def test_settings_ack_with_payload_ends_connection(self) -> None:
         self.refused(server(), frame(0x4, 0x1, 0, struct.pack(">HL", 4, 1)))
 
     def test_settings_ack_with_payload_is_frame_size_error(self) -> None:
         """
-        RFC 9113 VIOLATION (6.5): "Receipt of a SETTINGS frame with the ACK
+        RFC 9113 section 6.5: "Receipt of a SETTINGS frame with the ACK
         flag set and a length field value other than 0 MUST be treated as a
-        connection error of type FRAME_SIZE_ERROR."  h2 says PROTOCOL_ERROR.
+        connection error of type FRAME_SIZE_ERROR."  h2 broke RFC 9113:
+        PROTOCOL_ERROR.
         """
         outcome = self.refused(server(), frame(0x4, 0x1, 0, struct.pack(">HL", 4, 1)))
         self.assertEqual(outcome.written, [("GOAWAY", 0, E.FRAME_SIZE_ERROR)])
-
-    test_settings_ack_with_payload_is_frame_size_error.todo = VIOLATION  # type: ignore[attr-defined]
 
     def test_bad_client_preface(self) -> None:
         """
@@ -400,10 +403,11 @@ class ViolationTests(Base):
 
     def test_preface_without_settings(self) -> None:
         """
-        RFC 9113 VIOLATION (3.4): the client's preface is followed by a
+        RFC 9113 section 3.4: the client's preface is followed by a
         SETTINGS frame, and the server's preface is a SETTINGS frame that
         MUST be the first frame it sends; an invalid preface is a connection
-        error PROTOCOL_ERROR.  h2 accepts a PING first, at either end.
+        error PROTOCOL_ERROR.  h2 broke RFC 9113: it accepted a PING first,
+        at either end.
         """
         conn = tunnel_end(False)
         conn.data_to_send()
@@ -412,37 +416,55 @@ class ViolationTests(Base):
         conn.data_to_send()
         self.refused(conn, ping())
 
-    test_preface_without_settings.todo = VIOLATION  # type: ignore[attr-defined]
-
     def test_ping_answered_after_our_goaway(self) -> None:
         """
-        RFC 9113 VIOLATION (6.7, 6.8): a PING MUST be answered, and GOAWAY
-        lets the connection finish its work; h2 takes any frame received
-        after its own GOAWAY for a PROTOCOL_ERROR.  (The tunnel sends
-        GOAWAY only once idle, and closes at once: it does not depend on it.)
+        RFC 9113 sections 6.7 and 6.8: a PING MUST be answered, and after
+        a graceful GOAWAY "activity on streams numbered lower than or equal
+        to the last stream identifier might still complete successfully";
+        the sender "can ignore frames sent on streams initiated by the
+        receiver" above it (which we refuse: REFUSED_STREAM, 8.7).  h2 broke
+        RFC 9113: it took any frame received after its own GOAWAY for a
+        PROTOCOL_ERROR.  (The tunnel sends GOAWAY only once idle, and closes
+        at once: it does not depend on it.)
         """
         conn = server()
         feed(conn, R1)
         conn.close_connection()
         conn.data_to_send()
-        outcome = feed(conn, ping())
-        self.assertQuiet(outcome)
-
-    test_ping_answered_after_our_goaway.todo = VIOLATION  # type: ignore[attr-defined]
+        conn.receive_data(ping())
+        self.assertEqual([f[:2] for f in parse(conn.data_to_send())], [(PING, 1)])
+        outcome = feed(conn, frame(DATA, END_STREAM, 1, b"x") + headers(3, REQUEST))
+        self.assertEqual(outcome.raised, None)
+        self.assertEqual(outcome.written, [("RST_STREAM", 3, E.REFUSED_STREAM)])
+        self.assertEqual([(type(e), e.stream_id) for e in outcome.events][:1], [(DataReceived, 1)])
+        conn.send_headers(1, RESPONSE, end_stream=True)
+        self.assertEqual(conn.data_to_send()[3], HEADERS)
 
     def test_stream_finishes_after_their_goaway(self) -> None:
         """
-        RFC 9113 VIOLATION (6.8): streams up to the GOAWAY's last stream
-        identifier "might still complete successfully"; h2 takes DATA on
-        such a stream for a PROTOCOL_ERROR once it received GOAWAY.
+        RFC 9113 section 6.8: streams up to the GOAWAY's last stream
+        identifier "might still complete successfully", and "Receivers of a
+        GOAWAY frame MUST NOT open additional streams".  h2 broke RFC 9113:
+        it took DATA on such a stream for a PROTOCOL_ERROR once it received
+        GOAWAY.
         """
         conn = server()
         outcome = feed(conn, R1 + goaway(1))
         self.assertEqual(types(outcome), [RequestReceived, ConnectionTerminated])
         outcome = feed(conn, frame(DATA, END_STREAM, 1, b"x"))
         self.assertQuiet(outcome)
-
-    test_stream_finishes_after_their_goaway.todo = VIOLATION  # type: ignore[attr-defined]
+        self.assertEqual(types(outcome), [DataReceived, StreamEnded])
+        conn.send_headers(1, RESPONSE, end_stream=True)
+        self.assertEqual(conn.data_to_send()[3], HEADERS)
+        conn = greeted(True)
+        conn.send_headers(1, REQUEST)
+        conn.data_to_send()
+        self.assertQuiet(feed(conn, goaway(1)))
+        self.assertRaises(ProtocolError, conn.send_headers, 3, REQUEST)
+        conn.send_data(1, b"body", end_stream=True)
+        outcome = feed(conn, headers(1, RESPONSE, end_stream=True))
+        self.assertQuiet(outcome)
+        self.assertEqual(types(outcome), [ResponseReceived, StreamEnded])
 
 
 class SettingsTimingTests(Base):
@@ -463,20 +485,19 @@ class SettingsTimingTests(Base):
 
     def test_larger_frames_in_the_read_of_the_ack(self) -> None:
         """
-        RFC 9113 VIOLATION (4.2, 6.5.2): the peer acknowledged our larger
-        SETTINGS_MAX_FRAME_SIZE, then sent a frame within it; h2 applies the
-        new size only from its next receive_data call, so a frame that
-        arrives in the same read as the ACK is refused (FRAME_SIZE_ERROR,
-        the connection lost), e.g. a tunnel response coalesced with the
-        ACKs into one TLS record.
+        RFC 9113 sections 4.2 and 6.5.3: the peer acknowledged our larger
+        SETTINGS_MAX_FRAME_SIZE (the values are in force once the ACK is
+        received), then sent a frame within it.  h2 broke RFC 9113: it
+        applied the new size only from its next receive_data call, so a
+        frame that arrived in the same read as the ACK was refused
+        (FRAME_SIZE_ERROR, the connection lost), e.g. a tunnel response
+        coalesced with the ACKs into one TLS record.
         """
         conn = tunnel_end(False)
         conn.data_to_send()
         self.assertQuiet(
             feed(conn, PREFACE + settings() + settings(ack=True) * 2 + self.big_frame())
         )
-
-    test_larger_frames_in_the_read_of_the_ack.todo = VIOLATION  # type: ignore[attr-defined]
 
     def test_smaller_frame_size_after_its_ack(self) -> None:
         """A smaller SETTINGS_MAX_FRAME_SIZE holds once acknowledged."""
@@ -490,10 +511,13 @@ class SettingsTimingTests(Base):
 
     def test_smaller_frame_size_before_its_ack(self) -> None:
         """
-        RFC 9113 VIOLATION (6.5.3): with two SETTINGS frames of ours
-        outstanding, the first ACK applies both (h2 pops every pending
-        value on each ACK), so a smaller SETTINGS_MAX_FRAME_SIZE the peer
-        has not yet seen is enforced and its lawful frame refused.
+        RFC 9113 section 6.5.3: "the values in the SETTINGS frame MUST be
+        processed in the order they appear", and the sender applies them
+        when it receives that frame's ACK: with two SETTINGS frames of ours
+        outstanding, the first ACK applies the first only.  h2 broke RFC
+        9113: it applied both on the first ACK, so a smaller
+        SETTINGS_MAX_FRAME_SIZE the peer had not yet seen was enforced and
+        its lawful frame refused.
         """
         conn = greeted(False)
         conn.update_settings({4: 1 << 19})
@@ -501,5 +525,7 @@ class SettingsTimingTests(Base):
         conn.data_to_send()
         self.assertQuiet(feed(conn, settings(ack=True)))
         self.assertQuiet(feed(conn, self.big_frame()))
-
-    test_smaller_frame_size_before_its_ack.todo = VIOLATION  # type: ignore[attr-defined]
+        self.assertQuiet(feed(conn, settings(ack=True)))
+        outcome = feed(conn, frame(DATA, 0, 1, b"x" * 20000))
+        self.assertEqual(outcome.raised, FrameTooLargeError)
+        self.assertEqual(outcome.written, [("GOAWAY", 0, E.FRAME_SIZE_ERROR)])
