@@ -421,8 +421,8 @@ class ViolationTests(Base):
         RFC 9113 sections 6.7 and 6.8: a PING MUST be answered, and after
         a graceful GOAWAY "activity on streams numbered lower than or equal
         to the last stream identifier might still complete successfully";
-        the sender "can ignore frames sent on streams initiated by the
-        receiver" above it (which we refuse: REFUSED_STREAM, 8.7).  h2 broke
+        the sender may ignore the receiver's streams above it (we refuse
+        them: REFUSED_STREAM, 8.7).  h2 broke
         RFC 9113: it took any frame received after its own GOAWAY for a
         PROTOCOL_ERROR.  (The tunnel sends GOAWAY only once idle, and closes
         at once: it does not depend on it.)
@@ -511,10 +511,11 @@ class SettingsTimingTests(Base):
 
     def test_smaller_frame_size_before_its_ack(self) -> None:
         """
-        RFC 9113 section 6.5.3: "the values in the SETTINGS frame MUST be
-        processed in the order they appear", and the sender applies them
-        when it receives that frame's ACK: with two SETTINGS frames of ours
-        outstanding, the first ACK applies the first only.  h2 broke RFC
+        RFC 9113 section 6.5.3: "Upon receiving a SETTINGS frame with the
+        ACK flag set, the sender of the altered settings can rely on the
+        values from the oldest unacknowledged SETTINGS frame having been
+        applied": with two SETTINGS frames of ours outstanding, the first
+        ACK applies the first only.  h2 broke RFC
         9113: it applied both on the first ACK, so a smaller
         SETTINGS_MAX_FRAME_SIZE the peer had not yet seen was enforced and
         its lawful frame refused.
