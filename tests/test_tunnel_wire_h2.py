@@ -8,7 +8,8 @@ roles.
 
 Deliberate differences, left out of the comparison: WindowUpdated events
 (the tunnel sends no WINDOW_UPDATE for a stream its peer has ended, where
-nothing more can come).
+nothing more can come), and whatever follows a GOAWAY (h2 refuses it all,
+where RFC 9113 section 6.8 lets the streams the GOAWAY covers finish).
 """
 
 from __future__ import annotations
@@ -316,6 +317,12 @@ class Pair:
             )
         elif kind == "goaway":
             self.call(op[1], "close_connection", op[2])
+            self.pump()
+            # Compared no further: h2 then refuses every frame and every call
+            # (RFC 9113 section 6.8 lets the streams up to the GOAWAY's last
+            # stream finish, as ours does: tests.test_tunnel_h2_tolerated).
+            self.broken = True
+            return
         self.pump()
 
 

@@ -265,19 +265,28 @@ class HostileTests(SynchronousTestCase):
         self.goaway(conn, frame(DATA, 0, 1, b"late"), E.STREAM_CLOSED)
 
     def test_frames_after_our_reset(self) -> None:
-        """In flight when we reset: RST_STREAM answers DATA, its octets still reopen the window."""
+        """
+        In flight when we reset: ignored ("An endpoint MUST ignore frames
+        that it receives on closed streams after it has sent a RST_STREAM
+        frame", RFC 9113 section 5.1), but DATA's octets still count against
+        the connection's window (6.9) and reopen it; after the peer's reset,
+        DATA is a stream error STREAM_CLOSED (5.1).
+        """
         conn, peer = server()
         conn.receive_data(peer.headers(1))
         conn.reset_stream(1, E.CANCEL)
         conn.data_to_send()
         window = conn.inbound_flow_control_window
-        events = self.rst(conn, frame(DATA, 0, 1, bytes(16000)) * 3, 1, E.STREAM_CLOSED)
-        self.assertEqual(events, [])
+        events = conn.receive_data(frame(DATA, 0, 1, bytes(16000)) * 3)
+        frames, _ = split_frames(conn.data_to_send())
+        self.assertEqual((events, [f[0] for f in frames]), ([], [WINDOW_UPDATE]))
         self.assertEqual(
             conn.receive_data(frame(WINDOW_UPDATE, 0, 1, u32(5)) + frame(RST_STREAM, 0, 1, u32(0))),
             [],
         )
         self.assertEqual(conn.inbound_flow_control_window, window)  # 48000 consumed, reopened
+        conn.receive_data(peer.headers(3) + frame(RST_STREAM, 0, 3, u32(E.CANCEL)))
+        self.rst(conn, frame(DATA, 0, 3, b"late"), 3, E.STREAM_CLOSED)
 
     def test_push_promise(self) -> None:
         conn, _ = client()
@@ -369,8 +378,14 @@ class HostileTests(SynchronousTestCase):
         self.assertEqual(
             (event.last_stream_id, event.error_code, event.additional_data), (1, E.NO_ERROR, b"bye")
         )
+        # No new stream (RFC 9113 section 6.8: "Receivers of a GOAWAY frame
+        # MUST NOT open additional streams"); those up to its last stream
+        # identifier may complete.
         self.assertRaises(ProtocolError, conn.send_headers, 5, REQUEST)
-        self.goaway(conn, Peer().headers(1, [(b":status", b"200")]), E.PROTOCOL_ERROR)
+        events = conn.receive_data(Peer().headers(1, [(b":status", b"200")]))
+        self.assertEqual([type(e) for e in events], [ResponseReceived])
+        conn.send_data(1, b"body", end_stream=True)
+        self.assertTrue(conn.data_to_send())
 
     def test_goaway_sent_carries_last_stream(self) -> None:
         conn, peer = server()

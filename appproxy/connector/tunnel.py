@@ -286,8 +286,9 @@ class ConnectorTunnelProtocol(TunnelProtocol["ConnectorTunnelFactory"]):
         flight finish, then close.
 
         The connector advertises C{SETTINGS_MAX_CONCURRENT_STREAMS = 0} so the
-        service sends nothing new, and says GOAWAY only once idle: h2 treats
-        a connection as closed, for both ends, as soon as GOAWAY is sent.
+        service sends nothing new, and says GOAWAY only once idle, then
+        closes (an older service's h2 treats a connection as closed, for
+        both ends, as soon as GOAWAY is sent).
         """
         if not self.connected:
             return succeed(None)

@@ -21,8 +21,8 @@ the requests in flight.
 The settings push comes on a control stream (L{AcceptSettings}); a refused
 push (a 400) leaves the connection waiting for a good one (the service
 drains it).  Draining advertises capacity 0 (L{Advertise}) and closes once
-no stream of either kind is active: h2 treats a connection as closed for
-both ends as soon as GOAWAY is sent.  Requests are
+no stream of either kind is active: the connection closes right after
+its GOAWAY (h2 treated it as closed for both ends at once).  Requests are
 taken before the first settings too: the backend's apps are the
 connector's, shared by its connections.  An input a state does not allow is
 a defined error (L{Invalid}, logged by the shell), never an exception.

@@ -101,7 +101,7 @@ class WireControl(WireSender):
     def increment_flow_control_window(self, increment: int, stream_id: int | None = None) -> None:
         if not 1 <= increment <= MAX_WINDOW:
             raise ValueError(f"Flow control increment must be between 1 and {MAX_WINDOW}")
-        if self._gone:
+        if self._dead:
             raise ProtocolError("The connection is closed (GOAWAY)")
         if not stream_id:
             self.inbound.opened(increment)
@@ -136,7 +136,7 @@ class WireControl(WireSender):
         """How stream C{sid}, not open, closed (0: forgotten); idle: a connection error."""
         error = self._missing(sid)
         if not isinstance(error, StreamClosedError):
-            raise ProtocolError(f"Received a frame on idle stream {sid}")
+            raise error  # NoSuchStreamError: a connection error PROTOCOL_ERROR (5.1)
         return self._closed_streams.get(sid, 0)
 
     # -- control frames --------------------------------------------------------
@@ -191,9 +191,7 @@ class WireControl(WireSender):
             if sid:
                 raise ProtocolError("GOAWAY frame on a stream")
             last, code, additional = parse_goaway(payload)
-            self._out.clear()
-            self._gone = True
-            self._settings_seen = None
+            self._gone = True  # the streams up to last may finish (6.8)
             terminated = ConnectionTerminated()
             terminated.error_code = _error_code(code)
             terminated.last_stream_id = last
@@ -202,6 +200,8 @@ class WireControl(WireSender):
         elif kind == PUSH_PROMISE:
             raise ProtocolError("Received pushed stream")
         elif kind == CONTINUATION:
+            if sid not in self.streams:
+                self._closed_how(sid)  # idle: NoSuchStreamError, as h2
             raise ProtocolError("Received unexpected CONTINUATION frame")
         # Any other type is an extension: ignored (RFC 9113 section 4.1).
 
@@ -244,7 +244,7 @@ class WireControl(WireSender):
         stream = self.streams.get(sid)
         if stream is not None:
             events.append(self._reset_by_us(stream, code))
-        elif self._closed_how(sid):
+        elif self._closed_how(sid) not in (0, SENT_RESET):  # after our RST_STREAM: ignored
             self._out.append(rst_stream_frame(sid, code))
 
     def _settings_received(self, settings: dict[int, int], events: list[Event]) -> None:
@@ -275,6 +275,9 @@ class WireControl(WireSender):
         self._out.append(SETTINGS_ACK_FRAME)
 
     def _settings_acknowledged(self) -> SettingsAcknowledged:
+        """The peer acknowledged our oldest SETTINGS frame: its values (only) in force."""
+        if self._settings_sent:
+            self.local_settings.update(self._settings_sent.popleft())
         changes = self.local_settings.acknowledge()
         change = changes.get(SettingCodes.INITIAL_WINDOW_SIZE)
         if change is not None:

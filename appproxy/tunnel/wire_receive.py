@@ -29,6 +29,7 @@ from h2.exceptions import (
     InvalidBodyLengthError,
     ProtocolError,
     StreamClosedError,
+    StreamIDTooLowError,
 )
 from hpack.exceptions import HPACKError, OversizedHeaderListError
 
@@ -142,7 +143,7 @@ class WireConnection(WireControl):
                     self._control(kind, flags, sid, payload, events)
         except ProtocolError as e:
             self._out.append(goaway_frame(self.highest_inbound_stream_id, e.error_code))
-            self._gone = True
+            self._gone = self._dead = True
             self._settings_seen = None
             raise
         if pos < end:
@@ -153,8 +154,8 @@ class WireConnection(WireControl):
         return events
 
     def _check_state(self, kind: int, flags: int) -> None:
-        """The first frame (SETTINGS), and nothing but GOAWAY once gone."""
-        if self._gone:
+        """The first frame (SETTINGS), and nothing but GOAWAY after a connection error."""
+        if self._dead:
             self._settings_seen = None
             if kind <= CONTINUATION and kind != GOAWAY:
                 raise ProtocolError("Received a frame after GOAWAY")
@@ -219,7 +220,7 @@ class WireConnection(WireControl):
             self._out.append(window_update_frame(0, increment))
         if stream is not None:
             events.append(self._reset_by_us(stream, ErrorCodes.STREAM_CLOSED))
-        else:
+        elif how != SENT_RESET:  # after our RST_STREAM: ignored (RFC 9113 section 5.1)
             self._out.append(rst_stream_frame(sid, ErrorCodes.STREAM_CLOSED))
 
     # -- HEADERS and CONTINUATION -------------------------------------------
@@ -282,13 +283,16 @@ class WireConnection(WireControl):
                 if how == ENDED:
                     raise StreamClosedError(sid)
                 if not how:
+                    if (sid & 1) != self.client_side:  # implicitly closed (5.1.1)
+                        raise StreamIDTooLowError(sid, self.highest_inbound_stream_id)
                     raise ProtocolError(f"HEADERS on closed stream {sid}")
-                self._out.append(rst_stream_frame(sid, ErrorCodes.STREAM_CLOSED))
+                if how != SENT_RESET:  # after our RST_STREAM: ignored (5.1)
+                    self._out.append(rst_stream_frame(sid, ErrorCodes.STREAM_CLOSED))
                 return
             if self.client_side:
                 raise ProtocolError("Received pushed stream")
             self.highest_inbound_stream_id = sid
-            if len(self.streams) >= self.local_max_streams:
+            if len(self.streams) >= self.local_max_streams or sid > self._goaway_last:
                 self._out.append(rst_stream_frame(sid, ErrorCodes.REFUSED_STREAM))
                 self._forget(sid, SENT_RESET)
                 return

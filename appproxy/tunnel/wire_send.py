@@ -7,7 +7,7 @@ L{appproxy.tunnel.wire_receive}, completes it.
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Iterable
 from typing import Any
 
@@ -64,8 +64,13 @@ class WireSender:
     @ivar streams: the open and half-closed streams by id.
     @ivar _closed_streams: how the last L{MAX_CLOSED_STREAMS} closed
         streams closed (L{ENDED}, L{SENT_RESET}, L{RECEIVED_RESET}).
-    @ivar _gone: a GOAWAY was sent or received: nothing more is sent, only
-        a GOAWAY is received (h2's connection state machine).
+    @ivar _gone: a GOAWAY was sent or received: no new stream is opened, no
+        SETTINGS sent; the streams already open may finish (RFC 9113
+        section 6.8).
+    @ivar _dead: a connection error: nothing more is sent, only a GOAWAY
+        is received.
+    @ivar _goaway_last: the last stream id of the GOAWAY we sent: the peer's
+        streams above it are refused.
     """
 
     __slots__ = (
@@ -75,6 +80,8 @@ class WireSender:
         "_block_size",
         "_block_stream",
         "_closed_streams",
+        "_dead",
+        "_goaway_last",
         "_gone",
         "_need",
         "_out",
@@ -82,6 +89,7 @@ class WireSender:
         "_pending_size",
         "_preface",
         "_settings_seen",
+        "_settings_sent",
         "client_side",
         "config",
         "decoder",
@@ -138,6 +146,8 @@ class WireSender:
         self._closed_streams: OrderedDict[int, int] = OrderedDict()
         self._out: list[bytes] = []
         self._gone = False
+        self._dead = False
+        self._goaway_last = MAX_WINDOW
         self._pending: list[bytes] = []
         self._pending_size = 0
         self._need = 0
@@ -149,6 +159,9 @@ class WireSender:
         self._block_parts: list[bytes] = []
         self._block_size = 0
         self._block_priority: tuple[int, bool, int] | None = None
+        #: Each SETTINGS frame we sent and the peer has not acknowledged yet,
+        #: applied ACK by ACK (RFC 9113 section 6.5.3).
+        self._settings_sent: deque[dict[Any, int]] = deque()
 
     # -- bookkeeping ---------------------------------------------------------
 
@@ -196,11 +209,13 @@ class WireSender:
     def initiate_connection(self) -> None:
         settings = settings_frame(self.local_settings.items())
         self._out.append(PREFACE + settings if self.client_side else settings)
+        self._settings_sent.append({})  # values already in force
 
     def update_settings(self, new_settings: dict[Any, int]) -> None:
         if self._gone:
             raise ProtocolError("The connection is closed (GOAWAY)")
-        self.local_settings.update(new_settings)
+        Settings(self.client_side, new_settings)  # h2's checks of the values
+        self._settings_sent.append(dict(new_settings))
         self._out.append(settings_frame(new_settings.items()))
 
     def get_next_available_stream_id(self) -> int:
@@ -228,7 +243,7 @@ class WireSender:
                     # Its response's content-length promises no body.
                     stream.head = value == b"HEAD"
                     break
-        elif self._gone:
+        elif self._dead:
             raise ProtocolError("The connection is closed (GOAWAY)")
         elif stream.state is HALF_CLOSED_LOCAL:
             raise ProtocolError(f"Stream {stream_id} is half-closed (local)")
@@ -269,6 +284,8 @@ class WireSender:
                 raise StreamClosedError(stream_id)
             raise ProtocolError(f"Invalid stream ID {stream_id}")
         if stream_id <= self.highest_outbound_stream_id:
+            if stream_id in self._closed_streams:
+                raise StreamClosedError(stream_id)
             raise StreamIDTooLowError(stream_id, self.highest_outbound_stream_id)
         if stream_id > MAX_WINDOW:
             raise ProtocolError(f"Invalid stream ID {stream_id}")
@@ -281,7 +298,7 @@ class WireSender:
     def send_data(
         self, stream_id: int, data: bytes, end_stream: bool = False, pad_length: int | None = None
     ) -> None:
-        if self._gone:
+        if self._dead:
             raise ProtocolError("The connection is closed (GOAWAY)")
         stream = self.streams.get(stream_id)
         if stream is None:
@@ -332,7 +349,7 @@ class WireSender:
         return min(self.inbound.current, stream.inbound.current)
 
     def reset_stream(self, stream_id: int, error_code: ErrorCodes | int = 0) -> None:
-        if self._gone:
+        if self._dead:
             raise ProtocolError("The connection is closed (GOAWAY)")
         stream = self.streams.pop(stream_id, None)
         if stream is None:
@@ -344,7 +361,7 @@ class WireSender:
     def ping(self, opaque_data: bytes) -> None:
         if not isinstance(opaque_data, bytes) or len(opaque_data) != 8:
             raise ValueError(f"Invalid value for ping data: {opaque_data!r}")
-        if self._gone:
+        if self._dead:
             raise ProtocolError("The connection is closed (GOAWAY)")
         self._out.append(ping_frame(opaque_data))
 
@@ -358,7 +375,7 @@ class WireSender:
             last_stream_id = self.highest_inbound_stream_id
         self._out.append(goaway_frame(last_stream_id, error_code, additional_data or b""))
         self._gone = True
-        self._settings_seen = None
+        self._goaway_last = last_stream_id
 
     def data_to_send(self, amount: int | None = None) -> bytes:
         out = self._out
