@@ -284,6 +284,12 @@ RESPONSES = [
         b"Content-Length: 2\r\nContent-Length: 2\r\n\r\nok",
     ),
     (b"HEAD", b"HTTP/1.1 200 OK\r\nX-A: 1\r\n\tb\r\nContent-Length: 7\r\n\r\n"),
+    # An empty line before a status line: llhttp skips it.
+    (
+        b"GET",
+        b"HTTP/1.1 100 Continue\r\n\r\n\r\nHTTP/1.1 200 OK\r\nX-A: 1\r\n b\r\n"
+        b"Content-Length: 2\r\n\r\nok",
+    ),
     (
         b"GET",
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2;a=b\r\nok\r\n0\r\nX-T: 1\r\n\r\n",
@@ -438,6 +444,15 @@ class SplitTests(SynchronousTestCase):
         method, raw = case
         pieces = _cut(_bare_lf(raw, ends), cuts)
         self.assertEqual(_exchange(method, pieces), _exchange(method, [raw]))
+
+    def test_bare_lf_every_cut(self) -> None:
+        """Heads all LF, or LF and CRLF in turn, cut in two at every place."""
+        for method, raw in RESPONSES:
+            whole = _exchange(method, [raw])
+            for ends in ([True], [True, False], [False, True]):
+                lf = _bare_lf(raw, ends)
+                for cut in range(len(lf) + 1):
+                    self.assertEqual(_exchange(method, [lf[:cut], lf[cut:]]), whole, (lf, cut))
 
     @given(st.sampled_from(sorted(REFUSED)), st.lists(st.integers(min_value=0, max_value=200)))
     def test_refused_however_cut(self, path: bytes, cuts: list[int]) -> None:
