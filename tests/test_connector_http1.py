@@ -1,10 +1,11 @@
 """
 The connector's HTTP/1.1 client (L{appproxy.connector.http1}) beyond what
 C{tests/test_connector_http_client.py} pins: llhttp's strict parsing and the
-checks on top of it, what makes a connection unfit for reuse, an obs-fold
-split across reads, request bodies longer than they said, idle connections
-swept; and, in memory, that however a response is cut into reads, the
-client makes the same of it.
+checks on top of it, a bare LF read as a line end in a head (in a head
+only), what makes a connection unfit for reuse, an obs-fold split across
+reads, request bodies longer than they said, idle connections swept; and,
+in memory, that however a response is cut into reads, and whichever of its
+heads' line ends are bare LFs, the client makes the same of it.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from twisted.internet.task import Clock, deferLater
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
-from twisted.web.client import ResponseDone
+from twisted.web.client import ResponseDone, ResponseFailed
 
 from appproxy.connector import pool as pool_module
 from appproxy.connector.backend import BackendApp, BackendClient, classify_failure
@@ -44,9 +45,23 @@ ANSWERS: dict[bytes, list[bytes]] = {
         b"ded\r\nContent-Length: 2\r\n\r\nok",
     ],
 }
+#: Heads whose lines end in a bare LF (RFC 9112 2.2), as twisted.web's client
+#: read them: each the same response as its CRLF version, the connection kept.
+BARE_LF: dict[bytes, list[bytes]] = {
+    b"/bare-lf": [b"HTTP/1.1 200 OK\nContent-Length: 2\nX-A: 1\n\nok"],
+    b"/bare-lf-mixed": [
+        b"HTTP/1.1 100 Continue\n\nHTTP/1.1 200 OK\r\nX-A: 1\n",
+        b" folded\nContent-Length: 2\r\nContent-Length: 2\n",
+        b"\r\nok",
+    ],
+    b"/bare-lf-chunked": [b"HTTP/1.1 200 OK\nTransfer-Encoding: chunked\n\n2\r\nok\r\n0\r\n\r\n"],
+}
+ANSWERS.update(BARE_LF)
 #: Refused as malformed, where twisted.web's client took some of them.
 STRICTER: dict[bytes, bytes] = {
-    b"/bare-lf": b"HTTP/1.1 200 OK\nContent-Length: 2\n\nok",
+    b"/bare-cr": b"HTTP/1.1 200 OK\rContent-Length: 2\r\n\r\nok",
+    b"/bare-cr-field": b"HTTP/1.1 200 OK\nX-A: 1\r2\nContent-Length: 2\n\nok",
+    b"/cr-cr-lf": b"HTTP/1.1 200 OK\r\nX-A: 1\r\r\nContent-Length: 2\r\n\r\nok",
     b"/te-and-length": (
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n"
         b"3\r\nabc\r\n0\r\n\r\n"
@@ -133,11 +148,27 @@ class LiveTests(TestCase):
         return response, data, reason
 
     @inlineCallbacks
+    def test_bare_lf(self) -> Any:
+        """
+        Heads whose lines end in a bare LF, or in LF and CRLF mixed (with a
+        1xx head, an obs-fold, a repeated length, cut across reads), are
+        read as their CRLF versions, over one kept connection.
+        """
+        expected = [(b"/bare-lf", [(b"content-length", b"2"), (b"x-a", b"1")])]
+        expected.append((b"/bare-lf-mixed", [(b"x-a", b"1 folded"), (b"content-length", b"2")]))
+        expected.append((b"/bare-lf-chunked", [(b"transfer-encoding", b"chunked")]))
+        for path, headers in expected:
+            response, data, reason = yield self.fetch(path)
+            self.assertEqual((response.code, response.fields, data), (200, headers, b"ok"))
+            self.assertTrue(reason.check(ResponseDone))
+        self.assertEqual(self.factory.connections, 1)  # type: ignore[attr-defined]
+
+    @inlineCallbacks
     def test_stricter(self) -> Any:
         """
-        A bare LF, Transfer-Encoding beside Content-Length or other than
-        chunked, an unasked-for 101, HTTP/2.0, an obs-fold before any field,
-        a NUL: each a malformed response (502 'backend-error').
+        A bare CR (or CR CR LF), Transfer-Encoding beside Content-Length or
+        other than chunked, an unasked-for 101, HTTP/2.0, an obs-fold before
+        any field, a NUL: each a malformed response (502 'backend-error').
         """
         for path in STRICTER:
             try:
@@ -247,7 +278,66 @@ RESPONSES = [
     (b"HEAD", b"HTTP/1.1 200 OK\r\nContent-Length: 1, 2\r\n\r\n"),
     (b"GET", b"HTTP/1.1 200 OK\r\nContent-Length: 2,2\r\nX-A: 1\r\n \tb\r\n\r\nok"),
     (b"GET", b"HTTP/1.1 304 Not Modified\r\nETag: x\r\n\r\n"),
+    (
+        b"GET",
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nX-A: 1\r\n folded\r\n"
+        b"Content-Length: 2\r\nContent-Length: 2\r\n\r\nok",
+    ),
+    (b"HEAD", b"HTTP/1.1 200 OK\r\nX-A: 1\r\n\tb\r\nContent-Length: 7\r\n\r\n"),
+    # An empty line before a status line: llhttp skips it.
+    (
+        b"GET",
+        b"HTTP/1.1 100 Continue\r\n\r\n\r\nHTTP/1.1 200 OK\r\nX-A: 1\r\n b\r\n"
+        b"Content-Length: 2\r\n\r\nok",
+    ),
+    (
+        b"GET",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2;a=b\r\nok\r\n0\r\nX-T: 1\r\n\r\n",
+    ),
 ]
+
+
+def _head_spans(raw: bytes) -> list[tuple[int, int]]:
+    """Where the heads of a response (its 1xx heads, then its head) are."""
+    spans, start = [], 0
+    while True:
+        end = raw.index(b"\r\n\r\n", start) + 4
+        spans.append((start, end))
+        if end == len(raw) or not raw.startswith(b"HTTP/1.1 1", start):
+            return spans
+        start = end
+
+
+def _bare_lf(raw: bytes, ends: list[bool]) -> bytes:
+    """C{raw} with the line ends of its heads bare LFs where C{ends} says (in turn)."""
+    out, done, turn = [], 0, itertools.cycle(ends)
+    for start, end in _head_spans(raw):
+        lines = raw[start:end].split(b"\r\n")
+        out += [raw[done:start], lines[0]]
+        out += [(b"\n" if next(turn) else b"\r\n") + line for line in lines[1:]]
+        done = end
+    return b"".join(out) + raw[done:]
+
+
+#: Refused in memory (in any reads): what the live tests refuse, with its
+#: heads' lines ended by bare LFs too (but CR CR LF: that would make CR LF),
+#: and a bare CR that only a head parsed again (after an obs-fold) meets.
+REFUSED = dict(STRICTER)
+REFUSED.update(
+    (path + b"-lf", _bare_lf(raw, [True]))
+    for path, raw in STRICTER.items()
+    if b"\r\n\r\n" in raw and b"\r\r" not in raw
+)
+REFUSED[b"/bad-end"] = b"HTTP/1.1 200 OK\nContent-Length: 2\n\r\r\nok"
+REFUSED[b"/fold-bad-end"] = b"HTTP/1.1 200 OK\nX-A: 1\n b\nContent-Length: 2\n\r\r\n\r\nok"
+REFUSED[b"/fold-bare-cr"] = b"HTTP/1.1 200 OK\nX-A: 1\n b\rc\nContent-Length: 2\n\nok"
+REFUSED[b"/fold-length-cr"] = b"HTTP/1.1 200 OK\nX-A: 1\n b\nContent-Length: 2\r\r\n\nok"
+REFUSED_AS = ("failed", "backend-error", True)
+
+
+def _cut(raw: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({cut % (len(raw) + 1) for cut in cuts} | {0, len(raw)})
+    return [raw[a:b] for a, b in itertools.pairwise(points)]
 
 
 def _exchange(method: bytes, pieces: list[bytes]) -> tuple[Any, ...]:
@@ -287,11 +377,47 @@ class HeadTests(SynchronousTestCase):
         """
         endless = b"HTTP/1.1 200 OK\r\nX-A: " + b"a" * 70_000
         continues = [b"HTTP/1.1 100 Continue\r\n\r\n"] * 3000
-        for pieces in ([endless[:1000], endless[1000:]], continues):
-            self.assertEqual(_exchange(b"GET", pieces), ("failed", "backend-error", True))
+        endless_lf = b"HTTP/1.1 200 OK\nX-A: " + b"a" * 70_000
+        continues_lf = [b"HTTP/1.1 100 Continue\n\n"] * 3000
+        for pieces in (
+            [endless[:1000], endless[1000:]],
+            continues,
+            [endless_lf[:1000], endless_lf[1000:]],
+            continues_lf,
+        ):
+            self.assertEqual(_exchange(b"GET", pieces), REFUSED_AS)
         # A large head that ends within the bound is fine.
         big = b"HTTP/1.1 200 OK\r\nX-A: " + b"a" * 60_000 + b"\r\nContent-Length: 0\r\n\r\n"
         self.assertEqual(_exchange(b"GET", [big[:100], big[100:]])[0], 200)
+
+    def test_head_response_bare_lf(self) -> None:
+        """
+        A response to HEAD whose head ends in bare LFs is kept, unless more
+        follows its head (as with CRLFs).
+        """
+        for end, pooled in ((b"", 1), (b"abc", 0)):
+            raw = b"HTTP/1.1 200 OK\nContent-Length: 3\n\n" + end
+            for pieces in ([raw], [raw.replace(b"\n", b"\r\n")]):
+                self.assertEqual(_exchange(b"HEAD", pieces)[3:], (ResponseDone, pooled))
+
+    def test_chunked_framing_needs_crlf(self) -> None:
+        """
+        A bare LF in a chunked body's framing or trailer fields, after a head
+        with bare LFs or CRLFs, fails the body (as twisted.web's client did),
+        though llhttp's leniency would take some of them.
+        """
+        for head in (b"HTTP/1.1 200 OK\r\n", b"HTTP/1.1 200 OK\n"):
+            head += b"Transfer-Encoding: chunked\r\n\r\n"
+            for body in (
+                b"2\nok\r\n0\r\n\r\n",
+                b"2;a=b\nok\r\n0\r\n\r\n",
+                b"2\r\nok\n0\r\n\r\n",
+                b"2\r\nok\r\n0\n\r\n",
+                b"2\r\nok\r\n0\r\n\n",
+                b"2\r\nok\r\n0\r\nX-T: 1\n\r\n",
+            ):
+                result = _exchange(b"GET", [head + body])
+                self.assertEqual((result[0], result[3:]), (200, (ResponseFailed, 0)), body)
 
 
 class SplitTests(SynchronousTestCase):
@@ -299,8 +425,36 @@ class SplitTests(SynchronousTestCase):
     def test_any_split_same_result(self, case: tuple[bytes, bytes], cuts: list[int]) -> None:
         """However a response is cut into reads, the same response, body and reuse."""
         method, raw = case
-        points = sorted({cut % (len(raw) + 1) for cut in cuts} | {0, len(raw)})
-        pieces = [raw[a:b] for a, b in itertools.pairwise(points)]
         whole = _exchange(method, [raw])
-        self.assertEqual(_exchange(method, pieces), whole)
+        self.assertEqual(_exchange(method, _cut(raw, cuts)), whole)
         self.assertEqual((whole[3], whole[4]), (ResponseDone, 1))
+
+    @given(
+        st.sampled_from(RESPONSES),
+        st.lists(st.booleans(), min_size=1),
+        st.lists(st.integers(min_value=0, max_value=200)),
+    )
+    def test_bare_lf_same_result(
+        self, case: tuple[bytes, bytes], ends: list[bool], cuts: list[int]
+    ) -> None:
+        """
+        Its heads' lines ended by bare LFs (all, some), however cut into
+        reads: the same response, body and reuse as with CRLFs.
+        """
+        method, raw = case
+        pieces = _cut(_bare_lf(raw, ends), cuts)
+        self.assertEqual(_exchange(method, pieces), _exchange(method, [raw]))
+
+    def test_bare_lf_every_cut(self) -> None:
+        """Heads all LF, or LF and CRLF in turn, cut in two at every place."""
+        for method, raw in RESPONSES:
+            whole = _exchange(method, [raw])
+            for ends in ([True], [True, False], [False, True]):
+                lf = _bare_lf(raw, ends)
+                for cut in range(len(lf) + 1):
+                    self.assertEqual(_exchange(method, [lf[:cut], lf[cut:]]), whole, (lf, cut))
+
+    @given(st.sampled_from(sorted(REFUSED)), st.lists(st.integers(min_value=0, max_value=200)))
+    def test_refused_however_cut(self, path: bytes, cuts: list[int]) -> None:
+        """What the strict mode refuses, in heads with bare LFs too, however cut."""
+        self.assertEqual(_exchange(b"GET", _cut(REFUSED[path], cuts)), REFUSED_AS)

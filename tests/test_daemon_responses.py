@@ -8,6 +8,8 @@ real C{curl}, for an app published under a path
     encoding: browsers show download progress) and HTTP/2 clients; C{HEAD},
     C{204} and C{304} stay right; a malformed or conflicting length from the
     backend gets a 502 for that request only, and the tunnel carries on;
+  - a backend's head whose lines end in bare LFs (RFC 9112 2.2) is read as
+    its CRLF twin;
   - C{Set-Cookie} paths keep their trailing slash, and another site's cookie
     is left alone;
   - C{/robots.txt} is the service's own answer on the app's host, though no
@@ -47,6 +49,20 @@ RAW_ANSWERS = {
     b"not-modified": b'HTTP/1.1 304 Not Modified\r\nETag: "v1"\r\nContent-Length: 1234\r\n\r\n',
     b"no-content": b"HTTP/1.1 204 No Content\r\nContent-Length: 10\r\n\r\n",
 }
+#: Heads whose lines end in bare LFs (some, all), as legacy apps send them,
+#: and their CRLF twins: each the same response to users' clients.
+BARE_LF = {
+    b"lf": b"HTTP/1.1 100 Continue\n\nHTTP/1.1 200 OK\nX-A: 1\n folded\r\nContent-Length: 5\n"
+    b"Content-Length: 5\r\n\n",
+    b"lf-crlf": b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nX-A: 1\r\n folded\r\n"
+    b"Content-Length: 5\r\nContent-Length: 5\r\n\r\n",
+    b"lf-chunked": b"HTTP/1.1 200 OK\nX-A: 1\nTransfer-Encoding: chunked\n\n",
+    b"lf-chunked-crlf": b"HTTP/1.1 200 OK\r\nX-A: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
+}
+RAW_ANSWERS.update(
+    (name, head + (b"5\r\nhello\r\n0\r\n\r\n" if b"chunked" in name else b"hello"))
+    for name, head in BARE_LF.items()
+)
 #: Answers to HEAD: the length is the client's to check here.
 RAW_HEAD_ANSWERS = {
     b"conflicting": b"HTTP/1.1 200 OK\r\nContent-Length: 5, 6\r\n\r\n",
@@ -56,6 +72,7 @@ RAW_HEAD_ANSWERS = {
     b"not-modified": b'HTTP/1.1 304 Not Modified\r\nETag: "v1"\r\nContent-Length: 1234\r\n\r\n',
     b"no-content": b"HTTP/1.1 204 No Content\r\nContent-Length: 10\r\n\r\n",
 }
+RAW_HEAD_ANSWERS.update(BARE_LF)
 
 
 class _Raw(resource.Resource):
@@ -201,7 +218,8 @@ class ContentLengthTests(TestCase):
         A file of known size reaches HTTP/1.1 and HTTP/2 clients with its
         Content-Length, whole; HEAD has the length and no body; a 304 and a
         204 that carry a length (the 304's: the 200's) end, empty, and leave
-        the tunnel working.
+        the tunnel working; heads whose lines end in bare LFs reach clients
+        as their CRLF twins do.
         """
         d, digest = yield deploy(self)
         for http in ("--http1.1", "--http2"):
@@ -228,6 +246,16 @@ class ContentLengthTests(TestCase):
                     self.assertIsNone(answer.header("transfer-encoding"))
                 list_form = yield d.curl("/ext/raw/list", *method, http=http)
                 self.assertLength(list_form, 5)
+                for name in ("lf", "lf-chunked"):
+                    lf = yield d.curl(f"/ext/raw/{name}", *method, http=http)
+                    crlf = yield d.curl(f"/ext/raw/{name}-crlf", *method, http=http)
+                    lf.headers.pop("date", None)
+                    crlf.headers.pop("date", None)
+                    self.assertEqual(lf.status, 200, (name, method, lf.status_line))
+                    self.assertEqual(lf.header("x-a"), "1 folded" if name == "lf" else "1")
+                    self.assertEqual(lf.body, b"" if method else b"hello")
+                    got = (lf.status_line, lf.headers, lf.body)
+                    self.assertEqual(got, (crlf.status_line, crlf.headers, crlf.body))
         again = yield d.curl("/ext/file.bin", http="--http2")
         self.assertLength(again, FILE_SIZE)
         self.assertNotIn("disconnected", d.service.output(), d.describe())

@@ -9,7 +9,9 @@ it pauses the backend connection (L{appproxy.connector.http1}).
 
 On top of llhttp's strict checks: only HTTP/1.0 and HTTP/1.1, only the
 C{chunked} transfer coding, no unasked-for C{101}; a response to C{HEAD}
-ends with its head.
+ends with its head.  A bare LF ends a line in a head only: once a chunked
+response's head is read, llhttp's leniency for it is turned off, its
+framing and trailer fields need CRLF (as twisted.web's client did).
 """
 
 from __future__ import annotations
@@ -136,6 +138,8 @@ class BackendResponse:
                 self.connection = self.connection | {
                     t.strip(b" \t").lower() for t in value.split(b",") if t.strip(b" \t")
                 }
+        if self.chunked:
+            parser.set_dangerous_leniencies(lenient_optional_cr_before_lf=False)
         if self.head_lengths:
             # Parsed with a length of 0 for llhttp: the lengths sent go on.
             fields = [f for f in self.fields if f[0] != b"content-length"]

@@ -4,12 +4,16 @@ a request's head in one write, its body streamed from its producer, the
 response fed to its exchange's llhttp parser (L{appproxy.connector.exchange}),
 then the connection back to its pool (L{appproxy.connector.pool}) or closed.
 
-llhttp (C{httptools}) runs in its strict mode, no lenient flag set: a
-malformed status line, header field or length, a bare LF, a duplicate
-C{Content-Length} or one beside C{Transfer-Encoding}, a bad chunk are
-refused.  An obs-fold in a response's head is unfolded (RFC 9112 section
-5.2), as twisted.web's client did: the head is parsed again, each fold
-replaced by a space.
+llhttp (C{httptools}) runs in its strict mode with one lenient flag, in
+a head only: a bare LF ends a status line or a header field, as RFC 9112
+section 2.2 lets a recipient read it and as twisted.web's client did (old
+CGI scripts, hand-written servers send it); a chunked body's framing and
+its trailer fields still need CRLF (L{appproxy.connector.exchange} turns the
+flag off once the head is read).  A bare CR, a malformed status line, header
+field or length, a duplicate C{Content-Length} or one beside
+C{Transfer-Encoding}, a bad chunk are refused.  An obs-fold in a response's
+head is unfolded (RFC 9112 section 5.2), as twisted.web's client did: the
+head is parsed again, each fold replaced by a space.
 
 Reused only when safe: HTTP/1.1 without C{Connection: close}, the request
 body all sent, the response read to its end, nothing after it.
@@ -41,8 +45,10 @@ if TYPE_CHECKING:
 
 #: The most a response's head (with any 1xx heads before it) may take.
 MAX_HEAD = 65536
-_FOLD = re.compile(rb"\r\n[ \t]+")
-_HEAD_END = b"\r\n\r\n"
+# A line ends in CRLF or a bare LF; a head, at its first empty line.
+_FOLD = re.compile(rb"\r?\n[ \t]+")
+_LINE_END = re.compile(rb"\r?\n")
+_HEAD_END = re.compile(rb"\n\r?\n")
 #: What llhttp refuses in a head that is parsed again, rewritten.
 _REWRITTEN = frozenset(
     {
@@ -54,15 +60,26 @@ _REWRITTEN = frozenset(
 )
 
 
-def _nth_head_end(data: bytes, count: int) -> int:
-    """Where the C{count}th head in C{data} ends (after its empty line), or -1."""
-    end = 0
+def _head_at(data: bytes, count: int) -> tuple[int, int, int]:
+    """
+    Where the C{count}th head in C{data} starts (after the empty lines
+    llhttp skips before a status line), where its lines end (before the
+    line end of its last line) and where it ends (after its empty line);
+    the last two -1 while it is not all here.
+    """
+    start = fields = end = 0
     for _ in range(count):
-        found = data.find(_HEAD_END, end)
-        if found < 0:
-            return -1
-        end = found + 4
-    return end
+        start = end
+        while data[start : start + 1] in (b"\r", b"\n"):
+            start += 1
+        found = _HEAD_END.search(data, start)
+        if found is None:
+            return start, -1, -1
+        fields = found.start()
+        if data[fields - 1 : fields] == b"\r":
+            fields -= 1
+        end = found.end()
+    return start, fields, end
 
 
 class LengthBody:
@@ -126,7 +143,8 @@ class BackendConnection(Protocol):
         """Write the request; stream its body from its producer."""
         self.response = response
         response.conn = self
-        self.parser = HttpResponseParser(response)
+        self.parser = parser = HttpResponseParser(response)
+        parser.set_dangerous_leniencies(lenient_optional_cr_before_lf=True)
         self.head = b""
         transport: Any = self.transport
         transport.write(response.request_head)
@@ -190,7 +208,7 @@ class BackendConnection(Protocol):
             response.head_ended = False
             head = self.head or b""
             self.head = None
-            if _nth_head_end(head, response.heads) != len(head):
+            if _head_at(head, response.heads)[2] != len(head):
                 response.keep = False  # more than the head: not to be trusted
             if response.state == BODY:
                 response._complete()
@@ -209,24 +227,24 @@ class BackendConnection(Protocol):
     def _rewrite(self, response: BackendResponse) -> None:
         """
         Parse a head llhttp refused again, once it is all here, with each
-        obs-fold (CRLF then spaces) replaced by a space and its
-        C{Content-Length} fields (a list of one number, or the same number
-        repeated: RFC 9110 section 8.6) as one; refused when a fold starts a
-        head's fields or the lengths are malformed or disagree.  A response
-        to C{HEAD} is parsed with a length of 0 instead: its lengths are the
-        tunnel stream's to check, as they are.
+        obs-fold (a line end, CRLF or LF, then spaces) replaced by a space,
+        its lines ended by CRLF (a bare CR stays, for llhttp to refuse) and
+        its C{Content-Length} fields (a list of one number, or the same
+        number repeated: RFC 9110 section 8.6) as one; refused when a fold
+        starts a head's fields or the lengths are malformed or disagree.  A
+        response to C{HEAD} is parsed with a length of 0 instead: its
+        lengths are the tunnel stream's to check, as they are.
         """
         head = self.head or b""
-        end = _nth_head_end(head, response.heads)
-        start = _nth_head_end(head, response.heads - 1)
-        line_end = head.find(b"\r\n", start)
-        if head[line_end + 2 : line_end + 3] in (b" ", b"\t"):
+        start, fields, end = _head_at(head, response.heads)
+        line_end = head.find(b"\n", start)
+        if head[line_end + 1 : line_end + 2] in (b" ", b"\t"):
             self._malformed(response, "obs-fold after the status line")
             return
         if end < 0:
             self.parser = _Incomplete(self, response)
             return
-        lines = _FOLD.sub(b" ", head[start : end - 4]).split(b"\r\n")
+        lines = _LINE_END.split(_FOLD.sub(b" ", head[start:fields]))
         kept = [lines[0]]
         lengths = []
         for line in lines[1:]:
@@ -249,7 +267,8 @@ class BackendConnection(Protocol):
         response.rewritten = True
         response.heads = 0
         self.parser = parser = HttpResponseParser(response)
-        self.head = data = head[:start] + b"\r\n".join(kept) + head[end - 4 :]
+        parser.set_dangerous_leniencies(lenient_optional_cr_before_lf=True)
+        self.head = data = head[:start] + b"\r\n".join(kept) + b"\r\n\r\n" + head[end:]
         try:
             parser.feed_data(data)
         except HttpParserError as e:
