@@ -55,8 +55,12 @@ def make_daemon(options: usage.Options, build: Callable[[Path, Any], S]) -> S:
     A twistd plugin's C{makeService}: C{build(path, reactor)} the service
     from the C{--config} file, stopping the daemon with one line if the
     configuration (or the state it names) is bad, and reload it on SIGHUP.
+    The reactor is L{appproxy.daemon.reactor}'s unless twistd was told
+    which to use (C{--reactor}).
     """
-    from twisted.internet import reactor
+    from appproxy.daemon.reactor import install
+
+    reactor = install()
 
     global _server_options
     # twistd's own options (a subcommand's options' parent): where it logs.
