@@ -29,7 +29,7 @@ from appproxy.observe.metrics import (
     status_class,
 )
 
-__all__ = ["NO_APP", "AppMetrics", "Count", "app_metrics", "flush"]
+__all__ = ["NO_APP", "AppMetrics", "Count", "Observations", "app_metrics", "flush", "observations"]
 
 #: The C{app} label of requests no app took (the login hosts, unknown hosts).
 NO_APP: Final = "-"
@@ -56,28 +56,69 @@ class Count:
             self._child.inc(amount)
 
 
+class Observations:
+    """
+    A histogram child's observations since the last scrape: per bucket (not
+    cumulative, as the child keeps them) and their sum, moved into the child
+    by L{flush}.  C{observe} is a bisection and two additions; every
+    instance is flushed before each scrape.
+    """
+
+    __slots__ = ("_bounds", "_buckets", "_child", "_sum")
+
+    def __init__(self, child: Any, bounds: tuple[float, ...]) -> None:
+        self._child = child
+        self._bounds = bounds
+        self._buckets = [0] * len(bounds)
+        self._sum = 0.0
+
+    def observe(self, value: float) -> None:
+        # The first bound not below it, as prometheus_client's observe().
+        self._buckets[bisect_left(self._bounds, value)] += 1
+        self._sum += value
+
+    def flush(self) -> None:
+        if not any(self._buckets):
+            return
+        # The histogram child's own values (prometheus_client has no
+        # public way to add many observations at once).
+        child = self._child
+        child._sum.inc(self._sum)
+        for i, n in enumerate(self._buckets):
+            if n:
+                child._buckets[i].inc(n)
+                self._buckets[i] = 0
+        self._sum = 0.0
+
+
+#: Every L{Observations} by its child (one each), flushed before each scrape.
+_OBSERVATIONS: dict[int, Observations] = {}
+
+
+def observations(child: Any, bounds: tuple[float, ...]) -> Observations:
+    """The one L{Observations} of histogram C{child} (made at its first use)."""
+    found = _OBSERVATIONS.get(id(child))
+    if found is None:
+        found = _OBSERVATIONS[id(child)] = Observations(child, bounds)
+    return found
+
+
 class AppMetrics:
     """One app's request counts since the last scrape."""
 
     __slots__ = (
         "_app",
-        "_buckets",
         "_by_class",
         "_by_decision",
         "_by_status",
         "_duration",
-        "_sum",
         "bytes_in",
         "bytes_out",
     )
 
     def __init__(self, app: str) -> None:
         self._app = app
-        self._duration: Any = REQUEST_DURATION.labels(app)
-        #: Observations per bucket (not cumulative, as the child keeps them) and
-        #: their sum, not yet moved into L{_duration}.
-        self._buckets = [0] * len(_BOUNDS)
-        self._sum = 0.0
+        self._duration = observations(REQUEST_DURATION.labels(app), _BOUNDS)
         self.bytes_in = Count(REQUEST_BYTES.labels(app, "in"))
         self.bytes_out = Count(REQUEST_BYTES.labels(app, "out"))
         #: Status class -> its count; status code -> the same (at most 500 codes).
@@ -115,9 +156,7 @@ class AppMetrics:
             count = self.requests(status)
         count.pending += 1
         if seconds is not None:
-            # The first bound not below it, as prometheus_client's observe().
-            self._buckets[bisect_left(_BOUNDS, seconds)] += 1
-            self._sum += seconds
+            self._duration.observe(seconds)
         if received:
             self.bytes_in.pending += received
         if sent:
@@ -131,16 +170,6 @@ class AppMetrics:
             count.flush()
         self.bytes_in.flush()
         self.bytes_out.flush()
-        if any(self._buckets):
-            # The histogram child's own values (prometheus_client has no
-            # public way to add many observations at once).
-            child = self._duration
-            child._sum.inc(self._sum)
-            for i, n in enumerate(self._buckets):
-                if n:
-                    child._buckets[i].inc(n)
-                    self._buckets[i] = 0
-            self._sum = 0.0
 
 
 _APPS: dict[str, AppMetrics] = {}
@@ -156,9 +185,11 @@ def app_metrics(app: str | None) -> AppMetrics:
 
 
 def flush() -> None:
-    """Move every app's counts into the metrics (done before each scrape)."""
+    """Move every app's counts and every observation into the metrics (before each scrape)."""
     for metrics in _APPS.values():
         metrics.flush()
+    for pending in _OBSERVATIONS.values():
+        pending.flush()
 
 
 before_scrape(flush)

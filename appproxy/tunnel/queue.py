@@ -31,7 +31,8 @@ import attrs
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 
-from appproxy.observe.metrics import LIMIT_HITS, QUEUE_WAIT
+from appproxy.observe.metrics import LATENCY_BUCKETS, LIMIT_HITS, QUEUE_WAIT
+from appproxy.observe.requests import observations
 
 # The job and its exchange live in their own module; imported from here too.
 from appproxy.tunnel.job import IDEMPOTENT_METHODS, Exchange, ExchangeStream, ProxyJob
@@ -104,11 +105,11 @@ class ConnectorGroupQueue:
     _alone_since: float = attrs.field(init=False)
     """When the group last had no connection (its creation, at first)."""
     _wait: Any = attrs.field(init=False)
-    """The group's child of the queue wait histogram (resolved once)."""
+    """The group's queue waits, moved into its child of the histogram at each scrape."""
 
     @_wait.default
     def _wait_metric(self) -> Any:
-        return QUEUE_WAIT.labels(self.name)
+        return observations(QUEUE_WAIT.labels(self.name), LATENCY_BUCKETS)
 
     @_alone_since.default
     def _created(self) -> float:
