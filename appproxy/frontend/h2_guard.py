@@ -36,6 +36,13 @@ goes out with its first data (L{GuardedH2Connection.write_first}); and a
 stream held back for a slow reader (L{appproxy.frontend.relay})
 is released as soon as that loop has drained its queue.
 
+An idle connection keeps less (C{benchmarks/idle_memory.py}): h2's
+settings, both HPACK tables and twisted.web's control-frame buffer in lists,
+not deques of 760 bytes each (L{appproxy.frontend.h2_compact}); h2's frame
+dispatch table shared by the class (L{appproxy.frontend.h2_inbound}); an
+ended stream forgotten by h2 at once, not when the next one opens, and the
+per-stream dicts started afresh when no stream is left.
+
 L{appproxy.frontend.channels.ProxyChannelProtocol} makes the public
 listener's HTTP/2 connections guarded ones.
 """
@@ -48,13 +55,18 @@ from typing import Any
 import h2.errors
 import h2.events
 import h2.exceptions
-from h2.utilities import SizeLimitDict
 from twisted.internet.error import ConnectionLost
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web._http2 import H2Connection
 
 from appproxy.config.model import ClientLimits
+from appproxy.frontend.h2_compact import (
+    BoundedDict,
+    ListDeque,
+    compact_settings,
+    compact_table,
+)
 from appproxy.frontend.h2_inbound import adopt
 from appproxy.frontend.peer import peer_text
 from appproxy.observe.metrics import LIMIT_HITS
@@ -112,11 +124,18 @@ class GuardedH2Connection(H2Connection):
         self.conn.config.normalize_outbound_headers = False
         self.conn.config.validate_outbound_headers = False
         # Nothing has been encoded or decoded yet: the tables are still empty.
-        self.conn.encoder = TunnelEncoder()
-        adopt(self.conn)
+        conn = self.conn
+        conn.encoder = TunnelEncoder()
+        adopt(conn)
         # h2 remembers 65,536 closed streams per connection (about 8 MiB once
         # a client has made that many requests on it): keep fewer.
-        self.conn._closed_streams = SizeLimitDict(size_limit=CLOSED_STREAMS_KEPT)
+        conn._closed_streams = BoundedDict(CLOSED_STREAMS_KEPT)
+        # What an idle connection keeps, smaller (see h2_compact).
+        compact_settings(conn.local_settings)
+        compact_settings(conn.remote_settings)
+        compact_table(conn.encoder.header_table)
+        compact_table(conn.decoder.header_table)
+        self._bufferedControlFrames = ListDeque(self._bufferedControlFrames)  # type: ignore[assignment]
 
     def writeHeaders(
         self, version: bytes, code: bytes, reason: bytes, headers: Any, streamID: int
@@ -235,6 +254,25 @@ class GuardedH2Connection(H2Connection):
                 self._requestDone(streamID)
                 return
         super().endRequest(streamID)
+
+    def _requestDone(self, streamID: int) -> None:
+        super()._requestDone(streamID)
+        # h2 forgets a closed stream only when it next counts the open ones
+        # (a new stream): an idle connection would keep its last stream's
+        # state.  Forget it now, as h2 would.
+        conn = self.conn
+        h2_stream = conn.streams.get(streamID)
+        if h2_stream is not None and h2_stream.closed:
+            del conn.streams[streamID]
+            conn._closed_streams[streamID] = h2_stream.closed_by
+        if not self.streams:
+            # A dict keeps the table it grew to: with no stream left, start
+            # afresh (an empty dict costs nothing).
+            self.streams = {}
+            self._outboundStreamQueues = {}
+            self._streamCleanupCallbacks = {}
+            if not conn.streams:
+                conn.streams = {}
 
     def _sendPrioritisedData(self, *args: Any) -> None:
         super()._sendPrioritisedData(*args)
