@@ -30,7 +30,7 @@ class CountingTransport(StringTransport):
         super().write(data)
 
 
-class SendingTests(SynchronousTestCase):
+class SendingBase(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = MemoryReactorClock()
         server = self.server = GuardedH2Connection(self.clock)
@@ -89,6 +89,8 @@ class SendingTests(SynchronousTestCase):
                 ended = True
         return status, body, ended
 
+
+class SendingTests(SendingBase):
     def test_one_write_and_no_loop_turn(self) -> None:
         """Headers and data in one write, the end in one more; nothing left for the reactor."""
         sid, request = self.request()
@@ -165,3 +167,125 @@ class SendingTests(SynchronousTestCase):
         events = self.client.receive_data(self.transport.value())
         self.assertEqual(self.response(events, first), (b"200", b"1" * 55, True))
         self.assertEqual(self.response(events, second), (b"200", b"2" * 60, True))
+
+
+class LastDataTests(SendingBase):
+    """
+    The response's last data with its end (L{GuardedH2Connection.write_last}):
+    one DATA frame with END_STREAM when it goes at once, not the data and
+    then an empty DATA frame; twisted.web's path, in order, otherwise.
+    """
+
+    def frames(self, sid: int) -> list[tuple[int, bool]]:
+        """The DATA frames the client got on C{sid}: their length, whether they ended it."""
+        events = self.client.receive_data(self.transport.value())
+        self.transport.clear()
+        got = []
+        for event in events:
+            if isinstance(event, h2.events.DataReceived) and event.stream_id == sid:
+                got.append((len(event.data), event.stream_ended is not None))
+                self.client.acknowledge_received_data(event.flow_controlled_length, sid)
+        return got
+
+    def test_last_data_ends_the_stream(self) -> None:
+        """After earlier data: one write, one frame with END_STREAM; finish writes nothing."""
+        sid, request = self.request()
+        self.server.write_first(request, b"a" * 10)
+        self.transport.writes = 0
+        self.server.write_last(request, b"b" * 20)
+        self.assertEqual(self.transport.writes, 1)
+        request.finish()
+        self.assertEqual(self.transport.writes, 1)
+        self.assertEqual(self.frames(sid), [(10, False), (20, True)])
+        self.assertEqual(self.server.streams, {})
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertEqual(request.sentLength, 30)
+
+    def test_whole_response_in_one_write(self) -> None:
+        """A first write that is also the last: headers and ended data in one write."""
+        sid, request = self.request()
+        self.transport.clear()
+        self.transport.writes = 0
+        self.server.write_last(request, b"x" * 1000)
+        request.finish()
+        self.assertEqual(self.transport.writes, 1)
+        events = self.client.receive_data(self.transport.value())
+        self.assertEqual(self.response(events, sid), (b"200", b"x" * 1000, True))
+        ends = [e for e in events if isinstance(e, h2.events.DataReceived)]
+        self.assertEqual([e.stream_ended is not None for e in ends], [True])
+        self.assertEqual(self.server.streams, {})
+
+    def test_empty_last_data(self) -> None:
+        """Nothing left to send: the end goes on its own, as before."""
+        sid, request = self.request()
+        self.server.write_first(request, b"a" * 10)
+        self.server.write_last(request, b"")
+        request.finish()
+        self.assertEqual(self.frames(sid), [(10, False), (0, True)])
+        self.assertEqual(self.server.streams, {})
+
+    def test_no_body(self) -> None:
+        """A 204 written last with nothing: its headers, then its end."""
+        sid, request = self.request()
+        request.setResponseCode(204)
+        self.transport.clear()
+        self.server.write_last(request, b"")
+        request.finish()
+        events = self.client.receive_data(self.transport.value())
+        self.assertEqual(self.response(events, sid), (b"204", b"", True))
+        self.assertEqual(self.server.streams, {})
+
+    def test_beyond_the_window(self) -> None:
+        """Last data beyond the stream's window waits for WINDOW_UPDATE, then ends the stream."""
+        self.client.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 100})
+        self.exchange()
+        sid, request = self.request()
+        self.server.write_first(request, b"a" * 50)
+        self.server.write_last(request, b"b" * 200)
+        request.finish()
+        body, ended = b"", False
+        for _ in range(10):
+            self.turn()
+            events = self.client.receive_data(self.transport.value())
+            self.transport.clear()
+            got = self.response(events, sid)
+            body, ended = body + got[1], ended or got[2]
+            if ended:
+                break
+            self.client.increment_flow_control_window(100, sid)
+            self.server.dataReceived(self.client.data_to_send())
+        self.assertEqual((body, ended), (b"a" * 50 + b"b" * 200, True))
+        self.assertEqual(self.server.streams, {})
+
+    def test_transport_paused(self) -> None:
+        """While the transport is full the last data queues behind the rest, in order."""
+        sid, request = self.request()
+        self.transport.clear()
+        self.server.pauseProducing()
+        self.server.write_first(request, b"x" * 100)
+        self.server.write_last(request, b"y" * 100)
+        request.finish()
+        self.turn()
+        self.assertEqual(self.transport.value(), b"")
+        self.server.resumeProducing()
+        for _ in range(10):
+            self.turn()
+        events = self.client.receive_data(self.transport.value())
+        self.assertEqual(self.response(events, sid), (b"200", b"x" * 100 + b"y" * 100, True))
+        self.assertEqual(self.server.streams, {})
+
+    def test_two_streams(self) -> None:
+        """One stream ended with its last data; the other goes on, and ends its own way."""
+        first, request1 = self.request()
+        second, request2 = self.request()
+        self.server.write_first(request1, b"1" * 50)
+        self.server.write_first(request2, b"2" * 60)
+        self.server.write_last(request2, b"2" * 6)
+        request2.finish()
+        request1.write(b"1" * 5)
+        request1.finish()
+        self.turn()
+        events = self.client.receive_data(self.transport.value())
+        self.assertEqual(self.response(events, first), (b"200", b"1" * 55, True))
+        self.assertEqual(self.response(events, second), (b"200", b"2" * 66, True))
+        self.assertEqual(self.server.streams, {})

@@ -48,6 +48,8 @@ class FakeExchange:
 
     def __init__(self, raise_on_response: bool = False) -> None:
         self.events: list[tuple[Any, ...]] = []
+        #: The data given with the response's end (C{response_data(..., last=True)}).
+        self.last: list[bytes] = []
         self.stream: Any = None
         self.raise_on_response = raise_on_response
 
@@ -66,8 +68,11 @@ class FakeExchange:
             raise RuntimeError("the user side failed")
         self.events.append(("response", status))
 
-    def response_data(self, data: bytes) -> None:
+    def response_data(self, data: bytes, last: bool = False) -> None:
         self.events.append(("data", data))
+        if last:
+            self.last.append(data)
+            self.events.append(("ended",))
 
     def response_ended(self) -> None:
         self.events.append(("ended",))

@@ -247,18 +247,18 @@ class ExchangeRequest(http.Request):
             cause=f"the app was removed by a reload; its {status} answer was dropped",
         )
 
-    def response_data(self, data: bytes) -> None:
+    def response_data(self, data: bytes, last: bool = False) -> None:
         if self._done:
             return
         assert self._relay is not None, "response data before the response started"
-        self._relay.data(data)
+        if last:
+            self._relay.last(data)
+            self._finish()
+        else:
+            self._relay.data(data)
 
     def response_ended(self) -> None:
-        if self._done:
-            return
-        assert self._relay is not None, "response end before the response started"
-        self._relay.end()
-        self._finish()
+        self.response_data(b"", True)
 
     def upstream_error(self, status: int, kind: str, detail: str) -> None:
         if self._done:

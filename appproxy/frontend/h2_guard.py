@@ -32,7 +32,9 @@ data has all gone ends at once, not on a later turn of twisted.web's sending
 loop; data that loop would send at once (it is idle, the transport takes
 data, the data fits the windows and a frame) is sent without a turn of it
 (its priority step, Deferred and C{callLater(0)}); a response's header block
-goes out with its first data (L{GuardedH2Connection.write_first}); and a
+goes out with its first data (L{GuardedH2Connection.write_first}), its
+last data with its end, in one DATA frame (L{GuardedH2Connection.write_last});
+and a
 stream held back for a slow reader (L{appproxy.frontend.relay})
 is released as soon as that loop has drained its queue.
 
@@ -104,6 +106,10 @@ class GuardedH2Connection(H2Connection):
     _flooded: bool
     _drain_watches: dict[int, tuple[int, Callable[[], None]]]
     _corked: bool
+    #: The stream whose last data is being written (L{write_last}), then
+    #: the one that data ended, until its request finishes (L{endRequest}).
+    _ending: int = 0
+    _ended: int = 0
     #: The transport's addresses, once asked for.
     _peer: Any = None
     _host: Any = None
@@ -174,6 +180,26 @@ class GuardedH2Connection(H2Connection):
         if self.transport is not None:
             self._tryToWriteControlData()
 
+    def write_last(self, request: Any, data: bytes) -> None:
+        """
+        C{request.write(data)}, the last write of C{request}'s response,
+        which is then finished: the data carries END_STREAM when it goes at
+        once (see L{writeDataToStream}), not an empty DATA frame of its own
+        after it; with the header block if this is the first write.
+        """
+        first = not request.startedWriting
+        if not data and not first:
+            return
+        self._ending = request.channel.streamID
+        self._corked = first
+        try:
+            request.write(data)
+        finally:
+            self._ending = 0
+            self._corked = False
+        if first and self.transport is not None:
+            self._tryToWriteControlData()
+
     def writeDataToStream(self, streamID: int, data: bytes) -> None:
         # twisted.web queues the data and wakes its sending loop, which sends
         # it (a priority step, a frame) and then turns once more on the
@@ -194,6 +220,15 @@ class GuardedH2Connection(H2Connection):
         ):
             left = conn.local_flow_control_window(streamID) - len(data)
             if left >= 0:
+                if streamID == self._ending:
+                    # The response's last data (write_last): it ends the
+                    # stream; the request's finish only lets it go.
+                    conn.send_data(streamID, data, end_stream=True)
+                    self.transport.write(conn.data_to_send())  # type: ignore[union-attr]
+                    self.resetTimeout()
+                    self._ended = streamID
+                    self._requestDone(streamID)
+                    return
                 conn.send_data(streamID, data)
                 self.transport.write(conn.data_to_send())  # type: ignore[union-attr]
                 self.resetTimeout()
@@ -237,6 +272,9 @@ class GuardedH2Connection(H2Connection):
         # its sending loop's next turn (a callLater(0), a priority step and a
         # write of its own).  When nothing of the stream waits and nothing
         # waits for the transport, end the stream now, as that turn would.
+        if streamID == self._ended:
+            self._ended = 0  # its last data ended it (write_last): let go already
+            return
         queue = self._outboundStreamQueues.get(streamID)
         if (
             queue is not None

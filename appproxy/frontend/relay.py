@@ -102,11 +102,22 @@ class ResponseRelay:
             else:
                 self._check = self.clock.callLater(H2_QUEUE_POLL, self._release)
 
-    def end(self) -> None:
-        """The body is complete (the caller then finishes the request)."""
-        self.request.unregisterProducer()
-        if not self.request.startedWriting:
-            self.request.write(b"")
+    def last(self, data: bytes) -> None:
+        """
+        Pass on the last piece of the body (maybe empty): the caller then
+        finishes the request.  For an HTTP/2 client of the public listener
+        the data carries the stream's end when it goes at once
+        (L{appproxy.frontend.h2_guard.GuardedH2Connection.write_last}).
+        """
+        request = self.request
+        request.unregisterProducer()
+        if self.http2:
+            connection = self._h2_connection()
+            if hasattr(connection, "write_last"):
+                connection.write_last(request, data)
+                return
+        if data or not request.startedWriting:
+            request.write(data)
 
     def stop(self) -> None:
         """The exchange is over: stop watching the client's queue."""

@@ -143,9 +143,13 @@ class WebSocketExchange:
             return
         self._switch(headers)
 
-    def response_data(self, data: bytes) -> None:
+    def response_data(self, data: bytes, last: bool = False) -> None:
         if not self._upgraded:
-            self.request.response_data(data)
+            self.request.response_data(data, last)
+            return
+        if last:  # (an upgraded stream's end comes on its own: whole, though)
+            self.response_data(data)
+            self.response_ended()
             return
         if self._ended or self._transport is None:
             return

@@ -43,7 +43,8 @@ class Exchange(Protocol):
 
     def response_started(self, status: int, headers: list[tuple[bytes, bytes]]) -> None: ...
 
-    def response_data(self, data: bytes) -> None: ...
+    def response_data(self, data: bytes, last: bool = False) -> None:
+        """A piece of the response body; C{last}: the response ends with it."""
 
     def response_ended(self) -> None: ...
 

@@ -104,6 +104,18 @@ class ServiceStreamEvents:
             self.acknowledge(event.stream_id, length)
             return
         self.bytes_received += len(event.data)
+        if event.stream_ended is not None:
+            # The data ends the stream: passed on with its end, in one step
+            # (for an HTTP/2 client, one DATA frame with END_STREAM), then the
+            # stream is done, as in stream_ended (which then finds it
+            # finished).  Its bytes are acknowledged as the stream is let go,
+            # with whatever it held back.  Should the user side raise, the
+            # stream is still live: the error boundary cuts the response.
+            stream.unacked += length
+            stream.job.exchange.response_data(event.data, True)
+            stream.feed(StreamInput.RESPONSE_ENDED)
+            stream._done(ErrorCodes.NO_ERROR)
+            return
         stream.feed(StreamInput.RESPONSE_DATA)
         if stream.paused or stream.held:
             stream.unacked += length
