@@ -378,7 +378,7 @@ class ExportTests(TestCase):
                     reads.append(1)
                 return database.run_interaction(interaction, *args)
 
-        resource.database = Counting()  # type: ignore[assignment]
+        resource.database = Counting()
         self.addCleanup(setattr, resource, "database", database)
         client = _SlowReader(self.d.token())
         options = optionsForClientTLS(HOST, trustRoot=Certificate.loadPEM(self.d.ca.cert_pem))

@@ -17,7 +17,7 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 
 from appproxy.access.cookie import Sealer
-from appproxy.admin.service import AdminService
+from appproxy.admin.retention import EventsRetention
 from appproxy.config import ServiceConfig, load_service_config
 from appproxy.daemon import heap, malloc
 from appproxy.daemon.plain_http import HTTPSOnlyFactory
@@ -87,9 +87,18 @@ class AppProxyService(Service):
         )
         self.tunnel_tls = ReloadableTLS(self._tunnel_tls(config))
         #: The admin API's listener (C{[admin]}) and the events' retention.
-        self.admin = AdminService(
-            config, reactor, self.trust.database, self._relying_party, self._sealer
-        )
+        # Its modules (twisted.web's server, the API, the page, JWT checks)
+        # are imported only when it is configured: they cost the daemon's
+        # memory (docs/performance.md); without it, only the retention runs.
+        self.admin: Any
+        if config.admin.listen is not None:
+            from appproxy.admin.service import AdminService
+
+            self.admin = AdminService(
+                config, reactor, self.trust.database, self._relying_party, self._sealer
+            )
+        else:
+            self.admin = EventsRetention(config, reactor, self.trust.database)
         self.admin_port: IListeningPort | None = None
         #: The live gauges and the metrics listener (C{[metrics]}).
         self.metrics = ServiceMetrics(self)

@@ -36,7 +36,7 @@ from appproxy.gate.paths import (
 from appproxy.gate.replies import Reply, Requester, redirect
 from appproxy.http.cookies import clear_cookie, set_cookie
 from appproxy.http.forwarding import IPAddress
-from appproxy.idp.authorize import APP_PARAMETER
+from appproxy.idp.settings import APP_PARAMETER
 from appproxy.oidc.authorize import authorization_url, check_authorization_response, new_pkce
 from appproxy.oidc.errors import SignInError
 

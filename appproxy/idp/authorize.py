@@ -27,15 +27,12 @@ from appproxy.idp._http import (
 )
 from appproxy.idp.context import ProviderContext
 from appproxy.idp.forms import otp_form, sign_in_form
-from appproxy.idp.settings import MFA_ACR_VALUES
+from appproxy.idp.settings import APP_PARAMETER, MFA_ACR_VALUES
 from appproxy.idp.signin import issue_code, login_post
 from appproxy.idp.store import AuthRequest
 
 __all__ = ["APP_PARAMETER", "render_authorize", "render_authorize_post"]
 
-#: The authorization request's parameter that names the app the user signs
-#: in to, for the sign-in page; appproxy's own, only names of its apps count.
-APP_PARAMETER = "appproxy_app"
 
 _CODE_CHALLENGE_RE = re.compile(r"[A-Za-z0-9_-]{43}\Z")
 _DIGITS_RE = re.compile(r"[0-9]{1,9}\Z")

@@ -17,6 +17,7 @@ import attrs
 __all__ = [
     "ACR_MFA",
     "ACR_PWD",
+    "APP_PARAMETER",
     "AUTH_METHODS",
     "DEVICE_GRANT",
     "MFA_ACR_VALUES",
@@ -26,6 +27,12 @@ __all__ = [
     "check_uri",
     "origin",
 ]
+
+#: The authorization request's parameter that names the app the user signs
+#: in to, for the sign-in page; appproxy's own, only names of its apps count
+#: (here, in a pure module, so that the service's sign-in flow names it
+#: without importing the provider's twisted.web side when it is not used).
+APP_PARAMETER: Final = "appproxy_app"
 
 #: C{acr} of a sign-in with password and one-time code.
 ACR_MFA: Final = "urn:appproxy:mfa"
