@@ -201,7 +201,14 @@ class PrepareRequestHeadersTests(SynchronousTestCase):
         """
         if connection_names:
             headers = [(b"Connection", b", ".join(connection_names)), *headers]
-        named = {n.lower() for n in connection_names}
+        # Every Connection field names hop-by-hop fields, the generated ones
+        # among the headers too (a hop-by-hop name drawn as "connection").
+        named = {
+            token.strip(b" \t").lower()
+            for name, value in headers
+            if name.lower() == b"connection"
+            for token in value.split(b",")
+        } - {b""}
         result = prepare(headers)
         names = [name for name, _ in result]
         for name in names:
