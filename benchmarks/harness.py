@@ -524,7 +524,8 @@ class Stack:
         # a second app on the same backend signs users in.
         text = _sub(text, r'^pre_authentication = "oidc"$', 'pre_authentication = "passthrough"')
         # The abuse limits would refuse the load generator (one address):
-        # the budgets off, the connection caps out of the way.
+        # the budgets off, the connection caps out of the way (idle_memory.py
+        # holds 1000 connections that have sent no request yet).
         text += """
 [limits]
 anonymous_rate = 0
@@ -532,6 +533,7 @@ signin_rate = 0
 signed_in_rate = 0
 connections_per_address = 1000000
 connections_total = 10000000
+client_header_connections_per_address = 100000
 """
         text += f"""
 [[apps]]
