@@ -1,49 +1,27 @@
 """
-The public listener's HTTP/2 connection: twisted.web's, with a bound on
-empty DATA frames.
+The public listener's HTTP/2 connection: twisted.web's, guarded and leaner.
 
-A DATA frame with no payload and no padding passes every flow-control window
-(it counts for nothing) and costs its sender nine bytes, but each one is an
-event for the server to handle: the "empty frames" flood of CVE-2019-9518.
-twisted.web's L{H2Connection} bounds stream resets (Rapid Reset) and buffered
-control frames; L{GuardedH2Connection} adds the same kind of token bucket for
-DATA frames without payload that do not end their stream, and answers a
-flood with GOAWAY C{ENHANCE_YOUR_CALM} and a closed connection, as Twisted's
-reset-flood guard does.
+Guarded: a token bucket for DATA frames without payload that do not end
+their stream (the "empty frames" flood of CVE-2019-9518; twisted.web bounds
+resets and control frames), answered with GOAWAY C{ENHANCE_YOUR_CALM}; a TLS
+connection it ends is closed at once (twisted.web's stays open until the
+idle timeout); fewer closed streams remembered (L{CLOSED_STREAMS_KEPT}, not
+h2's 65,536).
 
-It remembers fewer closed streams than h2 (L{CLOSED_STREAMS_KEPT}, not
-65,536: about 8 MiB per connection of a client that made that many
-requests).
-
-It also closes a TLS connection it ends (a protocol error, a reset flood, an
-empty-frame flood) at once: twisted.web's sends GOAWAY but, being the TLS
-transport's producer, leaves the connection open until the idle timeout.
-
-Responses cost less than twisted.web's: their header blocks are encoded by
-the tunnel's HPACK encoder (L{appproxy.tunnel.fields.TunnelEncoder}: the
-request id, unique to each response, and cookies go as never-indexed
-literals, not Huffman-coded into the table where they would only push out
-what is worth keeping), and a block that is plainly valid
-(L{appproxy.tunnel.fields.field_problem}, one pass over the whole block) is
-not normalised and validated again by h2, field by field.  Received
-header blocks are checked as h2 would, in fewer steps
-(L{appproxy.frontend.h2_inbound}).  A response whose
-data has all gone ends at once, not on a later turn of twisted.web's sending
-loop; data that loop would send at once (it is idle, the transport takes
-data, the data fits the windows and a frame) is sent without a turn of it
-(its priority step, Deferred and C{callLater(0)}); a response's header block
-goes out with its first data (L{GuardedH2Connection.write_first}), its
-last data with its end, in one DATA frame (L{GuardedH2Connection.write_last});
-and a
-stream held back for a slow reader (L{appproxy.frontend.relay})
-is released as soon as that loop has drained its queue.
-
-An idle connection keeps less (C{benchmarks/idle_memory.py}): h2's
-settings, both HPACK tables and twisted.web's control-frame buffer in lists,
-not deques of 760 bytes each (L{appproxy.frontend.h2_compact}); h2's frame
-dispatch table shared by the class (L{appproxy.frontend.h2_inbound}); an
-ended stream forgotten by h2 at once, not when the next one opens, and the
-per-stream dicts started afresh when no stream is left.
+Leaner: response header blocks encoded by the tunnel's HPACK encoder
+(L{appproxy.tunnel.fields.TunnelEncoder}: request ids and cookies as
+never-indexed literals) and not validated again by h2 when
+L{appproxy.tunnel.fields.field_problem} finds them plainly valid; received
+blocks checked in fewer steps (L{appproxy.frontend.h2_inbound}); data that
+twisted.web's sending loop would send at once sent without a turn of it; a
+response's header block sent with its first data
+(L{GuardedH2Connection.write_first}), its last data with its end in one DATA
+frame (L{GuardedH2Connection.write_last}); a response ended as soon as its
+data has gone; a stream held back for a slow reader (L{appproxy.frontend.relay})
+released as soon as that loop has drained its queue.  An idle connection
+keeps less: settings, HPACK tables and the control-frame buffer in lists
+(L{appproxy.frontend.h2_compact}), h2's dispatch table shared, an ended
+stream forgotten at once.
 
 L{appproxy.frontend.channels.ProxyChannelProtocol} makes the public
 listener's HTTP/2 connections guarded ones.
