@@ -41,20 +41,6 @@ LOADS = {
 }
 
 
-class OwnPortsStack(Stack):
-    """
-    A L{Stack} whose service serves its metrics on a free port, not the
-    default C{9464}: another stack on the machine may hold that one.
-    """
-
-    def _patch_configs(self) -> None:
-        super()._patch_configs()
-        service = self.tmp / "state" / "service.toml"
-        text = service.read_text()
-        free = f"tcp:{harness.free_port()}:interface=127.0.0.1"
-        service.write_text(text.replace("tcp:9464:interface=127.0.0.1", free))
-
-
 def h2load(stack: Stack, requests: int, clients: int, extra: list[str]) -> int:
     """Run h2load once; the number of requests answered 2xx (all, or it raises)."""
     argv = [
@@ -78,7 +64,7 @@ def h2load(stack: Stack, requests: int, clients: int, extra: list[str]) -> int:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     options = StackOptions(keep=args.keep, callgrind=True)
     results: dict[str, Any] = {"benchmark": "h2-cost-callgrind", "requests": args.requests}
-    with OwnPortsStack(options) as stack:
+    with Stack(options) as stack:
         for extra, _ in LOADS.values():  # warm up: code paths, pooled tunnel streams
             h2load(stack, 2 * args.clients, args.clients, extra)
         for name, (extra, one) in LOADS.items():

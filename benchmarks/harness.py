@@ -523,6 +523,11 @@ class Stack:
         # The first app is published without sign-in (the plain data path);
         # a second app on the same backend signs users in.
         text = _sub(text, r'^pre_authentication = "oidc"$', 'pre_authentication = "passthrough"')
+        # Metrics on a free port, not the default 9464: another stack on the
+        # machine (a benchmark, the tests) may hold that one.
+        text = text.replace(
+            '"tcp:9464:interface=127.0.0.1"', f'"tcp:{free_port()}:interface=127.0.0.1"'
+        )
         # The abuse limits would refuse the load generator (one address):
         # the budgets off, the connection caps out of the way (idle_memory.py
         # holds 1000 connections that have sent no request yet).
