@@ -294,3 +294,21 @@ class TunnelEncoderTests(SynchronousTestCase):
                 self.assertEqual(data, expected)
             self.assertEqual(mine.decode(data, raw=True), reference.decode(expected, raw=True))
             self.assertEqual(ours.header_table.dynamic_entries, theirs.header_table.dynamic_entries)
+
+    def test_size_set_twice_reaches_the_decoder(self) -> None:
+        """
+        The table resized to a size, then told the same size again (a peer
+        that repeats its SETTINGS) before the next block: the block still
+        starts with the size update, and the peer's decoder, whose table
+        still has the old size, reads the fields the encoder indexed in the
+        new one. (hpack's own encoder dropped the update: its decoder then
+        refused the block as naming an entry it did not have.)
+        """
+        ours, decoder = TunnelEncoder(), Decoder()
+        ours.header_table_size = 0
+        decoder.decode(ours.encode([]), raw=True)
+        ours.header_table_size = 64
+        ours.header_table_size = 64
+        block = [(b"x-a", b"1"), (b"x-a", b"1")]
+        self.assertEqual(decoder.decode(ours.encode(block), raw=True), block)
+        self.assertEqual(decoder.header_table.maxsize, 64)

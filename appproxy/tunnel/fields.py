@@ -115,7 +115,10 @@ class TunnelEncoder(Encoder):
             headers = [h for h in items if _as_bytes(h[0])[:1] == b":"]
             headers += [h for h in items if _as_bytes(h[0])[:1] != b":"]
         block: list[bytes] = []
-        if self.header_table.resized:
+        # Every size change since the last block (hpack's encoder asks its
+        # table's flag, which a second change to the same size clears: the
+        # first change then never reaches the decoder).
+        if self.table_size_changes:
             block.append(self._encode_table_size_change())
             self.header_table.resized = False
         add = self.add
