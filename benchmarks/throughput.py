@@ -109,12 +109,15 @@ def run_callgrind(args: argparse.Namespace) -> dict[str, Any]:
     from concurrent.futures import ThreadPoolExecutor
 
     import profiling
+    from h2_cost import OwnPortsStack
 
     n = args.callgrind
     per_client = max(1, n // CALLGRIND_CLIENTS)
-    options = StackOptions(connections=args.tunnels, capacity=args.capacity, callgrind=True)
+    options = StackOptions(
+        connections=args.tunnels, capacity=args.capacity, callgrind=True, keep=args.keep
+    )
     results: dict[str, Any] = {"benchmark": "throughput-callgrind"}
-    with Stack(options) as stack:
+    with OwnPortsStack(options) as stack:
         harness.https_gets(stack, "/1k", 20)  # warm up: pooled connections, code paths
 
         def sequential() -> int:

@@ -1,7 +1,8 @@
 """
 The daemons' reactor (L{appproxy.daemon.reactor}): events dispatched
 without a log context, and what a handler raises logged as Twisted's own
-dispatch logs it, the other events of the same poll still handled.
+dispatch logs it, the other events of the same poll still handled; what
+runs just before each poll (C{call_before_poll}).
 """
 
 from __future__ import annotations
@@ -106,6 +107,56 @@ class ReactorTests(SynchronousTestCase):
         reactor.addReader(reader)
         reactor.doPoll(0.01)
         self.assertEqual(reader.reads, [])
+
+    def test_before_poll_runs_once_before_polling(self) -> None:
+        """
+        What C{call_before_poll} was given runs once, before the poll: the
+        bytes it writes are read in the same poll.
+        """
+        reactor = AppproxyEPollReactor()
+        self.addCleanup(reactor._poller.close)
+        ((a, b),) = self.pairs(1)
+        reader = Reader(a, "r")
+        reactor.addReader(reader)
+        runs: list[int] = []
+
+        def send() -> None:
+            runs.append(1)
+            b.sendall(b"held")
+
+        reactor.call_before_poll(send)
+        reactor.doPoll(5.0)
+        self.assertEqual((runs, reader.reads), ([1], [b"held"]))
+        reactor.doPoll(0.01)
+        self.assertEqual(runs, [1])
+
+    def test_before_poll_failure_logged(self) -> None:
+        """What one such call raises is logged; the others still run."""
+        reactor = AppproxyEPollReactor()
+        self.addCleanup(reactor._poller.close)
+        runs: list[str] = []
+
+        def broken() -> None:
+            raise Broken("flush failed")
+
+        reactor.call_before_poll(broken)
+        reactor.call_before_poll(lambda: runs.append("after"))
+        reactor.doPoll(0.01)
+        self.assertEqual(runs, ["after"])
+        self.assertEqual(len(self.flushLoggedErrors(Broken)), 1)
+
+    def test_timer_made_before_poll_is_not_waited_past(self) -> None:
+        """
+        A timer that a before-poll call makes is not slept through: the poll
+        that was to wait for ever returns at once to run it.
+        """
+        reactor = AppproxyEPollReactor()
+        self.addCleanup(reactor._poller.close)
+        fired: list[int] = []
+        reactor.call_before_poll(lambda: reactor.callLater(0, fired.append, 1))
+        reactor.doPoll(None)
+        reactor.runUntilCurrent()
+        self.assertEqual(fired, [1])
 
     def test_install_keeps_an_installed_reactor(self) -> None:
         """A reactor already installed (twistd --reactor, or trial's) stays."""

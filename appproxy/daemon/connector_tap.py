@@ -13,7 +13,7 @@ import attrs
 from twisted.application.internet import ClientService
 from twisted.application.service import IService, MultiService
 from twisted.internet.defer import CancelledError, Deferred, gatherResults
-from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.interfaces import IProtocol, IProtocolFactory, IStreamClientEndpoint
 from twisted.logger import Logger
 from twisted.python import usage
@@ -40,6 +40,7 @@ from appproxy.daemon.runtime import (
 )
 from appproxy.daemon.tls import ReloadableTLS, tunnel_client_options
 from appproxy.daemon.tls_failures import CA_HINT, SYSTEM_TRUST_HINT
+from appproxy.daemon.tls_transport import lean_client_tls
 from appproxy.tunnel.enrolment import ConnectorSettings
 
 #: Seconds in-flight requests get to finish after GOAWAY when stopping.
@@ -124,7 +125,7 @@ class ConnectorService(MultiService):
             ca_hint=CA_HINT if config.service_ca_pem is not None else SYSTEM_TRUST_HINT,
         )
         self.endpoint = _DescribedEndpoint(
-            wrapClientTLS(
+            lean_client_tls(
                 tls, HostnameEndpoint(reactor, config.service_address, config.service_port)
             ),
             description,

@@ -12,7 +12,6 @@ from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
-from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
 from twisted.python.failure import Failure
 
@@ -30,6 +29,7 @@ from appproxy.daemon.runtime import (
 )
 from appproxy.daemon.service_metrics import ServiceMetrics
 from appproxy.daemon.tls import ReloadableTLS, SNIServerContextFactory, tunnel_server_context
+from appproxy.daemon.tls_transport import LeanTLSFactory
 from appproxy.frontend.deadlines import ClientDeadlines
 from appproxy.frontend.front_end import FrontEnd
 from appproxy.frontend.proxy import ProxyHTTPFactory
@@ -210,7 +210,7 @@ class AppProxyService(Service):
             config.listen,
             "service.listen",
             HTTPSOnlyFactory(
-                TLSMemoryBIOFactory(
+                LeanTLSFactory(
                     self.public_tls,
                     False,
                     ProxyHTTPFactory(self.frontend, self.reactor, self.client_deadlines),
@@ -223,7 +223,7 @@ class AppProxyService(Service):
         self.tunnel_port = self._listen(
             config.tunnel_listen,
             "tunnel.listen",
-            TLSMemoryBIOFactory(self.tunnel_tls, False, self.trust.factory),
+            LeanTLSFactory(self.tunnel_tls, False, self.trust.factory),
         )
         if config.admin.listen is not None:
             self.admin_port = self._listen(config.admin.listen, "admin.listen", self.admin.factory)

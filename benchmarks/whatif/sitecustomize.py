@@ -22,6 +22,9 @@ And one that changes nothing but observes:
   - C{tracemalloc}: trace Python allocations; on SIGUSR2 the process writes a
     snapshot to C{tracemalloc.N} (N = 1, 2, ...) in its working directory, which
     C{idle_memory.py --tracemalloc} compares.
+  - C{cprofile}: the first SIGUSR2 starts cProfile, the next one stops it
+    and writes the statistics to C{cprofile.PID} in the working directory
+    (C{throughput.py --cprofile N}: Python calls per request).
 """
 
 from __future__ import annotations
@@ -82,11 +85,33 @@ def _tracemalloc() -> None:
     signal.signal(signal.SIGUSR2, dump)
 
 
+def _cprofile() -> None:
+    import cProfile
+    import signal
+
+    state: dict[str, cProfile.Profile] = {}
+    # Where the daemon started: it may change directory later.
+    out = os.path.join(os.getcwd(), f"cprofile.{os.getpid()}")
+
+    def toggle(signum: int, frame: object) -> None:
+        profiler = state.pop("on", None)
+        if profiler is None:
+            state["on"] = profiler = cProfile.Profile()
+            profiler.enable()
+        else:
+            profiler.disable()
+            profiler.dump_stats(out + ".tmp")
+            os.replace(out + ".tmp", out)
+
+    signal.signal(signal.SIGUSR2, toggle)
+
+
 _ALL = {
     "frame-repr": _frame_repr,
     "no-access-log": _no_access_log,
     "no-h2-validation": _no_h2_validation,
     "tracemalloc": _tracemalloc,
+    "cprofile": _cprofile,
 }
 
 for _name in sorted(_PATCHES):
