@@ -109,7 +109,6 @@ def run_callgrind(args: argparse.Namespace) -> dict[str, Any]:
     from concurrent.futures import ThreadPoolExecutor
 
     import profiling
-    from h2_cost import OwnPortsStack
 
     n = args.callgrind
     per_client = max(1, n // CALLGRIND_CLIENTS)
@@ -117,7 +116,7 @@ def run_callgrind(args: argparse.Namespace) -> dict[str, Any]:
         connections=args.tunnels, capacity=args.capacity, callgrind=True, keep=args.keep
     )
     results: dict[str, Any] = {"benchmark": "throughput-callgrind"}
-    with OwnPortsStack(options) as stack:
+    with Stack(options) as stack:
         harness.https_gets(stack, "/1k", 20)  # warm up: pooled connections, code paths
 
         def sequential() -> int:
