@@ -34,6 +34,7 @@ from h2.stream import StreamState
 from h2.utilities import is_informational_response
 from hyperframe.frame import HeadersFrame
 
+from appproxy.frontend.h2_frames import lean_frames
 from appproxy.frontend.h2_inbound import CheckedInbound, check_block
 from appproxy.frontend.h2_outbound import LeanOutbound
 from appproxy.tunnel.received import REQUEST_BLOCK
@@ -118,7 +119,11 @@ def _received(conn: LeanConnection, frame: HeadersFrame, stream: Any, headers: A
 
 
 def lean(conn: H2Connection) -> None:
-    """Make C{conn} (made a L{CheckedInbound} by L{adopt}) a L{LeanConnection}."""
+    """
+    Make C{conn} (made a L{CheckedInbound} by L{adopt}) a L{LeanConnection},
+    reading frames with a L{LeanFrameBuffer}.
+    """
     if type(conn) is not CheckedInbound:
         raise TypeError("only a connection adopt() made a CheckedInbound")
+    lean_frames(conn.incoming_buffer)
     conn.__class__ = LeanConnection
