@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from hpack import Decoder, HeaderTuple, NeverIndexedHeaderTuple
 from hpack.exceptions import HPACKDecodingError, OversizedHeaderListError
 from hpack.hpack import _unicode_if_needed
+from hpack.huffman_table import decode_huffman
 from hpack.table import HeaderTable
 
 from appproxy.tunnel.fields import _BAD_VALUE, _CONNECTION_SPECIFIC, _PSEUDO, Field
@@ -84,8 +85,23 @@ class TunnelDecoder(Decoder):
                 at += self._update_encoding_context(view[at:])
                 continue
             else:
-                header, consumed = self._decode_literal_no_index(view[at:])
-                header = _unicode_if_needed(header, True)
+                # A literal not indexed (or never indexed): in place when its
+                # name is indexed in one byte and its value's length fits in
+                # one (hpack copies the rest of the block first, and makes
+                # six Python calls and a debug log call).
+                index = current & 0x0F
+                second = data[at + 1] if at + 1 < end else 0x7F
+                length = second & 0x7F
+                if index and index != 0x0F and length != 0x7F and at + 2 + length <= end:
+                    value = data[at + 2 : at + 2 + length]
+                    if second & 0x80:
+                        value = decode_huffman(value)
+                    kind = NeverIndexedHeaderTuple if current & 0x10 else HeaderTuple
+                    header = _new_tuple(kind, (get(index)[0], value))
+                    consumed = 2 + length
+                else:
+                    header, consumed = self._decode_literal_no_index(view[at:])
+                    header = _unicode_if_needed(header, True)
             headers.append(header)
             size += 32 + len(header[0]) + len(header[1])
             if size > limit:
@@ -93,7 +109,8 @@ class TunnelDecoder(Decoder):
                     f"A header list larger than {limit} has been received"
                 )
             at += consumed
-        self._assert_valid_table_size()
+        if table._maxsize > self.max_allowed_table_size:  # hpack's check, its call only then
+            self._assert_valid_table_size()
         return headers
 
 
