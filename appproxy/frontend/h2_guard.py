@@ -48,6 +48,7 @@ from appproxy.frontend.h2_compact import (
     compact_table,
 )
 from appproxy.frontend.h2_inbound import adopt
+from appproxy.frontend.h2_requests import lean
 from appproxy.frontend.peer import peer_text
 from appproxy.observe.metrics import LIMIT_HITS
 from appproxy.tunnel.fields import TunnelEncoder, field_problem
@@ -111,6 +112,7 @@ class GuardedH2Connection(H2Connection):
         conn = self.conn
         conn.encoder = TunnelEncoder()
         adopt(conn)
+        lean(conn)
         # h2 remembers 65,536 closed streams per connection (about 8 MiB once
         # a client has made that many requests on it): keep fewer.
         conn._closed_streams = BoundedDict(CLOSED_STREAMS_KEPT)

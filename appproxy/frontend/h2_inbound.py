@@ -57,7 +57,7 @@ from appproxy.tunnel.received import (
 if TYPE_CHECKING:
     from hyperframe.frame import Frame
 
-__all__ = ["CheckedInbound", "adopt"]
+__all__ = ["CheckedInbound", "adopt", "check_block"]
 
 #: The kind of header block each event a server gets carries.
 _BLOCK_KINDS = {RequestReceived: REQUEST_BLOCK, TrailersReceived: TRAILER_BLOCK}
@@ -76,14 +76,7 @@ class CheckedInbound(H2Connection):
             kind = _BLOCK_KINDS.get(type(event))
             if kind is None:
                 continue
-            headers: list[Field] = event.headers  # type: ignore[attr-defined]
-            names = [field[0] for field in headers]
-            if b"cookie" in names:
-                headers = event.headers = received_fields(headers)  # type: ignore[attr-defined]
-                names = [field[0] for field in headers]
-            problem = received_problem(headers, kind, names)
-            if problem is not None:
-                raise ProtocolError(f"Received an invalid header block: {problem}")
+            check_block(event, kind)
             break
         return frames, events
 
@@ -147,6 +140,22 @@ _FRAME_HANDLERS: dict[type[Frame], Any] = {
         (ExtensionFrame, "_receive_unknown_frame"),
     )
 }
+
+
+def check_block(event: Any, kind: str) -> None:
+    """
+    Check the header block a received event carries, of C{kind}
+    (L{REQUEST_BLOCK} or L{TRAILER_BLOCK}): a L{ProtocolError} if it is
+    refused; C{cookie} fields joined into one.
+    """
+    headers: list[Field] = event.headers
+    names = [field[0] for field in headers]
+    if b"cookie" in names:
+        headers = event.headers = received_fields(headers)
+        names = [field[0] for field in headers]
+    problem = received_problem(headers, kind, names)
+    if problem is not None:
+        raise ProtocolError(f"Received an invalid header block: {problem}")
 
 
 def adopt(conn: H2Connection) -> None:

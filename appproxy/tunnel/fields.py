@@ -23,6 +23,8 @@ from collections.abc import Iterable, Sequence
 from hpack import Encoder, HeaderTuple, NeverIndexedHeaderTuple
 from hpack.hpack import INDEX_INCREMENTAL, INDEX_NEVER
 
+from appproxy.tunnel.hpack_index import IndexedTable
+
 Field = tuple[bytes, bytes]
 # What hpack's Encoder.encode takes.
 _EncoderInput = (
@@ -107,6 +109,11 @@ class TunnelEncoder(Encoder):
     The fields are bytes already (h2 encodes them before they get here), so
     the loop is hpack's own without its per-field conversions.
     """
+
+    def __init__(self) -> None:
+        super().__init__()
+        # Searched in constant time (see hpack_index).
+        self.header_table = IndexedTable()
 
     def encode(self, headers: _EncoderInput, huffman: bool = True) -> bytes:
         if isinstance(headers, dict):

@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from hpack import Decoder, HeaderTuple, NeverIndexedHeaderTuple
 from hpack.exceptions import HPACKDecodingError, OversizedHeaderListError
 from hpack.hpack import _unicode_if_needed
+from hpack.huffman_table import decode_huffman
+from hpack.table import HeaderTable
 
 from appproxy.tunnel.fields import _BAD_VALUE, _CONNECTION_SPECIFIC, _PSEUDO, Field
 
@@ -26,6 +28,11 @@ _RECEIVED_NAMES = re.compile(
 )
 _RECEIVED_BAD_FIRST = re.compile(rb"[^\x21-\x40\x5b-\x7e]")
 _RECEIVED_BAD_REST = re.compile(rb"[^\x21-\x39\x3b-\x40\x5b-\x7e]")
+#: hpack's static table, and a tuple's own constructor (HeaderTuple's
+#: C{__new__} is a Python call making the same).
+_STATIC = HeaderTable.STATIC_TABLE
+_STATIC_LENGTH = HeaderTable.STATIC_TABLE_LENGTH
+_new_tuple = tuple.__new__
 _REQUEST_ONLY = frozenset({b":scheme", b":path", b":authority", b":method", b":protocol"})
 
 #: The kinds of a received header block (L{received_problem}).
@@ -45,7 +52,8 @@ class TunnelDecoder(Decoder):
     def decode(self, data: bytes, raw: bool = False) -> list[HeaderTuple]:
         if not raw:
             return list(super().decode(data, raw))
-        get = self.header_table.get_by_index
+        table = self.header_table
+        get = table.get_by_index
         limit = self.max_header_list_size
         view = memoryview(data)
         headers: list[HeaderTuple] = []
@@ -56,8 +64,15 @@ class TunnelDecoder(Decoder):
             current = data[at]
             if current & 0x80:
                 if current != 0xFF:
-                    name, value = get(current & 0x7F)
-                    header = HeaderTuple(name, value)
+                    # hpack's get_by_index and HeaderTuple(name, value), inline.
+                    index = (current & 0x7F) - 1
+                    if 0 <= index < _STATIC_LENGTH:
+                        entry = _STATIC[index]
+                    elif 0 <= index - _STATIC_LENGTH < len(table.dynamic_entries):
+                        entry = table.dynamic_entries[index - _STATIC_LENGTH]
+                    else:
+                        entry = get(index + 1)  # raises as hpack does
+                    header = _new_tuple(HeaderTuple, entry)
                     consumed = 1
                 else:
                     header, consumed = self._decode_indexed(view[at:])
@@ -70,8 +85,23 @@ class TunnelDecoder(Decoder):
                 at += self._update_encoding_context(view[at:])
                 continue
             else:
-                header, consumed = self._decode_literal_no_index(view[at:])
-                header = _unicode_if_needed(header, True)
+                # A literal not indexed (or never indexed): in place when its
+                # name is indexed in one byte and its value's length fits in
+                # one (hpack copies the rest of the block first, and makes
+                # six Python calls and a debug log call).
+                index = current & 0x0F
+                second = data[at + 1] if at + 1 < end else 0x7F
+                length = second & 0x7F
+                if index and index != 0x0F and length != 0x7F and at + 2 + length <= end:
+                    value = data[at + 2 : at + 2 + length]
+                    if second & 0x80:
+                        value = decode_huffman(value)
+                    kind = NeverIndexedHeaderTuple if current & 0x10 else HeaderTuple
+                    header = _new_tuple(kind, (get(index)[0], value))
+                    consumed = 2 + length
+                else:
+                    header, consumed = self._decode_literal_no_index(view[at:])
+                    header = _unicode_if_needed(header, True)
             headers.append(header)
             size += 32 + len(header[0]) + len(header[1])
             if size > limit:
@@ -79,7 +109,8 @@ class TunnelDecoder(Decoder):
                     f"A header list larger than {limit} has been received"
                 )
             at += consumed
-        self._assert_valid_table_size()
+        if table._maxsize > self.max_allowed_table_size:  # hpack's check, its call only then
+            self._assert_valid_table_size()
         return headers
 
 

@@ -25,7 +25,7 @@ from h2.exceptions import (
 )
 from h2.settings import SettingCodes, Settings
 
-from appproxy.tunnel.hpack_index import IndexedEncoder
+from appproxy.tunnel.fields import TunnelEncoder
 from appproxy.tunnel.received import TunnelDecoder
 from appproxy.tunnel.wire import (
     DATA,
@@ -124,7 +124,7 @@ class WireSender:
         self.streams: dict[int, WireStream] = {}
         self.highest_inbound_stream_id = 0
         self.highest_outbound_stream_id = 0
-        self.encoder = IndexedEncoder()
+        self.encoder = TunnelEncoder()
         self.decoder = TunnelDecoder(DEFAULT_MAX_HEADER_LIST_SIZE)
         self.local_settings = Settings(
             client=client_side,
