@@ -13,8 +13,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 
-from appproxy.daemon.side_listener import SideSite, capped
-from appproxy.observe.exposition import MetricsResource
+from appproxy.daemon.first_use import BuiltAtFirstConnection
 from appproxy.observe.live import LIVE, Snapshot
 from appproxy.observe.metrics import CONFIG_RELOADS
 
@@ -83,12 +82,24 @@ class ServiceMetrics:
         """
         description = self.service.config.metrics.listen
         if description is not None and self.port is None:
-            site = SideSite(MetricsResource(), self.service.reactor)
-            # No access log: scrapes are frequent.
-            site.log = lambda request: None  # type: ignore[method-assign]
+            # The side listener's modules (twisted.web's server) are
+            # imported with the site, at the first scrape (the daemon's
+            # memory, docs/performance.md); the caps are imported here.
+            from appproxy.daemon.capped import capped
+
+            site = BuiltAtFirstConnection(self._site)
             factory = capped(site, "metrics", self.service.reactor)
             self.port = self.service._listen(description, "metrics.listen", factory)
             log.info("Metrics on {description} (/metrics)", description=description)
+
+    def _site(self) -> Any:
+        from appproxy.daemon.side_listener import SideSite
+        from appproxy.observe.exposition import MetricsResource
+
+        site = SideSite(MetricsResource(), self.service.reactor)
+        # No access log: scrapes are frequent.
+        site.log = lambda request: None  # type: ignore[method-assign]
+        return site
 
     def stop(self) -> Deferred[None] | None:
         """Close the listener; the live gauges stop reading this service."""
