@@ -31,11 +31,12 @@ ADMIN = [
     "appproxy.admin.page",
 ]
 IDP = ["appproxy.idp.provider", "appproxy.idp.authorize", "appproxy.idp._http"]
-#: Imported at their first use, not at start (docs/performance.md): twisted.web's
-#: site (the metrics listener's, at the first scrape; the enrolment API and the
-#: service's own pages do without it), the OIDC client's HTTP stack (at the first
-#: request to the identity provider), the WebSocket relay and wsproto (at the first
-#: WebSocket), difflib (a configuration mistake), tracemalloc (heap reports).
+#: Not imported at start (docs/performance.md): twisted.web's site (only the admin
+#: listener's needs it: the metrics listener, the enrolment API and the service's
+#: own pages do without it); imported at their first use: the OIDC client's HTTP
+#: stack (the first request to the identity provider), the WebSocket relay and
+#: wsproto (the first WebSocket), difflib (a configuration mistake), tracemalloc
+#: (heap reports).
 FIRST_USE = [
     "twisted.web.server",
     "twisted.spread.pb",

@@ -19,7 +19,6 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from twisted.copyright import version as twisted_version
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IAddress, IDelayedCall
 from twisted.logger import Logger
@@ -28,6 +27,7 @@ from twisted.web import http
 from twisted.web.http import HTTPChannel, HTTPFactory
 from twisted.web.resource import Resource
 
+from appproxy.daemon.side_http import answer_as_site
 from appproxy.daemon.tls import peer_certificate
 from appproxy.http.render import NOT_DONE_YET
 from appproxy.trust.enrol import Enrolment
@@ -63,10 +63,6 @@ _ROUTES: dict[bytes, bytes] = {
 
 def _error(status: int, error: str, message: str) -> Answer:
     return status, ApiError(error=error, message=message)
-
-
-#: The C{Server} field, as twisted.web's site sends it.
-SERVER: bytes = b"TwistedWeb/" + twisted_version.encode("ascii")
 
 
 class _Request(http.Request):
@@ -112,24 +108,14 @@ class _Request(http.Request):
 
     def process(self) -> None:
         """Answer, as twisted.web's site answers for a leaf resource."""
-        self.setHeader(b"server", SERVER)
-        self.setHeader(b"date", http.datetimeToString())
+        answer_as_site(self, self._render)
+
+    def _render(self, request: http.Request) -> Any:
         api = self.channel.api
         try:
-            body = api.render(self)
+            return api.render(self)
         except Exception:
-            body = api._failed(Failure(), self)
-        if body is NOT_DONE_YET or self.finished or self._disconnected:
-            return
-        if self.method == b"HEAD":
-            # The GET answer's fields only.
-            if body:
-                self.setHeader(b"content-length", b"%d" % len(body))
-            self.write(b"")
-        else:
-            self.setHeader(b"content-length", b"%d" % len(body))
-            self.write(body)
-        self.finish()
+            return api._failed(Failure(), self)
 
 
 class _Channel(HTTPChannel):
