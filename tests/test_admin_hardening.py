@@ -21,7 +21,7 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
-from twisted.web import server
+from twisted.web import http
 
 from appproxy.http.ratelimit import ConnectionCounts
 from tests.deployment import DOMAIN
@@ -58,9 +58,12 @@ def _port(listening: Any) -> int:
     return cast(IPv4Address, listening.getHost()).port
 
 
-def _site(factory: Any) -> server.Site:
-    """The twisted.web site under a listener's wrapping factories."""
-    while not isinstance(factory, server.Site):
+def _site(factory: Any) -> Any:
+    """
+    The twisted.web HTTP factory under a listener's wrapping factories: the
+    admin listener's site, or the metrics listener's server.
+    """
+    while not isinstance(factory, http.HTTPFactory):
         factory = factory.wrappedFactory
     return factory
 
@@ -170,7 +173,7 @@ class AdminHardeningTests(TestCase):
     def test_header_deadline(self) -> Any:
         """A client trickling its header block is cut off at the deadline."""
         for which, factory in self._factories().items():
-            deadlines = _site(factory).client_deadlines  # type: ignore[attr-defined]
+            deadlines = _site(factory).client_deadlines
             deadlines.limits = attrs.evolve(deadlines.limits, header_timeout=1.0)
 
             def trickle(which: str = which) -> tuple[float, bytes]:

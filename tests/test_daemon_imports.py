@@ -1,9 +1,11 @@
 """
 What the service daemon imports for the configuration it runs (issue 10,
 its memory): the admin listener's modules only when C{[admin] listen} is
-set, the built-in identity provider's only when it is the provider.  The
-service is built as twistd builds it (the plugin's C{makeService} with
-C{--config}), in a fresh interpreter, which then lists its modules.
+set, the built-in identity provider's only when it is the provider; and
+never at start what serves only a first use (L{FIRST_USE}).  The service is
+built as twistd builds it (the plugin's C{makeService} with C{--config}) and
+started (its listeners bound), in a fresh interpreter, which then lists its
+modules.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from pathlib import Path
 
 from twisted.trial.unittest import TestCase
 
-from tests.deployment import Deployment
+from tests.deployment import DOMAIN, Deployment
+from tests.signin_deployment import CLIENT_SECRET, LOGIN, SignInDeployment
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -28,17 +31,38 @@ ADMIN = [
     "appproxy.admin.page",
 ]
 IDP = ["appproxy.idp.provider", "appproxy.idp.authorize", "appproxy.idp._http"]
+#: Not imported at start (docs/performance.md): twisted.web's site (only the admin
+#: listener's needs it: the metrics listener, the enrolment API and the service's
+#: own pages do without it); imported at their first use: the OIDC client's HTTP
+#: stack (the first request to the identity provider), the WebSocket relay and
+#: wsproto (the first WebSocket), difflib (a configuration mistake), tracemalloc
+#: (heap reports).
+FIRST_USE = [
+    "twisted.web.server",
+    "twisted.spread.pb",
+    "appproxy.daemon.side_listener",
+    "treq",
+    "twisted.web.client",
+    "appproxy.oidc._provider_http",
+    "appproxy.frontend.ws_relay",
+    "wsproto",
+    "h11",
+    "difflib",
+    "tracemalloc",
+]
 
 
 def _daemon_modules(config: Path) -> set[str]:
-    """The appproxy modules loaded once twistd's C{makeService} built the service."""
+    """The modules loaded once twistd's C{makeService} built the service and it started."""
     script = (
         "import json, sys\n"
         "from appproxy.daemon.service_tap import Options, makeService\n"
         "options = Options()\n"
         f"options.parseOptions(['--config', {str(config)!r}])\n"
         "service = makeService(options)\n"
-        "print(json.dumps(sorted(m for m in sys.modules if m.startswith('appproxy'))))\n"
+        "service.privilegedStartService()\n"
+        "service.startService()\n"
+        "print(json.dumps(sorted(sys.modules)))\n"
     )
     out = subprocess.run(
         [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120
@@ -64,6 +88,36 @@ class DaemonImportTests(TestCase):
         loaded = _daemon_modules(self._config())
         self.assertIn("appproxy.daemon.service_tap", loaded)
         self.assertEqual(sorted(loaded & {*ADMIN, *IDP}), [])
+
+    def test_first_use_modules(self) -> None:
+        """
+        With the metrics listener, sign-in with the built-in provider and an
+        app open to WebSockets, the modules of L{FIRST_USE} are not imported
+        when the service starts.
+        """
+        apps = [{"name": "web", "external_url": f"https://web.{DOMAIN}/", "websocket": True}]
+        extra = f"""
+[metrics]
+listen = "tcp:0:interface=127.0.0.1"
+
+[oidc]
+issuer = "https://{LOGIN}"
+client_id = "appproxy"
+client_secret_file = "client-secret"
+callback_url = "https://{LOGIN}/.appproxy/callback"
+provider_ca = "ca.pem"
+
+[builtin_provider]
+issuer = "https://{LOGIN}"
+"""
+        deployment = SignInDeployment(self, apps, 5.0, extra_toml=extra)
+        deployment._write("client-secret", CLIENT_SECRET.encode() + b"\n")
+        deployment.state.mkdir(mode=0o700)
+        deployment.add_user("alice", "correct horse")
+        loaded = _daemon_modules(deployment.write_service_config().resolve())
+        for running in ("appproxy.daemon.service_metrics", "appproxy.frontend.ws_gate", *IDP):
+            self.assertIn(running, loaded)
+        self.assertEqual(sorted(loaded & set(FIRST_USE)), [])
 
     def test_with_admin(self) -> None:
         """

@@ -7,7 +7,6 @@ problem.
 
 from __future__ import annotations
 
-import difflib
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -61,6 +60,8 @@ class Table:
         for name in self._data:
             if name not in self._known:
                 problem = "unknown key"
+                import difflib  # only for a mistake: the daemon need not carry it
+
                 close = difflib.get_close_matches(name, self._known, n=1)
                 if close:
                     problem += f" (did you mean '{close[0]}'?)"

@@ -36,12 +36,14 @@ import os
 import signal
 import sys
 import time
-import tracemalloc
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import tracemalloc
 
 __all__ = [
     "ENV_COLLECT",
@@ -174,7 +176,18 @@ class HeapReporter:
         if self.types:
             counts = Counter(type(o).__qualname__ for o in gc.get_objects())
             out["types"] = counts.most_common(TOP_TYPES)
-        if self.trace and tracemalloc.is_tracing():
+        if self.trace:
+            out.update(self._traced())
+        with open(self.path, "a") as f:
+            f.write(json.dumps(out, sort_keys=True) + "\n")
+        return out
+
+    def _traced(self) -> dict[str, Any]:
+        """The traced memory, and the sites grown most since the first report."""
+        import tracemalloc
+
+        out: dict[str, Any] = {}
+        if tracemalloc.is_tracing():
             current, peak = tracemalloc.get_traced_memory()
             out["traced_kib"] = current // 1024
             out["traced_peak_kib"] = peak // 1024
@@ -187,8 +200,6 @@ class HeapReporter:
             out["grown"] = [
                 [_site(d), d.size_diff // 1024, d.count_diff] for d in diffs[:TOP_SITES]
             ]
-        with open(self.path, "a") as f:
-            f.write(json.dumps(out, sort_keys=True) + "\n")
         return out
 
 
@@ -220,8 +231,13 @@ def install(
         return None
     frames = environ.get(ENV_TRACE, "")
     trace = frames.isdigit() and int(frames) > 0
-    if trace and not tracemalloc.is_tracing():
-        tracemalloc.start(min(int(frames), MAX_FRAMES))
+    if trace:
+        # Imported only when asked for: a daemon that does not trace
+        # does not carry the module (docs/performance.md, its memory).
+        import tracemalloc
+
+        if not tracemalloc.is_tracing():
+            tracemalloc.start(min(int(frames), MAX_FRAMES))
     path = Path(directory) / f"heap-{name}-{os.getpid()}.jsonl"
     reporter = HeapReporter(
         path,

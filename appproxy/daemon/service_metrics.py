@@ -1,7 +1,13 @@
 """
 The service's metrics, put together: the live gauges' snapshot read from
 the running service (L{snapshot}), and the C{[metrics] listen} listener
-(L{ServiceMetrics}).
+(L{ServiceMetrics}, L{MetricsServer}).
+
+The listener is served by twisted.web's C{http} module alone, not by its
+site (C{twisted.web.server}, whose imports cost the daemon about 3 MiB:
+docs/performance.md), with the side listeners' limits
+(L{appproxy.daemon.side_http}): HTTP/1.1, no request body, the header
+deadline, a short idle timeout, the caps on open connections.
 """
 
 from __future__ import annotations
@@ -10,15 +16,24 @@ from collections import Counter
 from typing import Any
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IListeningPort
+from twisted.internet.interfaces import IAddress, IListeningPort, IReactorTime
 from twisted.logger import Logger
+from twisted.web.http import HTTPFactory
+from twisted.web.resource import IResource
 
-from appproxy.daemon.side_listener import SideSite, capped
+from appproxy.daemon.side_http import (
+    IDLE_TIMEOUT,
+    BodilessRequest,
+    answer_as_site,
+    capped,
+    side_deadlines,
+)
+from appproxy.frontend.deadlines import deadline_channel_protocol
 from appproxy.observe.exposition import MetricsResource
 from appproxy.observe.live import LIVE, Snapshot
 from appproxy.observe.metrics import CONFIG_RELOADS
 
-__all__ = ["ServiceMetrics", "snapshot"]
+__all__ = ["MetricsServer", "ServiceMetrics", "snapshot"]
 
 log = Logger()
 
@@ -54,6 +69,37 @@ def snapshot(service: Any, last_reload: float | None) -> Snapshot:
     )
 
 
+class _MetricsRequest(BodilessRequest):
+    """A scrape, answered by the server's (leaf) resource."""
+
+    def process(self) -> None:
+        server: MetricsServer = self.channel.site  # type: ignore[attr-defined]
+        answer_as_site(self, server.resource.render)
+
+
+class MetricsServer(HTTPFactory):
+    """The metrics listener's connections (without an access log: scrapes are frequent)."""
+
+    #: The public listener's HTTP/1.1 channel, with its header deadline.
+    protocol = deadline_channel_protocol
+    noisy = False
+
+    def __init__(self, resource: IResource, clock: IReactorTime) -> None:
+        super().__init__(timeout=IDLE_TIMEOUT, reactor=clock)
+        self.resource = resource
+        #: Read by L{deadline_channel_protocol}.
+        self.client_deadlines = side_deadlines(clock)
+
+    def buildProtocol(self, addr: IAddress | None) -> Any:
+        channel = super().buildProtocol(addr)
+        channel.requestFactory = _MetricsRequest  # type: ignore[union-attr]
+        channel.site = self  # type: ignore[union-attr]
+        return channel
+
+    def log(self, request: Any) -> None:
+        pass
+
+
 class ServiceMetrics:
     """
     The metrics of one service: its live gauges (from when it is built) and
@@ -77,16 +123,14 @@ class ServiceMetrics:
     def listen(self) -> None:
         """
         Open the metrics listener (plain HTTP, C{/metrics} only, with the
-        limits of L{appproxy.daemon.side_listener}), if configured.
+        limits of L{appproxy.daemon.side_http}), if configured.
 
         @raise SystemExit: it cannot be bound (one line on stderr).
         """
         description = self.service.config.metrics.listen
         if description is not None and self.port is None:
-            site = SideSite(MetricsResource(), self.service.reactor)
-            # No access log: scrapes are frequent.
-            site.log = lambda request: None  # type: ignore[method-assign]
-            factory = capped(site, "metrics", self.service.reactor)
+            server = MetricsServer(MetricsResource(), self.service.reactor)
+            factory = capped(server, "metrics", self.service.reactor)
             self.port = self.service._listen(description, "metrics.listen", factory)
             log.info("Metrics on {description} (/metrics)", description=description)
 

@@ -13,24 +13,29 @@ body and hold few connections, whoever connects.
     L{MAX_BODY} or a chunked body gets C{413} and the connection is closed
     before any of it is read).  Its access log hides query values
     (L{appproxy.http.redact}: C{/admin/callback?code=...}).
-  - L{capped}: the caps on open connections per address (IPv6 per /64) and
-    in total (L{appproxy.http.ratelimit.ConnectionCounts}), from the TCP
-    accept to the close; one more is closed at once.
+  - L{capped}: the caps on open connections per address and in total
+    (L{appproxy.daemon.capped}, re-exported here).
 """
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import Any
 
-from twisted.internet.interfaces import IAddress, IProtocolFactory, IReactorTime
-from twisted.logger import Logger
-from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
+from twisted.internet.interfaces import IReactorTime
 from twisted.web import http, server
 from twisted.web.resource import IResource
 
-from appproxy.config.model import ClientLimits
-from appproxy.frontend.deadlines import ClientDeadlines, deadline_channel_protocol
-from appproxy.http.ratelimit import ConnectionCounts, Throttle, connection_key
+from appproxy.daemon.side_http import (
+    HEADER_TIMEOUT,
+    IDLE_TIMEOUT,
+    MAX_BODY,
+    MAX_CONNECTIONS,
+    MAX_PER_ADDRESS,
+    BodilessRequest,
+    capped,
+    side_deadlines,
+)
+from appproxy.frontend.deadlines import deadline_channel_protocol
 from appproxy.http.redact import redact_query
 
 __all__ = [
@@ -44,61 +49,9 @@ __all__ = [
     "capped",
 ]
 
-log = Logger()
 
-#: Bytes of request body accepted (the page's sign-out form sends none).
-MAX_BODY: Final = 1024
-#: Seconds to send a header block.
-HEADER_TIMEOUT: Final = 10.0
-#: Seconds a connection may be idle.
-IDLE_TIMEOUT: Final = 60
-#: Connections of one address reading a header block at once.
-HEADERS_PER_ADDRESS: Final = 16
-#: Open connections of one address (IPv6: of one /64).
-MAX_PER_ADDRESS: Final = 32
-#: Open connections in all.
-MAX_CONNECTIONS: Final = 256
-
-_TOO_LARGE: Final = b"This listener takes no request body.\n"
-TOO_LARGE_REPLY: Final = (
-    b"HTTP/1.1 413 Content Too Large\r\n"
-    b"Content-Type: text/plain; charset=utf-8\r\n"
-    b"Content-Length: %d\r\n"
-    b"Cache-Control: no-store\r\n"
-    b"Connection: close\r\n\r\n%s" % (len(_TOO_LARGE), _TOO_LARGE)
-)
-
-
-def _discard(data: bytes) -> None:
-    pass
-
-
-class NoBodyRequest(server.Request):
-    """A request refused (C{413}, connection closed) if it carries a body."""
-
-    _refused = False
-
-    def gotLength(self, length: int | None) -> None:
-        if length is None or length > MAX_BODY:
-            self._refused = True
-            transport: Any = self.channel.transport
-            if transport is not None:
-                transport.write(TOO_LARGE_REPLY)
-                self.channel.loseConnection()
-                # Nothing more is read (the channel's raw mode drops it all),
-                # and no "100 Continue" goes after the answer.
-                self.requestHeaders.removeHeader(b"expect")
-                self.channel.rawDataReceived = _discard  # type: ignore[method-assign]
-            length = 0
-        super().gotLength(length)
-
-    def handleContentChunk(self, data: bytes) -> None:
-        if not self._refused:
-            super().handleContentChunk(data)
-
-    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
-        if not self._refused:
-            super().requestReceived(command, path, version)
+class NoBodyRequest(BodilessRequest, server.Request):
+    """A twisted.web site's request refused (C{413}, connection closed) if it carries a body."""
 
 
 def _redacted_log(timestamp: str, request: Any) -> str:
@@ -118,70 +71,9 @@ class SideSite(server.Site):
         super().__init__(root, logFormatter=_redacted_log, timeout=timeout, reactor=clock)
         self.displayTracebacks = False
         #: Read by L{deadline_channel_protocol}: no body, so no body rate.
-        self.client_deadlines = ClientDeadlines(
-            clock,
-            ClientLimits(
-                header_timeout=HEADER_TIMEOUT,
-                body_min_rate=0,
-                header_connections_per_address=HEADERS_PER_ADDRESS,
-            ),
-        )
+        self.client_deadlines = side_deadlines(clock)
 
     def acceptableProtocols(self) -> list[bytes]:
         # twisted.web offers h2 too, and TLS adds what the site offers to
         # the context's ALPN list: HTTP/1.1 only here.
         return [b"http/1.1"]
-
-
-class _Capped(WrappingFactory):
-    """Closes a connection past the caps at its accept (L{capped})."""
-
-    noisy = False
-
-    def __init__(
-        self, wrapped: IProtocolFactory, counts: ConnectionCounts, what: str, clock: IReactorTime
-    ) -> None:
-        super().__init__(wrapped)
-        self.clock = clock
-        self.counts = counts
-        self.what = what
-        self._keys: dict[Any, str] = {}
-        self.refusals = Throttle(60.0)
-
-    def buildProtocol(self, addr: IAddress | None) -> ProtocolWrapper | None:  # type: ignore[override]
-        host = str(getattr(addr, "host", addr))
-        key = connection_key(host)
-        refused = self.counts.enter(key)
-        if refused is not None:
-            if self.refusals.due(f"{refused} {key}", self.clock.seconds()):
-                log.info(
-                    "Closing a connection from {address} to the {what} listener: over"
-                    " {limit} (said once a minute)",
-                    address=host,
-                    what=self.what,
-                    limit=refused,
-                )
-            return None
-        protocol: ProtocolWrapper | None = super().buildProtocol(addr)
-        if protocol is None:
-            self.counts.leave(key)
-            return None
-        self._keys[protocol] = key
-        return protocol
-
-    def unregisterProtocol(self, p: Any) -> None:
-        super().unregisterProtocol(p)
-        key = self._keys.pop(p, None)
-        if key is not None:
-            self.counts.leave(key)
-
-
-def capped(
-    factory: IProtocolFactory,
-    what: str,
-    clock: IReactorTime,
-    per_address: int = MAX_PER_ADDRESS,
-    total: int = MAX_CONNECTIONS,
-) -> WrappingFactory:
-    """C{factory} behind the caps on open connections (C{what}: for the log)."""
-    return _Capped(factory, ConnectionCounts(per_address, total), what, clock)

@@ -22,7 +22,6 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http import Request
 from twisted.web.resource import IResource, UnsupportedMethod, getChildForRequest
-from twisted.web.server import NOT_DONE_YET
 
 from appproxy.config import AppConfig
 from appproxy.frontend.answers import (
@@ -46,6 +45,7 @@ from appproxy.http.fields import SINGLE_FIELDS, single_field_problem
 from appproxy.http.forwarding import client_address
 from appproxy.http.headers import new_request_id
 from appproxy.http.paths import has_dot_segments
+from appproxy.http.render import NOT_DONE_YET
 from appproxy.tunnel.queue import ProxyJob
 
 __all__ = ["LOCAL_BODY_LIMIT", "ProxyRequest"]

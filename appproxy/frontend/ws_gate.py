@@ -23,7 +23,6 @@ from appproxy.access.session import Session
 from appproxy.config import AppConfig
 from appproxy.frontend.prepare import internal_target, prepared_headers
 from appproxy.frontend.ws_registry import Full
-from appproxy.frontend.ws_relay import WebSocketExchange
 from appproxy.http.websocket import VERSION, HandshakeKind, classify_handshake, origin_allowed
 from appproxy.tunnel.queue import ProxyJob
 
@@ -98,6 +97,11 @@ def forward_websocket(
     if isinstance(place, Full):
         request._respond_error_soon(place.status, place.title, place.detail)
         return
+    # The relay and wsproto's frame parser under it are imported at the first
+    # WebSocket, not at start: a service whose apps carry none does not keep
+    # them in memory (docs/performance.md).
+    from appproxy.frontend.ws_relay import WebSocketExchange
+
     exchange = WebSocketExchange(request, app, registry, place)
     request._job = ProxyJob(
         app=app,

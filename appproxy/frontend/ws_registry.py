@@ -19,15 +19,29 @@ WebSocket with 1001 "service stopping".
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Final
 
 import attrs
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 
 from appproxy.access.session import Session
-from appproxy.frontend.ws_frames import GOING_AWAY, POLICY_VIOLATION
 
-__all__ = ["SWEEP_INTERVAL", "Full", "OpenWebSocket", "WebSocketRegistry"]
+__all__ = [
+    "GOING_AWAY",
+    "POLICY_VIOLATION",
+    "SWEEP_INTERVAL",
+    "Full",
+    "OpenWebSocket",
+    "WebSocketRegistry",
+]
+
+#: Close codes the service sends (RFC 6455 7.4.1): the session ended; the
+#: service, the tunnel or the app's connector going away (or an idle
+#: timeout).  Written out here, not read from wsproto, so that the registry
+#: (built at start) does not import wsproto before the first WebSocket.
+POLICY_VIOLATION: Final = 1008
+GOING_AWAY: Final = 1001
 
 #: How often (seconds) open WebSockets are checked against their sessions.
 SWEEP_INTERVAL = 1.0

@@ -13,7 +13,7 @@ from typing import Any, Final
 
 import attrs
 from twisted.web import resource
-from twisted.web.server import Request
+from twisted.web.http import Request
 
 from appproxy.idp import pages
 
@@ -212,7 +212,8 @@ class Endpoint(resource.Resource):
         self._handlers = dict(handlers)
 
     def render(self, request: Request) -> Any:
-        if request.postpath not in ([], [b""]):
+        # Set by whoever traversed to here (the public listener's request).
+        if request.postpath not in ([], [b""]):  # type: ignore[attr-defined]
             return _not_found(request)
         method = request.method
         if method == b"HEAD" and method not in self._handlers:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 
 import attrs
-from twisted.web.server import Request
+from twisted.web.http import Request
 
 from appproxy.idp._http import (
     BadParameter,

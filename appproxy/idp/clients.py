@@ -14,7 +14,7 @@ import urllib.parse
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
-from twisted.web.server import Request
+from twisted.web.http import Request
 
 from appproxy.idp._http import (
     BadParameter,

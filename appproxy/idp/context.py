@@ -17,9 +17,9 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorThreads, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web import server
-from twisted.web.server import Request
+from twisted.web.http import Request
 
+from appproxy.http.render import NOT_DONE_YET
 from appproxy.idp._http import cookie, message, set_cookie
 from appproxy.idp.settings import ProviderSettings, SignInAttemptHook
 from appproxy.idp.signing import SigningKey
@@ -185,4 +185,4 @@ class ProviderContext:
         deferred.addErrback(failed).addCallback(write).addErrback(
             lambda failure: _log.failure("Cannot send the response", failure)
         )
-        return server.NOT_DONE_YET
+        return NOT_DONE_YET

@@ -10,7 +10,7 @@ from __future__ import annotations
 import secrets
 from typing import Any, Final
 
-from twisted.web.server import Request
+from twisted.web.http import Request
 
 from appproxy.idp import pages
 from appproxy.idp._http import OAuthError, client_address, html, param, param_or_empty, with_query

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any, Final
 
-from twisted.web.server import Request
+from twisted.web.http import Request
 
 from appproxy.idp._http import json_response
 from appproxy.idp.context import ProviderContext

@@ -9,7 +9,7 @@ from __future__ import annotations
 import urllib.parse
 
 import jwt
-from twisted.web.server import Request
+from twisted.web.http import Request
 
 from appproxy.idp._http import (
     BadParameter,

@@ -6,7 +6,7 @@ signed in already.  The pages themselves are L{appproxy.idp.pages}.
 
 from __future__ import annotations
 
-from twisted.web.server import Request
+from twisted.web.http import Request
 
 from appproxy.idp import pages
 from appproxy.idp._http import html

@@ -55,7 +55,7 @@ from typing import Any
 
 from twisted.internet.interfaces import IReactorThreads, IReactorTime
 from twisted.web import resource
-from twisted.web.server import Request
+from twisted.web.http import Request
 
 from appproxy.idp._http import Endpoint, NotFound
 from appproxy.idp.authorize import render_authorize, render_authorize_post

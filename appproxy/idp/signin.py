@@ -21,7 +21,7 @@ from typing import Final
 import attrs
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
-from twisted.web.server import Request
+from twisted.web.http import Request
 
 from appproxy.idp import pages, totp
 from appproxy.idp._http import (

@@ -16,7 +16,7 @@ from typing import Any
 
 import attrs
 from twisted.logger import Logger
-from twisted.web.server import Request
+from twisted.web.http import Request
 
 from appproxy.idp._http import OAuthError, param
 from appproxy.idp.clients import client_request

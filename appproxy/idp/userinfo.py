@@ -5,7 +5,7 @@ C{/userinfo}: the claims about the user an access token was given for
 
 from __future__ import annotations
 
-from twisted.web.server import Request
+from twisted.web.http import Request
 
 from appproxy.idp._http import json_response
 from appproxy.idp.context import ProviderContext

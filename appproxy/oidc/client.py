@@ -16,16 +16,14 @@ code or a secret.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import HTTPConnectionPool
 
-from appproxy.oidc._provider_http import ResponseTooLarge, provider_http_client, read_body
 from appproxy.oidc._shared_call import SharedCall
 from appproxy.oidc.authorize import end_session_url
 from appproxy.oidc.errors import SignInError
@@ -39,6 +37,9 @@ from appproxy.oidc.tokens import (
     token_header,
     verify_id_token,
 )
+
+if TYPE_CHECKING:
+    from twisted.web.client import HTTPConnectionPool
 
 __all__ = ["MAX_RESPONSE_SIZE", "RelyingParty"]
 
@@ -85,12 +86,24 @@ class RelyingParty:
     jwks: JwksCache = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
-        if self._http is None:
-            self._http, self._pool = provider_http_client(self._reactor, self.settings)
         self._discover = SharedCall(self._fetch_metadata)
         self.jwks = JwksCache(
             self._fetch_jwks, self._clock, min_refetch_interval=self._jwks_refetch_interval
         )
+
+    def _client(self) -> Any:
+        """
+        The HTTP client, built at the first request to the provider: its
+        modules (treq, twisted.web's client) are then imported, not when the
+        service starts, which keeps them out of the memory of a service
+        nobody has signed in to yet (docs/performance.md).  The provider's CA
+        file was checked with the configuration.
+        """
+        if self._http is None:
+            from appproxy.oidc._provider_http import provider_http_client
+
+            self._http, self._pool = provider_http_client(self._reactor, self.settings)
+        return self._http
 
     def close(self) -> Deferred[None]:
         """Close the client's idle connections; fires when they are closed."""
@@ -111,8 +124,12 @@ class RelyingParty:
             provider cannot be reached or the response is too large.
         """
 
+        from appproxy.oidc._provider_http import ResponseTooLarge, read_body
+
+        http = self._client()
+
         async def request() -> tuple[int, bytes]:
-            response = await self._http.request(
+            response = await http.request(
                 method, url, allow_redirects=False, unbuffered=True, **kwargs
             )
             body = await read_body(response, MAX_RESPONSE_SIZE)

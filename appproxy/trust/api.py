@@ -1,11 +1,17 @@
 """
-The enrolment API on the tunnel listener (ALPN C{http/1.1}): a twisted.web
-site with the five paths of L{appproxy.tunnel.enrolment} and nothing else
-(404), JSON bodies of at most C{MAX_BODY} bytes (413 beyond, the connection
-closed without reading the rest), a short idle timeout per connection and a
-deadline per request: L{REQUEST_DEADLINE} seconds from its first byte to
-its answer, however slowly its bytes come.
+The enrolment API on the tunnel listener (ALPN C{http/1.1}): twisted.web's
+HTTP/1.1 server with the five paths of L{appproxy.tunnel.enrolment} and
+nothing else (404), JSON bodies of at most C{MAX_BODY} bytes (413 beyond,
+the connection closed without reading the rest), a short idle timeout per
+connection and a deadline per request: L{REQUEST_DEADLINE} seconds from its
+first byte to its answer, however slowly its bytes come.
 What each call does is L{appproxy.trust.enrol.Enrolment}'s.
+
+Served by twisted.web's C{http} module alone: a request is answered as
+twisted.web's site would answer it for this one leaf resource (the same
+C{Server} and C{Date} fields, C{Content-Length}, HEAD without the body),
+without C{twisted.web.server}, whose imports (about 3 MiB, 40 modules) the
+service otherwise does without (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -14,14 +20,16 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.interfaces import IAddress, IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web import server
-from twisted.web.http import HTTPChannel
+from twisted.web import http
+from twisted.web.http import HTTPChannel, HTTPFactory
 from twisted.web.resource import Resource
 
+from appproxy.daemon.side_http import answer_as_site
 from appproxy.daemon.tls import peer_certificate
+from appproxy.http.render import NOT_DONE_YET
 from appproxy.trust.enrol import Enrolment
 from appproxy.trust.errors import Answer, Refused
 from appproxy.tunnel.enrolment import (
@@ -57,8 +65,10 @@ def _error(status: int, error: str, message: str) -> Answer:
     return status, ApiError(error=error, message=message)
 
 
-class _Request(server.Request):
+class _Request(http.Request):
     """A request whose body may not exceed C{MAX_BODY} bytes."""
+
+    channel: _Channel
 
     _received = 0
     _too_large = False
@@ -96,10 +106,24 @@ class _Request(server.Request):
             return
         super().requestReceived(command, path, version)
 
+    def process(self) -> None:
+        """Answer, as twisted.web's site answers for a leaf resource."""
+        answer_as_site(self, self._render)
+
+    def _render(self, request: http.Request) -> Any:
+        api = self.channel.api
+        try:
+            return api.render(self)
+        except Exception:
+            return api._failed(Failure(), self)
+
 
 class _Channel(HTTPChannel):
     """An HTTP/1.1 connection whose requests must be answered by their deadline."""
 
+    requestFactory = _Request
+    #: The API, set by L{_Site.buildProtocol}.
+    api: _Api
     _deadline: IDelayedCall | None = None
 
     def dataReceived(self, data: bytes) -> None:
@@ -169,11 +193,13 @@ class _Api(Resource):
         d: Deferred[Answer] = Deferred.fromCoroutine(_answer(call))
         d.addCallback(lambda answer: self._send(request, answer, finish=True))
         d.addErrback(self._failed, request)
-        return server.NOT_DONE_YET
+        return NOT_DONE_YET
 
-    def _failed(self, failure: Any, request: Any) -> None:
+    def _failed(self, failure: Any, request: Any) -> bytes:
         log.failure("The enrolment API failed on {path}", failure, path=request.path)
-        self._send(request, _error(500, "internal_error", "the service failed; see its log"), True)
+        return self._send(
+            request, _error(500, "internal_error", "the service failed; see its log"), True
+        )
 
     @staticmethod
     def _send(request: Any, answer: Answer, finish: bool = False) -> bytes:
@@ -202,11 +228,22 @@ def _peer_host(request: Any) -> str:
     return str(getattr(peer, "host", peer))
 
 
-def enrolment_site(enrolment: Enrolment, reactor: Any = None) -> server.Site:
-    """The enrolment API's twisted.web site."""
-    site = server.Site(_Api(enrolment), timeout=REQUEST_TIMEOUT, reactor=reactor)
-    site.requestFactory = _Request
-    site.protocol = _Channel  # type: ignore[method-assign,assignment]  # HTTP/1.1 only (ALPN chose it)
-    site.displayTracebacks = False
-    site.noisy = False  # no "Starting factory <...Site object at 0x...>" in the log
-    return site
+class _Site(HTTPFactory):
+    """The API's connections: HTTP/1.1 only (ALPN chose it), the idle timeout."""
+
+    protocol = _Channel  # type: ignore[assignment]
+    noisy = False  # no "Starting factory <..._Site object at 0x...>" in the log
+
+    def __init__(self, api: _Api, reactor: Any = None) -> None:
+        super().__init__(timeout=REQUEST_TIMEOUT, reactor=reactor)
+        self.api = api
+
+    def buildProtocol(self, addr: IAddress) -> _Channel:  # type: ignore[override]
+        channel: _Channel = super().buildProtocol(addr)  # type: ignore[assignment]
+        channel.api = self.api
+        return channel
+
+
+def enrolment_site(enrolment: Enrolment, reactor: Any = None) -> HTTPFactory:
+    """The enrolment API's HTTP/1.1 server (a protocol factory)."""
+    return _Site(_Api(enrolment), reactor)
