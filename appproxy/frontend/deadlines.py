@@ -44,6 +44,7 @@ from twisted.python.failure import Failure
 
 from appproxy.config.model import ClientLimits
 from appproxy.frontend.channels import ProxyChannelProtocol, StrictHTTPChannel, Upgraded
+from appproxy.frontend.idle import shared_address, went_idle
 from appproxy.frontend.peer import peer_text
 from appproxy.http.forwarding import IPAddress, IPNetwork, unmapped
 from appproxy.observe.metrics import LIMIT_HITS
@@ -124,21 +125,17 @@ class DeadlineHTTPChannel(StrictHTTPChannel):
 
     deadlines: ClientDeadlines | None = None
     _phase = _IDLE
-    _address: str | None = None
-    """Set while counted in L{ClientDeadlines.reading_headers}."""
-    _peer: str | None = None
-    """The client's address (the transport's peer)."""
+    _address: str | None = None  # set while counted in ClientDeadlines.reading_headers
+    _peer: str | None = None  # the client's address (the transport's peer)
     _timer: IDelayedCall | None = None
     """The deadline's timer: armed, or parked (still scheduled, ignored)."""
     _armed = False
     """Whether L{_timer} stands for a deadline now."""
     _cut_timer: IDelayedCall | None = None
     _deadline = 0.0
-    _closing = False
-    _lost = False
+    _closing = _lost = False
     _peer_address: Any = None
-    _host_address: Any = None
-    """The connection's addresses (the same for all its requests), asked once."""
+    _host_address: Any = None  # the connection's addresses, asked once
     _idle_timer: IDelayedCall | None = None
     """twisted.web's idle timer (L{setTimeout}): running, or parked."""
     _idle_on = False
@@ -194,6 +191,8 @@ class DeadlineHTTPChannel(StrictHTTPChannel):
         # The next request's bytes (maybe buffered already) start its deadline.
         self._phase = _IDLE
         super().requestDone(request)
+        if not self.requests and not self._lost:
+            went_idle(self)
 
     def setTimeout(self, period: float | None) -> float | None:
         # twisted.web's idle timer (TimeoutMixin's), kept here so that it is
@@ -253,7 +252,7 @@ class DeadlineHTTPChannel(StrictHTTPChannel):
     def getHost(self) -> Any:
         host = self._host_address
         if host is None:
-            host = self._host_address = super().getHost()
+            host = self._host_address = shared_address(super().getHost())
         return host
 
     def upgrade(self, upgraded: Upgraded) -> bytes:

@@ -41,17 +41,16 @@ from twisted.python.failure import Failure
 from twisted.web._http2 import H2Connection
 
 from appproxy.config.model import ClientLimits
-from appproxy.frontend.h2_compact import (
-    BoundedDict,
-    ListDeque,
-    compact_settings,
-    compact_table,
-)
+from appproxy.frontend.h2_compact import BoundedDict, ListDeque, compact_table
+from appproxy.frontend.h2_fields import ClientEncoder
+from appproxy.frontend.h2_idle import h2_went_idle, share_h2_parts
 from appproxy.frontend.h2_inbound import adopt
 from appproxy.frontend.h2_requests import lean
+from appproxy.frontend.h2_settings import share_settings
+from appproxy.frontend.idle import shared_address
 from appproxy.frontend.peer import peer_text
 from appproxy.observe.metrics import LIMIT_HITS
-from appproxy.tunnel.fields import TunnelEncoder, field_problem
+from appproxy.tunnel.fields import field_problem
 
 __all__ = ["CLOSED_STREAMS_KEPT", "EMPTY_DATA_BURST", "EMPTY_DATA_RATE", "GuardedH2Connection"]
 
@@ -110,18 +109,19 @@ class GuardedH2Connection(H2Connection):
         self.conn.config.validate_outbound_headers = False
         # Nothing has been encoded or decoded yet: the tables are still empty.
         conn = self.conn
-        conn.encoder = TunnelEncoder()
+        conn.encoder = ClientEncoder()
         adopt(conn)
         lean(conn)
         # h2 remembers 65,536 closed streams per connection (about 8 MiB once
         # a client has made that many requests on it): keep fewer.
         conn._closed_streams = BoundedDict(CLOSED_STREAMS_KEPT)
-        # What an idle connection keeps, smaller (see h2_compact).
-        compact_settings(conn.local_settings)
-        compact_settings(conn.remote_settings)
+        # What an idle connection keeps, smaller (see h2_compact, h2_settings).
+        share_settings(conn.local_settings)
+        share_settings(conn.remote_settings)
         compact_table(conn.encoder.header_table)
         compact_table(conn.decoder.header_table)
         self._bufferedControlFrames = ListDeque(self._bufferedControlFrames)  # type: ignore[assignment]
+        share_h2_parts(conn)
 
     def writeHeaders(
         self, version: bytes, code: bytes, reason: bytes, headers: Any, streamID: int
@@ -291,6 +291,7 @@ class GuardedH2Connection(H2Connection):
             self._streamCleanupCallbacks = {}
             if not conn.streams:
                 conn.streams = {}
+            h2_went_idle(self)
 
     def _sendPrioritisedData(self, *args: Any) -> None:
         super()._sendPrioritisedData(*args)
@@ -311,7 +312,7 @@ class GuardedH2Connection(H2Connection):
     def getHost(self) -> Any:
         host = self._host
         if host is None:
-            host = self._host = super().getHost()
+            host = self._host = shared_address(super().getHost())
         return host
 
     def timeoutConnection(self) -> None:
