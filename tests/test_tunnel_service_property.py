@@ -13,6 +13,7 @@ from typing import Any
 
 from h2.exceptions import H2Error
 from h2.settings import SettingCodes
+from h2.stream import StreamState
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
@@ -46,6 +47,23 @@ def _queue_timed_out(j: ProxyJob) -> None:
     exchange.events.append(("queue-timeout",))
 
 
+def _peer_may_send(peer: Any, sid: int, headed: set[int]) -> bool:
+    """
+    Whether the raw h2 connector can send a response's head on that stream:
+    h2 refuses a block on a stream it has ended, or a second block with a
+    C{:status} (trailers of its own), only after encoding it, and its HPACK
+    context then differs from the service's for the rest of the connection
+    (a real connector's blocks never do that).
+    """
+    stream = peer.streams.get(sid)
+    if stream is None or stream.state_machine.state in (
+        StreamState.HALF_CLOSED_LOCAL,
+        StreamState.CLOSED,
+    ):
+        return False
+    return sid not in headed
+
+
 class ServicePropertyTests(SynchronousTestCase):
     @settings(max_examples=60)
     @given(st.integers(1, 3), steps)
@@ -57,6 +75,8 @@ class ServicePropertyTests(SynchronousTestCase):
         end.answer_settings()
         exchanges: list[FakeExchange] = []
         offered = {capacity}
+        #: Streams the connector has sent a response's head on.
+        headed: set[int] = set()
 
         def live() -> list[FakeExchange]:
             return [
@@ -82,10 +102,17 @@ class ServicePropertyTests(SynchronousTestCase):
                     end.clock.advance(n)
                 elif (ex := pick(n)) is not None:
                     sid = ex.stream.stream_id
-                    if action == "answer":
+                    if action == "answer" and sid in headed:
+                        end.peer.end_stream(sid)  # the head's response, ended
+                    elif action in ("answer", "head", "error") and not _peer_may_send(
+                        end.peer, sid, headed
+                    ):
+                        pass
+                    elif action == "answer":
                         end.peer.send_headers(sid, [(b":status", b"200")], end_stream=True)
                     elif action == "head":
                         end.peer.send_headers(sid, [(b":status", b"200")])
+                        headed.add(sid)
                     elif action == "error":
                         end.peer.send_headers(
                             sid,
