@@ -21,8 +21,10 @@ from appproxy.tunnel.queue import ExchangeStream
 __all__ = ["H2_QUEUE_LIMIT", "H2_QUEUE_POLL", "ResponseRelay", "relayed_headers"]
 
 #: Response bytes queued for an HTTP/2 client above which the tunnel stream is
-#: held; it is released below half of it.
-H2_QUEUE_LIMIT = 2 << 20
+#: held; it is released below half of it.  With the tunnel's stream window
+#: behind it, what one download may hold in the service (512 KiB: a 100 MiB
+#: download over HTTP/2 as fast as with 2 MiB, 2 MiB less at its peak).
+H2_QUEUE_LIMIT = 512 << 10
 #: How often a held stream checks whether the HTTP/2 client caught up, on a
 #: connection that cannot say so itself (the public listener's can:
 #: L{appproxy.frontend.h2_guard.GuardedH2Connection.watch_drain}).
