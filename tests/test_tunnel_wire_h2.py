@@ -185,14 +185,21 @@ class Pair:
         closes the stream on its side (nothing sent), where ours only
         raises; such calls are left out (at the h2 peer too: it would then
         open more streams than its peer allows, which is not the point).
+        A stream a call was refused on is then left out at both ends: h2's
+        end has closed it, ours has not, and each would answer the other
+        end's frames on it as its own state says.
         """
-        if (side, sid) in self.refused:
+        if self.refused_on(sid):
             return True
         stream = self.ends[side].streams.get(sid)
         return stream is None or stream.state_machine.state in (
             StreamState.HALF_CLOSED_LOCAL,
             StreamState.CLOSED,
         )
+
+    def refused_on(self, sid: int) -> bool:
+        """Whether a call was refused on stream C{sid}, at either end."""
+        return any((side, sid) in self.refused for side in SIDES)
 
     def send_chunk(self, side: str, sid: int, size: int, end: bool) -> None:
         if self.misuse(side, sid):
@@ -309,11 +316,12 @@ class Pair:
                 if op[2]:
                     self.head.add(sid)
         elif kind == "reset":
-            self.call(op[1], "reset_stream", self.sid(op[2]), op[3])
+            if not self.refused_on(self.sid(op[2])):
+                self.call(op[1], "reset_stream", self.sid(op[2]), op[3])
         elif kind == "ack":
             key = (op[1], self.sid(op[2]))
             amount = self.unacked.pop(key, 0)
-            if amount:
+            if amount and not self.refused_on(key[1]):
                 self.call(op[1], "acknowledge_received_data", amount, key[1])
         elif kind == "ping":
             self.call(op[1], "ping", op[2])
@@ -327,6 +335,8 @@ class Pair:
                 self.table_size[op[1]] = op[3]
             self.call(op[1], "update_settings", {op[2]: op[3]})
         elif kind == "window":
+            if op[2] and self.refused_on(self.sid(op[2])):
+                return
             self.call(
                 op[1],
                 "increment_flow_control_window",
