@@ -61,9 +61,7 @@ class ClientEncoder(TunnelEncoder):
     client connections its two dictionaries.
     """
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.header_table = HeaderTable()
+    table_class = HeaderTable
 
     def add(self, to_add: tuple[bytes, bytes], sensitive: bool, huffman: bool = False) -> bytes:
         name, value = to_add

@@ -22,6 +22,7 @@ from collections.abc import Iterable, Sequence
 
 from hpack import Encoder, HeaderTuple, NeverIndexedHeaderTuple
 from hpack.hpack import INDEX_INCREMENTAL, INDEX_NEVER
+from hpack.table import HeaderTable
 
 from appproxy.tunnel.hpack_index import IndexedTable
 
@@ -110,10 +111,12 @@ class TunnelEncoder(Encoder):
     the loop is hpack's own without its per-field conversions.
     """
 
+    #: The dynamic table: searched in constant time (see hpack_index).
+    table_class: type[HeaderTable] = IndexedTable
+
     def __init__(self) -> None:
         super().__init__()
-        # Searched in constant time (see hpack_index).
-        self.header_table = IndexedTable()
+        self.header_table = self.table_class()
 
     def encode(self, headers: _EncoderInput, huffman: bool = True) -> bytes:
         if isinstance(headers, dict):
