@@ -27,8 +27,7 @@ from typing import Any
 
 import harness
 import profiling
-from h2_cost import OwnPortsStack
-from harness import StackOptions
+from harness import Stack, StackOptions
 
 
 def _short(filename: str) -> str:
@@ -72,7 +71,7 @@ def count(stats_file: Path, requests: int, top: int, match: str | None) -> dict[
 
 def run(requests: int, top: int, match: str | None) -> dict[str, Any]:
     options = StackOptions(whatif=("cprofile",))
-    with OwnPortsStack(options) as stack:
+    with Stack(options) as stack:
         harness.https_gets(stack, "/1k", 50)  # warm up: pooled connections, code paths
         time.sleep(0.5)
         for pid in stack.daemons.values():

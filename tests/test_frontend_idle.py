@@ -22,6 +22,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from OpenSSL import SSL
 from twisted.internet.address import IPv4Address
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from appproxy.daemon import pki
@@ -29,7 +30,12 @@ from appproxy.daemon.tls import SNIServerContextFactory
 from appproxy.frontend import h2_idle
 from appproxy.frontend.h2_fields import ONE_RESPONSE_FIELDS, ClientEncoder
 from appproxy.frontend.h2_settings import SharedSettings, share_settings
-from appproxy.frontend.idle import compact_attributes, release_tls_buffers, shared_address
+from appproxy.frontend.idle import (
+    IdleSweep,
+    compact_attributes,
+    release_tls_buffers,
+    shared_address,
+)
 from tests.h2_client import pseudo
 
 _CA = pki.generate_ca("appproxy idle test CA")
@@ -119,6 +125,140 @@ class TLSBuffersTests(SynchronousTestCase):
         closing = _TLSTransport(self.server)
         closing.disconnecting = True
         self.assertFalse(release_tls_buffers(closing))
+
+
+class _Connection:
+    """A connection as the sweep sees it: busy or idle, lost or not."""
+
+    def __init__(self) -> None:
+        self.busy = False
+        self.lost = False
+        self.settled = 0
+        self.fails = False
+
+    def still_idle(self) -> bool:
+        return not self.busy and not self.lost
+
+    def settle_idle(self) -> None:
+        self.settled += 1
+        if self.fails:
+            raise RuntimeError("settling failed")
+
+
+_STEPS = st.lists(st.tuples(st.sampled_from(["idle", "busy", "lose", "tick"]), st.integers(0, 3)))
+
+
+class IdleSweepTests(SynchronousTestCase):
+    """
+    L{IdleSweep}: a connection gives back what it holds once it has stayed
+    idle from one sweep to the next, never while busy or once lost.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.sweep = IdleSweep(self.clock, settle=1.0)
+
+    def test_settled_once_idle_a_while(self) -> None:
+        conn = _Connection()
+        self.sweep.went_idle(conn)
+        self.clock.advance(1.0)
+        self.assertEqual(conn.settled, 0, "idle for less than a sweep")
+        self.clock.advance(1.0)
+        self.assertEqual(conn.settled, 1)
+        self.assertEqual(len(self.sweep), 0)
+        self.assertEqual(self.clock.getDelayedCalls(), [], "nothing idle: no timer")
+        self.clock.advance(10)
+        self.assertEqual(conn.settled, 1, "settled once per idle time")
+
+    def test_busy_connection_left_alone(self) -> None:
+        """Busy at the sweep: not settled, and forgotten until it goes idle again."""
+        conn = _Connection()
+        self.sweep.went_idle(conn)
+        conn.busy = True
+        self.clock.advance(1.0)
+        self.clock.advance(1.0)
+        self.assertEqual(conn.settled, 0)
+        self.assertEqual(len(self.sweep), 0)
+        conn.busy = False
+        self.sweep.went_idle(conn)
+        self.clock.advance(1.0)
+        self.clock.advance(1.0)
+        self.assertEqual(conn.settled, 1)
+
+    def test_idle_again_waits_again(self) -> None:
+        """A connection busy and idle again between sweeps starts its wait afresh."""
+        conn = _Connection()
+        self.sweep.went_idle(conn)
+        self.clock.advance(1.0)
+        self.sweep.went_idle(conn)  # a request came and went
+        self.clock.advance(1.0)
+        self.assertEqual(conn.settled, 0)
+        self.clock.advance(1.0)
+        self.assertEqual(conn.settled, 1)
+
+    def test_lost_connection_dropped(self) -> None:
+        conn = _Connection()
+        self.sweep.went_idle(conn)
+        conn.lost = True
+        self.clock.advance(1.0)
+        self.clock.advance(1.0)
+        self.assertEqual(conn.settled, 0)
+        self.assertEqual(len(self.sweep), 0)
+
+    def test_failure_logged_others_settled(self) -> None:
+        bad, good = _Connection(), _Connection()
+        bad.fails = True
+        for conn in (bad, good):
+            self.sweep.went_idle(conn)
+        self.clock.advance(1.0)
+        self.clock.advance(1.0)
+        self.assertEqual((bad.settled, good.settled), (1, 1))
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    @settings(max_examples=200, deadline=None)
+    @given(
+        st.lists(st.tuples(st.sampled_from(["idle", "busy", "lose", "tick"]), st.integers(0, 3)))
+    )
+    def test_model(self, steps: list[tuple[str, int]]) -> None:
+        """
+        Against a model: a connection is settled at a sweep only if it is
+        idle and not lost then, and went idle before the previous sweep
+        without a request since; and every such connection is.
+        """
+        clock = Clock()
+        sweep = IdleSweep(clock, settle=1.0)
+        conns = [_Connection() for _ in range(4)]
+        # Per connection: the sweep count when it last went idle (None: busy or never).
+        idle_since: list[int | None] = [None] * 4
+        sweeps = 0
+        for op, n in steps:
+            conn = conns[n]
+            if op == "idle" and not conn.lost:
+                conn.busy = False
+                sweep.went_idle(conn)
+                idle_since[n] = sweeps
+            elif op == "busy" and not conn.lost:
+                conn.busy = True
+                idle_since[n] = None
+            elif op == "lose":
+                conn.lost = True
+                idle_since[n] = None
+            elif op == "tick":
+                before = [c.settled for c in conns]
+                due = [
+                    since is not None and since < sweeps and not c.busy and not c.lost
+                    for c, since in zip(conns, idle_since, strict=True)
+                ]
+                if clock.getDelayedCalls():
+                    clock.advance(1.0)
+                    sweeps += 1
+                else:
+                    due = [False] * 4
+                for i, c in enumerate(conns):
+                    self.assertEqual(c.settled - before[i], int(due[i]), (steps, i))
+                    if due[i]:
+                        idle_since[i] = None
+        self.assertLessEqual(len(clock.getDelayedCalls()), 1)
 
 
 class AttributesTests(SynchronousTestCase):
@@ -274,9 +414,16 @@ class IdleH2ConnectionTests(SynchronousTestCase):
     exchange = _borrowed("exchange")
     get = _borrowed("get")
 
+    def settle(self) -> None:
+        """Idle from one sweep to the next (L{appproxy.frontend.idle.IdleSweep})."""
+        self.clock.advance(1.0)
+        self.clock.advance(1.0)
+
     def test_stand_ins_then_next_requests(self) -> None:
         sid, _ = self.get()
         server: Any = self.server
+        self.assertNotIsInstance(server.priority, h2_idle._IdleTree)  # not idle long yet
+        self.settle()
         self.assertIsInstance(server.priority, h2_idle._IdleTree)
         self.assertIsInstance(server._sendingDeferred, h2_idle._Wake)
         for n in range(3):
@@ -285,6 +432,7 @@ class IdleH2ConnectionTests(SynchronousTestCase):
             _, events = self.get(b"n%d" % n)
             data = b"".join(e.data for e in events if isinstance(e, h2.events.DataReceived))
             self.assertEqual(data, b"n%d" % n)
+            self.settle()
             self.assertIsInstance(server.priority, h2_idle._IdleTree)
         # A response written while idle wakes the sending loop.
         sid3 = self.client.get_next_available_stream_id()

@@ -13,15 +13,13 @@ L{appproxy.config.model.ClientLimits}:
   - a minimum rate for the body, as Apache's C{mod_reqtimeout} C{MinRate}:
     the body starts with C{header_timeout} seconds of credit, and each byte
     buys C{1 / body_min_rate} more, never more than C{header_timeout} ahead.
-    Time the service itself stops reading (the tunnel is slow, the
-    request waits for the connector's dispatch acknowledgement, or the
-    client is not reading its response) is not counted against the client;
+    Time the service itself stops reading (the tunnel is slow, the request
+    waits for the connector's acknowledgement, the client does not read its
+    response) is not counted against the client;
   - a bound on how many connections one address may have reading a header
-    block at once (L{ClientDeadlines}); one more is closed at once.  The
-    front end's C{trusted_proxies} are exempt: behind a reverse proxy every
-    connection comes from its address.  A connection counts from its TCP
-    accept: L{appproxy.daemon.plain_http} counts it until it starts TLS,
-    this channel from then on (the handshake included).
+    block at once (L{ClientDeadlines}); one more is closed at once, but for
+    the front end's C{trusted_proxies}.  A connection counts from its TCP
+    accept (L{appproxy.daemon.plain_http} until TLS starts, then here).
 
 A client that misses a deadline gets C{408 Request Timeout} (when nothing
 of a response was sent yet) and its connection is closed.  HTTP/2 clients
@@ -44,7 +42,7 @@ from twisted.python.failure import Failure
 
 from appproxy.config.model import ClientLimits
 from appproxy.frontend.channels import ProxyChannelProtocol, StrictHTTPChannel, Upgraded
-from appproxy.frontend.idle import shared_address, went_idle
+from appproxy.frontend.idle import lost, settle_idle, shared_address, went_idle
 from appproxy.frontend.peer import peer_text
 from appproxy.http.forwarding import IPAddress, IPNetwork, unmapped
 from appproxy.observe.metrics import LIMIT_HITS
@@ -192,24 +190,27 @@ class DeadlineHTTPChannel(StrictHTTPChannel):
         self._phase = _IDLE
         super().requestDone(request)
         if not self.requests and not self._lost:
-            went_idle(self)
+            went_idle(self, None if self.deadlines is None else self.deadlines.clock)
+
+    def still_idle(self) -> bool:
+        """No request under way (nor upgraded), and not lost (L{went_idle})."""
+        return not self.requests and not self._lost and self._phase == _IDLE
+
+    settle_idle = settle_idle  # idle a while: give back what it holds
 
     def setTimeout(self, period: float | None) -> float | None:
-        # twisted.web's idle timer (TimeoutMixin's), kept here so that it is
-        # not cancelled and made anew for every request: stopped while a
-        # request is handled, it stays scheduled, parked, and is moved on
-        # (lazily: a later time costs no scheduling) when the next idle
-        # time starts; a parked timer that comes due does nothing.
+        # twisted.web's idle timer (TimeoutMixin's), not made anew for every
+        # request: stopped while a request is handled, it stays scheduled,
+        # parked (a parked timer that comes due does nothing), and is moved
+        # on lazily when the next idle time starts.
         previous, self.timeOut = self.timeOut, period  # type: ignore[assignment]
         if period is None:
             # twisted.web stops its idle timer when the request is complete,
-            # when the connection is lost and when it hands over to HTTP/2:
-            # none of them is a time to keep our deadline.
+            # the connection lost, or handed over to HTTP/2: no deadline then.
             self._idle_on = False
             self._leave_headers()
             if self._phase == _HANDLING and not self._lost:
-                # The request is complete: the connection stays, and so may
-                # the timers, parked for the next request.
+                # The request is complete: the timers stay, parked.
                 self._park_timer()
             else:
                 # Lost, or handed over to HTTP/2 (this channel gets no
@@ -271,6 +272,7 @@ class DeadlineHTTPChannel(StrictHTTPChannel):
         self._cut_timer = None
         super().connectionLost(reason)
         self._stop_idle()
+        lost(self, None if self.deadlines is None else self.deadlines.clock)
 
     # -- the deadlines -----------------------------------------------------------
 

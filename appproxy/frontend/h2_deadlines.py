@@ -32,6 +32,7 @@ from twisted.python.failure import Failure
 
 from appproxy.config.model import ClientLimits
 from appproxy.frontend.h2_guard import GuardedH2Connection
+from appproxy.frontend.idle import lost
 from appproxy.frontend.peer import peer_text
 from appproxy.observe.metrics import LIMIT_HITS
 
@@ -121,6 +122,7 @@ class DeadlineH2Connection(GuardedH2Connection):
             self._body_timer.cancel()
         self._body_timer = None
         super().connectionLost(reason, _cancelTimeouts)
+        lost(self, self._reactor)
 
     # -- the header block ---------------------------------------------------------
 

@@ -43,11 +43,11 @@ from twisted.web._http2 import H2Connection
 from appproxy.config.model import ClientLimits
 from appproxy.frontend.h2_compact import BoundedDict, ListDeque, compact_table
 from appproxy.frontend.h2_fields import ClientEncoder
-from appproxy.frontend.h2_idle import h2_went_idle, share_h2_parts
+from appproxy.frontend.h2_idle import h2_settle_idle, h2_still_idle, share_h2_parts
 from appproxy.frontend.h2_inbound import adopt
 from appproxy.frontend.h2_requests import lean
 from appproxy.frontend.h2_settings import share_settings
-from appproxy.frontend.idle import shared_address
+from appproxy.frontend.idle import shared_address, went_idle
 from appproxy.frontend.peer import peer_text
 from appproxy.observe.metrics import LIMIT_HITS
 from appproxy.tunnel.fields import field_problem
@@ -284,14 +284,11 @@ class GuardedH2Connection(H2Connection):
             del conn.streams[streamID]
             conn._closed_streams[streamID] = h2_stream.closed_by
         if not self.streams:
-            # A dict keeps the table it grew to: with no stream left, start
-            # afresh (an empty dict costs nothing).
-            self.streams = {}
-            self._outboundStreamQueues = {}
-            self._streamCleanupCallbacks = {}
-            if not conn.streams:
-                conn.streams = {}
-            h2_went_idle(self)
+            went_idle(self, self._reactor)
+
+    #: No stream under way, and not lost; once idle a while, what is given back.
+    still_idle = h2_still_idle
+    settle_idle = h2_settle_idle
 
     def _sendPrioritisedData(self, *args: Any) -> None:
         super()._sendPrioritisedData(*args)

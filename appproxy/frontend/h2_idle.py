@@ -31,9 +31,9 @@ from priority import PriorityTree  # type: ignore[import-untyped]
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
-from appproxy.frontend.idle import went_idle
+from appproxy.frontend.idle import settle_idle
 
-__all__ = ["h2_went_idle", "share_h2_parts"]
+__all__ = ["h2_settle_idle", "h2_still_idle", "share_h2_parts"]
 
 log = Logger()
 
@@ -127,8 +127,20 @@ def _idle_tree(channel: Any) -> None:
         channel.priority = _IdleTree(channel)  # its root stream alone
 
 
-def h2_went_idle(channel: Any) -> None:
-    """C{channel} (twisted.web's HTTP/2 connection) has no stream left."""
+def h2_still_idle(channel: Any) -> bool:
+    """Whether C{channel} (twisted.web's HTTP/2 connection) has no stream and is not lost."""
+    return not channel.streams and bool(channel._stillProducing)
+
+
+def h2_settle_idle(channel: Any) -> None:
+    """C{channel} (twisted.web's HTTP/2 connection) has had no stream for a while."""
+    # A dict keeps the table it grew to: with no stream left, start afresh
+    # (an empty dict costs nothing).
+    channel.streams = {}
+    channel._outboundStreamQueues = {}
+    channel._streamCleanupCallbacks = {}
+    if not channel.conn.streams:
+        channel.conn.streams = {}
     _lighter_wait(channel)
     _idle_tree(channel)
-    went_idle(channel)
+    settle_idle(channel)
