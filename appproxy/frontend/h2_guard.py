@@ -46,6 +46,7 @@ from appproxy.frontend.h2_fields import ClientEncoder
 from appproxy.frontend.h2_idle import h2_settle_idle, h2_still_idle, share_h2_parts
 from appproxy.frontend.h2_inbound import adopt
 from appproxy.frontend.h2_requests import lean
+from appproxy.frontend.h2_sending import FRAMES_PER_TURN, send_prioritised, window_opened
 from appproxy.frontend.h2_settings import share_settings
 from appproxy.frontend.idle import shared_address, went_idle
 from appproxy.frontend.peer import peer_text
@@ -88,6 +89,8 @@ class GuardedH2Connection(H2Connection):
     #: the one that data ended, until its request finishes (L{endRequest}).
     _ending: int = 0
     _ended: int = 0
+    #: Streams with data held for a closed flow-control window (h2_sending).
+    _window_blocked: set[int] | None = None
     #: The transport's addresses, once asked for.
     _peer: Any = None
     _host: Any = None
@@ -221,6 +224,8 @@ class GuardedH2Connection(H2Connection):
         if self._flooded:
             return
         super().dataReceived(data)
+        if self._window_blocked:
+            window_opened(self)
         if self._flooded:
             # Close only once the whole batch of events is handled: the
             # connection's event loop goes on after a handler returns.
@@ -291,7 +296,8 @@ class GuardedH2Connection(H2Connection):
     settle_idle = h2_settle_idle
 
     def _sendPrioritisedData(self, *args: Any) -> None:
-        super()._sendPrioritisedData(*args)
+        # Several frames per turn of the reactor; one when woken (h2_sending).
+        send_prioritised(self, 1 if args else FRAMES_PER_TURN)
         if self._drain_watches:
             for stream_id, (below, drained) in list(self._drain_watches.items()):
                 if self.queued(stream_id) <= below:
