@@ -11,20 +11,28 @@ window opens, by WINDOW_UPDATE or SETTINGS.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import h2.events
 import h2.settings
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol, wrapClientTLS
+from twisted.internet.protocol import Protocol
+from twisted.internet.ssl import Certificate, optionsForClientTLS
+from twisted.internet.task import deferLater
 from twisted.internet.testing import MemoryReactorClock, StringTransport
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web import http
 from twisted.web._http2 import H2Connection
 
 from appproxy.frontend.h2_guard import GuardedH2Connection
 from appproxy.frontend.h2_sending import FRAMES_PER_TURN
 from appproxy.frontend.idle import IdleSweep
+from tests import deployment
 from tests.h2_client import h2_client, pseudo
 
 
@@ -254,3 +262,72 @@ class SendingLoopTests(SynchronousTestCase):
             if sid in peer.ended:
                 break
         self.assertEqual(len(peer.bodies[sid]), 1 << 20)
+
+
+class _ClosedWindowClient(Protocol):
+    """
+    An HTTP/2 client over real TLS that asks for a large response and never
+    opens its window (64 KiB, h2's default) after the first bytes.
+    """
+
+    def __init__(self, host: str, path: str) -> None:
+        self.host, self.path = host, path
+        self.conn = h2_client()
+        self.received = 0
+        self.window_full: Deferred[None] = Deferred()
+        self.lost: Deferred[None] = Deferred()
+
+    def connectionMade(self) -> None:
+        headers = [(b":method", b"GET"), (b":scheme", b"https")]
+        headers += [(b":authority", self.host.encode()), (b":path", self.path.encode())]
+        self.conn.send_headers(1, headers, end_stream=True)
+        assert self.transport is not None
+        self.transport.write(self.conn.data_to_send())
+
+    def dataReceived(self, data: bytes) -> None:
+        for event in self.conn.receive_data(data):
+            if isinstance(event, h2.events.DataReceived):
+                self.received += len(event.data)
+        assert self.transport is not None
+        self.transport.write(self.conn.data_to_send())  # SETTINGS ACKs, no window
+        if self.received >= 65535 and not self.window_full.called:
+            self.window_full.callback(None)
+
+    def connectionLost(self, reason: Any = None) -> None:
+        if not self.lost.called:
+            self.lost.callback(None)
+
+
+class ClosedWindowDeploymentTests(TestCase):
+    """The real service and connector, a real TLS client whose window stays closed."""
+
+    @inlineCallbacks
+    def test_service_rests(self) -> Any:
+        """
+        While the client's window is closed the service does not go round
+        its sending loop: the process (service, connector and app are all
+        in it) uses a small fraction of a second of CPU in one second
+        (twisted.web's loop used all of it), and still answers others.
+        """
+        d = yield deployment.start(self)
+        host = f"web.{deployment.DOMAIN}"
+        options = optionsForClientTLS(
+            host, trustRoot=Certificate.loadPEM(d.ca.cert_pem), acceptableProtocols=[b"h2"]
+        )
+        endpoint = wrapClientTLS(options, TCP4ClientEndpoint(reactor, "127.0.0.1", d.public_port))
+        client = _ClosedWindowClient(host, "/bytes?n=2000000")
+        yield connectProtocol(endpoint, client)
+        yield client.window_full.addTimeout(10, reactor)
+        self.assertEqual(client.received, 65535)
+        before = time.process_time()
+        yield deferLater(reactor, 1.0, lambda: None)
+        used = time.process_time() - before
+        self.assertLess(used, 0.3, f"{used:.2f} s of CPU in 1 s with the window closed")
+        # Others are served meanwhile.
+        response = yield d.client().get(d.url("web", "/hello"))
+        self.assertEqual(response.code, 200)
+        yield response.content()
+        self.assertEqual(client.received, 65535)
+        assert client.transport is not None
+        client.transport.loseConnection()
+        yield client.lost
