@@ -47,7 +47,7 @@ from appproxy.frontend.h2_idle import h2_settle_idle, h2_still_idle, share_h2_pa
 from appproxy.frontend.h2_inbound import adopt
 from appproxy.frontend.h2_requests import lean
 from appproxy.frontend.h2_sending import FRAMES_PER_TURN, send_prioritised, window_opened
-from appproxy.frontend.h2_settings import share_settings
+from appproxy.frontend.h2_settings import share_settings, widen_receive_windows
 from appproxy.frontend.idle import shared_address, went_idle
 from appproxy.frontend.peer import peer_text
 from appproxy.observe.metrics import LIMIT_HITS
@@ -121,6 +121,7 @@ class GuardedH2Connection(H2Connection):
         # What an idle connection keeps, smaller (see h2_compact, h2_settings).
         share_settings(conn.local_settings)
         share_settings(conn.remote_settings)
+        widen_receive_windows(conn)  # sent with the next write (the guard's first)
         compact_table(conn.encoder.header_table)
         compact_table(conn.decoder.header_table)
         self._bufferedControlFrames = ListDeque(self._bufferedControlFrames)  # type: ignore[assignment]

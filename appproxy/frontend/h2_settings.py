@@ -12,6 +12,15 @@ the same acknowledgements, the same refusals of invalid values as h2's.
 
 Which tables are shared is bounded (L{SHARED_LIMIT} of them, the first
 seen): a client sending unusual values keeps its connection's own table.
+
+And the windows a client may send request bodies into
+(L{widen_receive_windows}): h2's default, 64 KiB for the connection and
+for each stream, paces an upload to 64 KiB per round trip (1.3 MB/s at
+50 ms), and a browser's uploads all go over HTTP/2.  L{STREAM_WINDOW} per
+stream and L{CONNECTION_WINDOW} in all, as Go's HTTP/2 server allows about
+1 MiB: what a client may have sent that the service holds, while the
+tunnel cannot take it yet, is at most the connection's window (an HTTP/1.1
+client's body waits in the kernel's socket buffer instead).
 """
 
 from __future__ import annotations
@@ -22,10 +31,24 @@ from h2.settings import ChangedSetting, SettingCodes, Settings
 
 from appproxy.frontend.h2_compact import CompactSettings, ListDeque, compact_settings
 
-__all__ = ["SHARED_LIMIT", "SharedSettings", "share_settings"]
+__all__ = [
+    "CONNECTION_WINDOW",
+    "SHARED_LIMIT",
+    "STREAM_WINDOW",
+    "SharedSettings",
+    "share_settings",
+    "widen_receive_windows",
+]
 
 #: At most this many distinct settled tables are shared.
 SHARED_LIMIT = 256
+
+#: The window a client may send each request body into (SETTINGS_INITIAL_WINDOW_SIZE).
+STREAM_WINDOW = 256 * 1024
+#: The window a client may send all its request bodies into.
+CONNECTION_WINDOW = 512 * 1024
+#: h2's (and RFC 9113's) initial windows.
+_DEFAULT_WINDOW = 65535
 
 #: The settled tables in use, by their values.
 _SHARED: dict[tuple[tuple[int, int], ...], dict[Any, ListDeque]] = {}
@@ -88,3 +111,13 @@ def share_settings(settings: Settings) -> None:
     compact_settings(settings)
     settings.__class__ = SharedSettings
     settings._share()  # type: ignore[attr-defined]
+
+
+def widen_receive_windows(conn: Any) -> None:
+    """
+    Offer C{conn}'s client (h2's connection, its initial SETTINGS sent with
+    h2's defaults) L{STREAM_WINDOW} per stream, from its next SETTINGS
+    acknowledgement on, and L{CONNECTION_WINDOW} in all, at once.
+    """
+    conn.update_settings({SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW})
+    conn.increment_flow_control_window(CONNECTION_WINDOW - _DEFAULT_WINDOW)
