@@ -46,14 +46,16 @@ class TwistedLoop(GuardedH2Connection):
 class Peer:
     """A server connection (of C{kind}) and an h2 client, on a driven clock."""
 
-    def __init__(self, kind: type[GuardedH2Connection], window: int, frame: int) -> None:
+    def __init__(
+        self, kind: type[GuardedH2Connection], window: int, frame: int, timeout: int | None = None
+    ) -> None:
         self.clock = MemoryReactorClock()
         server = self.server = kind(self.clock)
         server.start_guard()
         channel: Any = server
         channel.requestFactory = http.Request
         channel.callLater = self.clock.callLater
-        channel.timeOut = None
+        channel.timeOut = timeout
         self.transport = StringTransport()
         server.makeConnection(self.transport)
         self.transport.registerProducer(server, True)
@@ -235,6 +237,20 @@ class SendingLoopTests(SynchronousTestCase):
             p.pump(acknowledge=False)
         self.assertEqual(len(p.bodies[sid]), 300_000)
         self.assertIn(sid, p.ended)
+
+    def test_idle_timeout_ends_a_closed_window(self) -> None:
+        """
+        A client that never opens its window: its connection ends at the
+        idle timeout (twisted.web's loop restarted the timeout on each of its
+        turns, so it never came).
+        """
+        p = Peer(GuardedH2Connection, 65535, 1 << 14, timeout=30)
+        p.respond([300_000], 100_000)
+        p.pump(acknowledge=False)
+        p.pump(acknowledge=False)
+        self.assertFalse(p.transport.disconnecting)
+        p.clock.advance(31)
+        self.assertTrue(p.transport.disconnecting)
 
     def test_twisted_loop_spins(self) -> None:
         """
