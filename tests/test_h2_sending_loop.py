@@ -238,6 +238,34 @@ class SendingLoopTests(SynchronousTestCase):
         self.assertEqual(len(p.bodies[sid]), 300_000)
         self.assertIn(sid, p.ended)
 
+    def test_data_for_a_window_used_to_the_byte(self) -> None:
+        """
+        A response that used its window to the byte, then more data while
+        it is closed: a WINDOW_UPDATE sends it, with no further write or end
+        to wake the loop (twisted.web's put the stream back in its tree
+        without waking the loop: the response stalled).
+        """
+        p = Peer(GuardedH2Connection, 16384, 1 << 14)
+        p.client.increment_flow_control_window(1 << 20)
+        p.pump()
+        sid = p.client.get_next_available_stream_id()
+        p.client.send_headers(sid, pseudo(b"GET", b"/"), end_stream=True)
+        p.server.dataReceived(p.client.data_to_send())
+        request: Any = p.server.streams[sid]._request
+        request.setResponseCode(200)
+        request.write(b"a" * 16384)
+        p.pump(acknowledge=False)
+        self.assertEqual(p.server.conn.local_flow_control_window(sid), 0)
+        request.write(b"b" * 1000)
+        p.pump(acknowledge=False)
+        self.assertEqual(len(p.bodies[sid]), 16384)
+        p.client.increment_flow_control_window(5000, sid)
+        p.pump(acknowledge=False)
+        self.assertEqual(p.bodies[sid], b"a" * 16384 + b"b" * 1000)
+        request.finish()
+        p.pump(acknowledge=False)
+        self.assertIn(sid, p.ended)
+
     def test_idle_timeout_ends_a_closed_window(self) -> None:
         """
         A client that never opens its window: its connection ends at the

@@ -41,12 +41,12 @@ from twisted.python.failure import Failure
 from twisted.web._http2 import H2Connection
 
 from appproxy.config.model import ClientLimits
+from appproxy.frontend import h2_sending
 from appproxy.frontend.h2_compact import BoundedDict, ListDeque, compact_table
 from appproxy.frontend.h2_fields import ClientEncoder
 from appproxy.frontend.h2_idle import h2_settle_idle, h2_still_idle, share_h2_parts
 from appproxy.frontend.h2_inbound import adopt
 from appproxy.frontend.h2_requests import lean
-from appproxy.frontend.h2_sending import FRAMES_PER_TURN, send_prioritised, window_opened
 from appproxy.frontend.h2_settings import share_settings, widen_receive_windows
 from appproxy.frontend.idle import shared_address, went_idle
 from appproxy.frontend.peer import peer_text
@@ -186,12 +186,10 @@ class GuardedH2Connection(H2Connection):
 
     def writeDataToStream(self, streamID: int, data: bytes) -> None:
         # twisted.web queues the data and wakes its sending loop, which sends
-        # it (a priority step, a frame) and then turns once more on the
-        # reactor's next turn (a callLater(0), a priority step, a new
-        # Deferred) only to find nothing left to send.  While that loop is
-        # idle (no stream has anything it can send), nothing waits for the
-        # transport, and the data fits the windows and one frame, send it now,
-        # as the loop would.
+        # it and turns once more (a callLater(0), a priority step, a new
+        # Deferred) to find nothing left.  While that loop is idle, nothing
+        # waits for the transport, and the data fits the windows and one
+        # frame, send it now, as the loop would.
         conn = self.conn
         if (
             data
@@ -220,13 +218,15 @@ class GuardedH2Connection(H2Connection):
                     self.streams[streamID].flowControlBlocked()
                 return
         super().writeDataToStream(streamID, data)
+        if conn.local_flow_control_window(streamID) <= 0:
+            h2_sending.hold_for_window(self, streamID)  # woken when it opens
 
     def dataReceived(self, data: bytes) -> None:
         if self._flooded:
             return
         super().dataReceived(data)
         if self._window_blocked:
-            window_opened(self)
+            h2_sending.window_opened(self)
         if self._flooded:
             # Close only once the whole batch of events is handled: the
             # connection's event loop goes on after a handler returns.
@@ -298,7 +298,7 @@ class GuardedH2Connection(H2Connection):
 
     def _sendPrioritisedData(self, *args: Any) -> None:
         # Several frames per turn of the reactor; one when woken (h2_sending).
-        send_prioritised(self, 1 if args else FRAMES_PER_TURN)
+        h2_sending.send_prioritised(self, 1 if args else h2_sending.FRAMES_PER_TURN)
         if self._drain_watches:
             for stream_id, (below, drained) in list(self._drain_watches.items()):
                 if self.queued(stream_id) <= below:

@@ -38,7 +38,7 @@ import priority  # type: ignore[import-untyped]
 from twisted.internet.defer import Deferred
 from twisted.web._http2 import _END_STREAM_SENTINEL
 
-__all__ = ["FRAMES_PER_TURN", "send_prioritised", "window_opened"]
+__all__ = ["FRAMES_PER_TURN", "hold_for_window", "send_prioritised", "window_opened"]
 
 #: DATA frames sent per turn of the reactor, at most.
 FRAMES_PER_TURN = 16
@@ -81,11 +81,7 @@ def send_prioritised(channel: Any, frames: int = FRAMES_PER_TURN) -> None:
                 # The client's window is closed: wait for it to open (see
                 # window_opened), not for the next turn.
                 queue.appendleft(frame_data)
-                channel.priority.block(stream)
-                blocked = channel._window_blocked
-                if blocked is None:
-                    blocked = channel._window_blocked = set()
-                blocked.add(stream)
+                hold_for_window(channel, stream)
                 channel.streams[stream].flowControlBlocked()
                 continue
             if len(frame_data) > most:
@@ -102,6 +98,21 @@ def send_prioritised(channel: Any, frames: int = FRAMES_PER_TURN) -> None:
         if not channel._stillProducing:
             return
     channel._reactor.callLater(0, channel._sendPrioritisedData)
+
+
+def hold_for_window(channel: Any, stream: int) -> None:
+    """
+    C{stream} has data queued and its window is closed: out of the priority
+    tree until L{window_opened} finds it open.  (twisted.web queues data
+    that arrives for a closed window without waking its loop, and a
+    WINDOW_UPDATE puts the stream back in the tree without waking it either:
+    a loop asleep then stayed asleep, the response stalled.)
+    """
+    channel.priority.block(stream)
+    blocked = channel._window_blocked
+    if blocked is None:
+        blocked = channel._window_blocked = set()
+    blocked.add(stream)
 
 
 def window_opened(channel: Any) -> None:
