@@ -135,6 +135,17 @@ class Peer:
 
 
 class SendingLoopTests(SynchronousTestCase):
+    def assert_whole(self, p: Peer, sizes: list[int], chunk: int, rounds: int) -> None:
+        """Responses of C{sizes} written in C{chunk}s: each arrives whole and ended."""
+        sids = p.respond(sizes, chunk)
+        for _ in range(rounds):
+            if p.ended >= set(sids):
+                break
+            p.pump()
+        for sid, size in zip(sids, sizes, strict=True):
+            self.assertEqual(p.bodies.get(sid, b""), bytes([sid % 251]) * size)
+        self.assertEqual(p.ended, set(sids))
+
     def test_frames_per_turn(self) -> None:
         """A 1 MiB response goes in 16 KiB frames, up to FRAMES_PER_TURN of them per turn."""
         peer = Peer(GuardedH2Connection, window=1 << 24, frame=1 << 14)
@@ -173,14 +184,7 @@ class SendingLoopTests(SynchronousTestCase):
             p.client.increment_flow_control_window(1 << 24)
             p.pump()
             p.turns = 0
-            sids = p.respond(sizes, chunk)
-            for _ in range(100):
-                if p.ended >= set(sids):
-                    break
-                p.pump()
-            for sid, size in zip(sids, sizes, strict=True):
-                self.assertEqual(p.bodies.get(sid, b""), bytes([sid % 251]) * size)
-            self.assertEqual(p.ended, set(sids))
+            self.assert_whole(p, sizes, chunk, rounds=100)
         ours, theirs = peers
         self.assertEqual(ours.received, theirs.received)
         self.assertLessEqual(ours.turns, theirs.turns)
@@ -201,14 +205,7 @@ class SendingLoopTests(SynchronousTestCase):
         until the client opens them.
         """
         p = Peer(GuardedH2Connection, window, frame)
-        sids = p.respond(sizes, chunk)
-        for _ in range(2_000):
-            if p.ended >= set(sids):
-                break
-            p.pump()
-        for sid, size in zip(sids, sizes, strict=True):
-            self.assertEqual(p.bodies.get(sid, b""), bytes([sid % 251]) * size)
-        self.assertEqual(p.ended, set(sids))
+        self.assert_whole(p, sizes, chunk, rounds=2_000)
         self.assertLess(p.longest, 20)
 
     def test_window_closed_then_opened(self) -> None:
