@@ -82,6 +82,7 @@ def measure(
     out = result.as_dict()
     out["cpu"] = cpu
     daemons = cpu["service"] + cpu["connector"]
+    out["daemon_cpu_s"] = round(daemons, 3)
     out["rps_per_cpu_daemons"] = round(result.succeeded / daemons, 1) if daemons > 0 else None
     out["service_us_per_request"] = (
         round(cpu["service"] / result.succeeded * 1e6, 1) if result.succeeded else None

@@ -30,6 +30,7 @@ keep-alive connection give the instructions each daemon executes per request
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import time
 from pathlib import Path
@@ -40,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import h2clients
 import harness
 import naive
+import rounds
 from harness import CpuMeter, Stack, StackOptions, least_disturbed, wait_quiet, wrk
 
 #: Targets from the design (full path, 2 cores).
@@ -57,11 +59,14 @@ def _load(
     *,
     latency: bool,
     headers: tuple[str, ...] = (),
+    seconds: float | None = None,
 ) -> dict[str, Any]:
+    """One wrk run (C{seconds}: instead of the duration the arguments give)."""
     if latency:
-        c, t, seconds = 1, 1, args.latency_duration
+        c, t, duration = 1, 1, args.latency_duration
     else:
-        c, t, seconds = args.concurrency, args.threads, args.duration
+        c, t, duration = args.concurrency, args.threads, args.duration
+    seconds = duration if seconds is None else seconds
     meter = CpuMeter(stack).start()
     result = wrk(
         url,
@@ -81,6 +86,7 @@ def _load(
         daemons = cpu["naive_edge"] + cpu["naive_connector"]
     else:
         daemons = cpu["service"] + cpu["connector"]
+    out["daemon_cpu_s"] = round(daemons, 3)
     out["rps_per_cpu_daemons"] = round(result.requests / daemons, 1) if daemons > 0 else None
     out["rps_per_cpu_backend"] = (
         round(result.requests / cpu["backend"], 1) if cpu["backend"] > 0 else None
@@ -180,36 +186,45 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             naive_url = f"{args.naive_url}/1k"
             wrk(naive_url, connections=args.concurrency, threads=args.threads, seconds=2)
         time.sleep(0.5)
+        # The loads whose figures are compared as ratios, in interleaved
+        # rounds (see rounds.py): passthrough, signed in (a valid session
+        # cookie on every request: decrypted, policy evaluated, headers
+        # injected), the naive tunnel, and h2load's HTTP/1.1 and HTTP/2
+        # clients (see h2clients).
+        seconds = args.duration / args.rounds
+        compared: dict[str, rounds.Measure] = {
+            "proxy": lambda: _load(stack, proxy_url, host, args, latency=False, seconds=seconds),
+            "signed_in": lambda: _load(
+                stack, proxy_url, auth_host, args, latency=False, headers=cookie, seconds=seconds
+            ),
+        }
+        if args.naive_url:
+            compared["naive"] = lambda: _load(
+                stack, naive_url, None, args, latency=False, seconds=seconds
+            )
+        for key, h1 in (("h1_clients", True), ("h2_clients", False)):
+            compared[key] = functools.partial(
+                h2clients.measure,
+                stack,
+                proxy_url,
+                host,
+                clients=args.concurrency,
+                seconds=seconds,
+                h1=h1,
+            )
+        results.update(rounds.interleaved(compared, args.rounds, stack, args.attempts))
         runs: list[tuple[str, str, str | None, bool, tuple[str, ...]]] = [
-            ("proxy", proxy_url, host, False, ()),
             ("proxy_c1", proxy_url, host, True, ()),
-            # The same app path with sign-in: a valid session cookie on
-            # every request (decrypted, policy evaluated, headers injected).
-            ("signed_in", proxy_url, auth_host, False, cookie),
             ("signed_in_c1", proxy_url, auth_host, True, cookie),
             ("direct", direct_url, None, False, ()),
             ("direct_c1", direct_url, None, True, ()),
         ]
         if args.naive_url:
-            runs += [("naive", naive_url, None, False, ()), ("naive_c1", naive_url, None, True, ())]
+            runs += [("naive_c1", naive_url, None, True, ())]
         for key, url, h, latency, headers in runs:
             results[key] = least_disturbed(
                 lambda u=url, h=h, lat=latency, hd=headers: _load(
                     stack, u, h, args, latency=lat, headers=hd
-                ),
-                stack,
-                args.attempts,
-            )
-        # HTTP/2 clients against HTTP/1.1 clients, both h2load (see h2clients).
-        for key, h1 in (("h1_clients", True), ("h2_clients", False)):
-            results[key] = least_disturbed(
-                lambda h1=h1: h2clients.measure(
-                    stack,
-                    proxy_url,
-                    host,
-                    clients=args.concurrency,
-                    seconds=args.duration,
-                    h1=h1,
                 ),
                 stack,
                 args.attempts,
@@ -225,7 +240,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if args.profile:
             results["profile"] = profile(stack, proxy_url, host, args)
     results["config"] = {
-        "wrk": f"-c{args.concurrency} -t{args.threads} -d{args.duration:g}s",
+        "wrk": f"-c{args.concurrency} -t{args.threads}",
+        "compared_loads": f"{args.rounds} interleaved rounds of {args.duration / args.rounds:g} s",
         "latency_wrk": f"-c1 -t1 -d{args.latency_duration:g}s --latency",
         "connector_connections": args.tunnels,
         "connector_capacity": args.capacity,
@@ -233,7 +249,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return results
 
 
-def vs_naive(results: dict[str, Any]) -> dict[str, float]:
+def vs_naive(results: dict[str, Any]) -> dict[str, Any]:
     """appproxy's figures as ratios to the naive tunnel's, from the same run."""
     n, out = results["naive"], {}
     for key in ("proxy", "signed_in"):
@@ -244,6 +260,7 @@ def vs_naive(results: dict[str, Any]) -> dict[str, float]:
             out[f"{key}_rps_per_cpu"] = round(
                 r["rps_per_cpu_daemons"] / n["rps_per_cpu_daemons"], 3
             )
+        out[f"{key}_rps_per_cpu_rounds"] = rounds.round_ratios(r, n)
     n1, p1 = results["naive_c1"], results["proxy_c1"]
     out["proxy_c1_p50_ms_minus_naive"] = round(p1["latency_ms"]["p50"] - n1["latency_ms"]["p50"], 3)
     return out
@@ -262,8 +279,22 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     """
     out: list[dict[str, Any]] = []
 
-    def add(measure: str, value: float | None, target: str, met: bool | None) -> None:
-        out.append({"measure": measure, "value": value, "target": target, "met": met})
+    def add(
+        measure: str,
+        value: float | None,
+        target: str,
+        met: bool | None,
+        per_round: list[float] | None = None,
+    ) -> None:
+        out.append(
+            {
+                "measure": measure,
+                "value": value,
+                "target": target,
+                "met": met,
+                "rounds": per_round or [],
+            }
+        )
 
     v = results.get("vs_naive")
     if v is not None:
@@ -273,6 +304,7 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             ratio,
             f">= {TARGET_VS_NAIVE}",
             None if ratio is None else ratio >= TARGET_VS_NAIVE,
+            v.get("proxy_rps_per_cpu_rounds"),
         )
     p1, d1 = results["proxy_c1"], results["direct_c1"]
     added = round(p1["latency_ms"]["p50"] - d1["latency_ms"]["p50"], 3)
@@ -291,6 +323,7 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         share,
         f">= {TARGET_SIGNED_IN_SHARE}",
         None if share is None else share >= TARGET_SIGNED_IN_SHARE,
+        rounds.round_ratios(signed, plain),
     )
     h2 = h2clients.ratio(results)
     add(
@@ -298,15 +331,18 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         h2,
         f">= {h2clients.TARGET_H2_VS_H1}",
         None if h2 is None else h2 >= h2clients.TARGET_H2_VS_H1,
+        rounds.round_ratios(results.get("h2_clients", {}), results.get("h1_clients", {})),
     )
     return out
 
 
 def target_rows(results: dict[str, Any]) -> list[list[str]]:
-    """L{targets} as table rows: measure, value, target, verdict."""
+    """L{targets} as table rows: measure, value (with its rounds' spread), target, verdict."""
     rows = []
     for t in results.get("targets", []):
         value = "-" if t["value"] is None else f"{t['value']:g}"
+        if rounds.spread(t.get("rounds", [])):
+            value += f" ({rounds.spread(t['rounds'])})"
         verdict = "-" if t["met"] is None else ("met" if t["met"] else "NOT MET")
         rows.append([t["measure"], value, t["target"], verdict])
     return rows
@@ -453,7 +489,18 @@ def naive_rows(results: dict[str, Any]) -> list[list[str]]:
 
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--duration", type=float, default=10.0, help="seconds per wrk run")
+    ap.add_argument(
+        "--duration",
+        type=float,
+        default=12.0,
+        help="seconds of each c50 load, all rounds together (the direct run: all in one)",
+    )
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="interleaved rounds of the loads compared as ratios (see rounds.py)",
+    )
     ap.add_argument("--latency-duration", type=float, default=5.0)
     ap.add_argument("--concurrency", type=int, default=50)
     ap.add_argument("--threads", type=int, default=2, help="wrk threads")
@@ -486,6 +533,8 @@ def main(argv: list[str] | None = None) -> int:
     harness.QUIET_WAIT = max(0.0, args.quiet_wait)
     if not 1 <= args.duration <= 300 or not 1 <= args.latency_duration <= 300:
         raise SystemExit("throughput: durations must be 1..300 seconds")
+    if not 1 <= args.rounds <= 10 or args.duration / args.rounds < 1:
+        raise SystemExit("throughput: --rounds must be 1..10, with at least 1 s per round")
     if args.callgrind:
         print(harness.dump_json(run_callgrind(args)))
         return 0
