@@ -191,7 +191,7 @@ class Keep(Protocol):
     """A server protocol that keeps its transport for the test to write on."""
 
     def connectionMade(self) -> None:
-        self.factory.made.append(self)  # type: ignore[attr-defined]
+        self.factory.made.append(self)
 
 
 class WriterTests(SynchronousTestCase):
@@ -216,7 +216,7 @@ class WriterTests(SynchronousTestCase):
         self.server = factory.made[0].transport  # type: ignore[attr-defined]
         self.addCleanup(self.lose)
         self.poller = CountingPoller(self.reactor._poller)
-        self.reactor._poller = self.poller  # type: ignore[assignment]
+        self.reactor._poller = self.poller
 
     def lose(self) -> None:
         if self.server.connected:
