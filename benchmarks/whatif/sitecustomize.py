@@ -17,7 +17,13 @@ docs/performance.md:
   - C{no-h2-validation}: the tunnel's H2Connection does not validate inbound
     and outbound header blocks (both ends are appproxy).
 
-And one that changes nothing but observes:
+And one that undoes a change made, to measure it beside the code as it is:
+
+  - C{watch-writers}: the daemons' reactor watches a socket with data to
+    send for EPOLLOUT at once, as Twisted's does, instead of writing it just
+    before the poll.
+
+And ones that change nothing but observe:
 
   - C{tracemalloc}: trace Python allocations; on SIGUSR2 the process writes a
     snapshot to C{tracemalloc.N} (N = 1, 2, ...) in its working directory, which
@@ -66,6 +72,15 @@ def _no_h2_validation() -> None:
     tunnel.H2Configuration = config  # type: ignore[assignment,misc]
 
 
+def _watch_writers() -> None:
+    from twisted.internet.epollreactor import EPollReactor
+
+    from appproxy.daemon.reactor import AppproxyEPollReactor
+
+    AppproxyEPollReactor.addWriter = EPollReactor.addWriter  # type: ignore[method-assign]
+    AppproxyEPollReactor.removeWriter = EPollReactor.removeWriter  # type: ignore[method-assign]
+
+
 def _tracemalloc() -> None:
     import gc
     import signal
@@ -110,6 +125,7 @@ _ALL = {
     "frame-repr": _frame_repr,
     "no-access-log": _no_access_log,
     "no-h2-validation": _no_h2_validation,
+    "watch-writers": _watch_writers,
     "tracemalloc": _tracemalloc,
     "cprofile": _cprofile,
 }
