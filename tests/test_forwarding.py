@@ -13,7 +13,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from appproxy.http.forwarding import IPAddress, IPNetwork, client_address
+from appproxy.http import forwarding
+from appproxy.http.forwarding import IPAddress, IPNetwork, client_address, ip_text
 
 PROXIES = (ip_network("10.0.0.0/8"), ip_network("fd00::/8"))
 
@@ -171,3 +172,33 @@ class ClientAddressPropertyTests(SynchronousTestCase):
     ) -> None:
         result = client_address(peer, xff(",".join([*left, client, *right])), PROXIES)
         self.assertFalse(any(result in network for network in PROXIES))
+
+
+class IpTextTests(SynchronousTestCase):
+    """L{ip_text}: an address as text, as C{str} writes it, remembered."""
+
+    @given(
+        st.lists(
+            st.one_of(
+                st.ip_addresses(),
+                st.builds(
+                    lambda a, scope: IPv6Address(f"{a}%{scope}"),
+                    st.ip_addresses(v=6),
+                    st.sampled_from(["eth0", "1", "lo"]),
+                ),
+            ),
+            max_size=50,
+        )
+    )
+    def test_as_str(self, addresses: list[IPAddress]) -> None:
+        """Whatever addresses come, in any order and again, each is written as C{str} writes it."""
+        for address in addresses + addresses[::-1]:
+            self.assertEqual(ip_text(address), str(address))
+
+    def test_bounded(self) -> None:
+        """The cache is emptied when full, so it never holds more than its bound."""
+        self.patch(forwarding, "_TEXTS", {})
+        self.patch(forwarding, "_TEXTS_KEPT", 8)
+        for n in range(20):
+            self.assertEqual(ip_text(IPv4Address(n)), str(IPv4Address(n)))
+            self.assertLessEqual(len(forwarding._TEXTS), 8)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from appproxy.config import AppConfig
 from appproxy.frontend.routing import internal_path
+from appproxy.http.forwarding import ip_text
 from appproxy.http.headers import prepare_request_headers
 from appproxy.identity.headers import strip_appproxy_cookies, strip_spoofed_headers
 
@@ -52,7 +53,7 @@ def prepared_headers(
         raw = _one_content_length(raw, request.length)
     headers = prepare_request_headers(
         raw,
-        client_address=str(request._resolved_client_ip()),
+        client_address=ip_text(request._resolved_client_ip()),
         external_host=host.decode("latin-1"),
         request_id=request.request_id,
         internal_netloc=app.internal_netloc,

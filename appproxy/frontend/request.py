@@ -42,7 +42,7 @@ from appproxy.gate.paths import HAND_OFF_PATH, SIGN_IN_PATH, SIGN_OUT_PATH
 from appproxy.gate.replies import Admit, Reply
 from appproxy.http.cookies import parse_cookies
 from appproxy.http.fields import SINGLE_FIELDS, single_field_problem
-from appproxy.http.forwarding import client_address
+from appproxy.http.forwarding import client_address, ip_text
 from appproxy.http.headers import new_request_id
 from appproxy.http.paths import has_dot_segments
 from appproxy.http.render import NOT_DONE_YET
@@ -169,7 +169,7 @@ class ProxyRequest(ExchangeRequest):
                     app,
                     self._query_args(),
                     cookies,
-                    client_ip=str(client_ip),
+                    client_ip=ip_text(client_ip),
                     request_id=self.request_id,
                     accept=self._accept(),
                 )
@@ -180,7 +180,7 @@ class ProxyRequest(ExchangeRequest):
                 sign_in.sign_out(
                     app,
                     cookies,
-                    client_ip=str(client_ip),
+                    client_ip=ip_text(client_ip),
                     request_id=self.request_id,
                     accept=self._accept(),
                 )
@@ -268,7 +268,7 @@ class ProxyRequest(ExchangeRequest):
                 self._reply_when_ready(
                     sign_in.start(
                         self._query_args(),
-                        client_ip=str(client_ip),
+                        client_ip=ip_text(client_ip),
                         request_id=self.request_id,
                         accept=accept,
                     )

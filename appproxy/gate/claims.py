@@ -18,7 +18,7 @@ from appproxy.access.policy import PolicySet
 from appproxy.access.risk import AnonymizerList, FailedSignIns, risk_signals
 from appproxy.access.session import ClaimValue, Session
 from appproxy.config import AppConfig, OidcConfig
-from appproxy.http.forwarding import IPAddress
+from appproxy.http.forwarding import IPAddress, ip_text
 
 __all__ = ["Next", "Refusal", "decide", "next_step", "refusal", "session_from_claims"]
 
@@ -103,7 +103,7 @@ def decide(
     Assignment and conditional access for C{session} (its user, groups and
     sign-in), now, from C{client_ip}.
     """
-    risks = risk_signals(failures, anonymizers, session.user, str(client_ip), now)
+    risks = risk_signals(failures, anonymizers, session.user, ip_text(client_ip), now)
     return evaluate(
         policies,
         app.assignment,

@@ -35,7 +35,7 @@ from appproxy.gate.paths import (
 )
 from appproxy.gate.replies import Reply, Requester, redirect
 from appproxy.http.cookies import clear_cookie, set_cookie
-from appproxy.http.forwarding import IPAddress
+from appproxy.http.forwarding import IPAddress, ip_text
 from appproxy.idp.settings import APP_PARAMETER
 from appproxy.oidc.authorize import authorization_url, check_authorization_response, new_pkce
 from appproxy.oidc.errors import SignInError
@@ -151,7 +151,7 @@ class Flow:
         @param user_agent: the request's C{User-Agent} values, for the sign-in log.
         """
         agent = user_agent[0][:512].decode("latin-1") if user_agent else None
-        requester = Requester(str(client_ip), request_id, accept, agent or None)
+        requester = Requester(ip_text(client_ip), request_id, accept, agent or None)
         return defer.ensureDeferred(self._callback(args, cookies, client_ip, requester))
 
     async def _callback(

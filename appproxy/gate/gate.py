@@ -16,7 +16,7 @@ from appproxy.config import AppConfig
 from appproxy.gate.claims import next_step
 from appproxy.gate.context import GateContext
 from appproxy.gate.replies import Admit, Reply, Requester
-from appproxy.http.forwarding import IPAddress
+from appproxy.http.forwarding import IPAddress, ip_text
 from appproxy.identity.headers import UnsafeClaimValue, identity_headers
 
 __all__ = ["Gate"]
@@ -53,7 +53,7 @@ class Gate:
         admitted = self._admit(app, method, uri, cookies, client_ip, request_id, accept)
         if not websocket:
             return admitted
-        requester = Requester(str(client_ip), request_id, accept)
+        requester = Requester(ip_text(client_ip), request_id, accept)
         if isinstance(admitted, defer.Deferred):
             return admitted.addCallback(self._no_redirect, app, requester)
         return self._no_redirect(admitted, app, requester)
@@ -84,7 +84,7 @@ class Gate:
         accept: bytes | None,
     ) -> Admit | Reply | defer.Deferred[Admit | Reply]:
         context = self.context
-        requester = Requester(str(client_ip), request_id, accept)
+        requester = Requester(ip_text(client_ip), request_id, accept)
         now = context.now()
         session = context.session(app, cookies, now)
         if session is None:
