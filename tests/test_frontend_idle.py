@@ -14,6 +14,7 @@ import importlib
 import sys
 from typing import Any
 
+import h2.errors
 import h2.events
 from h2.exceptions import InvalidSettingsValueError
 from h2.settings import SettingCodes, Settings
@@ -466,3 +467,138 @@ class IdleH2ConnectionTests(SynchronousTestCase):
 
         h2_idle._Wake(Failing()).callback(1)
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+
+#: What settling replaces on purpose (with empty or stand-in objects), or
+#: forgets (a full token bucket's time of last refill).
+_REPLACED = {
+    "streams",
+    "_outboundStreamQueues",
+    "_streamCleanupCallbacks",
+    "priority",
+    "_sendingDeferred",
+    "_resetTokenTimestamp",
+    "_empty_tokens_at",
+}
+
+
+class IdleH2AttributesTests(SynchronousTestCase):
+    """
+    An idle HTTP/2 connection keeps fewer attributes of its own (those the
+    class holds the same value for), and behaves as before: its values read
+    the same and its limits still hold.
+    """
+
+    setUp = IdleH2ConnectionTests.setUp
+    connect = IdleH2ConnectionTests.connect
+    turn = IdleH2ConnectionTests.turn
+    exchange = IdleH2ConnectionTests.exchange
+    get = IdleH2ConnectionTests.get
+    server: Any
+    transport: Any
+    client: Any
+    clock: Any
+
+    def settle(self) -> None:
+        """Idle from one sweep to the next (L{appproxy.frontend.idle.IdleSweep})."""
+        self.clock.advance(1.0)
+        self.clock.advance(1.0)
+
+    def test_same_values_fewer_attributes(self) -> None:
+        """
+        Every attribute reads as it did before settling, but for what
+        settling replaces; fewer than 22 are the connection's own (CPython
+        gives 22 to 42 a table twice the size).
+        """
+        self.get()
+        self.clock.advance(0.01)  # as a sweep finds it
+        before = {name: getattr(self.server, name) for name in vars(self.server)}
+        self.settle()
+        after = {name: getattr(self.server, name) for name in before if name not in _REPLACED}
+        self.assertEqual(after, {name: before[name] for name in after})
+        self.assertLess(len(vars(self.server)), 22)
+        # The connection goes on, its own attributes back as it sets them.
+        _, events = self.get(b"again")
+        data = b"".join(e.data for e in events if isinstance(e, h2.events.DataReceived))
+        self.assertEqual(data, b"again")
+
+    def limited(self, settle: bool = True) -> Any:
+        """A connection with limits of its own (not the defaults), one request made, settled."""
+        from twisted.web import http
+
+        from appproxy.config.model import ClientLimits
+        from appproxy.frontend.h2_guard import GuardedH2Connection
+        from tests.h2_client import h2_client
+
+        server = GuardedH2Connection(self.clock)
+        server.start_guard(
+            ClientLimits(h2_empty_data_burst=3, h2_empty_data_rate=0.001, h2_reset_burst=4)
+        )
+        channel: Any = server
+        channel.requestFactory = http.Request
+        channel.callLater = self.clock.callLater
+        channel.timeOut = None
+        from twisted.internet.testing import StringTransport
+
+        self.server, self.transport = server, StringTransport()
+        server.makeConnection(self.transport)
+        self.transport.registerProducer(server, True)
+        self.client = h2_client()
+        self.exchange()
+        self.get()
+        if settle:
+            self.settle()
+        return server
+
+    def empty_data(self, server: Any, sid: int, count: int) -> None:
+        for _ in range(count):
+            self.client.send_data(sid, b"")
+        server.dataReceived(self.client.data_to_send())
+
+    def test_empty_data_limit_after_idle(self) -> None:
+        """The empty DATA frame bucket, settled full, still allows its burst and no more."""
+        server = self.limited()
+        sid = self.client.get_next_available_stream_id()
+        self.client.send_headers(sid, pseudo(b"POST", b"/"))
+        for n in range(4):
+            self.client.send_data(sid, b"")
+            server.dataReceived(self.client.data_to_send())
+            self.assertEqual(server._flooded, n == 3, n)
+
+    def test_reset_limit_after_idle(self) -> None:
+        """The stream reset bucket, settled full, still allows its burst and no more."""
+        server = self.limited()
+        for n in range(5):
+            sid = self.client.get_next_available_stream_id()
+            self.client.send_headers(sid, pseudo(b"GET", b"/"), end_stream=True)
+            self.client.reset_stream(sid)
+            server.dataReceived(self.client.data_to_send())
+            events = self.client.receive_data(self.transport.value())
+            self.transport.clear()
+            ended = [e for e in events if isinstance(e, h2.events.ConnectionTerminated)]
+            self.assertEqual(bool(ended), n == 4, n)
+        self.assertEqual(ended[0].error_code, h2.errors.ErrorCodes.ENHANCE_YOUR_CALM)
+
+    def test_partly_used_bucket_kept(self) -> None:
+        """
+        A bucket that is not full keeps its time of last refill through
+        settling: it refills from then, not from the epoch.
+        """
+        self.clock.advance(1_000_000)  # far from the epoch: from there, it would refill
+        server = self.limited(settle=False)
+        sid = self.client.get_next_available_stream_id()
+        self.client.send_headers(sid, pseudo(b"POST", b"/"))
+        self.empty_data(server, sid, 2)
+        self.client.end_stream(sid)
+        server.dataReceived(self.client.data_to_send())
+        request: Any = server.streams[sid]._request
+        request.finish()
+        self.exchange()
+        self.settle()
+        self.assertIsInstance(server.priority, h2_idle._IdleTree)  # settled
+        sid = self.client.get_next_available_stream_id()
+        self.client.send_headers(sid, pseudo(b"POST", b"/"))
+        self.empty_data(server, sid, 1)
+        self.assertFalse(server._flooded)
+        self.empty_data(server, sid, 1)
+        self.assertTrue(server._flooded)

@@ -44,7 +44,7 @@ from appproxy.config.model import ClientLimits
 from appproxy.frontend import h2_sending
 from appproxy.frontend.h2_compact import BoundedDict, ListDeque, compact_table
 from appproxy.frontend.h2_fields import ClientEncoder
-from appproxy.frontend.h2_idle import h2_settle_idle, h2_still_idle, share_h2_parts
+from appproxy.frontend.h2_idle import IdleDefaults, h2_settle_idle, h2_still_idle, share_h2_parts
 from appproxy.frontend.h2_inbound import adopt
 from appproxy.frontend.h2_requests import lean
 from appproxy.frontend.h2_settings import share_settings, widen_receive_windows
@@ -68,7 +68,7 @@ EMPTY_DATA_RATE = _DEFAULT.h2_empty_data_rate
 log = Logger()
 
 
-class GuardedH2Connection(H2Connection):
+class GuardedH2Connection(IdleDefaults, H2Connection):
     """
     twisted.web's HTTP/2 server connection, with a token bucket for DATA
     frames that carry no payload and do not end their stream.
@@ -101,7 +101,7 @@ class GuardedH2Connection(H2Connection):
         self._empty_burst, self._empty_rate = limits.h2_empty_data_burst, limits.h2_empty_data_rate
         # twisted.web's bucket for stream resets (Rapid Reset), as configured.
         self._resetTokenBurst = self._resetTokens = limits.h2_reset_burst
-        self._resetTokenRate = limits.h2_reset_rate  # type: ignore[assignment]
+        self._resetTokenRate = limits.h2_reset_rate
         self._empty_tokens = float(self._empty_burst)
         self._empty_tokens_at = self._reactor.seconds()
         self._flooded = False
