@@ -66,7 +66,7 @@ class OwnershipTests(TestCase):
         # the channel's pause holds.
         request: Any = channel.requests[-1]
         channel.pauseProducing()
-        request._input.resume()
+        request._input.resume(request)
         self.assertEqual(transport.producerState, "paused")
         channel.resumeProducing()
         self.assertEqual(transport.producerState, "producing")

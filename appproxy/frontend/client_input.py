@@ -22,14 +22,16 @@ __all__ = ["ClientInput"]
 class ClientInput:
     """Pausing and resuming the reading of one request's body."""
 
-    def __init__(self, request: http.Request, http2: bool) -> None:
-        self._request = request
+    def __init__(self, http2: bool) -> None:
+        # No reference to the request, which holds this: no reference cycle,
+        # so a finished request is freed at once, not by the collector.
         self._http2 = http2
         #: This request asked for reading to stop (and has not resumed it).
         self.paused = False
 
-    def pause(self) -> None:
-        channel: Any = self._request.channel
+    def pause(self, request: http.Request) -> None:
+        """Stop reading C{request}'s body from the user."""
+        channel: Any = request.channel
         if self.paused or channel is None:
             return
         self.paused = True
@@ -38,10 +40,11 @@ class ClientInput:
         elif hasattr(channel, "pause_input"):
             channel.pause_input()
         else:
-            self._request.transport.pauseProducing()  # type: ignore[union-attr]
+            request.transport.pauseProducing()  # type: ignore[union-attr]
 
-    def resume(self) -> None:
-        channel: Any = self._request.channel
+    def resume(self, request: http.Request) -> None:
+        """Read C{request}'s body from the user again."""
+        channel: Any = request.channel
         if not self.paused or channel is None:
             return
         self.paused = False
@@ -50,14 +53,14 @@ class ClientInput:
         elif hasattr(channel, "resume_input"):
             channel.resume_input()
         else:
-            self._request.transport.resumeProducing()  # type: ignore[union-attr]
+            request.transport.resumeProducing()  # type: ignore[union-attr]
 
-    def abort(self) -> None:
-        """Reset the HTTP/2 stream, or drop the HTTP/1.1 connection."""
-        channel: Any = self._request.channel
+    def abort(self, request: http.Request) -> None:
+        """Reset C{request}'s HTTP/2 stream, or drop its HTTP/1.1 connection."""
+        channel: Any = request.channel
         if channel is None:
             return
         if self._http2:
             channel.abortConnection()
         else:
-            self._request.transport.abortConnection()  # type: ignore[union-attr]
+            request.transport.abortConnection()  # type: ignore[union-attr]

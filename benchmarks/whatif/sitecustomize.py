@@ -22,6 +22,9 @@ And one that undoes a change made, to measure it beside the code as it is:
   - C{watch-writers}: the daemons' reactor watches a socket with data to
     send for EPOLLOUT at once, as Twisted's does, instead of writing it just
     before the poll.
+  - C{keep-cycles}: a finished request keeps its job, relay and tunnel
+    stream, which refer back to it, as it did: every request leaves a
+    reference cycle for the garbage collector.
 
 And ones that change nothing but observe:
 
@@ -81,6 +84,15 @@ def _watch_writers() -> None:
     AppproxyEPollReactor.removeWriter = EPollReactor.removeWriter  # type: ignore[method-assign]
 
 
+def _keep_cycles() -> None:
+    from appproxy.frontend.exchange import ExchangeRequest
+
+    def _unlink(self: object, keep_stream: bool = False) -> None:
+        """Keep everything."""
+
+    ExchangeRequest._unlink = _unlink  # type: ignore[method-assign]
+
+
 def _tracemalloc() -> None:
     import gc
     import signal
@@ -126,6 +138,7 @@ _ALL = {
     "no-access-log": _no_access_log,
     "no-h2-validation": _no_h2_validation,
     "watch-writers": _watch_writers,
+    "keep-cycles": _keep_cycles,
     "tracemalloc": _tracemalloc,
     "cprofile": _cprofile,
 }
