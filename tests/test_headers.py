@@ -5,12 +5,14 @@ Tests for L{appproxy.http.headers}.
 from __future__ import annotations
 
 import copy
+import os
 import re
 
 from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
+from appproxy.http import headers
 from appproxy.http.headers import (
     FORWARDING_HEADERS,
     HOP_BY_HOP,
@@ -290,7 +292,27 @@ class StripHeaderNamesTests(SynchronousTestCase):
 
 class NewRequestIdTests(SynchronousTestCase):
     def test_format(self) -> None:
-        ids = {new_request_id() for _ in range(50)}
-        self.assertEqual(len(ids), 50)
+        # More than one batch of the kernel's random bytes (256 IDs each).
+        ids = {new_request_id() for _ in range(600)}
+        self.assertEqual(len(ids), 600)
         for request_id in ids:
             self.assertRegex(request_id, r"\A[0-9a-f]{32}\Z")
+
+    def test_fresh_bytes_after_fork(self) -> None:
+        """A forked child does not use the bytes its parent drew (and will use)."""
+        new_request_id()
+        parent_next = headers._random[headers._random_at : headers._random_at + 16].hex()
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            try:
+                os.write(write, new_request_id().encode("ascii"))
+            finally:
+                os._exit(0)
+        os.close(write)
+        child = os.read(read, 64).decode("ascii")
+        os.close(read)
+        os.waitpid(pid, 0)
+        self.assertRegex(child, r"\A[0-9a-f]{32}\Z")
+        self.assertNotEqual(child, parent_next)
+        self.assertEqual(new_request_id(), parent_next)

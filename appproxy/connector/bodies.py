@@ -121,7 +121,9 @@ class ResponseSender(Protocol):
 
     def connectionLost(self, reason: Failure = Failure(ResponseDone())) -> None:  # noqa: B008
         self.stream.response_transport = None
-        if reason.check(ResponseDone, PotentialDataLoss):
+        # Failure.check's work (the class names of the error's bases, made
+        # and compared per call) for what isinstance says at once.
+        if isinstance(reason.value, ResponseDone | PotentialDataLoss):
             self.stream.end_response()
         else:
             self.stream.abort_response()

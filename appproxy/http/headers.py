@@ -180,6 +180,27 @@ def strip_header_names(
     return [(name, value) for name, value in headers if normalise_name(name) not in unwanted]
 
 
+#: Random bytes from the kernel, taken 4 KiB at a time: one system call for
+#: 256 request IDs, not one each (1.5% of the service's CPU for HTTP/2).
+_random = b""
+_random_at = 0
+_RANDOM_BATCH = 4096
+
+
 def new_request_id() -> str:
     """A fresh request ID: 32 lowercase hexadecimal characters (128 random bits)."""
-    return os.urandom(16).hex()
+    global _random, _random_at
+    at = _random_at
+    if at + 16 > len(_random):
+        _random, at = os.urandom(_RANDOM_BATCH), 0
+    _random_at = at + 16
+    return _random[at : at + 16].hex()
+
+
+def _forget_random() -> None:
+    """A forked process draws its own bytes: never the IDs its parent will use."""
+    global _random, _random_at
+    _random, _random_at = b"", 0
+
+
+os.register_at_fork(after_in_child=_forget_random)
