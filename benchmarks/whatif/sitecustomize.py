@@ -17,11 +17,9 @@ docs/performance.md:
   - C{no-h2-validation}: the tunnel's H2Connection does not validate inbound
     and outbound header blocks (both ends are appproxy).
 
-And one that undoes a change made, to measure it beside the code as it is:
+And one that undoes a change made, to measure it beside the code as it is
+(C{benchmarks/ab.py}):
 
-  - C{watch-writers}: the daemons' reactor watches a socket with data to
-    send for EPOLLOUT at once, as Twisted's does, instead of writing it just
-    before the poll.
   - C{keep-cycles}: a finished request keeps its job, relay and tunnel
     stream, which refer back to it, as it did: every request leaves a
     reference cycle for the garbage collector.
@@ -73,15 +71,6 @@ def _no_h2_validation() -> None:
         return H2Configuration(**kwargs)  # type: ignore[arg-type]
 
     tunnel.H2Configuration = config  # type: ignore[assignment,misc]
-
-
-def _watch_writers() -> None:
-    from twisted.internet.epollreactor import EPollReactor
-
-    from appproxy.daemon.reactor import AppproxyEPollReactor
-
-    AppproxyEPollReactor.addWriter = EPollReactor.addWriter  # type: ignore[method-assign]
-    AppproxyEPollReactor.removeWriter = EPollReactor.removeWriter  # type: ignore[method-assign]
 
 
 def _keep_cycles() -> None:
@@ -137,7 +126,6 @@ _ALL = {
     "frame-repr": _frame_repr,
     "no-access-log": _no_access_log,
     "no-h2-validation": _no_h2_validation,
-    "watch-writers": _watch_writers,
     "keep-cycles": _keep_cycles,
     "tracemalloc": _tracemalloc,
     "cprofile": _cprofile,
