@@ -26,6 +26,7 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
+from appproxy.config.model import ClientLimits
 from appproxy.daemon import pki
 from appproxy.daemon.tls import SNIServerContextFactory
 from appproxy.frontend import h2_idle
@@ -37,7 +38,7 @@ from appproxy.frontend.idle import (
     release_tls_buffers,
     shared_address,
 )
-from tests.h2_client import pseudo
+from tests.h2_client import h2_client, pseudo
 
 _CA = pki.generate_ca("appproxy idle test CA")
 _SERVER = pki.issue_server_certificate(_CA, ["idle.test"])
@@ -524,25 +525,9 @@ class IdleH2AttributesTests(SynchronousTestCase):
 
     def limited(self, settle: bool = True) -> Any:
         """A connection with limits of its own (not the defaults), one request made, settled."""
-        from twisted.web import http
-
-        from appproxy.config.model import ClientLimits
-        from appproxy.frontend.h2_guard import GuardedH2Connection
-        from tests.h2_client import h2_client
-
-        server = GuardedH2Connection(self.clock)
-        server.start_guard(
-            ClientLimits(h2_empty_data_burst=3, h2_empty_data_rate=0.001, h2_reset_burst=4)
-        )
-        channel: Any = server
-        channel.requestFactory = http.Request
-        channel.callLater = self.clock.callLater
-        channel.timeOut = None
-        from twisted.internet.testing import StringTransport
-
-        self.server, self.transport = server, StringTransport()
-        server.makeConnection(self.transport)
-        self.transport.registerProducer(server, True)
+        limits = ClientLimits(h2_empty_data_burst=3, h2_empty_data_rate=0.001, h2_reset_burst=4)
+        server, self.transport = self.connect(limits)
+        self.server = server
         self.client = h2_client()
         self.exchange()
         self.get()

@@ -26,6 +26,7 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web import http
 
+from appproxy.config.model import ClientLimits
 from appproxy.frontend.h2_compact import BoundedDict, ListDeque
 from appproxy.frontend.h2_guard import GuardedH2Connection
 from appproxy.frontend.h2_inbound import _FRAME_HANDLERS, CheckedInbound
@@ -103,9 +104,11 @@ class IdleConnectionTests(SynchronousTestCase):
         self.client = h2_client()
         self.exchange()
 
-    def connect(self) -> tuple[GuardedH2Connection, StringTransport]:
+    def connect(
+        self, limits: ClientLimits | None = None
+    ) -> tuple[GuardedH2Connection, StringTransport]:
         server = GuardedH2Connection(self.clock)
-        server.start_guard()
+        server.start_guard(limits)
         channel: Any = server
         channel.requestFactory = http.Request
         channel.callLater = self.clock.callLater
