@@ -5,7 +5,8 @@ failures, half-close, abort, producers through TLS, large and many small
 writes, writes before the handshake ends, all run again with
 L{LeanTLSFactory} where those tests build a C{TLSMemoryBIOFactory}.  Then
 what the lean transport adds: writes of one turn joined into one record
-and one TCP write, and the reactor's step before it polls.
+and one TCP write, and the reactor's step before it polls; the memory BIOs
+the handshake grew given back at the end of its turn, and on demand.
 """
 
 from __future__ import annotations
@@ -110,3 +111,69 @@ class HeldWritesTests(SynchronousTestCase):
     def test_str_refused(self) -> None:
         """A str is refused at once, as by Twisted's transport."""
         self.assertRaises(TypeError, self.client.write, "text")
+
+
+def _bios(end: Any) -> tuple[Any, Any]:
+    connection = end._tlsConnection
+    return connection._into_ssl, connection._from_ssl
+
+
+class GivenBackBuffersTests(SynchronousTestCase):
+    """
+    The memory BIOs a connection's handshake grew are replaced by empty ones
+    at the end of the turn it ended in, at both ends, and the connection
+    goes on; L{LeanTLSProtocol.release_buffers} does the same on demand.
+    """
+
+    def setUp(self) -> None:
+        self.patch(twisted_tls, "TLSMemoryBIOFactory", LeanTLSFactory)
+
+    def connect(self, greeting: bytes | None = None) -> Any:
+        """Twisted's test client and server (lean transports), not yet handshaking."""
+        return twisted_tls.handshakingClientAndServer(greeting)
+
+    def test_after_handshake(self) -> None:
+        """
+        Bytes the client wrote before the handshake ended (as a browser's
+        first request rides with its last handshake message) arrive, then
+        both ends' BIOs are new, and bytes go both ways after.
+        """
+        greeting = b"written before the handshake ended"
+        client, server, pump = self.connect(greeting)
+        before = {end: _bios(end) for end in (client, server)}
+        pump.flush()
+        self.assertTrue(client.wrappedProtocol.handshook)
+        self.assertEqual(b"".join(server.wrappedProtocol.received), greeting)
+        for end in (client, server):
+            self.assertNotEqual(_bios(end), before[end])
+        server.write(b"answer")
+        client.write(b"next")
+        pump.flush()
+        self.assertEqual(b"".join(client.wrappedProtocol.received), b"answer")
+        self.assertEqual(b"".join(server.wrappedProtocol.received), greeting + b"next")
+
+    def test_not_before_the_turn_ends(self) -> None:
+        """Within the handshake's turn the BIOs are kept: its writes are not out yet."""
+        client, server, pump = self.connect()
+        before = _bios(server)
+        while not server._handshakeDone:
+            self.assertTrue(pump.pump(advanceClock=False))
+        self.assertEqual(_bios(server), before)
+        client.factory._clock.advance(0)
+        self.assertNotEqual(_bios(server), before)
+
+    def test_on_demand(self) -> None:
+        """
+        The writes held in this turn go out first; a closing connection
+        keeps its BIOs.
+        """
+        client, server, pump = self.connect()
+        pump.flush()
+        server.write(b"held in this turn")
+        before = _bios(server)
+        self.assertTrue(server.release_buffers())
+        self.assertNotEqual(_bios(server), before)
+        pump.flush()
+        self.assertEqual(b"".join(client.wrappedProtocol.received), b"held in this turn")
+        server.loseConnection()
+        self.assertFalse(server.release_buffers())

@@ -22,7 +22,9 @@ data path:
     (at most L{MAX_HELD} bytes held), flushed when the daemons' reactor is
     about to poll (L{appproxy.daemon.reactor}) or, on another reactor, by one
     C{callLater(0)} for all connections of the factory;
-  - the outgoing BIO is drained with C{BIO_read} into the shared buffer.
+  - the outgoing BIO is drained with C{BIO_read} into the shared buffer;
+  - the memory BIOs the handshake grew are given back as soon as it is
+    done (L{swap_empty_bios}, once the first bytes after it are out).
 
 L{LeanTLSFactory} is a C{TLSMemoryBIOFactory} that builds it; L{lean_client_tls}
 is C{wrapClientTLS} with it.  With a pyOpenSSL whose connections lack the
@@ -45,7 +47,7 @@ from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory, TL
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-__all__ = ["MAX_HELD", "LeanTLSFactory", "LeanTLSProtocol", "lean_client_tls"]
+__all__ = ["MAX_HELD", "LeanTLSFactory", "LeanTLSProtocol", "lean_client_tls", "swap_empty_bios"]
 
 #: Bytes a connection holds during a turn before it writes them at once.
 MAX_HELD = 64_000
@@ -62,6 +64,12 @@ _BIO_read = lib.BIO_read
 _BIO_write = lib.BIO_write
 _WANT_READ = lib.SSL_ERROR_WANT_READ
 _from_buffer = ffi.from_buffer
+_BIO_new = lib.BIO_new
+_BIO_s_mem = lib.BIO_s_mem
+_BIO_free = lib.BIO_free
+_BIO_get_mem_data = lib.BIO_get_mem_data
+_SSL_set_bio = lib.SSL_set_bio
+_NULL = ffi.NULL
 #: The lean path is taken for pyOpenSSL's own connections only (a test's
 #: stand-in, or a subclass, gets Twisted's path through its methods).
 _Connection = SSL.Connection
@@ -79,13 +87,54 @@ def _lean_supported() -> bool:
         return False
 
 
-class _Turn:
-    """The connections of one factory with writes held in this turn."""
+def swap_empty_bios(connection: SSL.Connection) -> bool:
+    """
+    Replace the memory BIOs of C{connection} with new, empty ones if both
+    are empty: what the old ones had grown to is freed.  Whether they were
+    replaced.
 
-    __slots__ = ("_defer", "held")
+    A memory BIO keeps the largest buffer it ever held (OpenSSL's
+    C{BUF_MEM} grows and never shrinks): the handshake's flight with the
+    certificate chain, a response, a whole download's worth of records.
+    A BIO that still holds bytes is left alone.
+    """
+    into = getattr(connection, "_into_ssl", None)
+    out = getattr(connection, "_from_ssl", None)
+    ssl = getattr(connection, "_ssl", None)
+    if into is None or out is None or ssl is None:
+        return False  # a socket-backed connection, or another pyOpenSSL
+    if _BIO_get_mem_data(into, _NULL) or _BIO_get_mem_data(out, _NULL):
+        return False  # bytes still in flight
+    new_into = _BIO_new(_BIO_s_mem())
+    new_out = _BIO_new(_BIO_s_mem())
+    if new_into == _NULL or new_out == _NULL:  # pragma: no cover - out of memory
+        for bio in (new_into, new_out):
+            if bio != _NULL:
+                _BIO_free(bio)
+        return False
+    # What pyOpenSSL keeps for ALPN's answer until OpenSSL has copied it, in
+    # the handshake (about 230 bytes): the handshake is over.
+    if getattr(connection, "_alpn_select_callback_args", None) is not None:
+        connection._alpn_select_callback_args = None
+    # The SSL object owns its BIOs: this frees the old pair.
+    _SSL_set_bio(ssl, new_into, new_out)
+    connection._into_ssl = new_into
+    connection._from_ssl = new_out
+    return True
+
+
+class _Turn:
+    """
+    The connections of one factory with writes held in this turn, and
+    those whose handshake ended in it (their BIOs are given back once
+    this turn's writes are out).
+    """
+
+    __slots__ = ("_defer", "fresh", "held")
 
     def __init__(self, clock: Any) -> None:
         self.held: list[LeanTLSProtocol] = []
+        self.fresh: list[LeanTLSProtocol] = []
         before_poll = getattr(clock, "call_before_poll", None)
         if before_poll is not None:
             self._defer: Callable[[Callable[[], None]], object] = before_poll
@@ -93,14 +142,22 @@ class _Turn:
             self._defer = lambda flush: clock.callLater(0, flush)
 
     def hold(self, protocol: LeanTLSProtocol) -> None:
-        if not self.held:
+        if not self.held and not self.fresh:
             self._defer(self.flush)
         self.held.append(protocol)
+
+    def handshake_done(self, protocol: LeanTLSProtocol) -> None:
+        if not self.held and not self.fresh:
+            self._defer(self.flush)
+        self.fresh.append(protocol)
 
     def flush(self) -> None:
         held, self.held = self.held, []
         for protocol in held:
             protocol.flush_held()
+        fresh, self.fresh = self.fresh, []
+        for protocol in fresh:
+            protocol.give_back_handshake()
 
 
 class LeanTLSProtocol(TLSMemoryBIOProtocol):
@@ -142,6 +199,29 @@ class LeanTLSProtocol(TLSMemoryBIOProtocol):
         self._held = []
         self._held_bytes = 0
         TLSMemoryBIOProtocol.write(self, held[0] if len(held) == 1 else b"".join(held))
+
+    def release_buffers(self) -> bool:
+        """
+        Give back what the memory BIOs have grown to (L{swap_empty_bios}),
+        this turn's writes sent first.  Whether they were replaced: not if
+        bytes are still in flight, or the connection is closing.
+        """
+        if self.disconnecting or self._lostTLSConnection:
+            return False
+        self.flush_held()
+        connection = self._tlsConnection
+        return type(connection) is _Connection and swap_empty_bios(connection)
+
+    def give_back_handshake(self) -> None:
+        """
+        The handshake ended in this turn, whose writes are out: give back
+        what its flights grew the BIOs to.  (Bytes still in flight, a
+        record half received, keep them: an idle public connection's sweep
+        gives them back later, L{appproxy.frontend.idle}.)
+        """
+        connection = self._tlsConnection
+        if not (self.disconnecting or self._lostTLSConnection) and type(connection) is _Connection:
+            swap_empty_bios(connection)
 
     def _write(self, data: bytes) -> None:
         if self._lostTLSConnection:
@@ -208,6 +288,7 @@ class LeanTLSProtocol(TLSMemoryBIOProtocol):
             self._checkHandshakeStatus()
             if not self._handshakeDone:
                 return
+            self.factory.turn.handshake_done(self)
         if self._appSendBuffer:
             self._unbufferPendingWrites()
         self._flushReceiveBIO()
