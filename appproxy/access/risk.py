@@ -103,6 +103,9 @@ class FailedSignIns:
         # Insertion order is the order of each key's latest failure: the
         # first key is the one that failed least recently.
         self._failures: dict[str, deque[float]] = {}
+        #: How many failures were recorded: what the signals depend on has
+        #: changed when it has.
+        self.changes = 0
 
     def __len__(self) -> int:
         """The number of keys currently kept."""
@@ -122,6 +125,7 @@ class FailedSignIns:
             not known (for example when the provider returned an error).
         @param address: the client address.
         """
+        self.changes += 1
         self._prune(now)
         for key in self._keys(user, address):
             times = self._failures.pop(key, None)

@@ -24,6 +24,7 @@ from appproxy.access.session import Session
 from appproxy.config import AppConfig, OidcConfig, ServiceConfig
 from appproxy.gate.binding import BrowserBinding, bind_browser
 from appproxy.gate.claims import decide, refusal
+from appproxy.gate.memo import AdmitMemo
 from appproxy.gate.paths import FLOW_LIFETIME, SIGN_IN_PATH
 from appproxy.gate.replies import Header, Reply, Requester, error_page, failure_page, redirect
 from appproxy.gate.sessions import SessionRegistry
@@ -67,6 +68,8 @@ class GateContext:
     sessions: SessionRegistry
     apps: dict[str, AppConfig] = attrs.field(init=False)
     login_origin: str = attrs.field(init=False)
+    #: The admissions of this second (L{appproxy.gate.memo}).
+    admitted: AdmitMemo = attrs.field(init=False, factory=AdmitMemo)
 
     def __attrs_post_init__(self) -> None:
         self.set_config(self.config, self.policies)
@@ -76,6 +79,7 @@ class GateContext:
         self.config = config
         self.policies = policies
         self.apps = {app.name: app for app in config.apps}
+        self.admitted.clear()
         login = urlsplit(self.oidc.callback_url)
         self.login_origin = f"https://{login.netloc}"
 
@@ -169,6 +173,10 @@ class GateContext:
         except InvalidCookie as e:
             log.debug("Session cookie refused for {app}: {why}", app=app.name, why=e.reason)
             return None
+
+    def decision_inputs(self) -> tuple[object, ...]:
+        """What a decision depends on besides the app, session, address and time."""
+        return (self.policies, self.anonymizers, self.failures, self.failures.changes)
 
     def decide(self, app: AppConfig, session: Session, client_ip: IPAddress, now: int) -> Decision:
         """Assignment and policy for C{session}, now, with the risks seen so far."""

@@ -18,6 +18,7 @@ from appproxy.gate.context import GateContext
 from appproxy.gate.replies import Admit, Reply, Requester
 from appproxy.http.forwarding import IPAddress, ip_text
 from appproxy.identity.headers import UnsafeClaimValue, identity_headers
+from appproxy.observe.requests import app_metrics
 
 __all__ = ["Gate"]
 
@@ -133,6 +134,13 @@ class Gate:
         now: int,
     ) -> Admit | Reply:
         context = self.context
+        memo = context.admitted
+        inputs = context.decision_inputs()
+        admitted = memo.get(now, app, session, groups, requester.client_ip, inputs)
+        if admitted is not None:
+            app_metrics(app.name).decision("allow").inc()
+            return admitted
+        cookie_session = session
         if groups is not session.groups:
             session = attrs.evolve(session, groups=groups)
         decision = context.decide(app, session, client_ip, now)
@@ -162,4 +170,7 @@ class Gate:
                 session, audience=app.external_url, issuer=context.login_origin, now=now
             )
             headers.append((b"x-appproxy-jwt-assertion", token.encode("ascii")))
-        return Admit(headers=tuple(headers), user=session.user, session=session)
+            return Admit(headers=tuple(headers), user=session.user, session=session)
+        admit = Admit(headers=tuple(headers), user=session.user, session=session)
+        memo.put(now, app, cookie_session, groups, requester.client_ip, inputs, admit)
+        return admit

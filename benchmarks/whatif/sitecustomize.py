@@ -23,6 +23,8 @@ And one that undoes a change made, to measure it beside the code as it is
   - C{keep-cycles}: a finished request keeps its job, relay and tunnel
     stream, which refer back to it, as it did: every request leaves a
     reference cycle for the garbage collector.
+  - C{no-admit-memo}: the gate decides every signed-in request anew, without
+    the admissions of this second (L{appproxy.gate.memo}).
 
 And ones that change nothing but observe:
 
@@ -82,6 +84,13 @@ def _keep_cycles() -> None:
     ExchangeRequest._unlink = _unlink  # type: ignore[method-assign]
 
 
+def _no_admit_memo() -> None:
+    # The gate decides every request anew, as before its memo.
+    from appproxy.gate.memo import AdmitMemo
+
+    AdmitMemo.get = lambda self, *args, **kwargs: None  # type: ignore[method-assign]
+
+
 def _tracemalloc() -> None:
     import gc
     import signal
@@ -127,6 +136,7 @@ _ALL = {
     "no-access-log": _no_access_log,
     "no-h2-validation": _no_h2_validation,
     "keep-cycles": _keep_cycles,
+    "no-admit-memo": _no_admit_memo,
     "tracemalloc": _tracemalloc,
     "cprofile": _cprofile,
 }
