@@ -9,7 +9,7 @@ token as the API takes), and every other path to the API
 from __future__ import annotations
 
 import json
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping
 from typing import Any, Final
 
 from twisted.internet.defer import Deferred
@@ -107,7 +107,7 @@ class AdminSite(Resource):
         request.responseHeaders.addRawHeader(*flow)
         self._finish(request, self._redirect(request, url.encode("ascii")))
 
-    async def _callback(self, request: server.Request, cookies: dict[str, str]) -> None:
+    async def _callback(self, request: server.Request, cookies: Mapping[str, str]) -> None:
         peer = request.getClientAddress()
         address = str(getattr(peer, "host", "")) or "-"
         who, session = await self.page.callback(_args(request), cookies, address)
@@ -122,7 +122,7 @@ class AdminSite(Resource):
 
     # -- the data
 
-    async def _overview(self, request: server.Request, cookies: dict[str, str]) -> None:
+    async def _overview(self, request: server.Request, cookies: Mapping[str, str]) -> None:
         session = self.page.session(cookies)
         if session is not None:
             who = str(session.get("who", ""))

@@ -8,18 +8,39 @@ Pure functions: no reactor, no I/O.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Iterable, Mapping, Sequence
+from types import MappingProxyType
 
-__all__ = ["clear_cookie", "parse_cookies", "set_cookie"]
+__all__ = ["COOKIES_KEPT", "clear_cookie", "parse_cookies", "set_cookie"]
 
 
-def parse_cookies(values: Sequence[bytes] | None) -> dict[str, str]:
+def parse_cookies(values: Sequence[bytes] | None) -> Mapping[str, str]:
     """
     The cookies of C{Cookie} headers, by name (the first of a name wins, as
     browsers send the most specific first).  Malformed pairs are ignored.
+
+    A browser sends the same C{Cookie} value with every request of a page:
+    a single value's cookies are read once and kept (L{COOKIES_KEPT} values,
+    the least recently seen forgotten first), read-only.
     """
+    if values and len(values) == 1:
+        return _one_value(values[0])
+    return _parse(values or ())
+
+
+#: C{Cookie} values whose cookies are kept (L{parse_cookies}).
+COOKIES_KEPT = 256
+
+
+@functools.lru_cache(maxsize=COOKIES_KEPT)
+def _one_value(value: bytes) -> Mapping[str, str]:
+    return MappingProxyType(_parse((value,)))
+
+
+def _parse(values: Iterable[bytes]) -> dict[str, str]:
     cookies: dict[str, str] = {}
-    for value in values or ():
+    for value in values:
         for pair in value.decode("latin-1").split(";"):
             name, eq, content = pair.strip().partition("=")
             if eq and name and name not in cookies:

@@ -216,16 +216,25 @@ def strip_appproxy_cookies(headers: Sequence[tuple[bytes, bytes]]) -> Headers:
             # (No pair can be appproxy's without the mark in its name.)
             result.append((name, value))
             continue
-        pairs = value.split(b";")
-        kept = [pair for pair in pairs if not _is_appproxy_cookie(pair)]
-        if len(kept) == len(pairs):
-            result.append((name, value))
-            continue
-        remaining = [pair.strip(_OWS) for pair in kept]
-        remaining = [pair for pair in remaining if pair]
-        if remaining:
-            result.append((name, b"; ".join(remaining)))
+        kept = _without_appproxy_cookies(value)
+        if kept:
+            result.append((name, kept))
     return result
+
+
+@functools.lru_cache(maxsize=256)
+def _without_appproxy_cookies(value: bytes) -> bytes:
+    """
+    A C{Cookie} value without appproxy's pairs (empty if none is left).  A
+    browser sends the same value with every request of a page: the last
+    values seen are kept.
+    """
+    pairs = value.split(b";")
+    kept = [pair for pair in pairs if not _is_appproxy_cookie(pair)]
+    if len(kept) == len(pairs):
+        return value
+    remaining = [pair.strip(_OWS) for pair in kept]
+    return b"; ".join(pair for pair in remaining if pair)
 
 
 def drop_appproxy_set_cookies(headers: Sequence[tuple[bytes, bytes]]) -> Headers:

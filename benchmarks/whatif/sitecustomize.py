@@ -25,6 +25,9 @@ And one that undoes a change made, to measure it beside the code as it is
     reference cycle for the garbage collector.
   - C{no-admit-memo}: the gate decides every signed-in request anew, without
     the admissions of this second (L{appproxy.gate.memo}).
+  - C{no-cookie-memo}: every request's C{Cookie} value is read anew
+    (L{appproxy.http.cookies.parse_cookies}, and appproxy's cookies taken out
+    of it, L{appproxy.identity.headers.strip_appproxy_cookies}).
 
 And ones that change nothing but observe:
 
@@ -91,6 +94,15 @@ def _no_admit_memo() -> None:
     AdmitMemo.get = lambda self, *args, **kwargs: None  # type: ignore[method-assign]
 
 
+def _no_cookie_memo() -> None:
+    # Every request's Cookie value read (and appproxy's cookies taken out) anew.
+    from appproxy.http import cookies
+    from appproxy.identity import headers
+
+    cookies._one_value = cookies._one_value.__wrapped__  # type: ignore[attr-defined]
+    headers._without_appproxy_cookies = headers._without_appproxy_cookies.__wrapped__  # type: ignore[attr-defined]
+
+
 def _tracemalloc() -> None:
     import gc
     import signal
@@ -137,6 +149,7 @@ _ALL = {
     "no-h2-validation": _no_h2_validation,
     "keep-cycles": _keep_cycles,
     "no-admit-memo": _no_admit_memo,
+    "no-cookie-memo": _no_cookie_memo,
     "tracemalloc": _tracemalloc,
     "cprofile": _cprofile,
 }
