@@ -47,6 +47,7 @@ from appproxy.frontend.h2_fields import ClientEncoder
 from appproxy.frontend.h2_idle import IdleDefaults, h2_settle_idle, h2_still_idle, share_h2_parts
 from appproxy.frontend.h2_inbound import adopt
 from appproxy.frontend.h2_requests import lean
+from appproxy.frontend.h2_schedule import RoundRobin
 from appproxy.frontend.h2_settings import share_settings, widen_receive_windows
 from appproxy.frontend.idle import shared_address, went_idle
 from appproxy.frontend.peer import peer_text
@@ -104,9 +105,9 @@ class GuardedH2Connection(IdleDefaults, H2Connection):
         self._resetTokenRate = limits.h2_reset_rate
         self._empty_tokens = float(self._empty_burst)
         self._empty_tokens_at = self._reactor.seconds()
-        self._flooded = False
+        self._flooded = self._corked = False
         self._drain_watches = {}
-        self._corked = False
+        self.priority = RoundRobin()  # not twisted.web's priority tree (h2_schedule)
         # A block field_problem passes is sent as it is (see writeHeaders).
         self.conn.config.normalize_outbound_headers = False
         self.conn.config.validate_outbound_headers = False

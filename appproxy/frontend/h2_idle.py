@@ -10,10 +10,10 @@ shared; what it keeps waiting for its next response is lighter.
     header block (C{writeHeaders}) is undone before it returns, so sharing
     it is safe in the reactor's one thread.
   - hpack's Huffman coder: a table lookup with no state, one per encoder.
-  - twisted.web's priority tree (about 450 bytes with its root stream)
-    holds no stream while idle: a small stand-in (L{_IdleTree}) takes its
-    place, and a new tree its own at the next stream (a new tree is what
-    an idle one is: its root alone).
+  - The stream scheduler (L{appproxy.frontend.h2_schedule.RoundRobin},
+    about 250 bytes with its dict and list) holds no stream while idle: a
+    small stand-in (L{_IdleTree}) takes its place, and a new scheduler its
+    own at the next stream (a new one is what an idle one is: empty).
   - twisted.web's sending loop waits for the next response on a
     L{Deferred} (about 500 bytes with its callback).  When the connection
     goes idle a small object that runs the loop the same way when called
@@ -37,11 +37,11 @@ from typing import Any
 from h2.config import DummyLogger, H2Configuration
 from hpack.huffman import HuffmanEncoder
 from hpack.huffman_constants import REQUEST_CODES, REQUEST_CODES_LENGTH
-from priority import PriorityTree  # type: ignore[import-untyped]
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from appproxy.config.model import ClientLimits
+from appproxy.frontend.h2_schedule import RoundRobin
 from appproxy.frontend.idle import settle_idle
 
 __all__ = ["IdleDefaults", "h2_settle_idle", "h2_still_idle", "share_h2_parts"]
@@ -111,8 +111,8 @@ def _lighter_wait(channel: Any) -> None:
 
 class _IdleTree:
     """
-    An idle connection's priority tree: at its first use the connection
-    gets a new L{PriorityTree}, which does what was asked.
+    An idle connection's stream scheduler: at its first use the connection
+    gets a new L{RoundRobin}, which does what was asked.
     """
 
     __slots__ = ("_channel",)
@@ -120,14 +120,14 @@ class _IdleTree:
     def __init__(self, channel: Any) -> None:
         self._channel = channel
 
-    def _tree(self) -> PriorityTree:
-        tree = self._channel.priority = PriorityTree()
+    def _tree(self) -> RoundRobin:
+        tree = self._channel.priority = RoundRobin()
         return tree
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._tree(), name)
 
-    def __iter__(self) -> PriorityTree:
+    def __iter__(self) -> RoundRobin:
         return self._tree()
 
     def __next__(self) -> int:
@@ -136,8 +136,8 @@ class _IdleTree:
 
 def _idle_tree(channel: Any) -> None:
     tree = getattr(channel, "priority", None)
-    if type(tree) is PriorityTree and len(getattr(tree, "_streams", ())) == 1:
-        channel.priority = _IdleTree(channel)  # its root stream alone
+    if type(tree) is RoundRobin and not tree:
+        channel.priority = _IdleTree(channel)  # no stream
 
 
 class _ReactorCallLater:

@@ -25,6 +25,8 @@ And one that undoes a change made, to measure it beside the code as it is
     reference cycle for the garbage collector.
   - C{no-admit-memo}: the gate decides every signed-in request anew, without
     the admissions of this second (L{appproxy.gate.memo}).
+  - C{priority-tree}: an HTTP/2 client's streams are scheduled by
+    twisted.web's priority tree, not L{appproxy.frontend.h2_schedule}.
   - C{no-cookie-memo}: every request's C{Cookie} value is read anew
     (L{appproxy.http.cookies.parse_cookies}, and appproxy's cookies taken out
     of it, L{appproxy.identity.headers.strip_appproxy_cookies}).
@@ -103,6 +105,15 @@ def _no_cookie_memo() -> None:
     headers._without_appproxy_cookies = headers._without_appproxy_cookies.__wrapped__  # type: ignore[attr-defined]
 
 
+def _priority_tree() -> None:
+    # twisted.web's priority tree schedules an HTTP/2 client's streams again.
+    from priority import PriorityTree  # type: ignore[import-untyped]
+
+    from appproxy.frontend import h2_guard
+
+    h2_guard.RoundRobin = PriorityTree  # type: ignore[misc]
+
+
 def _tracemalloc() -> None:
     import gc
     import signal
@@ -150,6 +161,7 @@ _ALL = {
     "keep-cycles": _keep_cycles,
     "no-admit-memo": _no_admit_memo,
     "no-cookie-memo": _no_cookie_memo,
+    "priority-tree": _priority_tree,
     "tracemalloc": _tracemalloc,
     "cprofile": _cprofile,
 }
