@@ -720,21 +720,31 @@ def client_tls_context(stack: Stack, alpn: list[str] | None = None) -> ssl.SSLCo
     return ctx
 
 
-def https_gets(stack: Stack, path: str, count: int, timeout: float = 60.0) -> int:
+def https_gets(
+    stack: Stack,
+    path: str,
+    count: int,
+    timeout: float = 60.0,
+    *,
+    host: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> int:
     """
     C{count} HTTP/1.1 GETs in turn on one keep-alive connection through the
-    service; the number answered 200.
+    service, to C{host} (the passthrough app's by default) with C{headers};
+    the number answered 200.
     """
     import http.client
 
+    host = host or stack.host_header
     ctx = client_tls_context(stack, ["http/1.1"])
     sock = socket.create_connection(("127.0.0.1", stack.public_port), timeout=timeout)
     conn = http.client.HTTPConnection("127.0.0.1", stack.public_port, timeout=timeout)
-    conn.sock = ctx.wrap_socket(sock, server_hostname=stack.app_host)
+    conn.sock = ctx.wrap_socket(sock, server_hostname=host.rpartition(":")[0])
     ok = 0
     try:
         for _ in range(count):
-            conn.request("GET", path, headers={"Host": stack.host_header})
+            conn.request("GET", path, headers={"Host": host, **(headers or {})})
             response = conn.getresponse()
             response.read()
             ok += response.status == 200

@@ -24,7 +24,8 @@ C{--profile DIR} adds a run under py-spy and prints where each daemon spends
 its time.  C{--callgrind N} measures only this instead: the service and the
 connector run under valgrind's callgrind, and N GETs in turn on one
 keep-alive connection give the instructions each daemon executes per request
-(steady where CPU seconds are not, on a shared machine).
+(steady where CPU seconds are not, on a shared machine), to the passthrough
+app and, signed in (a session cookie), to the app that signs users in.
 """
 
 from __future__ import annotations
@@ -107,7 +108,8 @@ CALLGRIND_CLIENTS = 16
 def run_callgrind(args: argparse.Namespace) -> dict[str, Any]:
     """
     Instructions per request of each daemon (see the module doc): N GETs in
-    turn on one connection (c1), then N more from L{CALLGRIND_CLIENTS}
+    turn on one connection (c1), N more signed in (C{signed_in_c1}), then N
+    more from L{CALLGRIND_CLIENTS}
     clients at once, each with a fixed count (no request cut off by the end
     of a timed run, as wrk's would be) on a new connection of its own: the
     concurrent figure includes their TLS handshakes (use N >> 16).
@@ -119,14 +121,22 @@ def run_callgrind(args: argparse.Namespace) -> dict[str, Any]:
     n = args.callgrind
     per_client = max(1, n // CALLGRIND_CLIENTS)
     options = StackOptions(
-        connections=args.tunnels, capacity=args.capacity, callgrind=True, keep=args.keep
+        connections=args.tunnels,
+        capacity=args.capacity,
+        callgrind=True,
+        keep=args.keep,
+        whatif=tuple(w for w in args.whatif.split(",") if w),
     )
-    results: dict[str, Any] = {"benchmark": "throughput-callgrind"}
+    results: dict[str, Any] = {"benchmark": "throughput-callgrind", "whatif": list(options.whatif)}
     with Stack(options) as stack:
         harness.https_gets(stack, "/1k", 20)  # warm up: pooled connections, code paths
 
         def sequential() -> int:
             return harness.https_gets(stack, "/1k", n)
+
+        def signed_in() -> int:
+            cookie = {"Cookie": stack.session_cookie()}
+            return harness.https_gets(stack, "/1k", n, host=stack.auth_host_header, headers=cookie)
 
         def concurrent() -> int:
             with ThreadPoolExecutor(CALLGRIND_CLIENTS) as pool:
@@ -138,6 +148,7 @@ def run_callgrind(args: argparse.Namespace) -> dict[str, Any]:
 
         for key, load, expected in (
             ("c1", sequential, n),
+            ("signed_in_c1", signed_in, n),
             (f"c{CALLGRIND_CLIENTS}", concurrent, per_client * CALLGRIND_CLIENTS),
         ):
             answered: list[int] = []
