@@ -211,6 +211,12 @@ class CertificateExpiryTests(TestCase):
         connectors_db.renew(d.state_dir, expired, renewed.cert_pem)
         d._write("connector-1/connector.pem", renewed.cert_pem)
         d._write("connector-1/connector.key", renewed.key_pem)
+        # The service reads the renewal before the connector dials with it, as
+        # its 1 s poll would: dialled first, the connector is refused as
+        # unregistered and retries after a backoff longer than the renewed
+        # certificate's own LIFETIME.
+        assert d.service is not None
+        yield d.service.refresh_admission()
         connector.reload()
         yield d.wait_for_connections(1, timeout=40)
         response = yield d.client().get(d.url("web", "/echo"))
